@@ -1,0 +1,41 @@
+"""Shared benchmark helpers: devices, PGGAN shapes, and a CUDA-synchronising timer wrapper."""
+import pytest
+import torch
+
+# v2-1gpu minibatch per resolution, and the feature maps the G/D block at that resolution has (paper Table 2).
+PGGAN_SHAPES = {4: (128, 512), 8: (128, 512), 16: (128, 512), 32: (64, 512), 64: (32, 256), 128: (16, 128),
+                256: (8, 64), 512: (4, 32), 1024: (4, 16)}
+CPU_RESOLUTIONS = (4, 8, 16, 32)
+
+
+def devices():
+    return [pytest.param("cpu", id="cpu"),
+            pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                      reason="no CUDA GPU on this machine"))]
+
+
+def shape_cases():
+    """(device, resolution) pairs: all PGGAN resolutions on CUDA, up to 32x32 on the CPU."""
+    cases = []
+    for dev in devices():
+        for res in PGGAN_SHAPES:
+            if dev.id == "cpu" and res not in CPU_RESOLUTIONS:
+                continue
+            cases.append(pytest.param(dev.values[0], res, id=f"{dev.id}-{res}", marks=dev.marks))
+    return cases
+
+
+def run_synced(benchmark, fn, device):
+    """Benchmark fn, synchronising CUDA after each call so the timings cover the kernels."""
+    if device == "cuda":
+        def wrapped():
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+        return benchmark(wrapped)
+    return benchmark(fn)
+
+
+def record(benchmark, device, **info):
+    benchmark.extra_info.update(device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                                torch=torch.__version__, **info)

@@ -1,0 +1,355 @@
+"""Datasets: image folders, zips, .npy/.npz arrays and built-in offline sets, cached once per resolution.
+
+The cache holds one uint8 (N, C, R, R) copy per resolution from the full one down to 4x4, made by 2x2 box
+downsampling of the float image with each level rounded to uint8, as the official dataset_tool.py does. It is
+memory-mapped, keyed by a hash of the source (file bytes; for folders, names, sizes and modification times) and
+the preprocessing, built in a temporary folder and renamed into place, so concurrent builds are safe.
+
+Preprocessing: non-square images are centre-cropped; larger images are resized to the target with Lanczos;
+grayscale stays 1 channel; transparency is composited over black. Images smaller than the target, or that
+fail to decode, are counted and skipped (or rejected with strict=True).
+"""
+import hashlib
+import io
+import json
+import os
+import shutil
+import zipfile
+
+import numpy as np
+
+from . import builtin_data
+from .errors import UserError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CACHE_VERSION = 1
+
+
+def default_cache_dir():
+    return os.environ.get("FASTPGGAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastpggan")
+
+
+def check_resolution(res):
+    if res is None:
+        return None
+    if not isinstance(res, int) or res < 4 or res & (res - 1):
+        raise UserError(f"resolution must be a power of two and at least 4 (4, 8, 16, ...), got {res}")
+    return res
+
+
+def to_square_array(img, channels, resolution):
+    """PIL image -> uint8 (C, R, R), or None if the centre square is smaller than R."""
+    from PIL import Image
+    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
+        img = img.convert("RGBA")
+        alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
+        rgb = np.asarray(img.convert("RGB"), dtype=np.float32) * alpha[..., None]
+        img = Image.fromarray(np.rint(rgb).astype(np.uint8), "RGB")
+    img = img.convert("L" if channels == 1 else "RGB")
+    w, h = img.size
+    side = min(w, h)
+    if side < resolution:
+        return None
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    if side != resolution:
+        img = img.resize((resolution, resolution), Image.LANCZOS)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def _channels_of(img):
+    return 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+
+
+def downsample_box(x):
+    """2x2 box filter on float (..., H, W): the official dataset_tool's lod step."""
+    return (x[..., 0::2, 0::2] + x[..., 0::2, 1::2] + x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) * 0.25
+
+
+def _quantize(x):
+    return np.rint(x).clip(0, 255).astype(np.uint8)
+
+
+class _Source:
+    """A list of undecoded items (file paths or zip members) or an in-memory uint8 array."""
+
+    def __init__(self, name, fingerprint, array=None, labels=None, items=None, opener=None, item_labels=None):
+        self.name, self.fingerprint, self.array, self.labels = name, fingerprint, array, labels
+        self.items, self.opener, self.item_labels = items, opener, item_labels
+
+
+def _hash_file(h, path):
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+
+
+def _labels_from_dirs(relpaths):
+    """Class labels from the first folder level, when every image sits in one of 2 or more class folders."""
+    tops = [p.replace("\\", "/").split("/")[0] if "/" in p.replace("\\", "/") else None for p in relpaths]
+    if None in tops or len(set(tops)) < 2:
+        return None
+    classes = sorted(set(tops))
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[t] for t in tops], dtype=np.int64)
+
+
+def _array_source(path):
+    try:
+        obj = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise UserError(f"cannot read {path} as a numpy array ({e})") from None
+    labels = None
+    if isinstance(obj, np.lib.npyio.NpzFile):
+        keys = obj.files
+        key = next((k for k in ("images", "x", "arr_0") if k in keys), keys[0] if keys else None)
+        if key is None:
+            raise UserError(f"{path} holds no arrays")
+        arr = obj[key]
+        lkey = next((k for k in ("labels", "y") if k in keys), None)
+        labels = obj[lkey].astype(np.int64).reshape(-1) if lkey else None
+    else:
+        arr = obj
+    if arr.dtype != np.uint8:
+        raise UserError(f"{path}: expected a uint8 image array, got {arr.dtype}; convert it with .astype(np.uint8)")
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
+        arr = arr.transpose(0, 3, 1, 2)
+    if arr.ndim != 4 or arr.shape[1] not in (1, 3, 4) or arr.shape[0] == 0:
+        raise UserError(f"{path}: expected uint8 images shaped (N, H, W), (N, H, W, C) or (N, C, H, W) with C in "
+                        f"1/3/4, got {arr.shape}")
+    if arr.shape[1] == 4:
+        arr = _quantize(arr[:, :3].astype(np.float32) * (arr[:, 3:4].astype(np.float32) / 255.0))
+    if labels is not None and labels.shape[0] != arr.shape[0]:
+        raise UserError(f"{path}: {labels.shape[0]} labels for {arr.shape[0]} images")
+    h = hashlib.sha256()
+    _hash_file(h, path)
+    return _Source(os.path.basename(path), h.hexdigest(), array=arr, labels=labels)
+
+
+def open_source(spec):
+    """Resolve a --data value to a source: an existing path first, then a built-in name."""
+    if spec is None:
+        spec = builtin_data.DEFAULT_DATASET
+    path = os.path.expanduser(str(spec))
+    if not os.path.exists(path):
+        if spec in builtin_data.BUILTINS:
+            arr, labels, files = builtin_data.BUILTINS[spec]()
+            h = hashlib.sha256(spec.encode())
+            for f in files:
+                st = os.stat(f)
+                h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+            return _Source(spec, h.hexdigest(), array=arr, labels=labels)
+        raise UserError(f"data path '{spec}' does not exist; give a folder of images, a .zip, a .npy/.npz array, "
+                        f"or a built-in dataset: {', '.join(builtin_data.BUILTINS)}")
+    if os.path.isdir(path):
+        rel = sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs
+                     if f.lower().endswith(IMAGE_EXTS))
+        if not rel:
+            raise UserError(f"data folder '{spec}' contains no images ({', '.join(IMAGE_EXTS)}, searched recursively)")
+        h = hashlib.sha256()
+        for r in rel:
+            st = os.stat(os.path.join(path, r))
+            h.update(f"{r}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        return _Source(os.path.basename(os.path.normpath(path)), h.hexdigest(), items=rel,
+                       opener=lambda r: open(os.path.join(path, r), "rb").read(), item_labels=_labels_from_dirs(rel))
+    lower = path.lower()
+    if lower.endswith(".zip"):
+        try:
+            zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise UserError(f"'{spec}' is not a readable zip file ({e})") from None
+        rel = sorted(n for n in zf.namelist() if n.lower().endswith(IMAGE_EXTS))
+        if not rel:
+            raise UserError(f"zip '{spec}' contains no images ({', '.join(IMAGE_EXTS)})")
+        h = hashlib.sha256()
+        _hash_file(h, path)
+        return _Source(os.path.basename(path), h.hexdigest(), items=rel, opener=zf.read,
+                       item_labels=_labels_from_dirs(rel))
+    if lower.endswith((".npy", ".npz")):
+        return _array_source(path)
+    if os.path.getsize(path) == 0:
+        raise UserError(f"data file '{spec}' is empty")
+    raise UserError(f"don't know how to read '{spec}': give a folder of images, a .zip, or a .npy/.npz array")
+
+
+class ImageDataset:
+    """Multi-resolution uint8 dataset backed by memory-mapped .npy files, one per resolution."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        with open(os.path.join(folder, "meta.json")) as f:
+            self.meta = json.load(f)
+        self.name, self.resolution = self.meta["name"], self.meta["resolution"]
+        self.num_channels, self.num_images = self.meta["num_channels"], self.meta["num_images"]
+        lp = os.path.join(folder, "labels.npy")
+        self.labels = np.load(lp) if os.path.exists(lp) else None
+        self.num_classes = int(self.labels.max()) + 1 if self.labels is not None else 0
+        self._levels = {}
+
+    def level(self, res):
+        """The (N, C, res, res) uint8 copy at `res`, memory-mapped."""
+        if res not in self._levels:
+            p = os.path.join(self.folder, f"res{res}.npy")
+            if not os.path.exists(p):
+                raise UserError(f"dataset '{self.name}' has no {res}x{res} copy (its resolution is {self.resolution})")
+            self._levels[res] = np.load(p, mmap_mode="r")
+        return self._levels[res]
+
+    def __len__(self):
+        return self.num_images
+
+
+def _decode(src, i, channels):
+    from PIL import Image
+    img = Image.open(io.BytesIO(src.opener(src.items[i])))
+    img.load()
+    return img
+
+
+def _native_resolution(src, strict):
+    """Largest power of two that fits the first decodable image (arrays: their size, padded sizes excluded)."""
+    if src.array is not None:
+        side = min(src.array.shape[-2:])
+        return 1 << (side.bit_length() - 1), (1 if src.array.shape[1] == 1 else 3)
+    for i in range(len(src.items)):
+        try:
+            img = _decode(src, i, None)
+        except Exception as e:
+            if strict:
+                raise UserError(f"corrupt image {src.items[i]} ({e}); remove it or drop --strict") from None
+            continue
+        side = min(img.size)
+        return 1 << (side.bit_length() - 1), _channels_of(img)
+    raise UserError(f"none of the {len(src.items)} images in '{src.name}' could be decoded")
+
+
+def _write_levels(src, resolution, channels, folder, strict, progress):
+    from tqdm import tqdm
+    n = src.array.shape[0] if src.array is not None else len(src.items)
+    levels = [resolution >> i for i in range(int(np.log2(resolution)) - 1)]  # R, R/2, ..., 4
+    mm = {r: np.lib.format.open_memmap(os.path.join(folder, f"res{r}.npy"), mode="w+", dtype=np.uint8,
+                                       shape=(n, channels, r, r)) for r in levels}
+    kept, corrupt, small, first_bad = [], 0, 0, None
+    bar = tqdm(range(n), desc=f"caching {src.name} at {resolution}x{resolution}", unit="img",
+               disable=not progress, leave=False)
+    for i in bar:
+        if src.array is not None:
+            a = src.array[i]
+            if a.shape[0] != channels:
+                a = np.repeat(a, channels, 0) if a.shape[0] == 1 else a[:channels]
+            arr = None
+            if min(a.shape[-2:]) >= resolution:
+                from PIL import Image
+                img = Image.fromarray(a[0] if channels == 1 else a.transpose(1, 2, 0))
+                arr = to_square_array(img, channels, resolution)
+        else:
+            try:
+                arr = to_square_array(_decode(src, i, channels), channels, resolution)
+            except Exception as e:
+                corrupt += 1
+                first_bad = first_bad or f"{src.items[i]} ({e})"
+                if strict:
+                    raise UserError(f"corrupt image {first_bad}; remove it or drop --strict") from None
+                continue
+        if arr is None:
+            small += 1
+            first_bad = first_bad or f"{src.items[i] if src.items else i} is smaller than {resolution}x{resolution}"
+            if strict:
+                raise UserError(f"image {first_bad}; pass a smaller --resolution or drop --strict")
+            continue
+        j = len(kept)
+        x = arr.astype(np.float32)
+        for r in levels:
+            if r != resolution:
+                x = downsample_box(x)
+            mm[r][j] = _quantize(x)
+        kept.append(i)
+    for m in mm.values():
+        m.flush()
+    return mm, kept, corrupt, small, first_bad
+
+
+def build_dataset(spec=None, *, resolution=None, strict=False, cache_dir=None, progress=True, log=print):
+    """Open (building the cache on first use) the dataset named by `spec` at `resolution` (default: native)."""
+    check_resolution(resolution)
+    src = open_source(spec)
+    native, channels = _native_resolution(src, strict)
+    if native < 4:
+        raise UserError(f"images in '{src.name}' are smaller than 4x4")
+    resolution = resolution or native
+    if src.array is not None and resolution > native:
+        raise UserError(f"'{src.name}' images are {native}x{native}; --resolution must be at most {native}")
+    key = hashlib.sha256(f"{src.fingerprint}|{resolution}|{strict}|v{CACHE_VERSION}".encode()).hexdigest()[:20]
+    root = cache_dir or default_cache_dir()
+    final = os.path.join(root, f"{src.name}-{resolution}-{key}")
+    if os.path.exists(os.path.join(final, "meta.json")):
+        return ImageDataset(final)
+    os.makedirs(root, exist_ok=True)
+    tmp = f"{final}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        mm, kept, corrupt, small, first_bad = _write_levels(src, resolution, channels, tmp, strict, progress)
+        if not kept:
+            raise UserError(f"no usable images in '{src.name}': {small} smaller than {resolution}x{resolution}, "
+                            f"{corrupt} corrupt (first: {first_bad}); pass a smaller --resolution")
+        if corrupt or small:
+            log(f"data: skipped {corrupt} corrupt and {small} too-small images of {len(kept) + corrupt + small} "
+                f"(first: {first_bad}); use --strict to reject instead")
+            for r, m in mm.items():
+                out = np.lib.format.open_memmap(os.path.join(tmp, f"res{r}.part.npy"), mode="w+", dtype=np.uint8,
+                                                shape=(len(kept),) + m.shape[1:])
+                out[:] = m[:len(kept)]
+                out.flush()
+                del out
+                os.replace(os.path.join(tmp, f"res{r}.part.npy"), os.path.join(tmp, f"res{r}.npy"))
+        del mm
+        labels = src.labels if src.labels is not None else src.item_labels
+        if labels is not None:
+            np.save(os.path.join(tmp, "labels.npy"), np.asarray(labels, dtype=np.int64)[kept])
+        meta = dict(name=src.name, resolution=resolution, num_channels=channels, num_images=len(kept),
+                    skipped_corrupt=corrupt, skipped_small=small, source_hash=src.fingerprint, version=CACHE_VERSION)
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f)
+        try:
+            os.rename(tmp, final)
+        except OSError:            # another process finished the same cache first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ImageDataset(final)
+
+
+class Sampler:
+    """Endless shuffled minibatches of indices; a fresh permutation per epoch from (seed, epoch). Resumable."""
+
+    def __init__(self, num_images, seed=0):
+        self.n, self.seed, self.epoch, self.pos = num_images, seed, 0, 0
+        self._perm = None
+
+    def _permutation(self):
+        if self._perm is None:
+            self._perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        return self._perm
+
+    def next(self, batch):
+        out = []
+        while batch > 0:
+            perm = self._permutation()
+            take = perm[self.pos:self.pos + batch]
+            out.append(take)
+            batch -= len(take)
+            self.pos += len(take)
+            if self.pos >= self.n:
+                self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
+        return np.concatenate(out)
+
+    def state_dict(self):
+        return {"seed": self.seed, "epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, s):
+        self.seed, self.epoch, self.pos, self._perm = int(s["seed"]), int(s["epoch"]), int(s["pos"]), None

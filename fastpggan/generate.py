@@ -1,0 +1,134 @@
+"""Images from a trained checkpoint: `python -m fastpggan.generate --checkpoint PATH [--seeds 0-15] ...`.
+
+Writes a grid (default), single images (--singles), and/or a latent interpolation (--interp FRAMES) as PNG
+frames or an animated GIF (--gif). Uses G_ema, at the resolution and fade-in the checkpoint had reached.
+"""
+import argparse
+import math
+import os
+
+import torch
+
+from . import checkpoint as ckpt
+from .errors import UserError, cli_entry
+from .train import pick_device, write_grid
+
+
+def parse_seeds(text):
+    """'0-3,7' -> [0, 1, 2, 3, 7]."""
+    seeds = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                a, b = part.split("-", 1) if not part.startswith("-") else part[1:].split("-", 1)
+                seeds.extend(range(int(a), int(b) + 1))
+            elif part:
+                seeds.append(int(part))
+    except ValueError:
+        raise UserError(f"--seeds must look like '0-15' or '1,5,9', got {text!r}") from None
+    if not seeds:
+        raise UserError("--seeds selects no seed")
+    return seeds
+
+
+def latents_for(seeds, latent_size):
+    """One N(0, I) latent per seed, the same on every machine."""
+    return torch.stack([torch.randn(latent_size, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+def slerp(a, b, t):
+    """Spherical interpolation between latents a and b (rows), t in [0, 1]."""
+    an, bn = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    omega = torch.acos((an * bn).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m fastpggan.generate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Generate images from a fastpggan checkpoint (through G_ema).")
+    p.add_argument("--checkpoint", required=True, help="checkpoint_<kimg>.pt written by fastpggan.train")
+    p.add_argument("--seeds", default="0-15", help="latent seeds, e.g. '0-15' or '3,7,42'")
+    p.add_argument("--out", default="generated", help="output folder")
+    p.add_argument("--singles", action="store_true", help="also write one PNG per seed")
+    p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
+    p.add_argument("--interp", type=int, default=0, metavar="FRAMES", help="interpolate between consecutive seeds with "
+                   "this many frames per pair (slerp in latent space)")
+    p.add_argument("--gif", action="store_true", help="write the interpolation as interp.gif instead of PNG frames")
+    p.add_argument("--fps", type=int, default=24, help="GIF frame rate")
+    p.add_argument("--class", dest="label", type=int, default=None, help="class index for a conditional model "
+                   "(default: seed mod classes)")
+    p.add_argument("--res", type=int, default=None, help="output resolution (default: where training had got to)")
+    p.add_argument("--which", default="G_ema", choices=["G_ema", "G"], help="generator weights to use")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--batch", type=int, default=16, help="images per forward pass")
+    return p
+
+
+def run(args, log=print):
+    device = pick_device(args.device)
+    G, state = ckpt.load_generator(args.checkpoint, which=args.which, device=device)
+    prog = state["progress"]
+    res, alpha = (args.res, 1.0) if args.res else (int(prog["resolution"]), float(prog["alpha"]))
+    if res < 4 or res & (res - 1) or res > G.resolution:
+        raise UserError(f"--res must be a power of two between 4 and {G.resolution}, got {res}")
+    seeds = parse_seeds(args.seeds)
+    os.makedirs(args.out, exist_ok=True)
+
+    def synth(z, seed_list):
+        labels = None
+        if G.label_size:
+            labels = torch.tensor([args.label if args.label is not None else s % G.label_size for s in seed_list])
+            if labels.max() >= G.label_size or labels.min() < 0:
+                raise UserError(f"--class must be in [0, {G.label_size})")
+            labels = labels.to(device)
+        with torch.no_grad():
+            return torch.cat([G(z[i:i + args.batch].to(device), res, alpha,
+                                None if labels is None else labels[i:i + args.batch])
+                              for i in range(0, len(z), args.batch)]).cpu()
+
+    z = latents_for(seeds, G.latent_size)
+    imgs = synth(z, seeds)
+    written = []
+    if not args.no_grid:
+        written.append(os.path.join(args.out, "grid.png"))
+        write_grid(imgs, written[-1])
+    if args.singles:
+        for s, img in zip(seeds, imgs):
+            written.append(os.path.join(args.out, f"seed{s:04d}.png"))
+            write_grid(img[None], written[-1])
+    if args.interp:
+        if len(seeds) < 2:
+            raise UserError("--interp needs at least two seeds")
+        zs, ss = [], []
+        for a, b, sa in zip(z[:-1], z[1:], seeds[:-1]):
+            for f in range(args.interp):
+                zs.append(slerp(a, b, torch.tensor(f / args.interp)))
+                ss.append(sa)
+        zs.append(z[-1])
+        ss.append(seeds[-1])
+        frames = synth(torch.stack(zs), ss)
+        if args.gif:
+            from PIL import Image
+            pil = [Image.fromarray(((f + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
+                                   .squeeze(-1).numpy()) for f in frames]
+            written.append(os.path.join(args.out, "interp.gif"))
+            pil[0].save(written[-1], save_all=True, append_images=pil[1:], duration=max(1, round(1000 / args.fps)), loop=0)
+        else:
+            fdir = os.path.join(args.out, "interp")
+            os.makedirs(fdir, exist_ok=True)
+            for i, f in enumerate(frames):
+                write_grid(f[None], os.path.join(fdir, f"{i:05d}.png"))
+            written.append(fdir + os.sep)
+    log(f"{len(seeds)} seeds at {res}x{res} (alpha {alpha:g}) -> " + ", ".join(written))
+    return written
+
+
+@cli_entry
+def main(argv=None):
+    run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

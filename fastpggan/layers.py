@@ -1,0 +1,120 @@
+"""Drop-in nn.Modules of PGGAN, built on fastpggan.ops.
+
+Equalized learning rate (paper Sec. 4.1): weights are stored N(0, 1) and scaled at run time by
+gain / sqrt(fan_in); biases start at zero. The scale is linear, so it is applied in the bias_act epilogue
+(`gain=`) instead of to the weight: conv(x, w) * s == conv(x, w * s).
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ops
+
+LRELU_SLOPE = 0.2
+_SLOPES = {"lrelu": LRELU_SLOPE, "linear": 1.0}
+
+
+def _slope(act):
+    if act not in _SLOPES:
+        raise ValueError(f"act must be 'lrelu' or 'linear', got {act!r}")
+    return _SLOPES[act]
+
+
+def fused_kernel_4x4(w):
+    """Official `fused_scale` kernel: the 3x3 kernel zero-padded to 5x5 and its four 4x4 shifts summed.
+
+    A 3x3 conv after 2x nearest upsampling, or before 2x2 average pooling (with a further x0.25), equals
+    one stride-2 (transposed) conv with this 4x4 kernel.
+    """
+    w = F.pad(w, [1, 1, 1, 1])
+    return w[..., 1:, 1:] + w[..., :-1, 1:] + w[..., 1:, :-1] + w[..., :-1, :-1]
+
+
+class EqualizedConv2d(nn.Module):
+    """conv2d with equalized LR, then bias, activation and optional pixel norm in one epilogue.
+
+    up=True:   2x nearest upsample + conv3x3, fused into one stride-2 transposed conv (official upscale2d_conv2d).
+    down=True: conv3x3 + 2x2 average pool, fused into one stride-2 conv with kernel x0.25 (official conv2d_downscale2d).
+    """
+
+    def __init__(self, in_ch, out_ch, kernel_size, *, gain=math.sqrt(2), bias=True, up=False, down=False,
+                 act="lrelu", pixel_norm=False, impl="auto"):
+        super().__init__()
+        if up and down:
+            raise ValueError("EqualizedConv2d: up and down are exclusive")
+        if (up or down) and kernel_size != 3:
+            raise ValueError("EqualizedConv2d: the fused up/down variants are defined for kernel_size=3")
+        self.in_ch, self.out_ch, self.kernel_size = in_ch, out_ch, kernel_size
+        self.up, self.down, self.act, self.pixel_norm, self.impl = up, down, act, pixel_norm, impl
+        self.negative_slope = _slope(act)
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
+        self.scale = gain / math.sqrt(in_ch * kernel_size * kernel_size)
+
+    def forward(self, x):
+        w = self.weight.to(x.dtype)
+        gain = self.scale
+        if self.up:
+            # conv_transpose is the adjoint of correlation, so the kernel is flipped to equal upsample + conv2d(w).
+            w4 = fused_kernel_4x4(w.flip(2, 3)).transpose(0, 1)
+            y = F.conv_transpose2d(x, w4, stride=2, padding=1)
+        elif self.down:
+            y = F.conv2d(x, fused_kernel_4x4(w), stride=2, padding=1)
+            gain = gain * 0.25
+        else:
+            y = F.conv2d(x, w, padding=self.kernel_size // 2)
+        return ops.bias_act(y, self.bias, gain=gain, negative_slope=self.negative_slope,
+                            pixel_norm=self.pixel_norm, impl=self.impl)
+
+    def extra_repr(self):
+        return (f"{self.in_ch}, {self.out_ch}, kernel_size={self.kernel_size}, up={self.up}, down={self.down}, "
+                f"act={self.act!r}, pixel_norm={self.pixel_norm}")
+
+
+class EqualizedLinear(nn.Module):
+    """Dense layer with equalized LR: y = act(x @ (w * gain/sqrt(in))^T + b), optional pixel norm."""
+
+    def __init__(self, in_features, out_features, *, gain=math.sqrt(2), bias=True, act="lrelu",
+                 pixel_norm=False, impl="auto"):
+        super().__init__()
+        self.in_features, self.out_features, self.act, self.pixel_norm, self.impl = \
+            in_features, out_features, act, pixel_norm, impl
+        self.negative_slope = _slope(act)
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.scale = gain / math.sqrt(in_features)
+
+    def forward(self, x):
+        y = F.linear(x.flatten(1), self.weight.to(x.dtype))
+        return ops.bias_act(y, self.bias, gain=self.scale, negative_slope=self.negative_slope,
+                            pixel_norm=self.pixel_norm, impl=self.impl)
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, act={self.act!r}, pixel_norm={self.pixel_norm}"
+
+
+class PixelNorm(nn.Module):
+    """b = a / sqrt(mean_c(a^2) + 1e-8), over dim 1 (paper Sec. 4.2)."""
+
+    def __init__(self, impl="auto"):
+        super().__init__()
+        self.impl = impl
+
+    def forward(self, x):
+        return ops.bias_act(x, None, negative_slope=1.0, pixel_norm=True, impl=self.impl)
+
+
+class MinibatchStdDev(nn.Module):
+    """Appends the group-stddev feature map (paper Sec. 3): (N, C, H, W) -> (N, C+1, H, W)."""
+
+    def __init__(self, group_size=4, impl="auto"):
+        super().__init__()
+        self.group_size, self.impl = group_size, impl
+
+    def forward(self, x):
+        return ops.minibatch_stddev(x, self.group_size, impl=self.impl)
+
+    def extra_repr(self):
+        return f"group_size={self.group_size}"

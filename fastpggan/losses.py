@@ -1,0 +1,55 @@
+"""WGAN-GP losses as in the official loss.py (D_wgangp_acgan, G_wgan_acgan).
+
+    L_D = D(fake) - D(real) + lambda/target^2 * (||grad_xhat D(xhat)|| - target)^2 + drift * D(real)^2
+    xhat = real + u * (fake - real),   u ~ U(0, 1) per sample
+    L_G = -D(fake)
+
+With labels, D returns (N, 1 + L): column 0 is the score and the rest are AC-GAN logits, which add a softmax
+cross-entropy term for reals and fakes (D) or fakes (G), weight 1. The per-sample losses are averaged over the
+minibatch (Adam is invariant to that constant factor, up to its epsilon).
+`D` is any callable mapping images to scores. The fakes are detached in the D loss.
+"""
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from .ops._util import upcast
+
+
+def _split(out):
+    out = upcast(out)
+    return out[:, :1], out[:, 1:]
+
+
+def _label_term(logits, labels):
+    if labels is None or logits.shape[1] == 0:
+        return 0.0
+    target = labels.long() if not labels.is_floating_point() else labels.to(logits.dtype)
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def gp_interpolate(reals, fakes, u):
+    """xhat = real + u * (fake - real), with u of shape (N,)."""
+    fakes = fakes.to(reals.dtype)
+    return torch.lerp(reals, fakes, u.to(reals.dtype).reshape(-1, *([1] * (reals.ndim - 1))))
+
+
+def d_loss_wgan_gp(D, reals, fakes, *, lambda_gp=10.0, drift=1e-3, labels=None, target=1.0, impl="auto"):
+    """Scalar WGAN-GP critic loss, averaged over the minibatch."""
+    fakes = fakes.detach()
+    real_scores, real_logits = _split(D(reals))
+    fake_scores, fake_logits = _split(D(fakes))
+    u = torch.rand(reals.shape[0], device=reals.device)
+    xhat = gp_interpolate(reals.detach(), fakes, u).requires_grad_(True)
+    mixed_scores = D(xhat)[:, :1]
+    grads, = torch.autograd.grad(upcast(mixed_scores).sum(), xhat, create_graph=True)
+    gp = ops.gradient_penalty(grads, target=target, impl=impl)
+    loss = (fake_scores - real_scores).squeeze(1) + gp * (lambda_gp / target ** 2) + drift * real_scores.square().squeeze(1)
+    loss = loss + _label_term(real_logits, labels) + _label_term(fake_logits, labels)
+    return loss.mean()
+
+
+def g_loss_wgan(D, fakes, *, labels=None):
+    """Scalar WGAN generator loss -D(fake), plus the AC-GAN term with labels, averaged over the minibatch."""
+    scores, logits = _split(D(fakes))
+    return (-scores.squeeze(1) + _label_term(logits, labels)).mean()

@@ -1,0 +1,119 @@
+"""PGGAN Generator and Discriminator (paper Table 2; official networks.py G_paper / D_paper, fused_scale=True).
+
+nf(stage) = min(fmap_base / 2^stage, fmap_max); the block at resolution 2^k has nf(k-1) feature maps.
+Blocks are indexed by k - 2, so block 0 is 4x4. Both networks run at any power-of-two resolution up to
+their maximum, and `alpha` in [0, 1] fades in the newest block (paper Fig. 2):
+
+    G: lerp(upsample2x(toRGB_low(x_low)), toRGB_high(block(x_low)), alpha)
+    D: lerp(fromRGB_low(avgpool2x(img)), block(fromRGB_high(img)), alpha)
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ops
+from .layers import EqualizedConv2d, EqualizedLinear, MinibatchStdDev
+
+
+def _log2_res(res, max_res, what):
+    k = int(round(math.log2(res))) if res and res > 0 else -1
+    if res < 4 or 2 ** k != res or res > max_res:
+        raise ValueError(f"{what}: resolution must be a power of two in [4, {max_res}], got {res}")
+    return k
+
+
+def _nf(fmap_base, fmap_max):
+    # Clamped at 1 so that narrow test/CPU configurations stay valid at high resolutions (official: no clamp).
+    return lambda stage: max(min(int(fmap_base / 2.0 ** stage), fmap_max), 1)
+
+
+def _labels_to_onehot(labels, label_size, dtype):
+    if labels.dtype in (torch.int32, torch.int64, torch.uint8, torch.int16):
+        return F.one_hot(labels.long(), label_size).to(dtype)
+    return labels.to(dtype)
+
+
+class Generator(nn.Module):
+    """G(z, res=None, alpha=1.0, labels=None) -> (N, num_channels, res, res) images in about [-1, 1]."""
+
+    def __init__(self, resolution=1024, latent_size=512, num_channels=3, fmap_base=8192, fmap_max=512,
+                 label_size=0, impl="auto"):
+        super().__init__()
+        self.resolution_log2 = _log2_res(resolution, 2 ** 30, "Generator")
+        self.resolution, self.latent_size, self.num_channels = resolution, latent_size, num_channels
+        self.label_size, self.impl = label_size, impl
+        nf = _nf(fmap_base, fmap_max)
+        c4 = nf(1)
+        # 4x4: dense latent -> c4*16 with gain sqrt(2)/4 (official "to match the original Theano implementation"),
+        # reshaped to (c4, 4, 4), then per-channel bias, LReLU, pixel norm.
+        self.dense = EqualizedLinear(latent_size + label_size, c4 * 16, gain=math.sqrt(2) / 4, bias=False,
+                                     act="linear", impl=impl)
+        self.dense_bias = nn.Parameter(torch.zeros(c4))
+        self.blocks = nn.ModuleList([EqualizedConv2d(c4, c4, 3, pixel_norm=True, impl=impl)])
+        for k in range(3, self.resolution_log2 + 1):
+            self.blocks.append(nn.Sequential(
+                EqualizedConv2d(nf(k - 2), nf(k - 1), 3, up=True, pixel_norm=True, impl=impl),
+                EqualizedConv2d(nf(k - 1), nf(k - 1), 3, pixel_norm=True, impl=impl)))
+        self.to_rgb = nn.ModuleList([EqualizedConv2d(nf(k - 1), num_channels, 1, gain=1.0, act="linear", impl=impl)
+                                     for k in range(2, self.resolution_log2 + 1)])
+
+    def _block4(self, z, labels):
+        x = z if self.label_size == 0 else torch.cat([z, _labels_to_onehot(labels, self.label_size, z.dtype)], 1)
+        x = ops.bias_act(x, None, negative_slope=1.0, pixel_norm=True, impl=self.impl)   # normalize_latents
+        x = self.dense(x).reshape(x.shape[0], -1, 4, 4)
+        x = ops.bias_act(x, self.dense_bias, pixel_norm=True, impl=self.impl)
+        return self.blocks[0](x)
+
+    def forward(self, z, res=None, alpha=1.0, labels=None):
+        k = _log2_res(res or self.resolution, self.resolution, "Generator")
+        if self.label_size and labels is None:
+            raise ValueError(f"Generator was built with label_size={self.label_size}; pass labels=")
+        x = self._block4(z, labels)
+        for i in range(1, k - 2):
+            x = self.blocks[i](x)
+        if k == 2:
+            return self.to_rgb[0](x)
+        high = self.to_rgb[k - 2](self.blocks[k - 2](x))
+        if isinstance(alpha, (int, float)) and alpha >= 1:
+            return high
+        return ops.fade_in(self.to_rgb[k - 3](x), high, alpha, impl=self.impl)
+
+
+class Discriminator(nn.Module):
+    """D(images, alpha=1.0) -> (N, 1 + label_size) scores; the resolution is taken from the images."""
+
+    def __init__(self, resolution=1024, num_channels=3, fmap_base=8192, fmap_max=512, mbstd_group_size=4,
+                 label_size=0, impl="auto"):
+        super().__init__()
+        self.resolution_log2 = _log2_res(resolution, 2 ** 30, "Discriminator")
+        self.resolution, self.num_channels, self.label_size, self.impl = resolution, num_channels, label_size, impl
+        nf = _nf(fmap_base, fmap_max)
+        self.from_rgb = nn.ModuleList([EqualizedConv2d(num_channels, nf(k - 1), 1, impl=impl)
+                                       for k in range(2, self.resolution_log2 + 1)])
+        c4 = nf(1)
+        layers4 = [MinibatchStdDev(mbstd_group_size, impl=impl)] if mbstd_group_size > 1 else []
+        self.blocks = nn.ModuleList([nn.Sequential(
+            *layers4,
+            EqualizedConv2d(c4 + len(layers4), c4, 3, impl=impl),
+            EqualizedLinear(c4 * 16, nf(0), impl=impl),           # the paper's conv 4x4; officially dense
+            EqualizedLinear(nf(0), 1 + label_size, gain=1.0, act="linear", impl=impl))])
+        for k in range(3, self.resolution_log2 + 1):
+            self.blocks.append(nn.Sequential(
+                EqualizedConv2d(nf(k - 1), nf(k - 1), 3, impl=impl),
+                EqualizedConv2d(nf(k - 1), nf(k - 2), 3, down=True, impl=impl)))
+
+    def forward(self, images, alpha=1.0):
+        if images.ndim != 4 or images.shape[1] != self.num_channels or images.shape[2] != images.shape[3]:
+            raise ValueError(f"Discriminator expects (N, {self.num_channels}, R, R) images, got {tuple(images.shape)}")
+        k = _log2_res(images.shape[-1], self.resolution, "Discriminator")
+        x = self.from_rgb[k - 2](images)
+        if k > 2:
+            x = self.blocks[k - 2](x)
+            if not (isinstance(alpha, (int, float)) and alpha >= 1):
+                low = self.from_rgb[k - 3](F.avg_pool2d(images, 2))
+                x = ops.fade_in(low, x, alpha, impl=self.impl)
+            for i in range(k - 3, 0, -1):
+                x = self.blocks[i](x)
+        return self.blocks[0](x)

@@ -1,0 +1,15 @@
+"""Functional hot ops of PGGAN, each with `impl='auto'|'ref'|'triton'|'ext'` (see _dispatch).
+
+Every op supports autograd; bias_act without pixel norm, fade_in, minibatch_stddev and gradient_penalty are
+differentiable twice, for the WGAN-GP double backward through D. Each op's `*_ref` is the oracle that every
+fast backend is tested against.
+"""
+from ._dispatch import AUTO_ORDER, IMPLS, BackendUnavailable
+from .bias_act import bias_act, bias_act_ref
+from .fade_in import fade_in, fade_in_ref, upsample2x_nearest
+from .gradient_penalty import gradient_penalty, gradient_penalty_ref
+from .minibatch_stddev import minibatch_stddev, minibatch_stddev_ref
+
+__all__ = ["bias_act", "fade_in", "minibatch_stddev", "gradient_penalty", "upsample2x_nearest",
+           "bias_act_ref", "fade_in_ref", "minibatch_stddev_ref", "gradient_penalty_ref",
+           "BackendUnavailable", "IMPLS", "AUTO_ORDER"]

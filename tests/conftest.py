@@ -1,0 +1,30 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Fresh RNG and a private dataset cache for every test."""
+    torch.manual_seed(1234)
+    monkeypatch.setenv("FASTPGGAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FASTPGGAN_IMPL", raising=False)
+
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+    """64 random 16x16 RGB images with 3 classes, saved as .npz (images NHWC, labels)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(64, 16, 16, 3), dtype=np.uint8)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, images=x, labels=rng.integers(0, 3, size=64))
+    return str(path)
+
+
+def tiny_train_args(data, out, *extra):
+    """CLI arguments for a seconds-long run: 4x4 -> 8x8 -> 16x16 with transitions, tiny widths."""
+    return ["--data", data, "--out", str(out), "--name", "run", "--fmap-base", "32", "--fmap-max", "8",
+            "--latent-size", "8", "--minibatch", "8", "--lod-training-kimg", "0.016", "--lod-transition-kimg", "0.016",
+            "--tick-kimg", "0.016", "--snap-ticks", "2", "--kimg", "0.08", "--no-progress", "--device", "cpu", *extra]

@@ -1,0 +1,111 @@
+"""Generator and Discriminator: Table-2 sizes, shapes, and fade-in continuity."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastpggan import ops
+from fastpggan.networks import Discriminator, Generator
+
+SMALL = dict(fmap_base=128, fmap_max=16)
+
+
+def _count(net, skip_prefix, keep_index):
+    """Parameters, counting only the final toRGB/fromRGB (index keep_index)."""
+    return sum(p.numel() for n, p in net.named_parameters()
+               if not (n.startswith(skip_prefix) and not n.startswith(f"{skip_prefix}{keep_index}.")))
+
+
+def test_table2_parameter_counts():
+    G, D = Generator(), Discriminator()
+    g = _count(G, "to_rgb.", 8)
+    d = _count(D, "from_rgb.", 8)
+    assert abs(g - 23.1e6) / 23.1e6 < 0.01, g
+    assert abs(d - 23.1e6) / 23.1e6 < 0.01, d
+    # Table 2 widths: 512 up to 32x32, then halving to 16 at 1024x1024.
+    widths = [G.to_rgb[i].in_ch for i in range(9)]
+    assert widths == [512, 512, 512, 512, 256, 128, 64, 32, 16]
+    assert [D.from_rgb[i].out_ch for i in range(9)] == widths
+    assert D.blocks[0][0].group_size == 4 and D.blocks[0][1].in_ch == 513
+
+
+@pytest.mark.parametrize("res", [4, 8, 16, 32, 64, 128, 256, 512, 1024])
+def test_shapes_at_every_resolution(res):
+    torch.manual_seed(0)
+    n = 2 if res < 256 else 1
+    G = Generator(resolution=1024, latent_size=8, num_channels=3, **SMALL)
+    D = Discriminator(resolution=1024, num_channels=3, **SMALL)
+    with torch.no_grad():
+        img = G(torch.randn(n, 8), res=res, alpha=0.5)
+        assert img.shape == (n, 3, res, res)
+        assert D(img, alpha=0.5).shape == (n, 1)
+
+
+def test_full_width_shapes_at_1024():
+    with torch.no_grad():
+        img = Generator()(torch.randn(1, 512))
+        assert img.shape == (1, 3, 1024, 1024) and torch.isfinite(img).all()
+        assert Discriminator()(img).shape == (1, 1)
+
+
+@pytest.mark.parametrize("r", [4, 8, 16])
+def test_generator_alpha0_is_smaller_net_upsampled(r):
+    G = Generator(resolution=32, latent_size=16, num_channels=3, **SMALL)
+    z = torch.randn(3, 16)
+    with torch.no_grad():
+        assert torch.equal(G(z, res=2 * r, alpha=0.0), ops.upsample2x_nearest(G(z, res=r)))
+
+
+def test_generator_alpha1_is_grown_net():
+    G = Generator(resolution=16, latent_size=16, num_channels=1, **SMALL)
+    z = torch.randn(3, 16)
+    with torch.no_grad():
+        assert torch.equal(G(z, res=16, alpha=torch.tensor(1.0)), G(z, res=16))
+        assert torch.equal(G(z, res=16, alpha=1.0), G(z))
+
+
+@pytest.mark.parametrize("r", [4, 8, 16])
+def test_discriminator_alpha0_is_smaller_net_on_pooled(r):
+    D = Discriminator(resolution=32, num_channels=3, **SMALL)
+    x = torch.randn(4, 3, 2 * r, 2 * r)
+    with torch.no_grad():
+        assert torch.equal(D(x, alpha=0.0), D(F.avg_pool2d(x, 2)))
+        assert torch.equal(D(x, alpha=torch.tensor(1.0)), D(x))
+
+
+def test_alpha_interpolates_linearly():
+    G = Generator(resolution=8, latent_size=16, num_channels=3, **SMALL)
+    z = torch.randn(2, 16)
+    with torch.no_grad():
+        a, b, mid = G(z, 8, 0.0), G(z, 8, 1.0), G(z, 8, 0.25)
+    torch.testing.assert_close(mid, 0.75 * a + 0.25 * b)
+
+
+def test_latents_are_pixel_normalized():
+    G = Generator(resolution=8, latent_size=16, num_channels=3, **SMALL)
+    z = torch.randn(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(G(z), G(z * 7.5))
+
+
+def test_labels():
+    G = Generator(resolution=8, latent_size=16, num_channels=3, label_size=5, **SMALL)
+    D = Discriminator(resolution=8, num_channels=3, label_size=5, **SMALL)
+    z = torch.randn(4, 16)
+    labels = torch.tensor([0, 1, 4, 2])
+    with torch.no_grad():
+        img = G(z, labels=labels)
+        torch.testing.assert_close(img, G(z, labels=F.one_hot(labels, 5).float()))
+        assert not torch.equal(img, G(z, labels=torch.tensor([3, 3, 3, 3])))
+        assert D(img).shape == (4, 6)
+    with pytest.raises(ValueError, match="labels"):
+        G(z)
+
+
+def test_bad_resolution_and_backend():
+    with pytest.raises(ValueError, match="power of two"):
+        Generator(resolution=48)
+    G = Generator(resolution=16, latent_size=8, **SMALL)
+    with pytest.raises(ValueError, match="power of two"):
+        G(torch.randn(1, 8), res=32)
+    with pytest.raises(ops.BackendUnavailable, match="triton"):
+        Generator(resolution=8, latent_size=8, impl="triton", **SMALL)(torch.randn(1, 8))

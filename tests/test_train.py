@@ -1,0 +1,206 @@
+"""The trainer end to end on seconds-long runs: growth, outputs, exact resume, and every error path."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_train_args
+from fastpggan import checkpoint as ckpt
+from fastpggan import losses, train
+from fastpggan.errors import UserError
+
+
+def _train(argv):
+    return train.run(train.build_parser().parse_args(argv), log=lambda *a: None)
+
+
+def _log(run_dir):
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_smoke_grows_through_resolutions(tiny_npz, tmp_path):
+    t = _train(tiny_train_args(tiny_npz, tmp_path))
+    run_dir = tmp_path / "run"
+    rows = _log(run_dir)
+    assert [r["res"] for r in rows] == [4, 8, 8, 16, 16]
+    assert rows[1]["alpha"] < 1 and rows[3]["alpha"] < 1 and rows[-1]["alpha"] == 1
+    for key in ("kimg", "res", "alpha", "loss_G", "loss_D", "sec_per_kimg", "img_per_s", "peak_mem_mb"):
+        assert all(key in r for r in rows)
+    assert all(np.isfinite(r["loss_D"]) and np.isfinite(r["loss_G"]) for r in rows)
+    assert t.nimg == 80 and len(list(run_dir.glob("fakes_*.png"))) == 5
+    assert json.loads((run_dir / "config.json").read_text())["network"]["fmap_max"] == 8
+    last = ckpt.latest(str(run_dir))
+    state = torch.load(last, weights_only=True)
+    assert state["progress"]["nimg"] == 80 and state["progress"]["resolution"] == 16
+    assert set(state) >= {"G", "D", "G_ema", "opt_G", "opt_D", "scaler", "rng", "sampler", "config", "progress"}
+    # G_ema moved away from G's initial weights but is not G.
+    assert not torch.equal(state["G_ema"]["dense.weight"], state["G"]["dense.weight"])
+
+
+def test_keep_last_k(tiny_npz, tmp_path):
+    _train(tiny_train_args(tiny_npz, tmp_path, "--snap-ticks", "1", "--keep", "2"))
+    names = [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path / "run"))]
+    assert names == ["checkpoint_000000.064.pt", "checkpoint_000000.080.pt"]
+
+
+def _all_tensors(state):
+    out = {}
+    for part in ("G", "D", "G_ema"):
+        out.update({f"{part}.{k}": v for k, v in state[part].items()})
+    for part in ("opt_G", "opt_D"):
+        for pid, s in state[part]["state"].items():
+            out.update({f"{part}.{pid}.{k}": v for k, v in s.items() if torch.is_tensor(v)})
+    return out
+
+
+@pytest.mark.parametrize("extra", [[], ["--mirror", "--cond"]])
+def test_resume_is_bit_exact(tiny_npz, tmp_path, extra):
+    straight = tiny_train_args(tiny_npz, tmp_path / "a", *extra)
+    _train(straight)
+    full = torch.load(ckpt.latest(str(tmp_path / "a" / "run")), weights_only=True)
+
+    half = tiny_train_args(tiny_npz, tmp_path / "b", *extra)
+    half[half.index("--kimg") + 1] = "0.04"          # stop mid-transition (8x8 fade-in)
+    _train(half)
+    mid = ckpt.latest(str(tmp_path / "b" / "run"))
+    assert torch.load(mid, weights_only=True)["progress"]["nimg"] == 40
+    _train(["--resume", mid, "--kimg", "0.08", "--no-progress", "--device", "cpu"])
+    resumed = torch.load(ckpt.latest(str(tmp_path / "b" / "run")), weights_only=True)
+
+    a, b = _all_tensors(full), _all_tensors(resumed)
+    assert a.keys() == b.keys() and len(a) > 20
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert full["sampler"] == resumed["sampler"] and torch.equal(full["rng"]["torch"], resumed["rng"]["torch"])
+
+
+def test_resume_latest(tiny_npz, tmp_path):
+    argv = tiny_train_args(tiny_npz, tmp_path)
+    argv[argv.index("--kimg") + 1] = "0.032"
+    _train(argv)
+    t = _train(["--resume", "latest", "--out", str(tmp_path), "--kimg", "0.048", "--no-progress", "--device", "cpu"])
+    assert t.nimg == 48 and t.run_dir == str(tmp_path / "run")
+
+
+def test_amp_bf16_on_cpu(tiny_npz, tmp_path):
+    t = _train(tiny_train_args(tiny_npz, tmp_path, "--amp"))
+    assert t.amp_dtype == torch.bfloat16
+    assert all(np.isfinite(r["loss_D"]) for r in _log(tmp_path / "run"))
+
+
+def test_cond_needs_labels(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((8, 8, 8), np.uint8))
+    with pytest.raises(UserError, match="--cond needs class labels"):
+        _train(tiny_train_args(str(tmp_path / "x.npy"), tmp_path, "--cond"))
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_npz, tmp_path, monkeypatch):
+    real, calls = losses.g_loss_wgan, []
+
+    def poisoned(*a, **k):
+        calls.append(1)
+        out = real(*a, **k)
+        return out * float("nan") if len(calls) >= 5 else out
+    monkeypatch.setattr(losses, "g_loss_wgan", poisoned)
+    with pytest.raises(train.Diverged, match="NaN.*last good checkpoint: .*checkpoint_000000.032.pt"):
+        _train(tiny_train_args(tiny_npz, tmp_path))
+    good = ckpt.list_checkpoints(str(tmp_path / "run"))
+    assert len(good) == 1
+    state = ckpt.load(good[0])
+    assert state["progress"]["nimg"] == 32
+    assert all(torch.isfinite(v).all() for v in state["G"].values())
+
+
+def test_oom_message(tiny_npz, tmp_path, monkeypatch):
+    def oom(self, ph):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+    monkeypatch.setattr(train.Trainer, "step", oom)
+    with pytest.raises(UserError, match=r"out of memory at 4x4 with minibatch 8: .*--minibatch 4:4.*--amp"):
+        _train(tiny_train_args(tiny_npz, tmp_path))
+
+
+def test_ctrl_c_saves_checkpoint_then_exits(tiny_npz, tmp_path, monkeypatch):
+    real, calls = train.Trainer.step, []
+
+    def step(self, ph):
+        out = real(self, ph)
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+    monkeypatch.setattr(train.Trainer, "step", step)
+    with pytest.raises(SystemExit) as e:
+        _train(tiny_train_args(tiny_npz, tmp_path))
+    assert e.value.code == 130
+    state = ckpt.load(ckpt.latest(str(tmp_path / "run")))
+    assert state["progress"]["nimg"] == 24
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("content,msg", [(b"\x00garbage" * 10, "corrupt"), (None, "not a fastpggan checkpoint")])
+def test_bad_checkpoint(tmp_path, content, msg):
+    path = tmp_path / "c.pt"
+    if content is None:
+        torch.save({"weights": torch.ones(2)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=msg):
+        _train(["--resume", str(path), "--no-progress"])
+    with pytest.raises(UserError, match="does not exist"):
+        _train(["--resume", str(tmp_path / "missing.pt"), "--no-progress"])
+
+
+def test_incompatible_checkpoint(tiny_npz, tmp_path):
+    argv = tiny_train_args(tiny_npz, tmp_path)
+    argv[argv.index("--kimg") + 1] = "0.016"
+    _train(argv)
+    path = ckpt.latest(str(tmp_path / "run"))
+    state = torch.load(path, weights_only=True)
+    state["G"]["dense.weight"] = torch.zeros(3, 3)
+    torch.save(state, path)
+    with pytest.raises(UserError, match="incompatible"):
+        _train(["--resume", path, "--no-progress", "--device", "cpu"])
+
+
+def _cli(*args, cwd):
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "fastpggan.train", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--data", "no/such/folder"], "error: data path 'no/such/folder' does not exist"),
+    (["--data", "digits", "--resolution", "24"], "error: resolution must be a power of two"),
+    (["--data", "digits", "--resolution", "2"], "error: resolution must be a power of two"),
+    (["--resume", "latest"], "error: --resume latest: no checkpoint found"),
+])
+def test_cli_errors_are_one_line(tmp_path, args, msg):
+    r = _cli(*args, "--no-progress", cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(msg), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_too_small_images_strict(tmp_path):
+    from PIL import Image
+    (tmp_path / "d").mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "d" / f"{i}.png")
+    r = _cli("--data", "d", "--resolution", "32", "--strict", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 2 and "smaller than 32x32" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_help_documents_flags(tmp_path):
+    r = _cli("--help", cwd=tmp_path)
+    assert r.returncode == 0
+    for flag in ("--data", "--out", "--resolution", "--kimg", "--preset", "--seed", "--amp", "--resume", "--device",
+                 "--mirror", "--cond", "--lod-training-kimg", "--lod-transition-kimg", "--minibatch", "--lr",
+                 "--no-reset-opt", "--strict"):
+        assert flag in r.stdout
