@@ -357,7 +357,7 @@ class Trainer:
         if self.progress:
             from tqdm import tqdm
             bar = tqdm(total=round(total / 1000, 3), initial=round(self.nimg / 1000, 3), unit="kimg",
-                       dynamic_ncols=True, smoothing=0.05, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]")
+                       dynamic_ncols=True, smoothing=0.05, mininterval=1.0, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]")
         old_handler = signal.getsignal(signal.SIGINT)
 
         def on_sigint(signum, frame):
