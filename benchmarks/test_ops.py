@@ -6,7 +6,7 @@ median into GB/s. Forward and forward+backward are separate groups.
 import pytest
 import torch
 
-from conftest import PGGAN_SHAPES, record, run_synced, shape_cases
+from conftest import PGGAN_SHAPES, devices, record, run_synced, shape_cases
 from fastpggan import ops
 
 IMPLS = ["ref", "triton", "ext"]
@@ -60,7 +60,7 @@ def test_fade_in_fwd(benchmark, device, res, impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("device", [c.values[0] for c in shape_cases() if c.values[1] == 4])
+@pytest.mark.parametrize("device", devices())
 def test_minibatch_stddev_fwd_bwd(benchmark, device, impl):
     x, _ = _inputs(device, 4, grad=True)
     _impl_or_skip(impl, "minibatch_stddev", x.detach())
