@@ -202,7 +202,7 @@ class ImageDataset:
         return self.num_images
 
 
-def _decode(src, i, channels):
+def _decode(src, i):
     from PIL import Image
     img = Image.open(io.BytesIO(src.opener(src.items[i])))
     img.load()
@@ -216,7 +216,7 @@ def _native_resolution(src, strict):
         return 1 << (side.bit_length() - 1), (1 if src.array.shape[1] == 1 else 3)
     for i in range(len(src.items)):
         try:
-            img = _decode(src, i, None)
+            img = _decode(src, i)
         except Exception as e:
             if strict:
                 raise UserError(f"corrupt image {src.items[i]} ({e}); remove it or drop --strict") from None
@@ -247,7 +247,7 @@ def _write_levels(src, resolution, channels, folder, strict, progress):
                 arr = to_square_array(img, channels, resolution)
         else:
             try:
-                arr = to_square_array(_decode(src, i, channels), channels, resolution)
+                arr = to_square_array(_decode(src, i), channels, resolution)
             except Exception as e:
                 corrupt += 1
                 first_bad = first_bad or f"{src.items[i]} ({e})"

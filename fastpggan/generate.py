@@ -4,7 +4,6 @@ Writes a grid (default), single images (--singles), and/or a latent interpolatio
 frames or an animated GIF (--gif). Uses G_ema, at the resolution and fade-in the checkpoint had reached.
 """
 import argparse
-import math
 import os
 
 import torch

@@ -15,7 +15,7 @@ TICK_KIMG = {4: 160, 8: 140, 16: 120, 32: 100, 64: 80, 128: 60, 256: 40, 512: 20
 
 PRESETS = {
     # Paper / v1: minibatch 16 and 800+800 kimg phases (mbstd group 16 in the official v1 preset).
-    "v1": dict(minibatch_base=16, minibatch={256: 14, 512: 6, 1024: 3}, lr_base=0.001, lr={},
+    "v1": dict(mbstd_group_size=16, minibatch_base=16, minibatch={256: 14, 512: 6, 1024: 3}, lr_base=0.001, lr={},
                lod_training_kimg=800, lod_transition_kimg=800, total_kimg=19000),
     "v2-1gpu": dict(minibatch_base=4, minibatch={4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4},
                     lr_base=0.001, lr={1024: 0.0015}, lod_training_kimg=600, lod_transition_kimg=600, total_kimg=12000),

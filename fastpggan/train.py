@@ -12,7 +12,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 
 import numpy as np
@@ -87,7 +86,8 @@ def build_parser():
     n.add_argument("--fmap-base", type=int, default=None, help="nf(stage) = min(fmap_base / 2^stage, fmap_max) (official 8192)")
     n.add_argument("--fmap-max", type=int, default=None, help="official 512")
     n.add_argument("--latent-size", type=int, default=None, help="official 512")
-    n.add_argument("--mbstd-group", type=int, default=4, help="minibatch-stddev group size (0 or 1 turns it off)")
+    n.add_argument("--mbstd-group", dest="mbstd_group_size", type=int, default=None,
+                   help="minibatch-stddev group size, 0 or 1 turns it off (official: 4; 16 in preset v1)")
     n.add_argument("--lambda-gp", type=float, default=10.0, help="WGAN-GP weight")
     n.add_argument("--drift", type=float, default=1e-3, help="epsilon-drift weight on D(real)^2")
     n.add_argument("--ema", type=float, default=None, help="G EMA smoothing per step (official and presets: 0.999)")
@@ -129,7 +129,7 @@ def pick_amp(mode, device):
     return torch.bfloat16, None
 
 
-def auto_settings(device, resolution, num_images):
+def auto_settings(device, resolution):
     """A configuration sized to the device and the data: see README 'The bare command'."""
     steps = max(int(math.log2(resolution)) - 2, 0)
     if device.type == "cuda":
@@ -137,15 +137,16 @@ def auto_settings(device, resolution, num_images):
         return dict(fmap_base=8192, fmap_max=512, latent_size=512, minibatch_base=4,
                     minibatch=dict(PRESETS["v2-1gpu"]["minibatch"]), lr_base=0.001, lr=dict(PRESETS["v2-1gpu"]["lr"]),
                     lod_training_kimg=phase, lod_transition_kimg=phase, total_kimg=(2 * steps + 1) * phase,
-                    tick_kimg=None, snap_ticks=10, ema=0.999)
+                    tick_kimg=None, snap_ticks=10, ema=0.999, mbstd_group_size=4)
     # 2-core CPU: narrow nets (64 maps at most, 32 at 32x32), minibatch 32, bf16 autocast with --amp; measured
-    # about 1100/580/270/130 img/s at 4/8/16/32 px on a 2-core CPU, so 20-kimg phases take ~10 minutes to 32x32.
+    # about 1500/600/300/155 img/s at 4/8/16/32 px on this project's 2-core CPU, so 20-kimg phases reach 32x32
+    # and finish in about 8 minutes (README, Results).
     # The official per-step EMA of 0.999 averages over ~700 steps, most of such a short run (G_ema would still
     # be half its random init after 20 kimg), so the EMA half-life is set to 2 kimg here.
     phase, minibatch = (20 if resolution <= 32 else 10), 32
     return dict(fmap_base=512, fmap_max=64, latent_size=128, minibatch_base=minibatch, minibatch={}, lr_base=0.001,
                 lr={}, lod_training_kimg=phase, lod_transition_kimg=phase, total_kimg=(2 * steps + 1) * phase,
-                tick_kimg=phase / 2, snap_ticks=2, ema=round(0.5 ** (minibatch / 2000), 6))
+                tick_kimg=phase / 2, snap_ticks=2, ema=round(0.5 ** (minibatch / 2000), 6), mbstd_group_size=4)
 
 
 def make_config(args, dataset, device):
@@ -153,15 +154,16 @@ def make_config(args, dataset, device):
         raise UserError(f"--cond needs class labels, and dataset '{dataset.name}' has none "
                         "(labels come from .npz 'labels', class subfolders, or the built-in sets)")
     if args.preset == "auto":
-        s = auto_settings(device, dataset.resolution, len(dataset))
+        s = auto_settings(device, dataset.resolution)
     else:
         pre = PRESETS[args.preset]
         s = dict(fmap_base=8192, fmap_max=512, latent_size=512, minibatch_base=pre["minibatch_base"],
                  minibatch=dict(pre["minibatch"]), lr_base=pre["lr_base"], lr=dict(pre["lr"]),
                  lod_training_kimg=pre["lod_training_kimg"], lod_transition_kimg=pre["lod_transition_kimg"],
-                 total_kimg=pre["total_kimg"], tick_kimg=None, snap_ticks=10, ema=0.999)
+                 total_kimg=pre["total_kimg"], tick_kimg=None, snap_ticks=10, ema=0.999,
+                 mbstd_group_size=pre.get("mbstd_group_size", 4))
     for key in ("fmap_base", "fmap_max", "latent_size", "lod_training_kimg", "lod_transition_kimg", "tick_kimg",
-                "snap_ticks", "ema"):
+                "snap_ticks", "ema", "mbstd_group_size"):
         v = getattr(args, key)
         if v is not None:
             s[key] = v
@@ -186,7 +188,7 @@ def make_config(args, dataset, device):
     if tick:
         schedule["tick_kimg"] = tick
     network = dict(resolution=dataset.resolution, latent_size=s["latent_size"], num_channels=dataset.num_channels,
-                   fmap_base=s["fmap_base"], fmap_max=s["fmap_max"], mbstd_group_size=args.mbstd_group,
+                   fmap_base=s["fmap_base"], fmap_max=s["fmap_max"], mbstd_group_size=s["mbstd_group_size"],
                    label_size=dataset.num_classes if args.cond else 0)
     return dict(data=args.data, resolution=dataset.resolution, dataset_hash=dataset.meta["source_hash"],
                 preset=args.preset, seed=args.seed, amp=args.amp, mirror=args.mirror, cond=args.cond,
@@ -351,7 +353,7 @@ class Trainer:
 
     # -- loop ---------------------------------------------------------------------------------------------------
     def run(self):
-        cfg, total = self.cfg, int(round(self.cfg["total_kimg"] * 1000))
+        total = int(round(self.cfg["total_kimg"] * 1000))
         last_ckpt = ckpt.latest(self.run_dir)
         bar = None
         if self.progress:
@@ -531,7 +533,7 @@ def run(args, log=print):
     trainer = Trainer(cfg, dataset, device, run_dir, progress=not args.no_progress, log=log)
     if state is not None:
         trainer.load_state_dict(state, path)
-        log(f"resumed from {path} at kimg {trainer.nimg / 1000:.1f}")
+        log(f"resumed from {path} at kimg {trainer.nimg / 1000:g}")
     else:
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(cfg, f, indent=2)
@@ -539,7 +541,7 @@ def run(args, log=print):
         torch.backends.cudnn.benchmark = True
     log(describe(cfg, dataset, device, trainer.G, trainer.D, run_dir))
     last = trainer.run()
-    log(f"done: {trainer.nimg / 1000:.1f} kimg; checkpoint {last}; images in {run_dir}")
+    log(f"done: {trainer.nimg / 1000:g} kimg; checkpoint {last}; images in {run_dir}")
     return trainer
 
 

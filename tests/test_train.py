@@ -204,3 +204,20 @@ def test_cli_help_documents_flags(tmp_path):
                  "--mirror", "--cond", "--lod-training-kimg", "--lod-transition-kimg", "--minibatch", "--lr",
                  "--no-reset-opt", "--strict"):
         assert flag in r.stdout
+
+
+def test_presets_configure_the_run(tmp_path):
+    from fastpggan.data import build_dataset
+    pytest.importorskip("sklearn", reason="scikit-learn is in the [demo] extra")
+    ds = build_dataset("digits", progress=False)
+    args = train.build_parser().parse_args(["--preset", "v1"])
+    cfg = train.make_config(args, ds, torch.device("cpu"))
+    assert cfg["network"]["mbstd_group_size"] == 16 and cfg["network"]["fmap_base"] == 8192
+    assert cfg["schedule"]["lod_training_kimg"] == 800 and cfg["ema"] == 0.999
+    args = train.build_parser().parse_args(["--preset", "v2-1gpu", "--minibatch", "4:64,8", "--lr", "8:0.002"])
+    cfg = train.make_config(args, ds, torch.device("cpu"))
+    assert cfg["schedule"]["minibatch"][4] == 64 and cfg["schedule"]["minibatch_base"] == 8
+    assert cfg["schedule"]["lr"] == {1024: 0.0015, 8: 0.002} and cfg["network"]["mbstd_group_size"] == 4
+    with pytest.raises(UserError, match="not divisible"):
+        train.validate_config(train.make_config(train.build_parser().parse_args(["--minibatch", "6"]), ds,
+                                                torch.device("cpu")))
