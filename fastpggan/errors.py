@@ -8,7 +8,8 @@ class UserError(Exception):
 
 
 def cli_entry(fn):
-    """Wrap a CLI main so that a UserError prints `error: ...` on stderr and exits with status 2."""
+    """Wrap a CLI main: a UserError prints `error: ...` on stderr and exits with status 2; a Ctrl-C outside the
+    training loop (which handles its own) prints `interrupted` and exits with status 130."""
     @functools.wraps(fn)
     def wrapper(argv=None):
         try:
@@ -16,4 +17,7 @@ def cli_entry(fn):
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
     return wrapper

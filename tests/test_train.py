@@ -221,3 +221,19 @@ def test_presets_configure_the_run(tmp_path):
     with pytest.raises(UserError, match="not divisible"):
         train.validate_config(train.make_config(train.build_parser().parse_args(["--minibatch", "6"]), ds,
                                                 torch.device("cpu")))
+
+
+def test_cli_entry_turns_errors_into_one_line(capsys):
+    from fastpggan.errors import cli_entry
+
+    @cli_entry
+    def fails(argv):
+        raise UserError("bad thing; do this instead")
+
+    @cli_entry
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    for fn, code, text in ((fails, 2, "error: bad thing; do this instead"), (interrupted, 130, "interrupted")):
+        with pytest.raises(SystemExit) as e:
+            fn([])
+        assert e.value.code == code and capsys.readouterr().err.strip() == text
