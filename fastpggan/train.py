@@ -397,7 +397,8 @@ class Trainer:
                                             f"{rate:.0f} img/s", refresh=False)
                 done = self.nimg >= total
                 if self.nimg >= self.tick_start_nimg + ph.tick_kimg * 1000 or done or self.stop_requested:
-                    last_ckpt = self._end_tick(ph, tick_losses, tick_time, last_ckpt, force_snapshot=done) or last_ckpt
+                    last_ckpt = self._end_tick(ph, tick_losses, tick_time, last_ckpt,
+                                               force_snapshot=done or self.stop_requested) or last_ckpt
                     tick_time, tick_losses = time.time(), []   # snapshot time is excluded from sec/kimg
         finally:
             if bar is not None:
@@ -406,9 +407,8 @@ class Trainer:
                 signal.signal(signal.SIGINT, old_handler)
             if self.tb:
                 self.tb.close()
-        if self.stop_requested:
-            path = self.save_checkpoint()
-            self.log(f"interrupted: saved {path}; continue with --resume {path}")
+        if self.stop_requested:   # the tick that saw the request ended with a checkpoint
+            self.log(f"interrupted: saved {last_ckpt}; continue with --resume {last_ckpt}")
             raise SystemExit(130)
         return last_ckpt
 
