@@ -129,39 +129,42 @@ def pick_amp(mode, device):
     return torch.bfloat16, None
 
 
+def preset_settings(name, **overrides):
+    """Settings of an official preset: Table-2 networks, its schedule, G EMA 0.999 and a checkpoint every 10 ticks."""
+    pre = PRESETS[name]
+    s = dict(fmap_base=8192, fmap_max=512, latent_size=512, minibatch_base=pre["minibatch_base"],
+             minibatch=dict(pre["minibatch"]), lr_base=pre["lr_base"], lr=dict(pre["lr"]),
+             lod_training_kimg=pre["lod_training_kimg"], lod_transition_kimg=pre["lod_transition_kimg"],
+             total_kimg=pre["total_kimg"], tick_kimg=None, snap_ticks=10, ema=0.999,
+             mbstd_group_size=pre.get("mbstd_group_size", 4))
+    s.update(overrides)
+    return s
+
+
 def auto_settings(device, resolution):
     """A configuration sized to the device and the data: see README 'The bare command'."""
     steps = max(int(math.log2(resolution)) - 2, 0)
     if device.type == "cuda":
         phase = 600 if resolution >= 128 else 300
-        return dict(fmap_base=8192, fmap_max=512, latent_size=512, minibatch_base=4,
-                    minibatch=dict(PRESETS["v2-1gpu"]["minibatch"]), lr_base=0.001, lr=dict(PRESETS["v2-1gpu"]["lr"]),
-                    lod_training_kimg=phase, lod_transition_kimg=phase, total_kimg=(2 * steps + 1) * phase,
-                    tick_kimg=None, snap_ticks=10, ema=0.999, mbstd_group_size=4)
+        return preset_settings("v2-1gpu", lod_training_kimg=phase, lod_transition_kimg=phase,
+                               total_kimg=(2 * steps + 1) * phase)
     # 2-core CPU: narrow nets (64 maps at most, 32 at 32x32), minibatch 32, bf16 autocast with --amp; measured
     # about 1500/600/300/155 img/s at 4/8/16/32 px on this project's 2-core CPU, so 20-kimg phases reach 32x32
     # and finish in about 8 minutes (README, Results).
     # The official per-step EMA of 0.999 averages over ~700 steps, most of such a short run (G_ema would still
     # be half its random init after 20 kimg), so the EMA half-life is set to 2 kimg here.
     phase, minibatch = (20 if resolution <= 32 else 10), 32
-    return dict(fmap_base=512, fmap_max=64, latent_size=128, minibatch_base=minibatch, minibatch={}, lr_base=0.001,
-                lr={}, lod_training_kimg=phase, lod_transition_kimg=phase, total_kimg=(2 * steps + 1) * phase,
-                tick_kimg=phase / 2, snap_ticks=2, ema=round(0.5 ** (minibatch / 2000), 6), mbstd_group_size=4)
+    return preset_settings("v2-1gpu", fmap_base=512, fmap_max=64, latent_size=128, minibatch_base=minibatch,
+                           minibatch={}, lr_base=0.001, lr={}, lod_training_kimg=phase, lod_transition_kimg=phase,
+                           total_kimg=(2 * steps + 1) * phase, tick_kimg=phase / 2, snap_ticks=2,
+                           ema=round(0.5 ** (minibatch / 2000), 6))
 
 
 def make_config(args, dataset, device):
     if args.cond and dataset.labels is None:
         raise UserError(f"--cond needs class labels, and dataset '{dataset.name}' has none "
                         "(labels come from .npz 'labels', class subfolders, or the built-in sets)")
-    if args.preset == "auto":
-        s = auto_settings(device, dataset.resolution)
-    else:
-        pre = PRESETS[args.preset]
-        s = dict(fmap_base=8192, fmap_max=512, latent_size=512, minibatch_base=pre["minibatch_base"],
-                 minibatch=dict(pre["minibatch"]), lr_base=pre["lr_base"], lr=dict(pre["lr"]),
-                 lod_training_kimg=pre["lod_training_kimg"], lod_transition_kimg=pre["lod_transition_kimg"],
-                 total_kimg=pre["total_kimg"], tick_kimg=None, snap_ticks=10, ema=0.999,
-                 mbstd_group_size=pre.get("mbstd_group_size", 4))
+    s = auto_settings(device, dataset.resolution) if args.preset == "auto" else preset_settings(args.preset)
     for key in ("fmap_base", "fmap_max", "latent_size", "lod_training_kimg", "lod_transition_kimg", "tick_kimg",
                 "snap_ticks", "ema", "mbstd_group_size"):
         v = getattr(args, key)
