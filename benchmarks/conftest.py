@@ -1,4 +1,6 @@
-"""Shared benchmark helpers: devices, PGGAN shapes, and a CUDA-synchronising timer wrapper."""
+"""Shared benchmark helpers: devices, PGGAN shapes, a CUDA-synchronising timer wrapper, measured bandwidth."""
+import statistics
+
 import pytest
 import torch
 
@@ -36,6 +38,46 @@ def run_synced(benchmark, fn, device):
     return benchmark(fn)
 
 
+_bandwidth = {}
+
+
+def device_bandwidth_gbs(device):
+    """Measured device-to-device copy bandwidth in GB/s (bytes read + written), once per session; None on CPU."""
+    if device != "cuda":
+        return None
+    if "cuda" not in _bandwidth:
+        src = torch.empty(256 * 2 ** 20, dtype=torch.float32, device="cuda")  # 1 GiB, far beyond L2
+        dst = torch.empty_like(src)
+        for _ in range(3):
+            dst.copy_(src)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(20):
+            start.record()
+            dst.copy_(src)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        _bandwidth["cuda"] = 2 * src.numel() * 4 / statistics.median(times) / 1e9
+        del src, dst
+    return _bandwidth["cuda"]
+
+
+def versions():
+    info = {"torch": torch.__version__}
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except Exception:  # Triton missing or broken: the report says so
+        info["triton"] = None
+    if torch.cuda.is_available():
+        info["cuda"] = torch.version.cuda
+    return info
+
+
 def record(benchmark, device, **info):
     benchmark.extra_info.update(device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
-                                torch=torch.__version__, **info)
+                                **versions(), **info)
+    bw = device_bandwidth_gbs(device)
+    if bw is not None and "bytes" in info:
+        benchmark.extra_info["bandwidth_gbs"] = bw

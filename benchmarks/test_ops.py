@@ -1,81 +1,104 @@
 """Per-op speed, every available backend, at the shapes PGGAN runs (v2-1gpu minibatch, Table-2 widths).
 
-bytes = the minimum a fused kernel must move (inputs read once, outputs written once); the report turns the
-median into GB/s. Forward and forward+backward are separate groups.
+Each case is one op, one pass ('fwd' or 'fwd+bwd'), one dtype and one resolution; the backends of a case share
+a group, so the report gives their ratio to 'ref'. `bytes` is the minimum a fused implementation must move
+through memory (each input read once, each output written once; small vectors ignored). The ops do a few
+flops per element, so they are memory-bound: bytes / median / measured copy bandwidth is the roofline fraction.
+
+    bias_act      x (N,C,R,R):   fwd 2 E (x, y)            fwd+bwd 5 E (+ dy, y, dx)
+    fade_in G     rgb (N,3,R,R): fwd 2.25 E (low is E/4)   fwd+bwd 4.5 E (+ dy, dhigh, dlow)
+    fade_in D     feat (N,C,R/2,R/2), same size: fwd 3 E   fwd+bwd 6 E
+    mbstd         x (N,512,4,4): fwd 2 E                   fwd+bwd 5 E
+    GP            grads (N,3,R,R): fwd 1 E                 fwd+bwd 3 E (+ g again, dg)
+
+(E = elements x bytes per element.) On the CPU the Triton cases skip (they would run on the interpreter).
 """
 import pytest
 import torch
 
-from conftest import PGGAN_SHAPES, devices, record, run_synced, shape_cases
+from conftest import PGGAN_SHAPES, devices, record, run_synced
 from fastpggan import ops
 
 IMPLS = ["ref", "triton", "ext"]
+CPU_RESOLUTIONS = (8, 32)
 
 
-def _impl_or_skip(impl, op, *args, **kwargs):
+def _bias_act(res, dtype, device, pn):
+    n, c = PGGAN_SHAPES[res]
+    x = torch.randn(n, c, res, res, device=device, dtype=dtype)
+    b = torch.randn(c, device=device)
+    return (lambda impl, x, b: ops.bias_act(x, b, gain=0.05, pixel_norm=pn, impl=impl)), [x, b], x.numel(), (2, 5)
+
+
+def _fade_g(res, dtype, device):
+    n, _ = PGGAN_SHAPES[res]
+    high = torch.randn(n, 3, res, res, device=device, dtype=dtype)
+    low = torch.randn(n, 3, res // 2, res // 2, device=device, dtype=dtype)
+    return (lambda impl, lo, hi: ops.fade_in(lo, hi, 0.37, impl=impl)), [low, high], high.numel(), (2.25, 4.5)
+
+
+def _fade_d(res, dtype, device):
+    n, _ = PGGAN_SHAPES[res]
+    c = PGGAN_SHAPES[res // 2][1]
+    high = torch.randn(n, c, res // 2, res // 2, device=device, dtype=dtype)
+    low = torch.randn_like(high)
+    return (lambda impl, lo, hi: ops.fade_in(lo, hi, 0.37, impl=impl)), [low, high], high.numel(), (3, 6)
+
+
+def _mbstd(res, dtype, device):
+    n, c = PGGAN_SHAPES[4]
+    x = torch.randn(n, c, 4, 4, device=device, dtype=dtype)
+    return (lambda impl, x: ops.minibatch_stddev(x, 4, impl=impl)), [x], x.numel(), (2, 5)
+
+
+def _gp(res, dtype, device):
+    n, _ = PGGAN_SHAPES[res]
+    g = torch.randn(n, 3, res, res, device=device, dtype=dtype)
+    return (lambda impl, g: ops.gradient_penalty(g, impl=impl)), [g], g.numel(), (1, 3)
+
+
+OPS = {
+    "bias_act": (lambda r, d, dev: _bias_act(r, d, dev, False), list(PGGAN_SHAPES)),
+    "bias_act+pixelnorm": (lambda r, d, dev: _bias_act(r, d, dev, True), list(PGGAN_SHAPES)),
+    "fade_in G rgb": (_fade_g, [r for r in PGGAN_SHAPES if r >= 8]),
+    "fade_in D features": (_fade_d, [r for r in PGGAN_SHAPES if r >= 8]),
+    "minibatch_stddev": (_mbstd, [4]),
+    "gradient_penalty": (_gp, list(PGGAN_SHAPES)),
+}
+
+
+def _cases():
+    cases = []
+    for dev in devices():
+        device = dev.values[0]
+        for op, (_, resolutions) in OPS.items():
+            for res in resolutions:
+                if device == "cpu" and res not in CPU_RESOLUTIONS + (4,):
+                    continue
+                for dtype in ([torch.float32] if device == "cpu" else [torch.float32, torch.bfloat16]):
+                    for mode in ("fwd", "fwd+bwd"):
+                        dt = str(dtype).replace("torch.", "")
+                        cases.append(pytest.param(device, op, res, dtype, mode, marks=dev.marks,
+                                                  id=f"{device}-{op.replace(' ', '_')}-{res}-{dt}-{mode}"))
+    return cases
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("device,op,res,dtype,mode", _cases())
+def test_op(benchmark, device, op, res, dtype, mode, impl):
+    fn, inputs, elements, (fwd_units, fwdbwd_units) = OPS[op][0](res, dtype, device)
     try:
-        getattr(ops, op)(*args, impl=impl, **kwargs)
+        out = fn(impl, *inputs)
     except ops.BackendUnavailable as e:
         pytest.skip(str(e))
-
-
-def _inputs(device, res, dtype=torch.float32, grad=False):
-    n, c = PGGAN_SHAPES[res]
-    x = torch.randn(n, c, res, res, device=device, dtype=dtype, requires_grad=grad)
-    b = torch.randn(c, device=device, requires_grad=grad)
-    return x, b
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("device,res", shape_cases())
-def test_bias_act_pixelnorm_fwd(benchmark, device, res, impl):
-    x, b = _inputs(device, res)
-    _impl_or_skip(impl, "bias_act", x, b, pixel_norm=True)
-    benchmark.group = f"bias_act+pn fwd {device} {res}"
-    record(benchmark, device, bytes=2 * x.numel() * x.element_size(), op="bias_act", res=res, impl=impl)
-    run_synced(benchmark, lambda: ops.bias_act(x, b, gain=0.1, pixel_norm=True, impl=impl), device)
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("device,res", shape_cases())
-def test_bias_act_fwd_bwd(benchmark, device, res, impl):
-    x, b = _inputs(device, res, grad=True)
-    _impl_or_skip(impl, "bias_act", x.detach(), b.detach())
-    gy = torch.randn_like(x)
-    benchmark.group = f"bias_act fwd+bwd {device} {res}"
-    record(benchmark, device, bytes=5 * x.numel() * x.element_size(), op="bias_act", res=res, impl=impl)
-    run_synced(benchmark, lambda: torch.autograd.grad(ops.bias_act(x, b, gain=0.1, impl=impl), (x, b), gy), device)
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("device,res", [c for c in shape_cases() if c.values[1] >= 8])
-def test_fade_in_fwd(benchmark, device, res, impl):
-    n, _ = PGGAN_SHAPES[res]
-    high = torch.randn(n, 3, res, res, device=device)
-    low = torch.randn(n, 3, res // 2, res // 2, device=device)
-    _impl_or_skip(impl, "fade_in", low, high, 0.5)
-    benchmark.group = f"fade_in fwd {device} {res}"
-    record(benchmark, device, bytes=(2 * high.numel() + low.numel()) * 4, op="fade_in", res=res, impl=impl)
-    run_synced(benchmark, lambda: ops.fade_in(low, high, 0.5, impl=impl), device)
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("device", devices())
-def test_minibatch_stddev_fwd_bwd(benchmark, device, impl):
-    x, _ = _inputs(device, 4, grad=True)
-    _impl_or_skip(impl, "minibatch_stddev", x.detach())
-    gy = torch.randn(x.shape[0], x.shape[1] + 1, 4, 4, device=device)
-    benchmark.group = f"minibatch_stddev fwd+bwd {device}"
-    record(benchmark, device, bytes=4 * x.numel() * 4, op="minibatch_stddev", res=4, impl=impl)
-    run_synced(benchmark, lambda: torch.autograd.grad(ops.minibatch_stddev(x, impl=impl), x, gy), device)
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("device,res", shape_cases())
-def test_gradient_penalty_fwd_bwd(benchmark, device, res, impl):
-    n, _ = PGGAN_SHAPES[res]
-    g = torch.randn(n, 3, res, res, device=device, requires_grad=True)
-    _impl_or_skip(impl, "gradient_penalty", g.detach())
-    benchmark.group = f"gradient_penalty fwd+bwd {device} {res}"
-    record(benchmark, device, bytes=3 * g.numel() * 4, op="gradient_penalty", res=res, impl=impl)
-    run_synced(benchmark, lambda: torch.autograd.grad(ops.gradient_penalty(g, impl=impl).sum(), g), device)
+    dt = str(dtype).replace("torch.", "")
+    benchmark.group = f"{op} {mode} {device} {dt} {res}x{res}"
+    units = fwd_units if mode == "fwd" else fwdbwd_units
+    record(benchmark, device, op=op, mode=mode, res=res, dtype=dt, impl=impl,
+           bytes=int(units * elements * inputs[0].element_size()))
+    if mode == "fwd":
+        run_synced(benchmark, lambda: fn(impl, *inputs), device)
+        return
+    leaves = [t.detach().requires_grad_(True) for t in inputs]
+    gy = torch.randn_like(out)
+    run_synced(benchmark, lambda: torch.autograd.grad(fn(impl, *leaves), leaves, gy), device)

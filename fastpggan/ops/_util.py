@@ -6,3 +6,33 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 def upcast(x):
     """x in fp32 if it is fp16/bf16, else unchanged (fp64 stays fp64, for gradcheck)."""
     return x.float() if x.dtype in LOW_PRECISION else x
+
+
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_kernels_error = []  # [] until checked, then [None] or [reason]
+
+
+def _kernels_import_error():
+    if not _kernels_error:
+        try:
+            import fastpggan.kernels._common  # noqa: F401  (imports triton)
+            _kernels_error.append(None)
+        except Exception as e:  # an ImportError, or a Triton that cannot initialise
+            _kernels_error.append(f"{type(e).__name__}: {e}")
+    return _kernels_error[0]
+
+
+def triton_unavailable(x):
+    """None if the Triton kernels can run on tensor x, else a sentence saying why not and what to do."""
+    err = _kernels_import_error()
+    if err is not None:
+        return f"Triton cannot be imported ({err}); install it with `pip install triton`"
+    from fastpggan.kernels._common import INTERPRETED
+    if x.device.type == "cpu" and not INTERPRETED:
+        return ("Triton kernels run on CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 before importing "
+                "fastpggan (the slow interpreter, meant for tests)")
+    if x.device.type not in ("cpu", "cuda"):
+        return f"there are no Triton kernels for {x.device.type} tensors"
+    if x.dtype not in TRITON_DTYPES:
+        return f"the Triton kernels take float16/bfloat16/float32/float64, not {x.dtype}"
+    return None

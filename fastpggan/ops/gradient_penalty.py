@@ -6,8 +6,10 @@ The norm is taken in fp32 (fp64 stays fp64). Uses torch.linalg.vector_norm, whos
 """
 import torch
 
+from fastpggan.kernels._layout import empty_in_layout_of
+
 from . import _dispatch
-from ._util import upcast
+from ._util import triton_unavailable, upcast
 
 
 def gradient_penalty_ref(grads, target):
@@ -17,6 +19,93 @@ def gradient_penalty_ref(grads, target):
 
 
 _dispatch.register("gradient_penalty", "ref", gradient_penalty_ref)
+
+
+def gradient_penalty_double_backward(ddg, dgp, g, r, target):
+    """Gradients of dg = dgp * h(r) * g, h(r) = 2 (r - t) / r, w.r.t. (dgp, g), given ddg; r = ||g_n||.
+
+        d dgp = h(r) <ddg, g>
+        d g   = dgp h(r) ddg + dgp <ddg, g> 2 t g / r^3          (both 0 where r = 0)
+
+    Plain PyTorch, so it is itself differentiable.
+    """
+    n = g.shape[0]
+    gf, ddf = upcast(g).reshape(n, -1), upcast(ddg).reshape(n, -1)
+    dgp, r = upcast(dgp), r.to(gf.dtype)
+    nonzero = r > 0
+    safe_r = torch.where(nonzero, r, torch.ones_like(r))
+    h = torch.where(nonzero, 2 * (r - target) / safe_r, torch.zeros_like(r))
+    dot = (ddf * gf).sum(dim=1)
+    d_dgp = h * dot
+    d_g = (dgp * h)[:, None] * ddf + torch.where(nonzero, dgp * dot * 2 * target / safe_r ** 3,
+                                                   torch.zeros_like(r))[:, None] * gf
+    return d_dgp, d_g.reshape(g.shape).to(g.dtype)
+
+
+# Triton backend: (||g|| - t)^2 and its backward are kernels; the backward's backward is the formula above.
+
+def _kernels():
+    from fastpggan.kernels import gradient_penalty as k
+    return k
+
+
+@torch.library.custom_op("fastpggan::gradient_penalty_triton", mutates_args=())
+def _gp_triton_op(grads: torch.Tensor, target: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gp, r): the penalty and the norms r = ||g_n||, saved for the backward."""
+    return _kernels().gradient_penalty(grads, target)
+
+
+@torch.library.custom_op("fastpggan::gradient_penalty_grad_triton", mutates_args=())
+def _gp_grad_triton_op(dgp: torch.Tensor, grads: torch.Tensor, r: torch.Tensor, target: float) -> torch.Tensor:
+    return _kernels().gradient_penalty_grad(dgp, grads, r, target)
+
+
+def _acc(t):
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+@_gp_triton_op.register_fake
+def _(grads, target):
+    n = grads.shape[0]
+    return grads.new_empty((n,), dtype=_acc(grads)), grads.new_empty((n,), dtype=_acc(grads))
+
+
+@_gp_grad_triton_op.register_fake
+def _(dgp, grads, r, target):
+    return empty_in_layout_of(grads)
+
+
+def _setup_gp(ctx, inputs, output):
+    grads, ctx.target = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(grads, output[1])
+
+
+def _gp_backward(ctx, dgp, _dr):
+    grads, r = ctx.saved_tensors
+    return _gp_grad_triton_op(dgp, grads, r, ctx.target), None
+
+
+def _setup_gp_grad(ctx, inputs, output):
+    dgp, grads, r, ctx.target = inputs
+    ctx.save_for_backward(dgp, grads, r)
+
+
+def _gp_grad_backward(ctx, ddg):
+    dgp, grads, r = ctx.saved_tensors
+    d_dgp, d_g = gradient_penalty_double_backward(ddg, dgp, grads, r, ctx.target)
+    return d_dgp.to(dgp.dtype), d_g, None, None
+
+
+_gp_triton_op.register_autograd(_gp_backward, setup_context=_setup_gp)
+_gp_grad_triton_op.register_autograd(_gp_grad_backward, setup_context=_setup_gp_grad)
+
+
+def gradient_penalty_triton(grads, target):
+    return _gp_triton_op(grads, float(target))[0]
+
+
+_dispatch.register("gradient_penalty", "triton", gradient_penalty_triton, triton_unavailable)
 
 
 def gradient_penalty(grads, *, target=1.0, impl="auto"):

@@ -8,8 +8,12 @@ With G = min(group_size, N) and M = N / G, sample n belongs to group n % M. In f
 """
 import torch
 
+from fastpggan.kernels._layout import empty_in_layout_of
+
 from . import _dispatch
-from ._util import upcast
+from ._util import triton_unavailable, upcast
+
+EPS = 1e-8
 
 
 def minibatch_stddev_ref(x, group_size):
@@ -17,13 +21,98 @@ def minibatch_stddev_ref(x, group_size):
     g = min(group_size, n)
     y = upcast(x).reshape(g, -1, c, h, w)
     y = y - y.mean(dim=0, keepdim=True)
-    y = (y.square().mean(dim=0) + 1e-8).sqrt()
+    y = (y.square().mean(dim=0) + EPS).sqrt()
     y = y.mean(dim=(1, 2, 3)).to(x.dtype)                     # (M,)
     y = y.reshape(-1, 1, 1, 1).repeat(g, 1, h, w)             # row g*M + m holds s[m]
     return torch.cat([x, y], dim=1)
 
 
 _dispatch.register("minibatch_stddev", "ref", minibatch_stddev_ref)
+
+
+def minibatch_stddev_double_backward(ddx, dout, x, group_size):
+    """Gradients of dx = dout[:, :C] + ds[m] u / (F G) w.r.t. (dout, x), given ddx; u = (x - mean_g) / std_g.
+
+        d dout[:, :C]   = ddx
+        d dout[n, C, :] = mean-free sum_{g,f} ddx u / (F G), for n's group
+        d x             = ds / (F G std) * (ddx - mean_g ddx - u * mean_g(ddx u))
+
+    Plain PyTorch, so it is itself differentiable.
+    """
+    n, c, h, w = x.shape
+    m, f = n // group_size, c * h * w
+    xf = upcast(x).reshape(group_size, m, f)
+    dd = upcast(ddx).reshape(group_size, m, f)
+    dev = xf - xf.mean(dim=0, keepdim=True)
+    sd = (dev.square().mean(dim=0, keepdim=True) + EPS).sqrt()
+    u = dev / sd
+    ds = upcast(dout[:, c]).reshape(group_size, m, h * w).sum(dim=(0, 2)).reshape(1, m, 1)
+    d_stat = (dd * u).sum(dim=(0, 2)) / (f * group_size)
+    d_stat_map = d_stat.reshape(1, m, 1, 1, 1).expand(group_size, m, 1, h, w).reshape(n, 1, h, w)
+    d_dout = torch.cat([ddx, d_stat_map.to(ddx.dtype)], dim=1)
+    d_x = ds / (f * group_size) / sd * (dd - dd.mean(dim=0, keepdim=True) - u * (dd * u).mean(dim=0, keepdim=True))
+    return d_dout, d_x.reshape(x.shape).to(x.dtype)
+
+
+# Triton backend: forward and first backward are kernels (custom ops); the backward's backward is the plain-PyTorch
+# formula above, which autograd can differentiate further.
+
+def _kernels():
+    from fastpggan.kernels import minibatch_stddev as k
+    return k
+
+
+@torch.library.custom_op("fastpggan::minibatch_stddev_triton", mutates_args=())
+def _mbstd_triton_op(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    return _kernels().minibatch_stddev(x, group_size)
+
+
+@torch.library.custom_op("fastpggan::minibatch_stddev_grad_triton", mutates_args=())
+def _mbstd_grad_triton_op(dout: torch.Tensor, x: torch.Tensor, group_size: int) -> torch.Tensor:
+    return _kernels().minibatch_stddev_grad(dout, x, group_size)
+
+
+@_mbstd_triton_op.register_fake
+def _(x, group_size):
+    n, c, h, w = x.shape
+    return empty_in_layout_of(x, shape=(n, c + 1, h, w))
+
+
+@_mbstd_grad_triton_op.register_fake
+def _(dout, x, group_size):
+    return empty_in_layout_of(x)
+
+
+def _setup_mbstd(ctx, inputs, output):
+    x, ctx.group_size = inputs
+    ctx.save_for_backward(x)
+
+
+def _mbstd_backward(ctx, dout):
+    x, = ctx.saved_tensors
+    return _mbstd_grad_triton_op(dout, x, ctx.group_size), None
+
+
+def _setup_mbstd_grad(ctx, inputs, output):
+    dout, x, ctx.group_size = inputs
+    ctx.save_for_backward(dout, x)
+
+
+def _mbstd_grad_backward(ctx, ddx):
+    dout, x = ctx.saved_tensors
+    d_dout, d_x = minibatch_stddev_double_backward(ddx, dout, x, ctx.group_size)
+    return d_dout, d_x, None
+
+
+_mbstd_triton_op.register_autograd(_mbstd_backward, setup_context=_setup_mbstd)
+_mbstd_grad_triton_op.register_autograd(_mbstd_grad_backward, setup_context=_setup_mbstd_grad)
+
+
+def minibatch_stddev_triton(x, group_size):
+    return _mbstd_triton_op(x, int(group_size))
+
+
+_dispatch.register("minibatch_stddev", "triton", minibatch_stddev_triton, triton_unavailable)
 
 
 def minibatch_stddev(x, group_size=4, *, impl="auto"):

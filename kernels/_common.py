@@ -1,0 +1,50 @@
+"""Launch helpers shared by the kernels: output allocation, accumulator dtype, layout and block sizes."""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ._layout import dense, is_channels_last, like_layout  # noqa: F401  (re-exported for the kernels)
+
+# Set at import: @triton.jit reads TRITON_INTERPRET when a kernel is defined, so this tells how ours were built.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+# Tests set POISON = True so every output starts as NaN: an element a kernel forgets to write then fails the test.
+POISON = False
+
+# One config each, no autotuning. The interpreter pays per program, so it gets bigger blocks.
+ELEMENTWISE_BLOCK = 16384 if INTERPRETED else 1024
+TILE_ELEMENTS = 16384 if INTERPRETED else 4096
+MAX_CHANNELS = 8192  # pixel norm keeps a pixel's whole channel vector in one tile
+
+
+def empty(shape, *, like=None, dtype=None, device=None, memory_format=None):
+    """torch.empty (or empty_like), NaN-filled when POISON is set."""
+    if like is not None:
+        kw = {"dtype": dtype} if dtype is not None else {}
+        if memory_format is not None:
+            kw["memory_format"] = memory_format
+        out = torch.empty_like(like, **kw)
+    else:
+        out = torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format or torch.contiguous_format)
+    if POISON and out.is_floating_point():
+        out.fill_(float("nan"))
+    return out
+
+
+def acc_dtype(t):
+    """fp64 stays fp64 (for gradcheck); everything else accumulates in fp32."""
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
+def torch_acc_dtype(t):
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def cdiv(a, b):
+    return triton.cdiv(a, b)
+
+
+def pow2(n):
+    return triton.next_power_of_2(max(int(n), 1))

@@ -1,0 +1,144 @@
+"""bias_act kernels: the epilogue y = leaky_relu(x * gain + b[c]) with optional pixel norm over c.
+
+- `bias_act`: elementwise form (no pixel norm). With `ref` given it is the backward instead:
+  y = where(ref > 0, 1, slope) * x * gain, i.e. dx from dy with the LReLU mask read from the saved output.
+  LReLU is piecewise linear, so the same kernel is also its own double backward.
+- `bias_act_pixel_norm`: y = a * r with a = leaky_relu(x * gain + b), r = rsqrt(mean_c a^2 + 1e-8); returns (y, r).
+- `bias_act_pixel_norm_grad`: dx = gain * mask(y) * r * (dy - y * mean_c(dy * y)), from the saved y and r.
+
+Tensors are NCHW-contiguous (any rank >= 2, channel axis 1) or 4-d channels_last; outputs keep the layout.
+fp16/bf16 are computed in fp32, fp64 in fp64.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (ELEMENTWISE_BLOCK, MAX_CHANNELS, TILE_ELEMENTS, acc_dtype, cdiv, dense, empty,
+                      is_channels_last, like_layout, pow2)
+
+PIXEL_NORM_EPS = 1e-8
+
+
+@triton.jit
+def _bias_act_kernel(x_ptr, b_ptr, ref_ptr, y_ptr, numel, C, c_stride, gain, slope,
+                     HAS_BIAS: tl.constexpr, MASK_FROM_REF: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < numel
+    v = tl.load(x_ptr + offs, mask=inb).to(ACC) * gain
+    if HAS_BIAS:
+        c = (offs // c_stride) % C
+        v += tl.load(b_ptr + c, mask=inb).to(ACC)
+    if MASK_FROM_REF:
+        pos = tl.load(ref_ptr + offs, mask=inb).to(ACC) > 0
+    else:
+        pos = v > 0
+    v = tl.where(pos, v, v * slope)
+    tl.store(y_ptr + offs, v.to(y_ptr.dtype.element_ty), mask=inb)
+
+
+def _channel_geometry(x):
+    """(C, pixels per sample, stride of c, stride of a pixel, stride of a sample) in x's memory order."""
+    c = x.shape[1]
+    hw = x[0, 0].numel()
+    if is_channels_last(x):
+        return c, hw, 1, c, c * hw
+    return c, hw, hw, 1, c * hw
+
+
+def bias_act(x, bias, gain, slope, ref=None):
+    """leaky_relu(x * gain + bias[c]); with `ref`, where(ref > 0, 1, slope) * x * gain (bias must be None)."""
+    if ref is not None:
+        ref = dense(ref)
+        x = like_layout(x, ref)
+    else:
+        x = dense(x)
+    y = empty(None, like=x)
+    if x.numel() == 0:
+        return y
+    c, _, c_stride, _, _ = _channel_geometry(x)
+    _bias_act_kernel[(cdiv(x.numel(), ELEMENTWISE_BLOCK),)](
+        x, bias if bias is not None else x, ref if ref is not None else x, y, x.numel(), c, c_stride,
+        float(gain), float(slope), HAS_BIAS=bias is not None, MASK_FROM_REF=ref is not None, ACC=acc_dtype(x),
+        BLOCK=ELEMENTWISE_BLOCK)
+    return y
+
+
+@triton.jit
+def _pixel_tile(p0, P, HW, C, s_c, s_p, s_n, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Offsets and mask of a [BLOCK_P pixels, BLOCK_C channels] tile starting at pixel p0."""
+    p = p0 + tl.arange(0, BLOCK_P)
+    c = tl.arange(0, BLOCK_C)
+    n = p // HW
+    hw = p % HW
+    offs = (n * s_n + hw * s_p)[:, None] + (c * s_c)[None, :]
+    return p, offs, (p < P)[:, None] & (c < C)[None, :]
+
+
+@triton.jit
+def _pixel_norm_fwd_kernel(x_ptr, b_ptr, y_ptr, r_ptr, P, HW, C, s_c, s_p, s_n, gain, slope, eps,
+                           HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
+    p, offs, m = _pixel_tile(p0, P, HW, C, s_c, s_p, s_n, BLOCK_P, BLOCK_C)
+    a = tl.load(x_ptr + offs, mask=m, other=0).to(ACC) * gain
+    if HAS_BIAS:
+        c = tl.arange(0, BLOCK_C)
+        a += tl.load(b_ptr + c, mask=c < C, other=0).to(ACC)[None, :]
+    a = tl.where(a > 0, a, a * slope)
+    a = tl.where(m, a, 0)
+    r = 1.0 / tl.sqrt(tl.sum(a * a, axis=1) / C + eps)
+    tl.store(y_ptr + offs, (a * r[:, None]).to(y_ptr.dtype.element_ty), mask=m)
+    tl.store(r_ptr + p, r, mask=p < P)
+
+
+@triton.jit
+def _pixel_norm_bwd_kernel(dy_ptr, y_ptr, r_ptr, dx_ptr, P, HW, C, s_c, s_p, s_n, gain, slope,
+                           ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
+    p, offs, m = _pixel_tile(p0, P, HW, C, s_c, s_p, s_n, BLOCK_P, BLOCK_C)
+    dy = tl.load(dy_ptr + offs, mask=m, other=0).to(ACC)
+    y = tl.load(y_ptr + offs, mask=m, other=0).to(ACC)
+    r = tl.load(r_ptr + p, mask=p < P, other=0).to(ACC)
+    dot = tl.sum(dy * y, axis=1) / C
+    da = r[:, None] * (dy - y * dot[:, None])
+    dx = tl.where(y > 0, da, da * slope) * gain
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=m)
+
+
+def _tile(x):
+    c, hw, s_c, s_p, s_n = _channel_geometry(x)
+    block_c = pow2(c)
+    block_p = max(1, min(pow2(x.numel() // c), TILE_ELEMENTS // block_c))
+    return c, hw, s_c, s_p, s_n, block_p, block_c
+
+
+def supports_pixel_norm(x):
+    return x.shape[1] <= MAX_CHANNELS
+
+
+def bias_act_pixel_norm(x, bias, gain, slope):
+    """(y, r): y = a * r, a = leaky_relu(x * gain + bias[c]), r = rsqrt(mean_c a^2 + eps) per pixel (flat, acc dtype)."""
+    x = dense(x)
+    c, hw, s_c, s_p, s_n, block_p, block_c = _tile(x)
+    pixels = x.numel() // c if c else 0
+    y = empty(None, like=x)
+    r = empty((pixels,), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
+    if x.numel() == 0:
+        return y, r
+    _pixel_norm_fwd_kernel[(cdiv(pixels, block_p),)](
+        x, bias if bias is not None else x, y, r, pixels, hw, c, s_c, s_p, s_n, float(gain), float(slope),
+        PIXEL_NORM_EPS, HAS_BIAS=bias is not None, ACC=acc_dtype(x), BLOCK_P=block_p, BLOCK_C=block_c)
+    return y, r
+
+
+def bias_act_pixel_norm_grad(dy, y, r, gain, slope):
+    """dx of bias_act_pixel_norm from the upstream dy and the saved y, r (bias grad = dx summed / gain)."""
+    dy = like_layout(dy, y)
+    c, hw, s_c, s_p, s_n, block_p, block_c = _tile(y)
+    pixels = r.numel()
+    dx = empty(None, like=y)
+    if y.numel() == 0:
+        return dx
+    _pixel_norm_bwd_kernel[(cdiv(pixels, block_p),)](
+        dy, y, r, dx, pixels, hw, c, s_c, s_p, s_n, float(gain), float(slope),
+        ACC=acc_dtype(y), BLOCK_P=block_p, BLOCK_C=block_c)
+    return dx

@@ -1,0 +1,428 @@
+"""The Triton kernels (impl='triton') against the `_ref` oracles: values, first and second-order gradients.
+
+On a machine without a GPU these run on the Triton CPU interpreter (TRITON_INTERPRET=1, set in conftest);
+with a GPU they run the compiled kernels on it. Every kernel output starts as NaN (POISON), so an element a
+kernel fails to write fails the comparison.
+
+Tolerances per dtype, elementwise |triton - ref| <= atol * max(1, max|ref|) * sqrt(count) + rtol * |ref|, with
+(atol, rtol) = float64 1e-10/1e-9, float32 1e-5/1e-5, float16 2e-3/2e-3, bfloat16 2e-2/2e-2, against the ref run on
+the same (low-precision) inputs. atol is relative to the tensor's scale because a gradient's absolute error follows
+its largest terms; count is the number of terms a value sums over (bias grads, dlow), 1 elsewhere.
+"""
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from fastpggan import ops
+from fastpggan.losses import d_loss_wgan_gp, g_loss_wgan
+from fastpggan.networks import Discriminator, Generator
+from fastpggan.ops import _dispatch
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float64: (1e-10, 1e-9), torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3),
+       torch.bfloat16: (2e-2, 2e-2)}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+pytestmark = pytest.mark.skipif(ops._util.triton_unavailable(torch.empty(1, device=DEV)) is not None,
+                                reason=f"Triton cannot run here: {ops._util.triton_unavailable(torch.empty(1, device=DEV))}")
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    from fastpggan.kernels import _common
+    monkeypatch.setattr(_common, "POISON", True)
+
+
+def close(actual, expected, dtype, count=1):
+    atol, rtol = TOL[dtype]
+    actual, expected = actual.double(), expected.double()
+    assert actual.shape == expected.shape
+    assert torch.isfinite(actual).all(), "non-finite output (an unwritten element?)"
+    err = (actual - expected).abs()
+    bound = atol * max(1.0, expected.abs().max().item()) * count ** 0.5 + rtol * expected.abs()
+    assert (err <= bound).all(), f"max error {err.max().item():.3g} (where bound {bound.flatten()[err.argmax()]:.3g})"
+
+
+def rand(*shape, dtype=torch.float32, channels_last=False, grad=False):
+    t = torch.randn(*shape, device=DEV).to(dtype)
+    if channels_last:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t.requires_grad_(grad)
+
+
+def both(fn, inputs, grad_out_seed=7):
+    """Run fn(impl) for ref and triton; return (outputs, input grads) for each, with the same upstream grads."""
+    res = []
+    for impl in ("ref", "triton"):
+        out = fn(impl)
+        torch.manual_seed(grad_out_seed)
+        gy = torch.randn(out.shape, device=out.device).to(out.dtype)  # same logical values whatever the layout
+        grads = torch.autograd.grad(out, inputs, gy)
+        res.append((out, grads))
+    return res
+
+
+# shapes (N, C, H=W) covering C in {1, 3, 17, 512}, N in {1, 2, 5, 16}, H in {4, 8, 32, 64}
+SHAPES = [(1, 1, 4), (2, 3, 8), (5, 17, 32), (16, 512, 4), (1, 512, 8), (2, 17, 64), (16, 3, 32), (5, 1, 64)]
+LAYOUTS = [pytest.param(False, id="nchw"), pytest.param(True, id="channels_last")]
+
+
+# --- bias_act -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("pn", [False, True], ids=["act", "act+pn"])
+def test_bias_act_matches_ref(shape, channels_last, pn):
+    n, c, h = shape
+    x = rand(n, c, h, h, channels_last=channels_last, grad=True)
+    b = rand(c, grad=True)
+    (y0, (gx0, gb0)), (y1, (gx1, gb1)) = both(
+        lambda impl: ops.bias_act(x, b, gain=0.43, negative_slope=0.2, pixel_norm=pn, impl=impl), (x, b))
+    close(y1, y0, torch.float32)
+    close(gx1, gx0, torch.float32)
+    close(gb1, gb0, torch.float32, count=n * h * h)
+    assert y1.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("shape", [(16, 512), (5, 17), (1, 3), (2, 1)], ids=str)
+@pytest.mark.parametrize("slope,pn,bias", [(0.2, False, True), (1.0, False, True), (0.2, True, True),
+                                           (1.0, True, False), (0.0, False, True)])
+def test_bias_act_dense_layer_shapes(shape, slope, pn, bias):
+    x = rand(*shape, grad=True)
+    b = rand(shape[1], grad=True) if bias else None
+    inputs = (x, b) if bias else (x,)
+    (y0, g0), (y1, g1) = both(lambda impl: ops.bias_act(x, b, gain=1.7, negative_slope=slope, pixel_norm=pn,
+                                                       impl=impl), inputs)
+    close(y1, y0, torch.float32)
+    for a, e in zip(g1, g0):
+        close(a, e, torch.float32, count=shape[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+@pytest.mark.parametrize("pn", [False, True], ids=["act", "act+pn"])
+def test_bias_act_low_precision(dtype, channels_last, pn):
+    x = rand(4, 17, 8, 8, dtype=dtype, channels_last=channels_last, grad=True)
+    b = rand(17, grad=True)
+    (y0, (gx0, gb0)), (y1, (gx1, gb1)) = both(
+        lambda impl: ops.bias_act(x, b, gain=0.9, pixel_norm=pn, impl=impl), (x, b))
+    assert y1.dtype == dtype and gx1.dtype == dtype and gb1.dtype == torch.float32
+    close(y1, y0, dtype)
+    close(gx1, gx0, dtype)
+    close(gb1, gb0, dtype, count=4 * 64)
+
+
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+@pytest.mark.parametrize("slope", [0.2, 1.0])
+def test_bias_act_second_order(channels_last, slope):
+    x = rand(2, 3, 2, 2, dtype=torch.float64, channels_last=channels_last, grad=True)
+    b = rand(3, dtype=torch.float64, grad=True)
+    fn = lambda x, b: ops.bias_act(x, b, gain=0.7, negative_slope=slope, impl="triton")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, b))
+    assert torch.autograd.gradgradcheck(fn, (x, b))
+
+
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+def test_bias_act_pixel_norm_first_order(channels_last):
+    x = rand(2, 5, 2, 2, dtype=torch.float64, channels_last=channels_last, grad=True)
+    b = rand(5, dtype=torch.float64, grad=True)
+    assert torch.autograd.gradcheck(lambda x, b: ops.bias_act(x, b, gain=0.7, pixel_norm=True, impl="triton"), (x, b))
+
+
+def test_bias_act_pixel_norm_second_order_says_so():
+    x = rand(2, 6, 4, 4, grad=True)
+    y = ops.bias_act(x, None, pixel_norm=True, impl="triton")
+    g, = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="second-order gradient of bias_act with pixel_norm=True"):
+        g.sum().backward()
+
+
+def test_bias_act_matches_ref_in_float64():
+    x = rand(3, 17, 8, 8, dtype=torch.float64, grad=True)
+    b = rand(17, dtype=torch.float64, grad=True)
+    for pn in (False, True):
+        (y0, g0), (y1, g1) = both(lambda impl: ops.bias_act(x, b, gain=0.123, pixel_norm=pn, impl=impl), (x, b))
+        close(y1, y0, torch.float64)
+        for a, e in zip(g1, g0):
+            close(a, e, torch.float64, count=3 * 64)
+
+
+# --- fade_in ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("upsample", [True, False], ids=["up", "same"])
+def test_fade_in_matches_ref(shape, channels_last, upsample):
+    n, c, h = shape
+    high = rand(n, c, h, h, channels_last=channels_last, grad=True)
+    low = rand(n, c, h // 2 if upsample else h, h // 2 if upsample else h, channels_last=channels_last, grad=True)
+    (y0, g0), (y1, g1) = both(lambda impl: ops.fade_in(low, high, 0.37, impl=impl), (low, high))
+    close(y1, y0, torch.float32)
+    close(g1[1], g0[1], torch.float32)
+    close(g1[0], g0[0], torch.float32, count=4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fade_in_low_precision_and_tensor_alpha(dtype):
+    high = rand(2, 3, 16, 16, dtype=dtype, grad=True)
+    low = rand(2, 3, 8, 8, dtype=dtype, grad=True)
+    alpha = torch.tensor(0.61, device=DEV)
+    (y0, g0), (y1, g1) = both(lambda impl: ops.fade_in(low, high, alpha, impl=impl), (low, high))
+    assert y1.dtype == dtype
+    close(y1, y0, dtype)
+    close(g1[0], g0[0], dtype, count=4)
+    close(g1[1], g0[1], dtype)
+
+
+def test_fade_in_endpoints_bit_exact():
+    high = rand(2, 3, 8, 8)
+    low = rand(2, 3, 4, 4)
+    assert torch.equal(ops.fade_in(low, high, 0.0, impl="triton"), ops.upsample2x_nearest(low))
+    assert torch.equal(ops.fade_in(low, high, 1.0, impl="triton"), high)
+
+
+def test_fade_in_alpha_tensor_is_read_at_run_time():
+    high, low = rand(1, 3, 8, 8), rand(1, 3, 4, 4)
+    alpha = torch.zeros((), device=DEV)
+    a = ops.fade_in(low, high, alpha, impl="triton")
+    alpha.fill_(1.0)
+    b = ops.fade_in(low, high, alpha, impl="triton")
+    assert torch.equal(a, ops.upsample2x_nearest(low)) and torch.equal(b, high)
+
+
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+@pytest.mark.parametrize("upsample", [True, False], ids=["up", "same"])
+def test_fade_in_second_order(channels_last, upsample):
+    high = rand(1, 2, 4, 4, dtype=torch.float64, channels_last=channels_last, grad=True)
+    low = rand(1, 2, 2 if upsample else 4, 2 if upsample else 4, dtype=torch.float64,
+               channels_last=channels_last, grad=True)
+    fn = lambda lo, hi: ops.fade_in(lo, hi, 0.3, impl="triton") ** 2  # noqa: E731  (squared: a nonzero 2nd order)
+    assert torch.autograd.gradcheck(fn, (low, high))
+    assert torch.autograd.gradgradcheck(fn, (low, high))
+
+
+def test_fade_in_alpha_with_grad_takes_the_differentiable_path():
+    high, low = rand(1, 2, 4, 4), rand(1, 2, 2, 2)
+    alpha = torch.tensor(0.3, device=DEV, requires_grad=True)
+    ga, = torch.autograd.grad(ops.fade_in(low, high, alpha, impl="triton").sum(), alpha)
+    close(ga, (high - ops.upsample2x_nearest(low)).sum(), torch.float32, count=32)
+
+
+# --- minibatch_stddev ---------------------------------------------------------------------------------------------
+
+MBSTD_CASES = [(4, 17, 4, 4), (16, 512, 4, 4), (16, 3, 8, 16), (5, 17, 4, 5), (1, 3, 4, 4), (2, 1, 32, 2),
+               (8, 3, 64, 4), (16, 1, 8, 1)]
+
+
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+@pytest.mark.parametrize("n,c,h,group", MBSTD_CASES, ids=str)
+def test_minibatch_stddev_matches_ref(n, c, h, group, channels_last):
+    x = rand(n, c, h, h, channels_last=channels_last, grad=True)
+    (y0, (g0,)), (y1, (g1,)) = both(lambda impl: ops.minibatch_stddev(x, group, impl=impl), (x,))
+    close(y1, y0, torch.float32)
+    close(g1, g0, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_minibatch_stddev_low_precision(dtype):
+    x = rand(8, 17, 4, 4, dtype=dtype, grad=True)
+    (y0, (g0,)), (y1, (g1,)) = both(lambda impl: ops.minibatch_stddev(x, 4, impl=impl), (x,))
+    assert y1.dtype == dtype and g1.dtype == dtype
+    close(y1, y0, dtype)
+    close(g1, g0, dtype)
+
+
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+@pytest.mark.parametrize("n,group", [(4, 2), (6, 3), (3, 1)])
+def test_minibatch_stddev_second_order(n, group, channels_last):
+    x = rand(n, 2, 2, 2, dtype=torch.float64, channels_last=channels_last, grad=True)
+    fn = lambda x: ops.minibatch_stddev(x, group, impl="triton") ** 2  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_minibatch_stddev_double_backward_formula_matches_autograd_of_ref():
+    x = rand(6, 4, 4, 4, dtype=torch.float64, grad=True)
+    dout = rand(6, 5, 4, 4, dtype=torch.float64, grad=True)
+    ddx = rand(6, 4, 4, 4, dtype=torch.float64)
+    dx, = torch.autograd.grad(ops.minibatch_stddev_ref(x, 3), x, dout, create_graph=True)
+    want = torch.autograd.grad(dx, (dout, x), ddx)
+    got = ops.minibatch_stddev.__globals__["minibatch_stddev_double_backward"](ddx, dout, x, 3)
+    for a, e in zip(got, want):
+        close(a, e, torch.float64)
+
+
+# --- gradient_penalty ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+@pytest.mark.parametrize("shape", [(1, 1, 4, 4), (5, 3, 8, 8), (16, 3, 32, 32), (2, 17, 64, 64), (16, 512, 4, 4)],
+                         ids=str)
+@pytest.mark.parametrize("target", [1.0, 750.0])
+def test_gradient_penalty_matches_ref(shape, channels_last, target):
+    g = rand(*shape, channels_last=channels_last, grad=True)
+    (y0, (g0,)), (y1, (g1,)) = both(lambda impl: ops.gradient_penalty(g, target=target, impl=impl), (g,))
+    close(y1, y0, torch.float32)
+    close(g1, g0, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gradient_penalty_low_precision(dtype):
+    g = rand(4, 3, 16, 16, dtype=dtype, grad=True)
+    (y0, (g0,)), (y1, (g1,)) = both(lambda impl: ops.gradient_penalty(g, impl=impl), (g,))
+    assert y1.dtype == torch.float32 and g1.dtype == dtype
+    close(y1, y0, dtype, count=3 * 256)
+    close(g1, g0, dtype)
+
+
+def test_gradient_penalty_zero_sample():
+    g = rand(3, 2, 4, 4)
+    g[1] = 0  # deliberately zero: the norm's gradient there must be 0, not NaN
+    g.requires_grad_(True)
+    (y0, (g0,)), (y1, (g1,)) = both(lambda impl: ops.gradient_penalty(g, impl=impl), (g,))
+    close(y1, y0, torch.float32)
+    close(g1, g0, torch.float32)
+    assert torch.equal(g1[1], torch.zeros_like(g1[1]))
+
+
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+def test_gradient_penalty_second_order(channels_last):
+    g = rand(3, 2, 2, 2, dtype=torch.float64, channels_last=channels_last, grad=True)
+    fn = lambda g: ops.gradient_penalty(g, target=1.5, impl="triton")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (g,))
+    assert torch.autograd.gradgradcheck(fn, (g,))
+
+
+# --- registration: opcheck and torch.compile ---------------------------------------------------------------------
+
+def _opcheck_cases():
+    f = torch.ops.fastpggan
+    x = lambda *s, **k: rand(*s, **k)  # noqa: E731
+    y = x(2, 5, 4, 4)
+    yp, r = f.bias_act_pn_triton(y, None, 0.5, 0.2)
+    g = x(3, 2, 4, 4)
+    gp, gr = f.gradient_penalty_triton(g, 1.0)
+    return [
+        (f.bias_act_triton, (x(2, 5, 4, 4, grad=True), x(5, grad=True), 0.5, 0.2)),
+        (f.bias_act_triton, (x(2, 5, 4, 4, channels_last=True, grad=True), None, 0.5, 1.0)),
+        (f.bias_act_grad_triton, (x(2, 5, 4, 4, grad=True), y, 0.5, 0.2)),
+        (f.bias_act_pn_triton, (x(2, 5, 4, 4, grad=True), x(5, grad=True), 0.5, 0.2)),
+        (f.bias_act_pn_grad_triton, (x(2, 5, 4, 4), yp, r, 0.5, 0.2)),
+        (f.fade_in_triton, (x(2, 3, 4, 4, grad=True), x(2, 3, 8, 8, grad=True), 0.3, None)),
+        (f.fade_in_triton, (x(2, 3, 8, 8), x(2, 3, 8, 8), 0.0, torch.full((1,), 0.4, device=DEV))),
+        (f.fade_in_grad_triton, (x(2, 3, 8, 8, grad=True), [2, 3, 4, 4], 0.3, None)),
+        (f.minibatch_stddev_triton, (x(4, 3, 4, 4, grad=True), 2)),
+        (f.minibatch_stddev_grad_triton, (x(4, 4, 4, 4, grad=True), x(4, 3, 4, 4, grad=True), 2)),
+        (f.gradient_penalty_triton, (x(3, 2, 4, 4, grad=True), 1.0)),
+        (f.gradient_penalty_grad_triton, (x(3, grad=True), g.requires_grad_(True), gr, 1.0)),
+    ]
+
+
+def test_opcheck_every_custom_op():
+    cases = _opcheck_cases()
+    assert len({op for op, _ in cases}) == 10
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_traces_the_generator_forward():
+    torch.manual_seed(0)
+    G = Generator(resolution=16, fmap_base=64, fmap_max=16, latent_size=16, impl="triton").to(DEV)
+    z = rand(4, 16)
+    eager = G(z, 16, 0.5)
+    compiled = torch.compile(G, backend="aot_eager", fullgraph=True)
+    close(compiled(z, 16, 0.5), eager, torch.float32)
+
+
+# --- whole networks -------------------------------------------------------------------------------------------------
+
+def _nets(impl):
+    torch.manual_seed(0)
+    G = Generator(resolution=16, fmap_base=128, fmap_max=32, latent_size=32, impl=impl).to(DEV)
+    D = Discriminator(resolution=16, fmap_base=128, fmap_max=32, mbstd_group_size=4, impl=impl).to(DEV)
+    return G, D
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_networks_and_wgan_gp_gradients_match_ref(alpha):
+    results = []
+    for impl in ("ref", "triton"):
+        G, D = _nets(impl)
+        torch.manual_seed(1)
+        z, reals = rand(8, 32), rand(8, 3, 16, 16)
+        fakes = G(z, 16, alpha)
+        scores = D(fakes, alpha)
+        torch.manual_seed(2)
+        d_loss = d_loss_wgan_gp(lambda x: D(x, alpha), reals, fakes, impl=impl)
+        d_grads = torch.autograd.grad(d_loss, list(D.parameters()), allow_unused=True, materialize_grads=True)
+        g_grads = torch.autograd.grad(g_loss_wgan(lambda x: D(x, alpha), G(z, 16, alpha)), list(G.parameters()),
+                                      allow_unused=True, materialize_grads=True)
+        results.append((fakes, scores, d_loss, d_grads, g_grads))
+    (f0, s0, l0, dg0, gg0), (f1, s1, l1, dg1, gg1) = results
+    close(f1, f0, torch.float32)
+    close(s1, s0, torch.float32)
+    close(l1, l0, torch.float32)
+    for a, e in zip(dg1 + gg1, dg0 + gg0):
+        atol, rtol = 1e-4, 1e-4  # sums over a whole network's backward
+        assert torch.allclose(a, e, atol=atol, rtol=rtol), (a - e).abs().max()
+
+
+# --- selection and fallback ------------------------------------------------------------------------------------------
+
+def _run(code, **env):
+    e = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=300)
+
+
+def test_auto_falls_back_to_ref_with_one_warning_when_triton_is_missing():
+    code = """
+import sys, warnings
+sys.modules['triton'] = None   # as if Triton were not installed
+import torch
+from fastpggan import ops
+x = torch.randn(4, 3, 4, 4)
+with warnings.catch_warnings(record=True) as rec:
+    warnings.simplefilter('always')
+    ys = [ops.bias_act(x, None, gain=0.5) for _ in range(3)]
+msgs = [str(w.message) for w in rec if 'fastpggan' in str(w.message)]
+assert len(msgs) == 1, msgs
+assert "impl='triton' unavailable" in msgs[0] and 'pip install triton' in msgs[0], msgs[0]
+assert all(torch.equal(y, ops.bias_act_ref(x, None, 0.5)) for y in ys)
+try:
+    ops.bias_act(x, impl='triton')
+    raise SystemExit('explicit triton should raise')
+except ops.BackendUnavailable as e:
+    assert 'pip install triton' in str(e)
+print('ok')
+"""
+    p = _run(code, FASTPGGAN_IMPL="triton")
+    assert p.returncode == 0 and "ok" in p.stdout, p.stderr[-2000:]
+
+
+@pytest.mark.skipif(DEV == "cuda", reason="checks the CPU message without the interpreter")
+def test_cpu_tensors_without_the_interpreter_say_how():
+    code = """
+import torch
+from fastpggan import ops
+try:
+    ops.fade_in(torch.randn(1, 1, 2, 2), torch.randn(1, 1, 4, 4), 0.5, impl='triton')
+except ops.BackendUnavailable as e:
+    assert 'TRITON_INTERPRET=1' in str(e), e
+    print('ok')
+"""
+    p = _run(code, TRITON_INTERPRET="0")
+    assert p.returncode == 0 and "ok" in p.stdout, p.stderr[-2000:]
+
+
+def test_auto_on_cpu_stays_on_ref_without_warning(monkeypatch):
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    x = rand(4, 3, 4, 4)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        y = ops.bias_act(x, None)
+    if DEV == "cpu":
+        assert not [w for w in rec if "fastpggan" in str(w.message)]
+        assert torch.equal(y, ops.bias_act_ref(x, None))
