@@ -11,7 +11,7 @@ setup(
     # `kernels/` ships inside the package as fastpggan.kernels; a top-level `kernels` belongs to another PyPI project.
     packages=["fastpggan", "fastpggan.ops", "fastpggan.metrics", "fastpggan.kernels"],
     package_dir={"fastpggan.kernels": "kernels"},
-    install_requires=["torch>=2.4", "numpy", "ninja", "pillow", "tqdm"],
+    install_requires=["torch>=2.4", "triton>=3.0; platform_system == 'Linux'", "numpy", "ninja", "pillow", "tqdm"],
     extras_require={
         "test": ["pytest", "pytest-benchmark"],
         "tensorboard": ["tensorboard"],

@@ -42,6 +42,20 @@ def torch_acc_dtype(t):
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def needs_int64(*tensors):
+    """Whether element offsets can pass int32 (with a block of slack); int64 index arithmetic costs far more."""
+    return any(t.numel() >= 2 ** 31 - 2 ** 16 for t in tensors)
+
+
+@triton.jit
+def program_start(BLOCK: tl.constexpr, INT64: tl.constexpr):
+    """First index of this program's block, in int64 only where offsets can overflow int32."""
+    pid = tl.program_id(0)
+    if INT64:
+        pid = pid.to(tl.int64)
+    return pid * BLOCK
+
+
 def cdiv(a, b):
     return triton.cdiv(a, b)
 

@@ -14,15 +14,16 @@ import triton
 import triton.language as tl
 
 from ._common import (ELEMENTWISE_BLOCK, MAX_CHANNELS, TILE_ELEMENTS, acc_dtype, cdiv, dense, empty,
-                      is_channels_last, like_layout, pow2)
+                      is_channels_last, like_layout, needs_int64, pow2, program_start)
 
 PIXEL_NORM_EPS = 1e-8
 
 
 @triton.jit
 def _bias_act_kernel(x_ptr, b_ptr, ref_ptr, y_ptr, numel, C, c_stride, gain, slope,
-                     HAS_BIAS: tl.constexpr, MASK_FROM_REF: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+                     HAS_BIAS: tl.constexpr, MASK_FROM_REF: tl.constexpr, INT64: tl.constexpr, ACC: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    offs = program_start(BLOCK, INT64) + tl.arange(0, BLOCK)
     inb = offs < numel
     v = tl.load(x_ptr + offs, mask=inb).to(ACC) * gain
     if HAS_BIAS:
@@ -58,8 +59,8 @@ def bias_act(x, bias, gain, slope, ref=None):
     c, _, c_stride, _, _ = _channel_geometry(x)
     _bias_act_kernel[(cdiv(x.numel(), ELEMENTWISE_BLOCK),)](
         x, bias if bias is not None else x, ref if ref is not None else x, y, x.numel(), c, c_stride,
-        float(gain), float(slope), HAS_BIAS=bias is not None, MASK_FROM_REF=ref is not None, ACC=acc_dtype(x),
-        BLOCK=ELEMENTWISE_BLOCK)
+        float(gain), float(slope), HAS_BIAS=bias is not None, MASK_FROM_REF=ref is not None, INT64=needs_int64(x),
+        ACC=acc_dtype(x), BLOCK=ELEMENTWISE_BLOCK)
     return y
 
 
@@ -76,8 +77,9 @@ def _pixel_tile(p0, P, HW, C, s_c, s_p, s_n, BLOCK_P: tl.constexpr, BLOCK_C: tl.
 
 @triton.jit
 def _pixel_norm_fwd_kernel(x_ptr, b_ptr, y_ptr, r_ptr, P, HW, C, s_c, s_p, s_n, gain, slope, eps,
-                           HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
+                           HAS_BIAS: tl.constexpr, INT64: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr,
+                           BLOCK_C: tl.constexpr):
+    p0 = program_start(BLOCK_P, INT64)
     p, offs, m = _pixel_tile(p0, P, HW, C, s_c, s_p, s_n, BLOCK_P, BLOCK_C)
     a = tl.load(x_ptr + offs, mask=m, other=0).to(ACC) * gain
     if HAS_BIAS:
@@ -92,8 +94,8 @@ def _pixel_norm_fwd_kernel(x_ptr, b_ptr, y_ptr, r_ptr, P, HW, C, s_c, s_p, s_n, 
 
 @triton.jit
 def _pixel_norm_bwd_kernel(dy_ptr, y_ptr, r_ptr, dx_ptr, P, HW, C, s_c, s_p, s_n, gain, slope,
-                           ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
+                           INT64: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    p0 = program_start(BLOCK_P, INT64)
     p, offs, m = _pixel_tile(p0, P, HW, C, s_c, s_p, s_n, BLOCK_P, BLOCK_C)
     dy = tl.load(dy_ptr + offs, mask=m, other=0).to(ACC)
     y = tl.load(y_ptr + offs, mask=m, other=0).to(ACC)
@@ -105,10 +107,16 @@ def _pixel_norm_bwd_kernel(dy_ptr, y_ptr, r_ptr, dx_ptr, P, HW, C, s_c, s_p, s_n
 
 
 def _tile(x):
+    """Tile [block_p pixels, all channels]; NCHW reads block_p contiguous values per channel, so at least one
+    32-byte sector of them."""
     c, hw, s_c, s_p, s_n = _channel_geometry(x)
     block_c = pow2(c)
-    block_p = max(1, min(pow2(x.numel() // c), TILE_ELEMENTS // block_c))
-    return c, hw, s_c, s_p, s_n, block_p, block_c
+    block_p = max(1, TILE_ELEMENTS // block_c)
+    if s_p == 1:
+        block_p = max(block_p, 32 // x.element_size())
+    block_p = min(block_p, pow2(x.numel() // max(c, 1)))
+    warps = 8 if block_p * block_c >= 8192 else 4
+    return c, hw, s_c, s_p, s_n, block_p, block_c, warps
 
 
 def supports_pixel_norm(x):
@@ -118,7 +126,7 @@ def supports_pixel_norm(x):
 def bias_act_pixel_norm(x, bias, gain, slope):
     """(y, r): y = a * r, a = leaky_relu(x * gain + bias[c]), r = rsqrt(mean_c a^2 + eps) per pixel (flat, acc dtype)."""
     x = dense(x)
-    c, hw, s_c, s_p, s_n, block_p, block_c = _tile(x)
+    c, hw, s_c, s_p, s_n, block_p, block_c, warps = _tile(x)
     pixels = x.numel() // c if c else 0
     y = empty(None, like=x)
     r = empty((pixels,), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
@@ -126,19 +134,20 @@ def bias_act_pixel_norm(x, bias, gain, slope):
         return y, r
     _pixel_norm_fwd_kernel[(cdiv(pixels, block_p),)](
         x, bias if bias is not None else x, y, r, pixels, hw, c, s_c, s_p, s_n, float(gain), float(slope),
-        PIXEL_NORM_EPS, HAS_BIAS=bias is not None, ACC=acc_dtype(x), BLOCK_P=block_p, BLOCK_C=block_c)
+        PIXEL_NORM_EPS, HAS_BIAS=bias is not None, INT64=needs_int64(x), ACC=acc_dtype(x), BLOCK_P=block_p,
+        BLOCK_C=block_c, num_warps=warps)
     return y, r
 
 
 def bias_act_pixel_norm_grad(dy, y, r, gain, slope):
     """dx of bias_act_pixel_norm from the upstream dy and the saved y, r (bias grad = dx summed / gain)."""
     dy = like_layout(dy, y)
-    c, hw, s_c, s_p, s_n, block_p, block_c = _tile(y)
+    c, hw, s_c, s_p, s_n, block_p, block_c, warps = _tile(y)
     pixels = r.numel()
     dx = empty(None, like=y)
     if y.numel() == 0:
         return dx
     _pixel_norm_bwd_kernel[(cdiv(pixels, block_p),)](
         dy, y, r, dx, pixels, hw, c, s_c, s_p, s_n, float(gain), float(slope),
-        ACC=acc_dtype(y), BLOCK_P=block_p, BLOCK_C=block_c)
+        INT64=needs_int64(y), ACC=acc_dtype(y), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps)
     return dx

@@ -9,7 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ELEMENTWISE_BLOCK, acc_dtype, cdiv, dense, empty, is_channels_last, like_layout
+from ._common import (ELEMENTWISE_BLOCK, acc_dtype, cdiv, dense, empty, is_channels_last, like_layout, needs_int64,
+                      program_start)
 
 
 @triton.jit
@@ -38,9 +39,9 @@ def _low_offset(offs, C, H, W, UP: tl.constexpr, CHANNELS_LAST: tl.constexpr):
 
 @triton.jit
 def _fade_in_fwd_kernel(low_ptr, high_ptr, y_ptr, alpha, alpha_ptr, numel, C, H, W, UP: tl.constexpr,
-                        CHANNELS_LAST: tl.constexpr, ALPHA_PTR: tl.constexpr, ACC: tl.constexpr,
-                        BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+                        CHANNELS_LAST: tl.constexpr, ALPHA_PTR: tl.constexpr, INT64: tl.constexpr,
+                        ACC: tl.constexpr, BLOCK: tl.constexpr):
+    offs = program_start(BLOCK, INT64) + tl.arange(0, BLOCK)
     inb = offs < numel
     a = _alpha(alpha, alpha_ptr, ALPHA_PTR, ACC)
     lo = tl.load(low_ptr + _low_offset(offs, C, H, W, UP, CHANNELS_LAST), mask=inb).to(ACC)
@@ -50,9 +51,9 @@ def _fade_in_fwd_kernel(low_ptr, high_ptr, y_ptr, alpha, alpha_ptr, numel, C, H,
 
 @triton.jit
 def _fade_in_bwd_kernel(dy_ptr, dlow_ptr, dhigh_ptr, alpha, alpha_ptr, numel_low, C, H, W, UP: tl.constexpr,
-                        CHANNELS_LAST: tl.constexpr, ALPHA_PTR: tl.constexpr, ACC: tl.constexpr,
-                        BLOCK: tl.constexpr):
-    j = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+                        CHANNELS_LAST: tl.constexpr, ALPHA_PTR: tl.constexpr, INT64: tl.constexpr,
+                        ACC: tl.constexpr, BLOCK: tl.constexpr):
+    j = program_start(BLOCK, INT64) + tl.arange(0, BLOCK)
     inb = j < numel_low
     a = _alpha(alpha, alpha_ptr, ALPHA_PTR, ACC)
     if UP:
@@ -96,7 +97,7 @@ def fade_in(low, high, alpha, alpha_t=None):
     _fade_in_fwd_kernel[(cdiv(high.numel(), ELEMENTWISE_BLOCK),)](
         low, high, y, float(alpha), alpha_t if alpha_t is not None else high, high.numel(), c, h, w,
         UP=low.shape[-1] != w, CHANNELS_LAST=is_channels_last(high), ALPHA_PTR=alpha_t is not None,
-        ACC=acc_dtype(high), BLOCK=ELEMENTWISE_BLOCK)
+        INT64=needs_int64(high), ACC=acc_dtype(high), BLOCK=ELEMENTWISE_BLOCK)
     return y
 
 
@@ -113,5 +114,6 @@ def fade_in_grad(dy, low_shape, alpha, alpha_t=None):
         return dlow, dhigh
     _fade_in_bwd_kernel[(cdiv(dlow.numel(), ELEMENTWISE_BLOCK),)](
         dy, dlow, dhigh, float(alpha), alpha_t if alpha_t is not None else dy, dlow.numel(), c, h, w,
-        UP=up, CHANNELS_LAST=cl, ALPHA_PTR=alpha_t is not None, ACC=acc_dtype(dy), BLOCK=ELEMENTWISE_BLOCK)
+        UP=up, CHANNELS_LAST=cl, ALPHA_PTR=alpha_t is not None, INT64=needs_int64(dy), ACC=acc_dtype(dy),
+        BLOCK=ELEMENTWISE_BLOCK)
     return dlow, dhigh

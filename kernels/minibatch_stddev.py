@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ELEMENTWISE_BLOCK, acc_dtype, cdiv, dense, empty, is_channels_last, like_layout
+from ._common import (ELEMENTWISE_BLOCK, acc_dtype, cdiv, dense, empty, is_channels_last, like_layout, needs_int64,
+                      program_start)
 
 EPS = 1e-8
 STATS_BLOCK = 1024
@@ -45,8 +46,9 @@ def _stats_kernel(x_ptr, s_ptr, M, G, F, eps, ACC: tl.constexpr, BLOCK: tl.const
 
 
 @triton.jit
-def _concat_kernel(x_ptr, s_ptr, out_ptr, numel, M, C, HW, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def _concat_kernel(x_ptr, s_ptr, out_ptr, numel, M, C, HW, CHANNELS_LAST: tl.constexpr, INT64: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    offs = program_start(BLOCK, INT64) + tl.arange(0, BLOCK)
     inb = offs < numel
     if CHANNELS_LAST:
         c = offs % (C + 1)
@@ -113,7 +115,8 @@ def minibatch_stddev(x, group_size):
     else:
         s.fill_(EPS ** 0.5)
     _concat_kernel[(cdiv(out.numel(), ELEMENTWISE_BLOCK),)](
-        x, s, out, out.numel(), m, c, h * w, CHANNELS_LAST=fmt is torch.channels_last, BLOCK=ELEMENTWISE_BLOCK)
+        x, s, out, out.numel(), m, c, h * w, CHANNELS_LAST=fmt is torch.channels_last, INT64=needs_int64(out),
+        BLOCK=ELEMENTWISE_BLOCK)
     return out
 
 
