@@ -102,6 +102,17 @@ def test_bias_act_dense_layer_shapes(shape, slope, pn, bias):
         close(a, e, torch.float32, count=shape[0])
 
 
+@pytest.mark.parametrize("pn", [False, True], ids=["act", "act+pn"])
+def test_bias_act_zero_gain_still_trains_the_bias(pn):
+    x = rand(3, 4, 2, 2, grad=True)
+    b = rand(4, grad=True)
+    (y0, g0), (y1, g1) = both(lambda impl: ops.bias_act(x, b, gain=0.0, pixel_norm=pn, impl=impl), (x, b))
+    close(y1, y0, torch.float32)
+    close(g1[0], g0[0], torch.float32)
+    close(g1[1], g0[1], torch.float32, count=12)
+    assert g1[1].abs().sum() > 0
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("channels_last", LAYOUTS)
 @pytest.mark.parametrize("pn", [False, True], ids=["act", "act+pn"])
