@@ -28,10 +28,9 @@ def _label_term(logits, labels):
     return F.cross_entropy(logits, target, reduction="none")
 
 
-def gp_interpolate(reals, fakes, u):
+def gp_interpolate(reals, fakes, u, impl="auto"):
     """xhat = real + u * (fake - real), with u of shape (N,)."""
-    fakes = fakes.to(reals.dtype)
-    return torch.lerp(reals, fakes, u.to(reals.dtype).reshape(-1, *([1] * (reals.ndim - 1))))
+    return ops.gp_interpolate(reals, fakes.to(reals.dtype), u, impl=impl)
 
 
 def d_loss_wgan_gp(D, reals, fakes, *, lambda_gp=10.0, drift=1e-3, labels=None, target=1.0, impl="auto"):
@@ -40,7 +39,7 @@ def d_loss_wgan_gp(D, reals, fakes, *, lambda_gp=10.0, drift=1e-3, labels=None, 
     real_scores, real_logits = _split(D(reals))
     fake_scores, fake_logits = _split(D(fakes))
     u = torch.rand(reals.shape[0], device=reals.device)
-    xhat = gp_interpolate(reals.detach(), fakes, u).requires_grad_(True)
+    xhat = gp_interpolate(reals.detach(), fakes, u, impl).requires_grad_(True)
     mixed_scores = D(xhat)[:, :1]
     grads, = torch.autograd.grad(upcast(mixed_scores).sum(), xhat, create_graph=True)
     gp = ops.gradient_penalty(grads, target=target, impl=impl)

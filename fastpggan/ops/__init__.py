@@ -7,9 +7,9 @@ fast backend is tested against.
 from ._dispatch import AUTO_ORDER, IMPLS, BackendUnavailable
 from .bias_act import bias_act, bias_act_ref
 from .fade_in import fade_in, fade_in_ref, upsample2x_nearest
-from .gradient_penalty import gradient_penalty, gradient_penalty_ref
+from .gradient_penalty import gp_interpolate, gp_interpolate_ref, gradient_penalty, gradient_penalty_ref
 from .minibatch_stddev import minibatch_stddev, minibatch_stddev_ref
 
-__all__ = ["bias_act", "fade_in", "minibatch_stddev", "gradient_penalty", "upsample2x_nearest",
-           "bias_act_ref", "fade_in_ref", "minibatch_stddev_ref", "gradient_penalty_ref",
+__all__ = ["bias_act", "fade_in", "minibatch_stddev", "gradient_penalty", "gp_interpolate", "upsample2x_nearest",
+           "bias_act_ref", "fade_in_ref", "minibatch_stddev_ref", "gradient_penalty_ref", "gp_interpolate_ref",
            "BackendUnavailable", "IMPLS", "AUTO_ORDER"]

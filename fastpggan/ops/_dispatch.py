@@ -13,8 +13,15 @@ import warnings
 
 IMPLS = ("ref", "triton", "ext")
 
-# Fastest-first order per device type, as measured by benchmarks/. Only 'ref' exists so far.
-AUTO_ORDER = {"cuda": ("ref",), "cpu": ("ref",)}
+# Fastest-first backends per op and device type, as measured by benchmarks/ (see README "Backends"); an op or
+# device not listed uses 'ref'. Changed only with a committed measurement.
+AUTO_ORDER = {
+    "bias_act": {"cpu": ("ref",), "cuda": ("ref",)},
+    "fade_in": {"cpu": ("ref",), "cuda": ("ref",)},
+    "minibatch_stddev": {"cpu": ("ref",), "cuda": ("ref",)},
+    "gradient_penalty": {"cpu": ("ref",), "cuda": ("ref",)},
+    "gp_interpolate": {"cpu": ("ref",), "cuda": ("ref",)},
+}
 
 _registry = {}  # op name -> {impl: (fn, unavailable)}
 _warned = set()
@@ -50,7 +57,7 @@ def resolve(op, impl, x):
     if impl == "auto":
         env = os.environ.get("FASTPGGAN_IMPL", "auto").strip().lower() or "auto"
         _check_impl(env, "FASTPGGAN_IMPL")
-        order = AUTO_ORDER.get(x.device.type, ("ref",)) if env == "auto" else (env,)
+        order = AUTO_ORDER.get(op, {}).get(x.device.type, ("ref",)) if env == "auto" else (env,)
         for cand in tuple(order) + tuple(i for i in ("ref",) if i not in order):
             reason = _missing(op, cand, x)
             if reason is None:

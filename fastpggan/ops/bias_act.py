@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from fastpggan.kernels._layout import empty_in_layout_of
 
 from . import _dispatch
+from . import _ext
 from ._util import triton_unavailable, upcast
 
 PIXEL_NORM_EPS = 1e-8
@@ -37,10 +38,89 @@ def bias_act_ref(x, bias=None, gain=1.0, negative_slope=0.2, pixel_norm=False):
 _dispatch.register("bias_act", "ref", bias_act_ref)
 
 
-# Triton backend. Each kernel is a torch custom op, so autograd and torch.compile see one opaque op.
-#   forward            -> backward                    -> double backward
-#   bias_act_triton    -> bias_act_grad_triton        -> bias_act_grad_triton (LReLU is piecewise linear)
-#   bias_act_pn_triton -> bias_act_pn_grad_triton     -> not supported (G's pixel norm needs first order only)
+# Fast backends. Each kernel is a torch op (a Python custom op for Triton, a TORCH_LIBRARY op for the
+# extension), so autograd and torch.compile see one opaque op. Both backends have the same four ops:
+#   fwd     (x, bias?, gain, slope) -> y              backward: grad        double backward: grad again
+#   grad    (dy, y, gain, slope) -> dx                (LReLU is piecewise linear: the mask does not move)
+#   pn      (x, bias?, gain, slope) -> (y, r)         backward: pn_grad     double backward: not supported
+#   pn_grad (dy, y, r, gain, slope) -> dx             (G's pixel norm needs first order only)
+
+
+def _fake_like_x(x, *args):
+    return empty_in_layout_of(x)
+
+
+def _fake_like_y(dy, y, *args):
+    return empty_in_layout_of(y)
+
+
+def _fake_pn(x, bias, gain, slope):
+    pixels = x.numel() // x.shape[1] if x.shape[1] else 0
+    r = x.new_empty((pixels,), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    return empty_in_layout_of(x), r
+
+
+def _bias_grad(dx, gain, bias_dtype):
+    """db = sum of dx over all but the channel axis, / gain (dx = gain * d(pre-activation))."""
+    dims = [0] + list(range(2, dx.ndim))
+    return (dx.sum(dim=dims, dtype=torch.float64 if dx.dtype == torch.float64 else torch.float32) / gain).to(bias_dtype)
+
+
+def _setup(ctx, inputs, output):
+    x, bias, gain, slope = inputs
+    ctx.gain, ctx.slope = gain, slope
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+    if isinstance(output, tuple):  # (y, r) of pixel norm
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(*output)
+    else:
+        ctx.save_for_backward(output)
+
+
+def wire(fwd, grad, pn, pn_grad):
+    """Register fake tensors and autograd for one backend's four bias_act ops."""
+    def input_grads(ctx, dx_fn):
+        gain = ctx.gain if ctx.gain != 0 else 1.0  # with gain 0, dx is 0 but the bias still needs the masked dy
+        dx = dx_fn(gain)
+        db = _bias_grad(dx, gain, ctx.bias_dtype) if ctx.bias_dtype is not None else None
+        return (dx if ctx.gain != 0 else torch.zeros_like(dx)), db, None, None
+
+    def fwd_backward(ctx, dy):
+        y, = ctx.saved_tensors
+        return input_grads(ctx, lambda gain: grad(dy, y, gain, ctx.slope))
+
+    def grad_setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+        ctx.gain, ctx.slope = inputs[2], inputs[3]
+
+    def grad_backward(ctx, ddx):
+        y, = ctx.saved_tensors
+        return grad(ddx, y, ctx.gain, ctx.slope), None, None, None
+
+    def pn_backward(ctx, dy, _dr):
+        y, r = ctx.saved_tensors
+        return input_grads(ctx, lambda gain: pn_grad(dy, y, r, gain, ctx.slope))
+
+    def pn_grad_backward(ctx, ddx):
+        raise RuntimeError("fastpggan: the second-order gradient of bias_act with pixel_norm=True is not implemented "
+                           "for the fast backends (PGGAN needs it only to first order); use impl='ref' for it")
+
+    for op, fake in ((fwd, _fake_like_x), (grad, _fake_like_y), (pn, _fake_pn), (pn_grad, _fake_like_y)):
+        torch.library.register_fake(op, fake)
+    torch.library.register_autograd(fwd, fwd_backward, setup_context=_setup)
+    torch.library.register_autograd(grad, grad_backward, setup_context=grad_setup)
+    torch.library.register_autograd(pn, pn_backward, setup_context=_setup)
+    torch.library.register_autograd(pn_grad, pn_grad_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+def _call(fwd, pn, x, bias, gain, negative_slope, pixel_norm):
+    bias = bias.contiguous() if bias is not None else None
+    if pixel_norm:
+        return pn(x, bias, float(gain), float(negative_slope))[0]
+    return fwd(x, bias, float(gain), float(negative_slope))
+
+
+# -- Triton (fastpggan.kernels.bias_act) --
 
 def _kernels():
     from fastpggan.kernels import bias_act as k
@@ -54,14 +134,12 @@ def _bias_act_triton_op(x: torch.Tensor, bias: Optional[torch.Tensor], gain: flo
 
 @torch.library.custom_op("fastpggan::bias_act_grad_triton", mutates_args=())
 def _bias_act_grad_triton_op(dy: torch.Tensor, y: torch.Tensor, gain: float, slope: float) -> torch.Tensor:
-    """dx = where(y > 0, 1, slope) * dy * gain."""
     return _kernels().bias_act(dy, None, gain, slope, ref=y)
 
 
 @torch.library.custom_op("fastpggan::bias_act_pn_triton", mutates_args=())
 def _bias_act_pn_triton_op(x: torch.Tensor, bias: Optional[torch.Tensor], gain: float,
                            slope: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, r) with r the per-pixel rsqrt(mean_c a^2 + eps), saved for the backward."""
     return _kernels().bias_act_pixel_norm(x, bias, gain, slope)
 
 
@@ -71,87 +149,11 @@ def _bias_act_pn_grad_triton_op(dy: torch.Tensor, y: torch.Tensor, r: torch.Tens
     return _kernels().bias_act_pixel_norm_grad(dy, y, r, gain, slope)
 
 
-@_bias_act_triton_op.register_fake
-def _(x, bias, gain, slope):
-    return empty_in_layout_of(x)
-
-
-@_bias_act_grad_triton_op.register_fake
-def _(dy, y, gain, slope):
-    return empty_in_layout_of(y)
-
-
-@_bias_act_pn_triton_op.register_fake
-def _(x, bias, gain, slope):
-    pixels = x.numel() // x.shape[1] if x.shape[1] else 0
-    return empty_in_layout_of(x), x.new_empty((pixels,), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-
-
-@_bias_act_pn_grad_triton_op.register_fake
-def _(dy, y, r, gain, slope):
-    return empty_in_layout_of(y)
-
-
-def _bias_grad(dx, gain, bias_dtype):
-    """db = sum of dx over all but the channel axis, / gain (dx = gain * d(pre-activation))."""
-    dims = [0] + list(range(2, dx.ndim))
-    return (dx.sum(dim=dims, dtype=torch.float64 if dx.dtype == torch.float64 else torch.float32) / gain).to(bias_dtype)
-
-
-def _setup_bias_act(ctx, inputs, output):
-    x, bias, gain, slope = inputs
-    y = output[0] if isinstance(output, tuple) else output
-    ctx.gain, ctx.slope = gain, slope
-    ctx.bias_dtype = bias.dtype if bias is not None else None
-    if isinstance(output, tuple):
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(y, output[1])
-    else:
-        ctx.save_for_backward(y)
-
-
-def _bias_act_backward(ctx, dy):
-    y, = ctx.saved_tensors
-    gain = ctx.gain if ctx.gain != 0 else 1.0  # with gain 0, dx is 0 but the bias still needs the masked dy
-    dx = _bias_act_grad_triton_op(dy, y, gain, ctx.slope)
-    db = _bias_grad(dx, gain, ctx.bias_dtype) if ctx.bias_dtype is not None else None
-    return (dx if ctx.gain != 0 else torch.zeros_like(dx)), db, None, None
-
-
-def _setup_bias_act_grad(ctx, inputs, output):
-    ctx.save_for_backward(inputs[1])
-    ctx.gain, ctx.slope = inputs[2], inputs[3]
-
-
-def _bias_act_grad_backward(ctx, ddx):
-    y, = ctx.saved_tensors
-    return _bias_act_grad_triton_op(ddx, y, ctx.gain, ctx.slope), None, None, None
-
-
-def _bias_act_pn_backward(ctx, dy, _dr):
-    y, r = ctx.saved_tensors
-    gain = ctx.gain if ctx.gain != 0 else 1.0
-    dx = _bias_act_pn_grad_triton_op(dy, y, r, gain, ctx.slope)
-    db = _bias_grad(dx, gain, ctx.bias_dtype) if ctx.bias_dtype is not None else None
-    return (dx if ctx.gain != 0 else torch.zeros_like(dx)), db, None, None
-
-
-def _bias_act_pn_grad_backward(ctx, ddx):
-    raise RuntimeError("fastpggan: the second-order gradient of bias_act with pixel_norm=True is not implemented "
-                       "for impl='triton' (PGGAN needs it only to first order); use impl='ref' for it")
-
-
-_bias_act_triton_op.register_autograd(_bias_act_backward, setup_context=_setup_bias_act)
-_bias_act_grad_triton_op.register_autograd(_bias_act_grad_backward, setup_context=_setup_bias_act_grad)
-_bias_act_pn_triton_op.register_autograd(_bias_act_pn_backward, setup_context=_setup_bias_act)
-_bias_act_pn_grad_triton_op.register_autograd(_bias_act_pn_grad_backward, setup_context=lambda ctx, inputs, output: None)
+wire(_bias_act_triton_op, _bias_act_grad_triton_op, _bias_act_pn_triton_op, _bias_act_pn_grad_triton_op)
 
 
 def bias_act_triton(x, bias=None, gain=1.0, negative_slope=0.2, pixel_norm=False):
-    bias = bias.contiguous() if bias is not None else None
-    if pixel_norm:
-        return _bias_act_pn_triton_op(x, bias, float(gain), float(negative_slope))[0]
-    return _bias_act_triton_op(x, bias, float(gain), float(negative_slope))
+    return _call(_bias_act_triton_op, _bias_act_pn_triton_op, x, bias, gain, negative_slope, pixel_norm)
 
 
 def _bias_act_triton_unavailable(x):
@@ -164,6 +166,20 @@ def _bias_act_triton_unavailable(x):
 
 
 _dispatch.register("bias_act", "triton", bias_act_triton, _bias_act_triton_unavailable)
+
+
+# -- C++/CUDA extension (csrc/, torch.ops.fastpggan_ext) --
+
+@_ext.on_load
+def _wire_ext():
+    wire(_ext.op("bias_act"), _ext.op("bias_act_grad"), _ext.op("bias_act_pn"), _ext.op("bias_act_pn_grad"))
+
+
+def bias_act_ext(x, bias=None, gain=1.0, negative_slope=0.2, pixel_norm=False):
+    return _call(_ext.op("bias_act"), _ext.op("bias_act_pn"), x, bias, gain, negative_slope, pixel_norm)
+
+
+_dispatch.register("bias_act", "ext", bias_act_ext, _ext.ext_unavailable)
 
 
 def bias_act(x, bias=None, *, gain=1.0, negative_slope=0.2, pixel_norm=False, impl="auto"):

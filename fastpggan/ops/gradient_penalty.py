@@ -8,7 +8,7 @@ import torch
 
 from fastpggan.kernels._layout import empty_in_layout_of
 
-from . import _dispatch
+from . import _dispatch, _ext
 from ._util import triton_unavailable, upcast
 
 
@@ -42,7 +42,47 @@ def gradient_penalty_double_backward(ddg, dgp, g, r, target):
     return d_dgp, d_g.reshape(g.shape).to(g.dtype)
 
 
-# Triton backend: (||g|| - t)^2 and its backward are kernels; the backward's backward is the formula above.
+# Fast backends: (||g|| - t)^2 and its backward are kernels (a Triton custom op, or an extension op); the
+# backward's backward is the formula above.
+
+def _acc(t):
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _fake(grads, target):
+    n = grads.shape[0]
+    return grads.new_empty((n,), dtype=_acc(grads)), grads.new_empty((n,), dtype=_acc(grads))
+
+
+def _fake_grad(dgp, grads, r, target):
+    return empty_in_layout_of(grads)
+
+
+def wire(fwd, grad):
+    """Register fake tensors and autograd for one backend's (penalty, backward) ops; fwd returns (gp, r)."""
+    def setup(ctx, inputs, output):
+        grads, ctx.target = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(grads, output[1])
+
+    def backward(ctx, dgp, _dr):
+        grads, r = ctx.saved_tensors
+        return grad(dgp, grads, r, ctx.target), None
+
+    def grad_setup(ctx, inputs, output):
+        dgp, grads, r, ctx.target = inputs
+        ctx.save_for_backward(dgp, grads, r)
+
+    def grad_backward(ctx, ddg):
+        dgp, grads, r = ctx.saved_tensors
+        d_dgp, d_g = gradient_penalty_double_backward(ddg, dgp, grads, r, ctx.target)
+        return d_dgp.to(dgp.dtype), d_g, None, None
+
+    torch.library.register_fake(fwd, _fake)
+    torch.library.register_fake(grad, _fake_grad)
+    torch.library.register_autograd(fwd, backward, setup_context=setup)
+    torch.library.register_autograd(grad, grad_backward, setup_context=grad_setup)
+
 
 def _kernels():
     from fastpggan.kernels import gradient_penalty as k
@@ -60,45 +100,7 @@ def _gp_grad_triton_op(dgp: torch.Tensor, grads: torch.Tensor, r: torch.Tensor, 
     return _kernels().gradient_penalty_grad(dgp, grads, r, target)
 
 
-def _acc(t):
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-@_gp_triton_op.register_fake
-def _(grads, target):
-    n = grads.shape[0]
-    return grads.new_empty((n,), dtype=_acc(grads)), grads.new_empty((n,), dtype=_acc(grads))
-
-
-@_gp_grad_triton_op.register_fake
-def _(dgp, grads, r, target):
-    return empty_in_layout_of(grads)
-
-
-def _setup_gp(ctx, inputs, output):
-    grads, ctx.target = inputs
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(grads, output[1])
-
-
-def _gp_backward(ctx, dgp, _dr):
-    grads, r = ctx.saved_tensors
-    return _gp_grad_triton_op(dgp, grads, r, ctx.target), None
-
-
-def _setup_gp_grad(ctx, inputs, output):
-    dgp, grads, r, ctx.target = inputs
-    ctx.save_for_backward(dgp, grads, r)
-
-
-def _gp_grad_backward(ctx, ddg):
-    dgp, grads, r = ctx.saved_tensors
-    d_dgp, d_g = gradient_penalty_double_backward(ddg, dgp, grads, r, ctx.target)
-    return d_dgp.to(dgp.dtype), d_g, None, None
-
-
-_gp_triton_op.register_autograd(_gp_backward, setup_context=_setup_gp)
-_gp_grad_triton_op.register_autograd(_gp_grad_backward, setup_context=_setup_gp_grad)
+wire(_gp_triton_op, _gp_grad_triton_op)
 
 
 def gradient_penalty_triton(grads, target):
@@ -106,6 +108,60 @@ def gradient_penalty_triton(grads, target):
 
 
 _dispatch.register("gradient_penalty", "triton", gradient_penalty_triton, triton_unavailable)
+
+
+@_ext.on_load
+def _wire_ext():
+    wire(_ext.op("gradient_penalty"), _ext.op("gradient_penalty_grad"))
+
+
+def gradient_penalty_ext(grads, target):
+    return _ext.op("gradient_penalty")(grads, float(target))[0]
+
+
+_dispatch.register("gradient_penalty", "ext", gradient_penalty_ext, _ext.ext_unavailable)
+
+
+def gp_interpolate_ref(reals, fakes, u):
+    """xhat = real + u[n] * (fake - real): the WGAN-GP sample between a real and a fake image."""
+    return torch.lerp(reals, fakes.to(reals.dtype), u.to(reals.dtype).reshape(-1, *([1] * (reals.ndim - 1))))
+
+
+_dispatch.register("gp_interpolate", "ref", gp_interpolate_ref)
+
+
+def _gp_interpolate_setup(ctx, inputs, output):
+    reals, fakes, u = inputs
+    ctx.save_for_backward(reals, fakes, u)
+
+
+def _gp_interpolate_backward(ctx, dy):
+    reals, fakes, u = ctx.saved_tensors
+    uu = u.to(dy.dtype).reshape(-1, *([1] * (dy.ndim - 1)))
+    du = ((fakes.to(dy.dtype) - reals.to(dy.dtype)) * dy).reshape(dy.shape[0], -1).sum(1).to(u.dtype)
+    return ((1 - uu) * dy).to(reals.dtype), (uu * dy).to(fakes.dtype), du
+
+
+@_ext.on_load
+def _wire_gp_interpolate_ext():
+    op = _ext.op("gp_interpolate")
+    torch.library.register_fake(op, lambda reals, fakes, u: empty_in_layout_of(reals))
+    torch.library.register_autograd(op, _gp_interpolate_backward, setup_context=_gp_interpolate_setup)
+
+
+def gp_interpolate_ext(reals, fakes, u):
+    return _ext.op("gp_interpolate")(reals, fakes, u)
+
+
+_dispatch.register("gp_interpolate", "ext", gp_interpolate_ext, _ext.ext_unavailable)
+
+
+def gp_interpolate(reals, fakes, u, *, impl="auto"):
+    """Per-sample interpolation real + u[n] * (fake - real), u of shape (N,) (official loss.py `mixed_images`)."""
+    if reals.shape != fakes.shape or u.ndim != 1 or u.shape[0] != reals.shape[0]:
+        raise ValueError(f"gp_interpolate: reals {tuple(reals.shape)} and fakes {tuple(fakes.shape)} must match "
+                         f"and u must be ({reals.shape[0]},), got {tuple(u.shape)}")
+    return _dispatch.resolve("gp_interpolate", impl, reals)(reals, fakes, u)
 
 
 def gradient_penalty(grads, *, target=1.0, impl="auto"):

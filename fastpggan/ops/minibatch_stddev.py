@@ -10,7 +10,7 @@ import torch
 
 from fastpggan.kernels._layout import empty_in_layout_of
 
-from . import _dispatch
+from . import _dispatch, _ext
 from ._util import triton_unavailable, upcast
 
 EPS = 1e-8
@@ -54,8 +54,42 @@ def minibatch_stddev_double_backward(ddx, dout, x, group_size):
     return d_dout, d_x.reshape(x.shape).to(x.dtype)
 
 
-# Triton backend: forward and first backward are kernels (custom ops); the backward's backward is the plain-PyTorch
-# formula above, which autograd can differentiate further.
+# Fast backends: forward and first backward are kernels (a Triton custom op, or an extension op); the
+# backward's backward is the plain-PyTorch formula above, which autograd can differentiate further.
+
+def _fake(x, group_size):
+    n, c, h, w = x.shape
+    return empty_in_layout_of(x, shape=(n, c + 1, h, w))
+
+
+def _fake_grad(dout, x, group_size):
+    return empty_in_layout_of(x)
+
+
+def wire(fwd, grad):
+    """Register fake tensors and autograd for one backend's (forward, backward) ops."""
+    def setup(ctx, inputs, output):
+        x, ctx.group_size = inputs
+        ctx.save_for_backward(x)
+
+    def backward(ctx, dout):
+        x, = ctx.saved_tensors
+        return grad(dout, x, ctx.group_size), None
+
+    def grad_setup(ctx, inputs, output):
+        dout, x, ctx.group_size = inputs
+        ctx.save_for_backward(dout, x)
+
+    def grad_backward(ctx, ddx):
+        dout, x = ctx.saved_tensors
+        d_dout, d_x = minibatch_stddev_double_backward(ddx, dout, x, ctx.group_size)
+        return d_dout, d_x, None
+
+    torch.library.register_fake(fwd, _fake)
+    torch.library.register_fake(grad, _fake_grad)
+    torch.library.register_autograd(fwd, backward, setup_context=setup)
+    torch.library.register_autograd(grad, grad_backward, setup_context=grad_setup)
+
 
 def _kernels():
     from fastpggan.kernels import minibatch_stddev as k
@@ -72,40 +106,7 @@ def _mbstd_grad_triton_op(dout: torch.Tensor, x: torch.Tensor, group_size: int) 
     return _kernels().minibatch_stddev_grad(dout, x, group_size)
 
 
-@_mbstd_triton_op.register_fake
-def _(x, group_size):
-    n, c, h, w = x.shape
-    return empty_in_layout_of(x, shape=(n, c + 1, h, w))
-
-
-@_mbstd_grad_triton_op.register_fake
-def _(dout, x, group_size):
-    return empty_in_layout_of(x)
-
-
-def _setup_mbstd(ctx, inputs, output):
-    x, ctx.group_size = inputs
-    ctx.save_for_backward(x)
-
-
-def _mbstd_backward(ctx, dout):
-    x, = ctx.saved_tensors
-    return _mbstd_grad_triton_op(dout, x, ctx.group_size), None
-
-
-def _setup_mbstd_grad(ctx, inputs, output):
-    dout, x, ctx.group_size = inputs
-    ctx.save_for_backward(dout, x)
-
-
-def _mbstd_grad_backward(ctx, ddx):
-    dout, x = ctx.saved_tensors
-    d_dout, d_x = minibatch_stddev_double_backward(ddx, dout, x, ctx.group_size)
-    return d_dout, d_x, None
-
-
-_mbstd_triton_op.register_autograd(_mbstd_backward, setup_context=_setup_mbstd)
-_mbstd_grad_triton_op.register_autograd(_mbstd_grad_backward, setup_context=_setup_mbstd_grad)
+wire(_mbstd_triton_op, _mbstd_grad_triton_op)
 
 
 def minibatch_stddev_triton(x, group_size):
@@ -113,6 +114,18 @@ def minibatch_stddev_triton(x, group_size):
 
 
 _dispatch.register("minibatch_stddev", "triton", minibatch_stddev_triton, triton_unavailable)
+
+
+@_ext.on_load
+def _wire_ext():
+    wire(_ext.op("minibatch_stddev"), _ext.op("minibatch_stddev_grad"))
+
+
+def minibatch_stddev_ext(x, group_size):
+    return _ext.op("minibatch_stddev")(x, int(group_size))
+
+
+_dispatch.register("minibatch_stddev", "ext", minibatch_stddev_ext, _ext.ext_unavailable)
 
 
 def minibatch_stddev(x, group_size=4, *, impl="auto"):

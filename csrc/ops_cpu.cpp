@@ -1,0 +1,479 @@
+// fastpggan._C: operator schemas (namespace fastpggan_ext) and their CPU kernels.
+//
+//   bias_act(x, bias?, gain, slope)            y = lrelu(x * gain + bias[c])
+//   bias_act_grad(dy, y, gain, slope)          dx = where(y > 0, 1, slope) * dy * gain  (also its own 2nd order)
+//   bias_act_pn(x, bias?, gain, slope)         (y, r): y = a * r, a = lrelu(x * gain + bias[c]), r = rsqrt(mean_c a^2 + 1e-8)
+//   bias_act_pn_grad(dy, y, r, gain, slope)    dx = gain * mask(y) * r * (dy - y * mean_c(dy * y))
+//   minibatch_stddev(x, G) / _grad(dout, x, G) the paper's minibatch-stddev layer and its backward
+//   gradient_penalty(g, t)                     (gp, r): r = ||g_n||, gp = (r - t)^2
+//   gradient_penalty_grad(dgp, g, r, t)        dg = dgp * 2 (r - t) / r * g   (0 where r = 0)
+//   gp_interpolate(real, fake, u)              real + u[n] * (fake - real)
+//
+// fp16/bf16 are computed in fp32, fp64 in fp64. Inner loops are plain, unit-stride and branch-free so the
+// compiler vectorizes them (see the flags in fastpggan/_build.py); at::parallel_for splits the outer loop.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "common.h"
+
+namespace fastpggan {
+namespace {
+
+template <typename acc_t>
+inline acc_t lrelu(acc_t v, acc_t slope) {
+  return v > acc_t(0) ? v : v * slope;
+}
+
+int64_t grain_for(int64_t inner) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(inner, 1)); }
+
+// y[i] = lrelu(x[i] * gain + b[i * b_step]) over one unit-stride row (b_step 0: one bias for the row).
+template <typename scalar_t, typename acc_t>
+inline void act_row(const scalar_t* __restrict__ x, const acc_t* __restrict__ b, int64_t b_step,
+                    scalar_t* __restrict__ y, int64_t n, acc_t gain, acc_t slope) {
+  if (b_step == 0) {
+    const acc_t bc = b[0];
+    for (int64_t i = 0; i < n; ++i) y[i] = scalar_t(lrelu(acc_t(x[i]) * gain + bc, slope));
+  } else {
+    for (int64_t i = 0; i < n; ++i) y[i] = scalar_t(lrelu(acc_t(x[i]) * gain + b[i], slope));
+  }
+}
+
+at::Tensor bias_act_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>& bias, double gain, double slope) {
+  check_bias_act(x_in, bias, "bias_act");
+  auto x = dense(x_in);
+  auto y = at::empty_like(x);
+  auto g = geometry(x);
+  if (x.numel() == 0) return y;
+  auto b = bias_in_acc(bias, x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const acc_t* bp = b.const_data_ptr<acc_t>();
+    const acc_t ga = acc_t(gain), sl = acc_t(slope);
+    if (!g.channels_last) {  // planes of HW values share one bias
+      at::parallel_for(0, x.size(0) * g.C, grain_for(g.HW), [&](int64_t begin, int64_t end) {
+        for (int64_t nc = begin; nc < end; ++nc) act_row(xp + nc * g.HW, bp + nc % g.C, 0, yp + nc * g.HW, g.HW, ga, sl);
+      });
+    } else {  // pixels of C values, one bias each
+      at::parallel_for(0, g.P, grain_for(g.C), [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p) act_row(xp + p * g.C, bp, 1, yp + p * g.C, g.C, ga, sl);
+      });
+    }
+  });
+  return y;
+}
+
+// dx[i] = dy[i] * (y[i] > 0 ? gain : slope * gain): both products are formed so the select vectorizes.
+template <typename scalar_t, typename acc_t>
+inline void masked_scale_row(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ y,
+                             scalar_t* __restrict__ dx, int64_t n, acc_t gain, acc_t neg) {
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t d = acc_t(dy[i]), pos = d * gain, negv = d * neg;
+    dx[i] = scalar_t(acc_t(y[i]) > acc_t(0) ? pos : negv);
+  }
+}
+
+at::Tensor bias_act_grad_cpu(const at::Tensor& dy_in, const at::Tensor& y_in, double gain, double slope) {
+  check_float(dy_in, "bias_act_grad", "dy");
+  check_same_device(dy_in, y_in, "bias_act_grad");
+  TORCH_CHECK(dy_in.sizes() == y_in.sizes(), "fastpggan_ext::bias_act_grad: dy and y shapes differ: ", dy_in.sizes(),
+              " vs ", y_in.sizes());
+  auto y = dense(y_in);
+  auto dy = like_layout(dy_in, y).to(y.scalar_type());
+  auto dx = at::empty_like(y);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bias_act_grad", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
+    const acc_t ga = acc_t(gain), neg = acc_t(slope * gain);
+    at::parallel_for(0, y.numel(), at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
+      masked_scale_row(dyp + begin, yp + begin, dxp + begin, end - begin, ga, neg);
+    });
+  });
+  return dx;
+}
+
+// One channels_last pixel: sum of lrelu(x * gain + b)^2 over its C values; then those values times r.
+template <typename scalar_t, typename acc_t>
+inline acc_t act_sumsq_row(const scalar_t* __restrict__ x, const acc_t* __restrict__ b, int64_t n, acc_t gain,
+                           acc_t slope) {
+  acc_t ss = 0;
+#pragma omp simd reduction(+ : ss)
+  for (int64_t c = 0; c < n; ++c) {
+    const acc_t a = lrelu(acc_t(x[c]) * gain + b[c], slope);
+    ss += a * a;
+  }
+  return ss;
+}
+
+template <typename scalar_t, typename acc_t>
+inline void act_scale_row(const scalar_t* __restrict__ x, const acc_t* __restrict__ b, scalar_t* __restrict__ y,
+                          int64_t n, acc_t gain, acc_t slope, acc_t r) {
+  for (int64_t c = 0; c < n; ++c) y[c] = scalar_t(lrelu(acc_t(x[c]) * gain + b[c], slope) * r);
+}
+
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+inline acc_t dot_row(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_t n) {
+  acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += acc_t(a[i]) * acc_t(b[i]);
+  return s;
+}
+
+// dx = gain * mask(y) * r * (dy - y * dot) over one channels_last pixel.
+template <typename scalar_t, typename acc_t>
+inline void pn_grad_row(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ y, scalar_t* __restrict__ dx,
+                        int64_t n, acc_t r, acc_t dot, acc_t gain, acc_t neg) {
+  for (int64_t c = 0; c < n; ++c) {
+    const acc_t yv = acc_t(y[c]), t = r * (acc_t(dy[c]) - yv * dot), pos = t * gain, negv = t * neg;
+    dx[c] = scalar_t(yv > acc_t(0) ? pos : negv);
+  }
+}
+
+// Pixel norm reduces over C per pixel. NCHW: a block of kPixBlock pixels is walked channel by channel, so every
+// inner loop is unit-stride; channels_last: one pixel's C values are contiguous.
+constexpr int64_t kPixBlock = 256;
+
+std::tuple<at::Tensor, at::Tensor> bias_act_pn_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>& bias,
+                                                   double gain, double slope) {
+  check_bias_act(x_in, bias, "bias_act_pn");
+  auto x = dense(x_in);
+  auto y = at::empty_like(x);
+  auto g = geometry(x);
+  auto r = at::empty({g.P}, x.options().dtype(acc_type(x)));
+  if (x.numel() == 0) return {y, r};
+  auto b = bias_in_acc(bias, x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_pn", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    acc_t* rp = r.mutable_data_ptr<acc_t>();
+    const acc_t* bp = b.const_data_ptr<acc_t>();
+    const acc_t ga = acc_t(gain), sl = acc_t(slope), invC = acc_t(1) / acc_t(g.C), eps = acc_t(kPixelNormEps);
+    if (!g.channels_last) {
+      const int64_t blocks_per_n = (g.HW + kPixBlock - 1) / kPixBlock;
+      at::parallel_for(0, x.size(0) * blocks_per_n, 1, [&](int64_t begin, int64_t end) {
+        acc_t ss[kPixBlock];
+        for (int64_t blk = begin; blk < end; ++blk) {
+          const int64_t n = blk / blocks_per_n, h0 = (blk % blocks_per_n) * kPixBlock;
+          const int64_t len = std::min(kPixBlock, g.HW - h0);
+          const scalar_t* xn = xp + n * g.C * g.HW + h0;
+          scalar_t* yn = yp + n * g.C * g.HW + h0;
+          for (int64_t i = 0; i < len; ++i) ss[i] = acc_t(0);
+          for (int64_t c = 0; c < g.C; ++c) {
+            const acc_t bc = bp[c];
+            const scalar_t* xi = xn + c * g.HW;
+            for (int64_t i = 0; i < len; ++i) {
+              const acc_t a = lrelu(acc_t(xi[i]) * ga + bc, sl);
+              ss[i] += a * a;
+            }
+          }
+          for (int64_t i = 0; i < len; ++i) {
+            ss[i] = acc_t(1) / std::sqrt(ss[i] * invC + eps);
+            rp[n * g.HW + h0 + i] = ss[i];
+          }
+          for (int64_t c = 0; c < g.C; ++c) {  // re-reads this block of x, which is still in cache
+            const acc_t bc = bp[c];
+            const scalar_t* xi = xn + c * g.HW;
+            scalar_t* yi = yn + c * g.HW;
+            for (int64_t i = 0; i < len; ++i) yi[i] = scalar_t(lrelu(acc_t(xi[i]) * ga + bc, sl) * ss[i]);
+          }
+        }
+      });
+    } else {
+      at::parallel_for(0, g.P, grain_for(g.C), [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p) {
+          const acc_t rr = acc_t(1) / std::sqrt(act_sumsq_row(xp + p * g.C, bp, g.C, ga, sl) * invC + eps);
+          rp[p] = rr;
+          act_scale_row(xp + p * g.C, bp, yp + p * g.C, g.C, ga, sl, rr);
+        }
+      });
+    }
+  });
+  return {y, r};
+}
+
+at::Tensor bias_act_pn_grad_cpu(const at::Tensor& dy_in, const at::Tensor& y_in, const at::Tensor& r_in, double gain,
+                                double slope) {
+  check_float(dy_in, "bias_act_pn_grad", "dy");
+  check_same_device(dy_in, y_in, "bias_act_pn_grad");
+  auto y = dense(y_in);
+  auto dy = like_layout(dy_in, y).to(y.scalar_type());
+  auto g = geometry(y);
+  auto r = r_in.to(acc_type(y)).contiguous();
+  TORCH_CHECK(r.numel() == g.P, "fastpggan_ext::bias_act_pn_grad: r must hold one value per pixel (", g.P, "), got ",
+              r.numel());
+  auto dx = at::empty_like(y);
+  if (y.numel() == 0) return dx;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bias_act_pn_grad", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    const acc_t* rp = r.const_data_ptr<acc_t>();
+    scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
+    const acc_t ga = acc_t(gain), neg = acc_t(slope * gain), invC = acc_t(1) / acc_t(g.C);
+    if (!g.channels_last) {
+      const int64_t blocks_per_n = (g.HW + kPixBlock - 1) / kPixBlock;
+      at::parallel_for(0, y.size(0) * blocks_per_n, 1, [&](int64_t begin, int64_t end) {
+        acc_t dot[kPixBlock];
+        for (int64_t blk = begin; blk < end; ++blk) {
+          const int64_t n = blk / blocks_per_n, h0 = (blk % blocks_per_n) * kPixBlock;
+          const int64_t len = std::min(kPixBlock, g.HW - h0), base = n * g.C * g.HW + h0;
+          for (int64_t i = 0; i < len; ++i) dot[i] = acc_t(0);
+          for (int64_t c = 0; c < g.C; ++c) {
+            const scalar_t* dyi = dyp + base + c * g.HW;
+            const scalar_t* yi = yp + base + c * g.HW;
+            for (int64_t i = 0; i < len; ++i) dot[i] += acc_t(dyi[i]) * acc_t(yi[i]);
+          }
+          for (int64_t i = 0; i < len; ++i) dot[i] *= invC;
+          const acc_t* rn = rp + n * g.HW + h0;
+          for (int64_t c = 0; c < g.C; ++c) {
+            const scalar_t* dyi = dyp + base + c * g.HW;
+            const scalar_t* yi = yp + base + c * g.HW;
+            scalar_t* dxi = dxp + base + c * g.HW;
+            for (int64_t i = 0; i < len; ++i) {
+              const acc_t yv = acc_t(yi[i]), t = rn[i] * (acc_t(dyi[i]) - yv * dot[i]), pos = t * ga, negv = t * neg;
+              dxi[i] = scalar_t(yv > acc_t(0) ? pos : negv);
+            }
+          }
+        }
+      });
+    } else {
+      at::parallel_for(0, g.P, grain_for(g.C), [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p) {
+          const acc_t dot = dot_row(dyp + p * g.C, yp + p * g.C, g.C) * invC;
+          pn_grad_row(dyp + p * g.C, yp + p * g.C, dxp + p * g.C, g.C, rp[p], dot, ga, neg);
+        }
+      });
+    }
+  });
+  return dx;
+}
+
+// Minibatch stddev. Sample n = g * M + m is member g of group m; each sample's F = C*H*W values are dense in
+// memory (either layout), and the statistic is a mean over all of them, so they are visited in memory order.
+template <typename scalar_t, typename acc_t>
+void group_moments(const scalar_t* xp, int64_t m, int64_t M, int64_t G, int64_t F, acc_t* mean, acc_t* sd) {
+  for (int64_t f = 0; f < F; ++f) mean[f] = acc_t(0);
+  for (int64_t g = 0; g < G; ++g) {
+    const scalar_t* xg = xp + (g * M + m) * F;
+    for (int64_t f = 0; f < F; ++f) mean[f] += acc_t(xg[f]);
+  }
+  for (int64_t f = 0; f < F; ++f) {
+    mean[f] /= acc_t(G);
+    sd[f] = acc_t(0);
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    const scalar_t* xg = xp + (g * M + m) * F;
+    for (int64_t f = 0; f < F; ++f) {
+      const acc_t d = acc_t(xg[f]) - mean[f];
+      sd[f] += d * d;
+    }
+  }
+  for (int64_t f = 0; f < F; ++f) sd[f] = std::sqrt(sd[f] / acc_t(G) + acc_t(kStddevEps));
+}
+
+at::Tensor minibatch_stddev_cpu(const at::Tensor& x_in, int64_t group_size) {
+  check_mbstd(x_in, group_size, "minibatch_stddev");
+  auto x = dense(x_in);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), F = C * HW, M = N / group_size;
+  auto out = empty_in_layout_of(x, {N, C + 1, x.size(2), x.size(3)}, x.scalar_type());
+  if (out.numel() == 0) return out;
+  const bool cl = is_channels_last(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    std::vector<acc_t> s(M);
+    at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> mean(F), sd(F);
+      for (int64_t m = begin; m < end; ++m) {
+        group_moments(xp, m, M, group_size, F, mean.data(), sd.data());
+        acc_t total = 0;
+          _Pragma("omp simd reduction(+ : total)")
+        for (int64_t f = 0; f < F; ++f) total += sd[f];
+        s[m] = F ? total / acc_t(F) : std::sqrt(acc_t(kStddevEps));
+      }
+    });
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const scalar_t sv = scalar_t(s[n % M]);
+        const scalar_t* xn = xp + n * F;
+        scalar_t* on = op + n * (F + HW);
+        if (!cl) {
+          std::copy(xn, xn + F, on);
+          std::fill(on + F, on + F + HW, sv);
+        } else {
+          for (int64_t p = 0; p < HW; ++p) {
+            std::copy(xn + p * C, xn + (p + 1) * C, on + p * (C + 1));
+            on[p * (C + 1) + C] = sv;
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor minibatch_stddev_grad_cpu(const at::Tensor& dout_in, const at::Tensor& x_in, int64_t group_size) {
+  check_mbstd(x_in, group_size, "minibatch_stddev_grad");
+  check_same_device(dout_in, x_in, "minibatch_stddev_grad");
+  auto x = dense(x_in);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), F = C * HW, M = N / group_size;
+  TORCH_CHECK(dout_in.dim() == 4 && dout_in.size(0) == N && dout_in.size(1) == C + 1,
+              "fastpggan_ext::minibatch_stddev_grad: dout must be (N, C+1, H, W), got ", dout_in.sizes());
+  auto dout = like_layout(dout_in, x).to(x.scalar_type());
+  auto dx = at::empty_like(x);
+  if (x.numel() == 0) return dx;
+  const bool cl = is_channels_last(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_grad", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* dp = dout.const_data_ptr<scalar_t>();
+    scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> mean(F), sd(F);
+      for (int64_t m = begin; m < end; ++m) {
+        acc_t ds = 0;  // gradient of s[m]: the extra map of dout summed over the group
+        for (int64_t g = 0; g < group_size; ++g) {
+          const scalar_t* dn = dp + (g * M + m) * (F + HW);
+          for (int64_t p = 0; p < HW; ++p) ds += acc_t(cl ? dn[p * (C + 1) + C] : dn[F + p]);
+        }
+        const acc_t coef = ds / acc_t(F * group_size);
+        group_moments(xp, m, M, group_size, F, mean.data(), sd.data());
+        for (int64_t g = 0; g < group_size; ++g) {
+          const int64_t n = g * M + m;
+          const scalar_t* xn = xp + n * F;
+          const scalar_t* dn = dp + n * (F + HW);
+          scalar_t* dxn = dxp + n * F;
+          if (!cl) {
+            for (int64_t f = 0; f < F; ++f) dxn[f] = scalar_t(acc_t(dn[f]) + coef * (acc_t(xn[f]) - mean[f]) / sd[f]);
+          } else {
+            for (int64_t p = 0; p < HW; ++p)
+              for (int64_t c = 0; c < C; ++c) {
+                const int64_t f = p * C + c;
+                dxn[f] = scalar_t(acc_t(dn[p * (C + 1) + c]) + coef * (acc_t(xn[f]) - mean[f]) / sd[f]);
+              }
+          }
+        }
+      }
+    });
+  });
+  return dx;
+}
+
+// Gradient penalty: the sum of squares per sample is accumulated in double for fp32 inputs (up to 3M terms).
+std::tuple<at::Tensor, at::Tensor> gradient_penalty_cpu(const at::Tensor& g_in, double target) {
+  check_gp(g_in, "gradient_penalty");
+  auto g = dense(g_in);
+  const int64_t N = g.size(0), D = N ? g.numel() / N : 0;
+  auto gp = at::empty({N}, g.options().dtype(acc_type(g)));
+  auto r = at::empty({N}, g.options().dtype(acc_type(g)));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gradient_penalty", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gptr = g.const_data_ptr<scalar_t>();
+    acc_t* gpp = gp.mutable_data_ptr<acc_t>();
+    acc_t* rp = r.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const scalar_t* gn = gptr + n * D;
+        double ss = 0;
+          _Pragma("omp simd reduction(+ : ss)")
+        for (int64_t i = 0; i < D; ++i) ss += double(acc_t(gn[i])) * double(acc_t(gn[i]));
+        const acc_t norm = acc_t(std::sqrt(ss));
+        rp[n] = norm;
+        gpp[n] = (norm - acc_t(target)) * (norm - acc_t(target));
+      }
+    });
+  });
+  return {gp, r};
+}
+
+at::Tensor gradient_penalty_grad_cpu(const at::Tensor& dgp_in, const at::Tensor& g_in, const at::Tensor& r_in,
+                                     double target) {
+  check_gp(g_in, "gradient_penalty_grad");
+  check_same_device(dgp_in, g_in, "gradient_penalty_grad");
+  auto g = dense(g_in);
+  const int64_t N = g.size(0), D = N ? g.numel() / N : 0;
+  TORCH_CHECK(dgp_in.numel() == N && r_in.numel() == N,
+              "fastpggan_ext::gradient_penalty_grad: dgp and r must have one value per sample (", N, ")");
+  auto dgp = dgp_in.to(acc_type(g)).contiguous();
+  auto r = r_in.to(acc_type(g)).contiguous();
+  auto dg = at::empty_like(g);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gradient_penalty_grad", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gptr = g.const_data_ptr<scalar_t>();
+    const acc_t* dgpp = dgp.const_data_ptr<acc_t>();
+    const acc_t* rp = r.const_data_ptr<acc_t>();
+    scalar_t* dgptr = dg.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const acc_t coef = rp[n] > acc_t(0) ? dgpp[n] * acc_t(2) * (rp[n] - acc_t(target)) / rp[n] : acc_t(0);
+        const scalar_t* gn = gptr + n * D;
+        scalar_t* dn = dgptr + n * D;
+        for (int64_t i = 0; i < D; ++i) dn[i] = scalar_t(coef * acc_t(gn[i]));
+      }
+    });
+  });
+  return dg;
+}
+
+at::Tensor gp_interpolate_cpu(const at::Tensor& real_in, const at::Tensor& fake_in, const at::Tensor& u_in) {
+  check_gp(real_in, "gp_interpolate");
+  check_same_device(real_in, fake_in, "gp_interpolate");
+  TORCH_CHECK(real_in.sizes() == fake_in.sizes(), "fastpggan_ext::gp_interpolate: real and fake shapes differ: ",
+              real_in.sizes(), " vs ", fake_in.sizes());
+  auto real = dense(real_in);
+  auto fake = like_layout(fake_in, real).to(real.scalar_type());
+  const int64_t N = real.size(0), D = N ? real.numel() / N : 0;
+  TORCH_CHECK(u_in.numel() == N, "fastpggan_ext::gp_interpolate: u must have one value per sample (", N, "), got ",
+              u_in.numel());
+  auto u = u_in.to(acc_type(real)).contiguous();
+  auto out = at::empty_like(real);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "gp_interpolate", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* rp = real.const_data_ptr<scalar_t>();
+    const scalar_t* fp = fake.const_data_ptr<scalar_t>();
+    const acc_t* up = u.const_data_ptr<acc_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, N * D, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const acc_t a = acc_t(rp[i]);
+        op[i] = scalar_t(a + up[i / D] * (acc_t(fp[i]) - a));
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace fastpggan
+
+TORCH_LIBRARY(fastpggan_ext, m) {
+  m.def("bias_act(Tensor x, Tensor? bias, float gain, float slope) -> Tensor");
+  m.def("bias_act_grad(Tensor dy, Tensor y, float gain, float slope) -> Tensor");
+  m.def("bias_act_pn(Tensor x, Tensor? bias, float gain, float slope) -> (Tensor, Tensor)");
+  m.def("bias_act_pn_grad(Tensor dy, Tensor y, Tensor r, float gain, float slope) -> Tensor");
+  m.def("minibatch_stddev(Tensor x, int group_size) -> Tensor");
+  m.def("minibatch_stddev_grad(Tensor dout, Tensor x, int group_size) -> Tensor");
+  m.def("gradient_penalty(Tensor grads, float target) -> (Tensor, Tensor)");
+  m.def("gradient_penalty_grad(Tensor dgp, Tensor grads, Tensor r, float target) -> Tensor");
+  m.def("gp_interpolate(Tensor real, Tensor fake, Tensor u) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fastpggan_ext, CPU, m) {
+  m.impl("bias_act", &fastpggan::bias_act_cpu);
+  m.impl("bias_act_grad", &fastpggan::bias_act_grad_cpu);
+  m.impl("bias_act_pn", &fastpggan::bias_act_pn_cpu);
+  m.impl("bias_act_pn_grad", &fastpggan::bias_act_pn_grad_cpu);
+  m.impl("minibatch_stddev", &fastpggan::minibatch_stddev_cpu);
+  m.impl("minibatch_stddev_grad", &fastpggan::minibatch_stddev_grad_cpu);
+  m.impl("gradient_penalty", &fastpggan::gradient_penalty_cpu);
+  m.impl("gradient_penalty_grad", &fastpggan::gradient_penalty_grad_cpu);
+  m.impl("gp_interpolate", &fastpggan::gp_interpolate_cpu);
+}

@@ -1,0 +1,503 @@
+// fastpggan._C CUDA kernels for the schemas declared in ops_cpu.cpp (same formulas; see there).
+// Every launch goes on the current stream, so the ops can be captured in CUDA graphs. fp16/bf16 compute in fp32.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common.h"
+
+namespace fastpggan {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline int blocks_for(int64_t n, int threads = kThreads) {
+  return static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, int64_t(1) << 20));
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t lrelu(acc_t v, acc_t slope) {
+  return v > acc_t(0) ? v : v * slope;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum(acc_t v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over a block of kThreads threads; every thread gets the result.
+template <typename acc_t>
+__device__ acc_t block_sum(acc_t v) {
+  __shared__ acc_t partial[kThreads / 32];
+  v = warp_sum(v);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  acc_t total = 0;
+  for (int w = 0; w < kThreads / 32; ++w) total += partial[w];
+  return total;
+}
+
+#define FASTPGGAN_GRID_LOOP(i, n) \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(blockDim.x) * gridDim.x)
+
+// ---- bias_act -------------------------------------------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+__global__ void bias_act_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ b, scalar_t* __restrict__ y,
+                                int64_t numel, int64_t C, int64_t c_stride, acc_t gain, acc_t slope) {
+  FASTPGGAN_GRID_LOOP(i, numel) {
+    acc_t v = acc_t(x[i]) * gain;
+    if (b) v += b[(i / c_stride) % C];
+    y[i] = scalar_t(lrelu(v, slope));
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void bias_act_grad_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ y,
+                                     scalar_t* __restrict__ dx, int64_t numel, acc_t gain, acc_t neg) {
+  FASTPGGAN_GRID_LOOP(i, numel) { dx[i] = scalar_t(acc_t(dy[i]) * (acc_t(y[i]) > acc_t(0) ? gain : neg)); }
+}
+
+// Pixel norm, NCHW: one thread per pixel walks the channels; neighbouring threads read neighbouring pixels.
+template <typename scalar_t, typename acc_t>
+__global__ void pn_fwd_nchw_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ b,
+                                   scalar_t* __restrict__ y, acc_t* __restrict__ r, int64_t P, int64_t HW, int64_t C,
+                                   acc_t gain, acc_t slope) {
+  FASTPGGAN_GRID_LOOP(p, P) {
+    const int64_t base = (p / HW) * C * HW + p % HW;
+    acc_t ss = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t a = lrelu(acc_t(x[base + c * HW]) * gain + (b ? b[c] : acc_t(0)), slope);
+      ss += a * a;
+    }
+    const acc_t rr = rsqrt(ss / acc_t(C) + acc_t(kPixelNormEps));
+    r[p] = rr;
+    for (int64_t c = 0; c < C; ++c)
+      y[base + c * HW] = scalar_t(lrelu(acc_t(x[base + c * HW]) * gain + (b ? b[c] : acc_t(0)), slope) * rr);
+  }
+}
+
+// Pixel norm, channels_last: one warp per pixel, lanes stride over its contiguous channels.
+template <typename scalar_t, typename acc_t>
+__global__ void pn_fwd_cl_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ b,
+                                 scalar_t* __restrict__ y, acc_t* __restrict__ r, int64_t P, int64_t C, acc_t gain,
+                                 acc_t slope) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t p = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; p < P;
+       p += int64_t(blockDim.x) * gridDim.x / 32) {
+    const scalar_t* xp = x + p * C;
+    acc_t ss = 0;
+    for (int64_t c = lane; c < C; c += 32) {
+      const acc_t a = lrelu(acc_t(xp[c]) * gain + (b ? b[c] : acc_t(0)), slope);
+      ss += a * a;
+    }
+    const acc_t rr = rsqrt(warp_sum(ss) / acc_t(C) + acc_t(kPixelNormEps));
+    if (lane == 0) r[p] = rr;
+    for (int64_t c = lane; c < C; c += 32) y[p * C + c] = scalar_t(lrelu(acc_t(xp[c]) * gain + (b ? b[c] : acc_t(0)), slope) * rr);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void pn_bwd_nchw_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ y,
+                                   const acc_t* __restrict__ r, scalar_t* __restrict__ dx, int64_t P, int64_t HW,
+                                   int64_t C, acc_t gain, acc_t neg) {
+  FASTPGGAN_GRID_LOOP(p, P) {
+    const int64_t base = (p / HW) * C * HW + p % HW;
+    acc_t dot = 0;
+    for (int64_t c = 0; c < C; ++c) dot += acc_t(dy[base + c * HW]) * acc_t(y[base + c * HW]);
+    dot /= acc_t(C);
+    const acc_t rr = r[p];
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t yv = acc_t(y[base + c * HW]);
+      dx[base + c * HW] = scalar_t(rr * (acc_t(dy[base + c * HW]) - yv * dot) * (yv > acc_t(0) ? gain : neg));
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void pn_bwd_cl_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ y,
+                                 const acc_t* __restrict__ r, scalar_t* __restrict__ dx, int64_t P, int64_t C,
+                                 acc_t gain, acc_t neg) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t p = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; p < P;
+       p += int64_t(blockDim.x) * gridDim.x / 32) {
+    acc_t dot = 0;
+    for (int64_t c = lane; c < C; c += 32) dot += acc_t(dy[p * C + c]) * acc_t(y[p * C + c]);
+    dot = warp_sum(dot) / acc_t(C);
+    const acc_t rr = r[p];
+    for (int64_t c = lane; c < C; c += 32) {
+      const acc_t yv = acc_t(y[p * C + c]);
+      dx[p * C + c] = scalar_t(rr * (acc_t(dy[p * C + c]) - yv * dot) * (yv > acc_t(0) ? gain : neg));
+    }
+  }
+}
+
+at::Tensor bias_act_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>& bias, double gain, double slope) {
+  check_bias_act(x_in, bias, "bias_act");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  auto x = dense(x_in);
+  auto y = at::empty_like(x);
+  auto g = geometry(x);
+  if (x.numel() == 0) return y;
+  auto b = bias_in_acc(bias, x);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    bias_act_kernel<scalar_t, acc_t><<<blocks_for(x.numel()), kThreads, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), b.defined() ? b.const_data_ptr<acc_t>() : nullptr, y.mutable_data_ptr<scalar_t>(),
+        x.numel(), g.C, g.channels_last ? 1 : g.HW, acc_t(gain), acc_t(slope));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
+at::Tensor bias_act_grad_cuda(const at::Tensor& dy_in, const at::Tensor& y_in, double gain, double slope) {
+  check_float(dy_in, "bias_act_grad", "dy");
+  check_same_device(dy_in, y_in, "bias_act_grad");
+  const c10::cuda::CUDAGuard guard(y_in.device());
+  auto y = dense(y_in);
+  auto dy = like_layout(dy_in, y).to(y.scalar_type());
+  auto dx = at::empty_like(y);
+  if (y.numel() == 0) return dx;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bias_act_grad", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    bias_act_grad_kernel<scalar_t, acc_t><<<blocks_for(y.numel()), kThreads, 0, stream>>>(
+        dy.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), y.numel(),
+        acc_t(gain), acc_t(slope * gain));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return dx;
+}
+
+std::tuple<at::Tensor, at::Tensor> bias_act_pn_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>& bias,
+                                                    double gain, double slope) {
+  check_bias_act(x_in, bias, "bias_act_pn");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  auto x = dense(x_in);
+  auto y = at::empty_like(x);
+  auto g = geometry(x);
+  auto r = at::empty({g.P}, x.options().dtype(acc_type(x)));
+  if (x.numel() == 0) return {y, r};
+  auto b = bias_in_acc(bias, x);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_pn", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t* bp = b.defined() ? b.const_data_ptr<acc_t>() : nullptr;
+    if (g.channels_last)
+      pn_fwd_cl_kernel<scalar_t, acc_t><<<blocks_for(g.P * 32), kThreads, 0, stream>>>(
+          x.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), r.mutable_data_ptr<acc_t>(), g.P, g.C,
+          acc_t(gain), acc_t(slope));
+    else
+      pn_fwd_nchw_kernel<scalar_t, acc_t><<<blocks_for(g.P), kThreads, 0, stream>>>(
+          x.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), r.mutable_data_ptr<acc_t>(), g.P, g.HW,
+          g.C, acc_t(gain), acc_t(slope));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {y, r};
+}
+
+at::Tensor bias_act_pn_grad_cuda(const at::Tensor& dy_in, const at::Tensor& y_in, const at::Tensor& r_in, double gain,
+                                 double slope) {
+  check_float(dy_in, "bias_act_pn_grad", "dy");
+  check_same_device(dy_in, y_in, "bias_act_pn_grad");
+  const c10::cuda::CUDAGuard guard(y_in.device());
+  auto y = dense(y_in);
+  auto dy = like_layout(dy_in, y).to(y.scalar_type());
+  auto g = geometry(y);
+  auto r = r_in.to(acc_type(y)).contiguous();
+  TORCH_CHECK(r.numel() == g.P, "fastpggan_ext::bias_act_pn_grad: r must hold one value per pixel (", g.P, "), got ",
+              r.numel());
+  auto dx = at::empty_like(y);
+  if (y.numel() == 0) return dx;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bias_act_pn_grad", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (g.channels_last)
+      pn_bwd_cl_kernel<scalar_t, acc_t><<<blocks_for(g.P * 32), kThreads, 0, stream>>>(
+          dy.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), r.const_data_ptr<acc_t>(),
+          dx.mutable_data_ptr<scalar_t>(), g.P, g.C, acc_t(gain), acc_t(slope * gain));
+    else
+      pn_bwd_nchw_kernel<scalar_t, acc_t><<<blocks_for(g.P), kThreads, 0, stream>>>(
+          dy.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), r.const_data_ptr<acc_t>(),
+          dx.mutable_data_ptr<scalar_t>(), g.P, g.HW, g.C, acc_t(gain), acc_t(slope * gain));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return dx;
+}
+
+// ---- minibatch stddev -------------------------------------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+__device__ void group_moments(const scalar_t* x, int64_t m, int64_t M, int64_t G, int64_t F, int64_t f, acc_t& mean,
+                              acc_t& sd) {
+  mean = 0;
+  for (int64_t g = 0; g < G; ++g) mean += acc_t(x[(g * M + m) * F + f]);
+  mean /= acc_t(G);
+  acc_t var = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    const acc_t d = acc_t(x[(g * M + m) * F + f]) - mean;
+    var += d * d;
+  }
+  sd = sqrt(var / acc_t(G) + acc_t(kStddevEps));
+}
+
+// One block per group: s[m] = mean_f std_g.
+template <typename scalar_t, typename acc_t>
+__global__ void mbstd_stats_kernel(const scalar_t* __restrict__ x, acc_t* __restrict__ s, int64_t M, int64_t G,
+                                   int64_t F) {
+  const int64_t m = blockIdx.x;
+  acc_t total = 0;
+  for (int64_t f = threadIdx.x; f < F; f += blockDim.x) {
+    acc_t mean, sd;
+    group_moments(x, m, M, G, F, f, mean, sd);
+    total += sd;
+  }
+  total = block_sum(total);
+  if (threadIdx.x == 0) s[m] = total / acc_t(F);
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void mbstd_concat_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ s,
+                                    scalar_t* __restrict__ out, int64_t numel, int64_t M, int64_t C, int64_t HW,
+                                    bool channels_last) {
+  FASTPGGAN_GRID_LOOP(i, numel) {
+    int64_t n, src;
+    bool is_x;
+    if (channels_last) {
+      const int64_t c = i % (C + 1), pix = i / (C + 1);
+      n = pix / HW;
+      is_x = c < C;
+      src = pix * C + c;
+    } else {
+      const int64_t rem = i % ((C + 1) * HW);
+      n = i / ((C + 1) * HW);
+      is_x = rem < C * HW;
+      src = n * C * HW + rem;
+    }
+    out[i] = is_x ? x[src] : scalar_t(s[n % M]);
+  }
+}
+
+// One block per group: ds[m] = sum over the group and pixels of dout's extra map.
+template <typename scalar_t, typename acc_t>
+__global__ void mbstd_ds_kernel(const scalar_t* __restrict__ dout, acc_t* __restrict__ ds, int64_t M, int64_t G,
+                                int64_t C, int64_t HW, bool channels_last) {
+  const int64_t m = blockIdx.x;
+  acc_t total = 0;
+  for (int64_t k = threadIdx.x; k < G * HW; k += blockDim.x) {
+    const int64_t n = (k / HW) * M + m, p = k % HW;
+    total += acc_t(channels_last ? dout[(n * HW + p) * (C + 1) + C] : dout[n * (C + 1) * HW + C * HW + p]);
+  }
+  total = block_sum(total);
+  if (threadIdx.x == 0) ds[m] = total;
+}
+
+// One thread per (group, feature): dx = dout_x + ds[m] (x - mean) / (F G std) for every member.
+template <typename scalar_t, typename acc_t>
+__global__ void mbstd_dx_kernel(const scalar_t* __restrict__ dout, const scalar_t* __restrict__ x,
+                                const acc_t* __restrict__ ds, scalar_t* __restrict__ dx, int64_t M, int64_t G,
+                                int64_t C, int64_t HW, bool channels_last) {
+  const int64_t F = C * HW;
+  FASTPGGAN_GRID_LOOP(k, M * F) {
+    const int64_t m = k / F, f = k % F;
+    acc_t mean, sd;
+    group_moments(x, m, M, G, F, f, mean, sd);
+    const acc_t coef = ds[m] / (acc_t(F * G) * sd);
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t n = g * M + m;
+      const int64_t d = channels_last ? (n * HW + f / C) * (C + 1) + f % C : n * (C + 1) * HW + f;
+      dx[n * F + f] = scalar_t(acc_t(dout[d]) + coef * (acc_t(x[n * F + f]) - mean));
+    }
+  }
+}
+
+at::Tensor minibatch_stddev_cuda(const at::Tensor& x_in, int64_t group_size) {
+  check_mbstd(x_in, group_size, "minibatch_stddev");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  auto x = dense(x_in);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), F = C * HW, M = N / group_size;
+  auto out = empty_in_layout_of(x, {N, C + 1, x.size(2), x.size(3)}, x.scalar_type());
+  if (out.numel() == 0) return out;
+  auto s = at::full({M}, std::sqrt(kStddevEps), x.options().dtype(acc_type(x)));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (F) mbstd_stats_kernel<scalar_t, acc_t><<<M, kThreads, 0, stream>>>(x.const_data_ptr<scalar_t>(),
+                                                                             s.mutable_data_ptr<acc_t>(), M, group_size, F);
+    mbstd_concat_kernel<scalar_t, acc_t><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), s.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), out.numel(), M, C,
+        HW, is_channels_last(x));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+at::Tensor minibatch_stddev_grad_cuda(const at::Tensor& dout_in, const at::Tensor& x_in, int64_t group_size) {
+  check_mbstd(x_in, group_size, "minibatch_stddev_grad");
+  check_same_device(dout_in, x_in, "minibatch_stddev_grad");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  auto x = dense(x_in);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), M = N / group_size;
+  TORCH_CHECK(dout_in.dim() == 4 && dout_in.size(0) == N && dout_in.size(1) == C + 1,
+              "fastpggan_ext::minibatch_stddev_grad: dout must be (N, C+1, H, W), got ", dout_in.sizes());
+  auto dout = like_layout(dout_in, x).to(x.scalar_type());
+  auto dx = at::empty_like(x);
+  if (x.numel() == 0) return dx;
+  auto ds = at::empty({M}, x.options().dtype(acc_type(x)));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const bool cl = is_channels_last(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_grad", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    mbstd_ds_kernel<scalar_t, acc_t><<<M, kThreads, 0, stream>>>(dout.const_data_ptr<scalar_t>(),
+                                                                   ds.mutable_data_ptr<acc_t>(), M, group_size, C, HW, cl);
+    mbstd_dx_kernel<scalar_t, acc_t><<<blocks_for(M * C * HW), kThreads, 0, stream>>>(
+        dout.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), ds.const_data_ptr<acc_t>(),
+        dx.mutable_data_ptr<scalar_t>(), M, group_size, C, HW, cl);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return dx;
+}
+
+// ---- gradient penalty ---------------------------------------------------------------------------------------------
+
+constexpr int64_t kChunk = 16384;  // elements per partial sum
+
+// grid (chunks, N): partial[n, chunk] = sum of squares; deterministic (no atomics).
+template <typename scalar_t, typename acc_t>
+__global__ void gp_partial_kernel(const scalar_t* __restrict__ g, acc_t* __restrict__ partial, int64_t D,
+                                  int64_t chunks) {
+  const int64_t n = blockIdx.y, chunk = blockIdx.x;
+  const int64_t lo = chunk * kChunk, hi = min(D, lo + kChunk);
+  acc_t ss = 0;
+  for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+    const acc_t v = acc_t(g[n * D + i]);
+    ss += v * v;
+  }
+  ss = block_sum(ss);
+  if (threadIdx.x == 0) partial[n * chunks + chunk] = ss;
+}
+
+template <typename acc_t>
+__global__ void gp_finish_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ gp, acc_t* __restrict__ r,
+                                 int64_t N, int64_t chunks, acc_t target) {
+  FASTPGGAN_GRID_LOOP(n, N) {
+    acc_t ss = 0;
+    for (int64_t k = 0; k < chunks; ++k) ss += partial[n * chunks + k];
+    const acc_t norm = sqrt(ss);
+    r[n] = norm;
+    gp[n] = (norm - target) * (norm - target);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void gp_grad_kernel(const acc_t* __restrict__ dgp, const scalar_t* __restrict__ g,
+                               const acc_t* __restrict__ r, scalar_t* __restrict__ dg, int64_t numel, int64_t D,
+                               acc_t target) {
+  FASTPGGAN_GRID_LOOP(i, numel) {
+    const int64_t n = i / D;
+    const acc_t rn = r[n];
+    const acc_t coef = rn > acc_t(0) ? dgp[n] * acc_t(2) * (rn - target) / rn : acc_t(0);
+    dg[i] = scalar_t(coef * acc_t(g[i]));
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void gp_interpolate_kernel(const scalar_t* __restrict__ real, const scalar_t* __restrict__ fake,
+                                      const acc_t* __restrict__ u, scalar_t* __restrict__ out, int64_t numel,
+                                      int64_t D) {
+  FASTPGGAN_GRID_LOOP(i, numel) {
+    const acc_t a = acc_t(real[i]);
+    out[i] = scalar_t(a + u[i / D] * (acc_t(fake[i]) - a));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> gradient_penalty_cuda(const at::Tensor& g_in, double target) {
+  check_gp(g_in, "gradient_penalty");
+  const c10::cuda::CUDAGuard guard(g_in.device());
+  auto g = dense(g_in);
+  const int64_t N = g.size(0), D = N ? g.numel() / N : 0;
+  auto gp = at::empty({N}, g.options().dtype(acc_type(g)));
+  auto r = at::empty({N}, g.options().dtype(acc_type(g)));
+  if (N == 0) return {gp, r};
+  const int64_t chunks = std::max<int64_t>(1, (D + kChunk - 1) / kChunk);
+  auto partial = at::zeros({N, chunks}, g.options().dtype(acc_type(g)));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gradient_penalty", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (D) gp_partial_kernel<scalar_t, acc_t><<<dim3(chunks, N), kThreads, 0, stream>>>(
+        g.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), D, chunks);
+    gp_finish_kernel<acc_t><<<blocks_for(N), kThreads, 0, stream>>>(
+        partial.const_data_ptr<acc_t>(), gp.mutable_data_ptr<acc_t>(), r.mutable_data_ptr<acc_t>(), N, chunks,
+        acc_t(target));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {gp, r};
+}
+
+at::Tensor gradient_penalty_grad_cuda(const at::Tensor& dgp_in, const at::Tensor& g_in, const at::Tensor& r_in,
+                                      double target) {
+  check_gp(g_in, "gradient_penalty_grad");
+  check_same_device(dgp_in, g_in, "gradient_penalty_grad");
+  const c10::cuda::CUDAGuard guard(g_in.device());
+  auto g = dense(g_in);
+  const int64_t N = g.size(0), D = N ? g.numel() / N : 0;
+  TORCH_CHECK(dgp_in.numel() == N && r_in.numel() == N,
+              "fastpggan_ext::gradient_penalty_grad: dgp and r must have one value per sample (", N, ")");
+  auto dgp = dgp_in.to(acc_type(g)).contiguous();
+  auto r = r_in.to(acc_type(g)).contiguous();
+  auto dg = at::empty_like(g);
+  if (g.numel() == 0) return dg;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gradient_penalty_grad", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    gp_grad_kernel<scalar_t, acc_t><<<blocks_for(g.numel()), kThreads, 0, stream>>>(
+        dgp.const_data_ptr<acc_t>(), g.const_data_ptr<scalar_t>(), r.const_data_ptr<acc_t>(),
+        dg.mutable_data_ptr<scalar_t>(), g.numel(), D, acc_t(target));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return dg;
+}
+
+at::Tensor gp_interpolate_cuda(const at::Tensor& real_in, const at::Tensor& fake_in, const at::Tensor& u_in) {
+  check_gp(real_in, "gp_interpolate");
+  check_same_device(real_in, fake_in, "gp_interpolate");
+  TORCH_CHECK(real_in.sizes() == fake_in.sizes(), "fastpggan_ext::gp_interpolate: real and fake shapes differ: ",
+              real_in.sizes(), " vs ", fake_in.sizes());
+  const c10::cuda::CUDAGuard guard(real_in.device());
+  auto real = dense(real_in);
+  auto fake = like_layout(fake_in, real).to(real.scalar_type());
+  const int64_t N = real.size(0), D = N ? real.numel() / N : 0;
+  TORCH_CHECK(u_in.numel() == N, "fastpggan_ext::gp_interpolate: u must have one value per sample (", N, "), got ",
+              u_in.numel());
+  auto u = u_in.to(real.device(), acc_type(real)).contiguous();
+  auto out = at::empty_like(real);
+  if (real.numel() == 0) return out;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "gp_interpolate", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    gp_interpolate_kernel<scalar_t, acc_t><<<blocks_for(real.numel()), kThreads, 0, stream>>>(
+        real.const_data_ptr<scalar_t>(), fake.const_data_ptr<scalar_t>(), u.const_data_ptr<acc_t>(),
+        out.mutable_data_ptr<scalar_t>(), real.numel(), D);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace
+}  // namespace fastpggan
+
+TORCH_LIBRARY_IMPL(fastpggan_ext, CUDA, m) {
+  m.impl("bias_act", &fastpggan::bias_act_cuda);
+  m.impl("bias_act_grad", &fastpggan::bias_act_grad_cuda);
+  m.impl("bias_act_pn", &fastpggan::bias_act_pn_cuda);
+  m.impl("bias_act_pn_grad", &fastpggan::bias_act_pn_grad_cuda);
+  m.impl("minibatch_stddev", &fastpggan::minibatch_stddev_cuda);
+  m.impl("minibatch_stddev_grad", &fastpggan::minibatch_stddev_grad_cuda);
+  m.impl("gradient_penalty", &fastpggan::gradient_penalty_cuda);
+  m.impl("gradient_penalty_grad", &fastpggan::gradient_penalty_grad_cuda);
+  m.impl("gp_interpolate", &fastpggan::gp_interpolate_cuda);
+}
