@@ -10,8 +10,10 @@ flops per element, so they are memory-bound: bytes / median / measured copy band
     fade_in D     feat (N,C,R/2,R/2), same size: fwd 3 E   fwd+bwd 6 E
     mbstd         x (N,512,4,4): fwd 2 E                   fwd+bwd 5 E
     GP            grads (N,3,R,R): fwd 1 E                 fwd+bwd 3 E (+ g again, dg)
+    gp_interpolate  images (N,3,R,R): fwd 3 E (real, fake, xhat)  fwd+bwd 6 E (+ dy, dreal, dfake)
 
-(E = elements x bytes per element.) On the CPU the Triton cases skip (they would run on the interpreter).
+(E = elements x bytes per element.) On the CPU the Triton cases skip (they would run on the interpreter); the
+extension's C++ kernels run there.
 """
 import pytest
 import torch
@@ -57,6 +59,14 @@ def _gp(res, dtype, device):
     return (lambda impl, g: ops.gradient_penalty(g, impl=impl)), [g], g.numel(), (1, 3)
 
 
+def _interp(res, dtype, device):
+    n, _ = PGGAN_SHAPES[res]
+    real = torch.randn(n, 3, res, res, device=device, dtype=dtype)
+    fake = torch.randn_like(real)
+    u = torch.rand(n, device=device)
+    return (lambda impl, r, f: ops.gp_interpolate(r, f, u, impl=impl)), [real, fake], real.numel(), (3, 6)
+
+
 OPS = {
     "bias_act": (lambda r, d, dev: _bias_act(r, d, dev, False), list(PGGAN_SHAPES)),
     "bias_act+pixelnorm": (lambda r, d, dev: _bias_act(r, d, dev, True), list(PGGAN_SHAPES)),
@@ -64,6 +74,7 @@ OPS = {
     "fade_in D features": (_fade_d, [r for r in PGGAN_SHAPES if r >= 8]),
     "minibatch_stddev": (_mbstd, [4]),
     "gradient_penalty": (_gp, list(PGGAN_SHAPES)),
+    "gp_interpolate": (_interp, list(PGGAN_SHAPES)),
 }
 
 

@@ -78,6 +78,17 @@ inline void check_gp(const at::Tensor& g, const char* op) {
   TORCH_CHECK(g.dim() >= 1, "fastpggan_ext::", op, ": grads must be (N, ...), got shape ", g.sizes());
 }
 
+inline void check_fade(const at::Tensor& low, const at::Tensor& high, const char* op) {
+  check_float(high, op, "high");
+  check_same_device(low, high, op);
+  TORCH_CHECK(high.dim() == 4 && low.dim() == 4 && low.size(0) == high.size(0) && low.size(1) == high.size(1),
+              "fastpggan_ext::", op, ": low and high must be NCHW with equal N and C, got ", low.sizes(), " and ",
+              high.sizes());
+  const bool same = low.size(2) == high.size(2) && low.size(3) == high.size(3);
+  TORCH_CHECK(same || (low.size(2) * 2 == high.size(2) && low.size(3) * 2 == high.size(3)), "fastpggan_ext::", op,
+              ": low must be high's size or half of it, got ", low.sizes(), " and ", high.sizes());
+}
+
 // The bias as a contiguous vector in the accumulation dtype; zeros when there is none, so kernels need no branch.
 inline at::Tensor bias_in_acc(const c10::optional<at::Tensor>& bias, const at::Tensor& x) {
   return bias.has_value() ? bias->to(acc_type(x)).contiguous() : at::zeros({x.size(1)}, x.options().dtype(acc_type(x)));

@@ -8,6 +8,7 @@
 //   gradient_penalty(g, t)                     (gp, r): r = ||g_n||, gp = (r - t)^2
 //   gradient_penalty_grad(dgp, g, r, t)        dg = dgp * 2 (r - t) / r * g   (0 where r = 0)
 //   gp_interpolate(real, fake, u)              real + u[n] * (fake - real)
+//   fade_in(low, high, a, a_t?) / _grad(dy, low_size, a, a_t?)   (1 - a) * up2x(low) + a * high and its adjoint
 //
 // fp16/bf16 are computed in fp32, fp64 in fp64. Inner loops are plain, unit-stride and branch-free so the
 // compiler vectorizes them (see the flags in fastpggan/_build.py); at::parallel_for splits the outer loop.
@@ -451,10 +452,113 @@ at::Tensor gp_interpolate_cpu(const at::Tensor& real_in, const at::Tensor& fake_
   return out;
 }
 
+
+// Fade-in: y = (1 - a) * up2x(low) + a * high, low at high's size or half of it; backward over low's elements.
+inline double fade_alpha(double alpha, const c10::optional<at::Tensor>& alpha_t) {
+  return alpha_t.has_value() ? alpha_t->item<double>() : alpha;
+}
+
+at::Tensor fade_in_cpu(const at::Tensor& low_in, const at::Tensor& high_in, double alpha,
+                       const c10::optional<at::Tensor>& alpha_t) {
+  check_fade(low_in, high_in, "fade_in");
+  auto high = dense(high_in);
+  auto low = like_layout(low_in, high).to(high.scalar_type());
+  auto y = at::empty_like(high);
+  if (high.numel() == 0) return y;
+  const bool up = low.size(3) != high.size(3), cl = is_channels_last(high);
+  const int64_t N = high.size(0), C = high.size(1), H = high.size(2), W = high.size(3);
+  const double a = fade_alpha(alpha, alpha_t);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, high.scalar_type(), "fade_in", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* lp = low.const_data_ptr<scalar_t>();
+    const scalar_t* hp = high.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const acc_t wa = acc_t(a), wl = acc_t(1) - acc_t(a);
+    // a row = W values (NCHW) or C values (channels_last) whose low source is one row / one pixel
+    const int64_t rows = cl ? N * H * W : N * C * H, len = cl ? C : W;
+    at::parallel_for(0, rows, grain_for(len), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const scalar_t* hi = hp + row * len;
+        scalar_t* yi = yp + row * len;
+        if (!up) {
+          const scalar_t* li = lp + row * len;
+          for (int64_t i = 0; i < len; ++i) yi[i] = scalar_t(wl * acc_t(li[i]) + wa * acc_t(hi[i]));
+        } else if (!cl) {  // row = (n*C + c) * H + h
+          const scalar_t* li = lp + ((row / H) * (H / 2) + (row % H) / 2) * (W / 2);
+          for (int64_t i = 0; i < len; ++i) yi[i] = scalar_t(wl * acc_t(li[i / 2]) + wa * acc_t(hi[i]));
+        } else {  // row = (n*H + h) * W + w
+          const int64_t w = row % W, h = (row / W) % H, n = row / (W * H);
+          const scalar_t* li = lp + ((n * (H / 2) + h / 2) * (W / 2) + w / 2) * C;
+          for (int64_t i = 0; i < len; ++i) yi[i] = scalar_t(wl * acc_t(li[i]) + wa * acc_t(hi[i]));
+        }
+      }
+    });
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> fade_in_grad_cpu(const at::Tensor& dy_in, at::IntArrayRef low_size, double alpha,
+                                                    const c10::optional<at::Tensor>& alpha_t) {
+  check_float(dy_in, "fade_in_grad", "dy");
+  TORCH_CHECK(dy_in.dim() == 4 && low_size.size() == 4, "fastpggan_ext::fade_in_grad: dy must be NCHW and low_size 4-d");
+  auto dy = dense(dy_in);
+  auto dhigh = at::empty_like(dy);
+  auto dlow = empty_in_layout_of(dy, low_size, dy.scalar_type());
+  if (dy.numel() == 0) return {dlow, dhigh};
+  const bool up = low_size[3] != dy.size(3), cl = is_channels_last(dy);
+  const int64_t N = dy.size(0), C = dy.size(1), H = dy.size(2), W = dy.size(3);
+  const double a = fade_alpha(alpha, alpha_t);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "fade_in_grad", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* dp = dy.const_data_ptr<scalar_t>();
+    scalar_t* dhp = dhigh.mutable_data_ptr<scalar_t>();
+    scalar_t* dlp = dlow.mutable_data_ptr<scalar_t>();
+    const acc_t wa = acc_t(a), wl = acc_t(1) - acc_t(a);
+    if (!up) {
+      at::parallel_for(0, dy.numel(), at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          dhp[i] = scalar_t(wa * acc_t(dp[i]));
+          dlp[i] = scalar_t(wl * acc_t(dp[i]));
+        }
+      });
+      return;
+    }
+    const int64_t Hl = H / 2, Wl = W / 2;
+    // one low row: Wl values (NCHW) or one low pixel's C values (channels_last), from a 2x2 block of dy rows
+    const int64_t rows = cl ? N * Hl * Wl : N * C * Hl, len = cl ? C : Wl;
+    at::parallel_for(0, rows, grain_for(len * 4), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        int64_t top, step_w;  // offset of the block's top-left element, and of its right neighbour
+        if (!cl) {
+          top = ((row / Hl) * H + 2 * (row % Hl)) * W;
+          step_w = 1;
+        } else {
+          const int64_t wl_ = row % Wl, hl = (row / Wl) % Hl, n = row / (Wl * Hl);
+          top = ((n * H + 2 * hl) * W + 2 * wl_) * C;
+          step_w = C;
+        }
+        for (int64_t i = 0; i < len; ++i) {
+          const int64_t o = top + (cl ? i : 2 * i);
+          const acc_t d00 = acc_t(dp[o]), d01 = acc_t(dp[o + step_w]), d10 = acc_t(dp[o + W * step_w]),
+                      d11 = acc_t(dp[o + W * step_w + step_w]);
+          dhp[o] = scalar_t(wa * d00);
+          dhp[o + step_w] = scalar_t(wa * d01);
+          dhp[o + W * step_w] = scalar_t(wa * d10);
+          dhp[o + W * step_w + step_w] = scalar_t(wa * d11);
+          dlp[row * len + i] = scalar_t(wl * ((d00 + d01) + (d10 + d11)));
+        }
+      }
+    });
+  });
+  return {dlow, dhigh};
+}
+
 }  // namespace
 }  // namespace fastpggan
 
 TORCH_LIBRARY(fastpggan_ext, m) {
+  m.def("fade_in(Tensor low, Tensor high, float alpha, Tensor? alpha_t) -> Tensor");
+  m.def("fade_in_grad(Tensor dy, int[] low_size, float alpha, Tensor? alpha_t) -> (Tensor, Tensor)");
   m.def("bias_act(Tensor x, Tensor? bias, float gain, float slope) -> Tensor");
   m.def("bias_act_grad(Tensor dy, Tensor y, float gain, float slope) -> Tensor");
   m.def("bias_act_pn(Tensor x, Tensor? bias, float gain, float slope) -> (Tensor, Tensor)");
@@ -467,6 +571,8 @@ TORCH_LIBRARY(fastpggan_ext, m) {
 }
 
 TORCH_LIBRARY_IMPL(fastpggan_ext, CPU, m) {
+  m.impl("fade_in", &fastpggan::fade_in_cpu);
+  m.impl("fade_in_grad", &fastpggan::fade_in_grad_cpu);
   m.impl("bias_act", &fastpggan::bias_act_cpu);
   m.impl("bias_act_grad", &fastpggan::bias_act_grad_cpu);
   m.impl("bias_act_pn", &fastpggan::bias_act_pn_cpu);

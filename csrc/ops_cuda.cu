@@ -326,7 +326,7 @@ at::Tensor minibatch_stddev_cuda(const at::Tensor& x_in, int64_t group_size) {
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    if (F) mbstd_stats_kernel<scalar_t, acc_t><<<M, kThreads, 0, stream>>>(x.const_data_ptr<scalar_t>(),
+    if (F) mbstd_stats_kernel<scalar_t, acc_t><<<static_cast<unsigned>(M), kThreads, 0, stream>>>(x.const_data_ptr<scalar_t>(),
                                                                              s.mutable_data_ptr<acc_t>(), M, group_size, F);
     mbstd_concat_kernel<scalar_t, acc_t><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
         x.const_data_ptr<scalar_t>(), s.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), out.numel(), M, C,
@@ -352,7 +352,7 @@ at::Tensor minibatch_stddev_grad_cuda(const at::Tensor& dout_in, const at::Tenso
   const bool cl = is_channels_last(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    mbstd_ds_kernel<scalar_t, acc_t><<<M, kThreads, 0, stream>>>(dout.const_data_ptr<scalar_t>(),
+    mbstd_ds_kernel<scalar_t, acc_t><<<static_cast<unsigned>(M), kThreads, 0, stream>>>(dout.const_data_ptr<scalar_t>(),
                                                                    ds.mutable_data_ptr<acc_t>(), M, group_size, C, HW, cl);
     mbstd_dx_kernel<scalar_t, acc_t><<<blocks_for(M * C * HW), kThreads, 0, stream>>>(
         dout.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), ds.const_data_ptr<acc_t>(),
@@ -428,7 +428,7 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_cuda(const at::Tensor& g_in,
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gradient_penalty", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    if (D) gp_partial_kernel<scalar_t, acc_t><<<dim3(chunks, N), kThreads, 0, stream>>>(
+    if (D) gp_partial_kernel<scalar_t, acc_t><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(N)), kThreads, 0, stream>>>(
         g.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), D, chunks);
     gp_finish_kernel<acc_t><<<blocks_for(N), kThreads, 0, stream>>>(
         partial.const_data_ptr<acc_t>(), gp.mutable_data_ptr<acc_t>(), r.mutable_data_ptr<acc_t>(), N, chunks,
@@ -487,10 +487,115 @@ at::Tensor gp_interpolate_cuda(const at::Tensor& real_in, const at::Tensor& fake
   return out;
 }
 
+
+// ---- fade-in ------------------------------------------------------------------------------------------------------
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t fade_weight(acc_t alpha, const acc_t* alpha_t) {
+  return alpha_t ? alpha_t[0] : alpha;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void fade_fwd_kernel(const scalar_t* __restrict__ low, const scalar_t* __restrict__ high,
+                                scalar_t* __restrict__ y, int64_t numel, int64_t C, int64_t H, int64_t W, bool up,
+                                bool channels_last, acc_t alpha, const acc_t* alpha_t) {
+  const acc_t a = fade_weight(alpha, alpha_t);
+  FASTPGGAN_GRID_LOOP(i, numel) {
+    int64_t src = i;
+    if (up && channels_last) {
+      const int64_t c = i % C, w = (i / C) % W, h = (i / (C * W)) % H, n = i / (C * W * H);
+      src = ((n * (H / 2) + h / 2) * (W / 2) + w / 2) * C + c;
+    } else if (up) {
+      const int64_t w = i % W, h = (i / W) % H, nc = i / (W * H);
+      src = (nc * (H / 2) + h / 2) * (W / 2) + w / 2;
+    }
+    y[i] = scalar_t((acc_t(1) - a) * acc_t(low[src]) + a * acc_t(high[i]));
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void fade_bwd_kernel(const scalar_t* __restrict__ dy, scalar_t* __restrict__ dlow,
+                                scalar_t* __restrict__ dhigh, int64_t numel_low, int64_t C, int64_t H, int64_t W,
+                                bool up, bool channels_last, acc_t alpha, const acc_t* alpha_t) {
+  const acc_t a = fade_weight(alpha, alpha_t);
+  FASTPGGAN_GRID_LOOP(j, numel_low) {
+    if (!up) {
+      const acc_t d = acc_t(dy[j]);
+      dhigh[j] = scalar_t(a * d);
+      dlow[j] = scalar_t((acc_t(1) - a) * d);
+      continue;
+    }
+    const int64_t Hl = H / 2, Wl = W / 2;
+    int64_t top, step;
+    if (channels_last) {
+      const int64_t c = j % C, wl = (j / C) % Wl, hl = (j / (C * Wl)) % Hl, n = j / (C * Wl * Hl);
+      top = ((n * H + 2 * hl) * W + 2 * wl) * C + c;
+      step = C;
+    } else {
+      const int64_t wl = j % Wl, hl = (j / Wl) % Hl, nc = j / (Wl * Hl);
+      top = (nc * H + 2 * hl) * W + 2 * wl;
+      step = 1;
+    }
+    const int64_t o[4] = {top, top + step, top + W * step, top + W * step + step};
+    acc_t sum = 0;
+    for (int k = 0; k < 4; ++k) {
+      const acc_t d = acc_t(dy[o[k]]);
+      dhigh[o[k]] = scalar_t(a * d);
+      sum += d;
+    }
+    dlow[j] = scalar_t((acc_t(1) - a) * sum);
+  }
+}
+
+at::Tensor fade_in_cuda(const at::Tensor& low_in, const at::Tensor& high_in, double alpha,
+                        const c10::optional<at::Tensor>& alpha_t) {
+  check_fade(low_in, high_in, "fade_in");
+  const c10::cuda::CUDAGuard guard(high_in.device());
+  auto high = dense(high_in);
+  auto low = like_layout(low_in, high).to(high.scalar_type());
+  auto y = at::empty_like(high);
+  if (high.numel() == 0) return y;
+  auto at_ = alpha_t.has_value() ? alpha_t->to(high.device(), acc_type(high)).contiguous() : at::Tensor();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, high.scalar_type(), "fade_in", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    fade_fwd_kernel<scalar_t, acc_t><<<blocks_for(high.numel()), kThreads, 0, stream>>>(
+        low.const_data_ptr<scalar_t>(), high.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), high.numel(),
+        high.size(1), high.size(2), high.size(3), low.size(3) != high.size(3), is_channels_last(high), acc_t(alpha),
+        at_.defined() ? at_.const_data_ptr<acc_t>() : nullptr);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> fade_in_grad_cuda(const at::Tensor& dy_in, at::IntArrayRef low_size, double alpha,
+                                                     const c10::optional<at::Tensor>& alpha_t) {
+  check_float(dy_in, "fade_in_grad", "dy");
+  TORCH_CHECK(dy_in.dim() == 4 && low_size.size() == 4, "fastpggan_ext::fade_in_grad: dy must be NCHW and low_size 4-d");
+  const c10::cuda::CUDAGuard guard(dy_in.device());
+  auto dy = dense(dy_in);
+  auto dhigh = at::empty_like(dy);
+  auto dlow = empty_in_layout_of(dy, low_size, dy.scalar_type());
+  if (dy.numel() == 0) return {dlow, dhigh};
+  auto at_ = alpha_t.has_value() ? alpha_t->to(dy.device(), acc_type(dy)).contiguous() : at::Tensor();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "fade_in_grad", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    fade_bwd_kernel<scalar_t, acc_t><<<blocks_for(dlow.numel()), kThreads, 0, stream>>>(
+        dy.const_data_ptr<scalar_t>(), dlow.mutable_data_ptr<scalar_t>(), dhigh.mutable_data_ptr<scalar_t>(),
+        dlow.numel(), dy.size(1), dy.size(2), dy.size(3), low_size[3] != dy.size(3), is_channels_last(dy),
+        acc_t(alpha), at_.defined() ? at_.const_data_ptr<acc_t>() : nullptr);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {dlow, dhigh};
+}
+
 }  // namespace
 }  // namespace fastpggan
 
 TORCH_LIBRARY_IMPL(fastpggan_ext, CUDA, m) {
+  m.impl("fade_in", &fastpggan::fade_in_cuda);
+  m.impl("fade_in_grad", &fastpggan::fade_in_grad_cuda);
   m.impl("bias_act", &fastpggan::bias_act_cuda);
   m.impl("bias_act_grad", &fastpggan::bias_act_grad_cuda);
   m.impl("bias_act_pn", &fastpggan::bias_act_pn_cuda);

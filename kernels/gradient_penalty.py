@@ -4,12 +4,15 @@ Forward: partial sums of squares over fixed chunks of each sample, then one prog
 in a fixed order (deterministic, no atomics) and writes r = ||g_n|| and the penalty. Backward: one elementwise
 pass. At r_n = 0 the gradient is 0, as torch.linalg.vector_norm defines it. The norm is over all of a sample's
 elements, so any dense layout is read in memory order.
+
+Also the WGAN-GP interpolation xhat = real + u[n] (fake - real), one elementwise pass.
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import ELEMENTWISE_BLOCK, acc_dtype, cdiv, dense, empty, torch_acc_dtype
+from ._common import (ELEMENTWISE_BLOCK, acc_dtype, cdiv, dense, empty, like_layout, needs_int64, program_start,
+                      torch_acc_dtype)
 
 FINAL_BLOCK = 1024
 
@@ -76,3 +79,29 @@ def gradient_penalty_grad(dgp, g, r, target):
     _bwd_kernel[(n, cdiv(d, ELEMENTWISE_BLOCK))](dgp, g, r, dg, d, float(target), ACC=acc_dtype(g),
                                                 BLOCK=ELEMENTWISE_BLOCK)
     return dg
+
+
+@triton.jit
+def _interpolate_kernel(real_ptr, fake_ptr, u_ptr, out_ptr, numel, D, INT64: tl.constexpr, ACC: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    offs = program_start(BLOCK, INT64) + tl.arange(0, BLOCK)
+    inb = offs < numel
+    a = tl.load(real_ptr + offs, mask=inb).to(ACC)
+    b = tl.load(fake_ptr + offs, mask=inb).to(ACC)
+    u = tl.load(u_ptr + offs // D, mask=inb).to(ACC)
+    tl.store(out_ptr + offs, (a + u * (b - a)).to(out_ptr.dtype.element_ty), mask=inb)
+
+
+def gp_interpolate(real, fake, u):
+    """real + u[n] * (fake - real) (the WGAN-GP sample), in real's dtype and layout."""
+    real = dense(real)
+    fake = like_layout(fake, real).to(real.dtype)
+    u = u.to(device=real.device, dtype=torch_acc_dtype(real)).contiguous()
+    out = empty(None, like=real)
+    n = real.shape[0]
+    if real.numel() == 0:
+        return out
+    _interpolate_kernel[(cdiv(real.numel(), ELEMENTWISE_BLOCK),)](
+        real, fake, u, out, real.numel(), real.numel() // n, INT64=needs_int64(real), ACC=acc_dtype(real),
+        BLOCK=ELEMENTWISE_BLOCK)
+    return out

@@ -20,6 +20,13 @@ def _isolated(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def ext_broken(monkeypatch):
+    """The C++/CUDA extension as if its build had failed."""
+    from fastpggan.ops import _ext
+    monkeypatch.setattr(_ext, "_state", {"error": "simulated build failure"})
+
+
+@pytest.fixture
 def tiny_npz(tmp_path):
     """64 random 16x16 RGB images with 3 classes, saved as .npz (images NHWC, labels)."""
     rng = np.random.default_rng(0)

@@ -156,7 +156,7 @@ def test_gradient_penalty_grad2():
 # --- backend selection ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("impl", ["ext"])
-def test_unavailable_backend_raises_clear_error(impl):
+def test_unavailable_backend_raises_clear_error(impl, ext_broken):
     with pytest.raises(ops.BackendUnavailable, match=f"impl='{impl}' is not available"):
         ops.bias_act(torch.randn(2, 3), impl=impl)
 
@@ -166,7 +166,7 @@ def test_unknown_impl():
         ops.fade_in(torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4), 0.5, impl="cuda")
 
 
-def test_env_override_falls_back_with_one_warning(monkeypatch):
+def test_env_override_falls_back_with_one_warning(monkeypatch, ext_broken):
     monkeypatch.setenv("FASTPGGAN_IMPL", "ext")
     monkeypatch.setattr(_dispatch, "_warned", set())
     x = torch.randn(4, 3, 4, 4)

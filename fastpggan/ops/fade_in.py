@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from fastpggan.kernels._layout import empty_in_layout_of
 
-from . import _dispatch
+from . import _dispatch, _ext
 from ._util import triton_unavailable
 
 
@@ -30,9 +30,56 @@ def fade_in_ref(low, high, alpha):
 _dispatch.register("fade_in", "ref", fade_in_ref)
 
 
-# Triton backend. fade_in is linear in (low, high), so its backward is the adjoint map and the adjoint's
-# backward is fade_in again: the two custom ops below differentiate into each other to any order.
+# Fast backends. fade_in is linear in (low, high), so its backward is the adjoint map and the adjoint's backward
+# is fade_in again: the two ops (fwd, grad) of each backend differentiate into each other to any order.
 # alpha is not differentiated here; a tensor alpha that requires grad takes the ref path.
+
+def _fake(low, high, alpha, alpha_t):
+    return empty_in_layout_of(high)
+
+
+def _fake_grad(dy, low_size, alpha, alpha_t):
+    return empty_in_layout_of(dy, shape=low_size), empty_in_layout_of(dy)
+
+
+def wire(fwd, grad):
+    """Register fake tensors and autograd for one backend's (fade_in, fade_in_grad) ops."""
+    def setup(ctx, inputs, output):
+        low, high, ctx.alpha, alpha_t = inputs
+        ctx.low_size = list(low.shape)
+        ctx.save_for_backward(alpha_t)
+
+    def backward(ctx, dy):
+        alpha_t, = ctx.saved_tensors
+        dlow, dhigh = grad(dy, ctx.low_size, ctx.alpha, alpha_t)
+        return dlow, dhigh, None, None
+
+    def grad_setup(ctx, inputs, output):
+        dy, _, ctx.alpha, alpha_t = inputs
+        ctx.high_shape, ctx.high_dtype = dy.shape, dy.dtype
+        ctx.save_for_backward(alpha_t)
+
+    def grad_backward(ctx, ddlow, ddhigh):
+        alpha_t, = ctx.saved_tensors
+        if ddhigh is None:
+            ddhigh = torch.zeros(ctx.high_shape, dtype=ctx.high_dtype, device=ddlow.device)
+        if ddlow is None:
+            ddlow = ddhigh.new_zeros(ctx.high_shape[:2] + (ctx.high_shape[2] // 2, ctx.high_shape[3] // 2))
+        return fwd(ddlow, ddhigh, ctx.alpha, alpha_t), None, None, None
+
+    torch.library.register_fake(fwd, _fake)
+    torch.library.register_fake(grad, _fake_grad)
+    torch.library.register_autograd(fwd, backward, setup_context=setup)
+    torch.library.register_autograd(grad, grad_backward, setup_context=grad_setup)
+
+
+def _call(fwd, low, high, alpha):
+    if isinstance(alpha, torch.Tensor):
+        if alpha.requires_grad:
+            return fade_in_ref(low, high, alpha)
+        return fwd(low.to(high.dtype), high, 0.0, alpha.reshape(1).to(high.device))
+    return fwd(low.to(high.dtype), high, float(alpha), None)
+
 
 def _kernels():
     from fastpggan.kernels import fade_in as k
@@ -51,56 +98,26 @@ def _fade_in_grad_triton_op(dy: torch.Tensor, low_size: list[int], alpha: float,
     return _kernels().fade_in_grad(dy, low_size, alpha, alpha_t)
 
 
-@_fade_in_triton_op.register_fake
-def _(low, high, alpha, alpha_t):
-    return empty_in_layout_of(high)
-
-
-@_fade_in_grad_triton_op.register_fake
-def _(dy, low_size, alpha, alpha_t):
-    return empty_in_layout_of(dy, shape=low_size), empty_in_layout_of(dy)
-
-
-def _setup_fade_in(ctx, inputs, output):
-    low, high, ctx.alpha, alpha_t = inputs
-    ctx.low_size = list(low.shape)
-    ctx.save_for_backward(alpha_t)
-
-
-def _fade_in_backward(ctx, dy):
-    alpha_t, = ctx.saved_tensors
-    dlow, dhigh = _fade_in_grad_triton_op(dy, ctx.low_size, ctx.alpha, alpha_t)
-    return dlow, dhigh, None, None
-
-
-def _setup_fade_in_grad(ctx, inputs, output):
-    dy, _, ctx.alpha, alpha_t = inputs
-    ctx.high_shape, ctx.high_dtype = dy.shape, dy.dtype
-    ctx.save_for_backward(alpha_t)
-
-
-def _fade_in_grad_backward(ctx, ddlow, ddhigh):
-    alpha_t, = ctx.saved_tensors
-    if ddhigh is None:
-        ddhigh = torch.zeros(ctx.high_shape, dtype=ctx.high_dtype, device=ddlow.device)
-    if ddlow is None:
-        ddlow = ddhigh.new_zeros(ctx.high_shape[:2] + (ctx.high_shape[2] // 2, ctx.high_shape[3] // 2))
-    return _fade_in_triton_op(ddlow, ddhigh, ctx.alpha, alpha_t), None, None, None
-
-
-_fade_in_triton_op.register_autograd(_fade_in_backward, setup_context=_setup_fade_in)
-_fade_in_grad_triton_op.register_autograd(_fade_in_grad_backward, setup_context=_setup_fade_in_grad)
+wire(_fade_in_triton_op, _fade_in_grad_triton_op)
 
 
 def fade_in_triton(low, high, alpha):
-    if isinstance(alpha, torch.Tensor):
-        if alpha.requires_grad:
-            return fade_in_ref(low, high, alpha)
-        return _fade_in_triton_op(low.to(high.dtype), high, 0.0, alpha.reshape(1).to(high.device))
-    return _fade_in_triton_op(low.to(high.dtype), high, float(alpha), None)
+    return _call(_fade_in_triton_op, low, high, alpha)
 
 
 _dispatch.register("fade_in", "triton", fade_in_triton, triton_unavailable)
+
+
+@_ext.on_load
+def _wire_ext():
+    wire(_ext.op("fade_in"), _ext.op("fade_in_grad"))
+
+
+def fade_in_ext(low, high, alpha):
+    return _call(_ext.op("fade_in"), low, high, alpha)
+
+
+_dispatch.register("fade_in", "ext", fade_in_ext, _ext.ext_unavailable)
 
 
 def fade_in(low, high, alpha, *, impl="auto"):

@@ -142,11 +142,24 @@ def _gp_interpolate_backward(ctx, dy):
     return ((1 - uu) * dy).to(reals.dtype), (uu * dy).to(fakes.dtype), du
 
 
-@_ext.on_load
-def _wire_gp_interpolate_ext():
-    op = _ext.op("gp_interpolate")
+def wire_interpolate(op):
+    """Register fake tensors and autograd (the linear map's transpose, in PyTorch) for a gp_interpolate op."""
     torch.library.register_fake(op, lambda reals, fakes, u: empty_in_layout_of(reals))
     torch.library.register_autograd(op, _gp_interpolate_backward, setup_context=_gp_interpolate_setup)
+
+
+@torch.library.custom_op("fastpggan::gp_interpolate_triton", mutates_args=())
+def _gp_interpolate_triton_op(reals: torch.Tensor, fakes: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return _kernels().gp_interpolate(reals, fakes, u)
+
+
+wire_interpolate(_gp_interpolate_triton_op)
+_dispatch.register("gp_interpolate", "triton", _gp_interpolate_triton_op, triton_unavailable)
+
+
+@_ext.on_load
+def _wire_gp_interpolate_ext():
+    wire_interpolate(_ext.op("gp_interpolate"))
 
 
 def gp_interpolate_ext(reals, fakes, u):

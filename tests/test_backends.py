@@ -1,8 +1,9 @@
-"""The Triton kernels (impl='triton') against the `_ref` oracles: values, first and second-order gradients.
+"""The fast backends against the `_ref` oracles: values, first and second-order gradients, whole networks.
 
-On a machine without a GPU these run on the Triton CPU interpreter (TRITON_INTERPRET=1, set in conftest);
-with a GPU they run the compiled kernels on it. Every kernel output starts as NaN (POISON), so an element a
-kernel fails to write fails the comparison.
+Every test that takes `fast` runs for impl='triton' and impl='ext' (the C++/CUDA extension), on CUDA tensors
+where a GPU exists, else on CPU tensors: Triton then runs on its CPU interpreter (TRITON_INTERPRET=1, set in
+conftest) and the extension runs its C++ kernels. Every Triton output starts as NaN (POISON), so an element a
+kernel fails to write fails the comparison; the extension's outputs are checked for NaN the same way.
 
 Tolerances per dtype, elementwise |triton - ref| <= atol * max(1, max|ref|) * sqrt(count) + rtol * |ref|, with
 (atol, rtol) = float64 1e-10/1e-9, float32 1e-5/1e-5, float16 2e-3/2e-3, bfloat16 2e-2/2e-2, against the ref run on
@@ -27,14 +28,27 @@ TOL = {torch.float64: (1e-10, 1e-9), torch.float32: (1e-5, 1e-5), torch.float16:
        torch.bfloat16: (2e-2, 2e-2)}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
-pytestmark = pytest.mark.skipif(ops._util.triton_unavailable(torch.empty(1, device=DEV)) is not None,
-                                reason=f"Triton cannot run here: {ops._util.triton_unavailable(torch.empty(1, device=DEV))}")
+FAST = ["triton", "ext"]
+
+
+def unavailable(impl):
+    probe = torch.empty(1, 1, device=DEV)
+    return ops._util.triton_unavailable(probe) if impl == "triton" else ops._ext.ext_unavailable(probe)
+
+
+@pytest.fixture(params=FAST)
+def fast(request):
+    reason = unavailable(request.param)
+    if reason is not None:
+        pytest.skip(f"impl='{request.param}' cannot run here: {reason}")
+    return request.param
 
 
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
-    from fastpggan.kernels import _common
-    monkeypatch.setattr(_common, "POISON", True)
+    if ops._util.triton_unavailable(torch.empty(1, device=DEV)) is None:
+        from fastpggan.kernels import _common
+        monkeypatch.setattr(_common, "POISON", True)
 
 
 def close(actual, expected, dtype, count=1):
@@ -54,11 +68,11 @@ def rand(*shape, dtype=torch.float32, channels_last=False, grad=False):
     return t.requires_grad_(grad)
 
 
-def both(fn, inputs, grad_out_seed=7):
-    """Run fn(impl) for ref and triton; return (outputs, input grads) for each, with the same upstream grads."""
+def both(fast, fn, inputs, grad_out_seed=7):
+    """Run fn(impl) for 'ref' and `fast`; return (outputs, input grads) of each, with the same upstream grads."""
     res = []
-    for impl in ("ref", "triton"):
-        out = fn(impl)
+    for which in ("ref", fast):
+        out = fn(which)
         torch.manual_seed(grad_out_seed)
         gy = torch.randn(out.shape, device=out.device).to(out.dtype)  # same logical values whatever the layout
         grads = torch.autograd.grad(out, inputs, gy)
@@ -76,12 +90,12 @@ LAYOUTS = [pytest.param(False, id="nchw"), pytest.param(True, id="channels_last"
 @pytest.mark.parametrize("channels_last", LAYOUTS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("pn", [False, True], ids=["act", "act+pn"])
-def test_bias_act_matches_ref(shape, channels_last, pn):
+def test_bias_act_matches_ref(fast, shape, channels_last, pn):
     n, c, h = shape
     x = rand(n, c, h, h, channels_last=channels_last, grad=True)
     b = rand(c, grad=True)
-    (y0, (gx0, gb0)), (y1, (gx1, gb1)) = both(
-        lambda impl: ops.bias_act(x, b, gain=0.43, negative_slope=0.2, pixel_norm=pn, impl=impl), (x, b))
+    (y0, (gx0, gb0)), (y1, (gx1, gb1)) = both(fast,
+        lambda which: ops.bias_act(x, b, gain=0.43, negative_slope=0.2, pixel_norm=pn, impl=which), (x, b))
     close(y1, y0, torch.float32)
     close(gx1, gx0, torch.float32)
     close(gb1, gb0, torch.float32, count=n * h * h)
@@ -91,22 +105,22 @@ def test_bias_act_matches_ref(shape, channels_last, pn):
 @pytest.mark.parametrize("shape", [(16, 512), (5, 17), (1, 3), (2, 1)], ids=str)
 @pytest.mark.parametrize("slope,pn,bias", [(0.2, False, True), (1.0, False, True), (0.2, True, True),
                                            (1.0, True, False), (0.0, False, True)])
-def test_bias_act_dense_layer_shapes(shape, slope, pn, bias):
+def test_bias_act_dense_layer_shapes(fast, shape, slope, pn, bias):
     x = rand(*shape, grad=True)
     b = rand(shape[1], grad=True) if bias else None
     inputs = (x, b) if bias else (x,)
-    (y0, g0), (y1, g1) = both(lambda impl: ops.bias_act(x, b, gain=1.7, negative_slope=slope, pixel_norm=pn,
-                                                       impl=impl), inputs)
+    (y0, g0), (y1, g1) = both(fast, lambda which: ops.bias_act(x, b, gain=1.7, negative_slope=slope, pixel_norm=pn,
+                                                       impl=which), inputs)
     close(y1, y0, torch.float32)
     for a, e in zip(g1, g0):
         close(a, e, torch.float32, count=shape[0])
 
 
 @pytest.mark.parametrize("pn", [False, True], ids=["act", "act+pn"])
-def test_bias_act_zero_gain_still_trains_the_bias(pn):
+def test_bias_act_zero_gain_still_trains_the_bias(fast, pn):
     x = rand(3, 4, 2, 2, grad=True)
     b = rand(4, grad=True)
-    (y0, g0), (y1, g1) = both(lambda impl: ops.bias_act(x, b, gain=0.0, pixel_norm=pn, impl=impl), (x, b))
+    (y0, g0), (y1, g1) = both(fast, lambda which: ops.bias_act(x, b, gain=0.0, pixel_norm=pn, impl=which), (x, b))
     close(y1, y0, torch.float32)
     close(g1[0], g0[0], torch.float32)
     close(g1[1], g0[1], torch.float32, count=12)
@@ -116,11 +130,11 @@ def test_bias_act_zero_gain_still_trains_the_bias(pn):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("channels_last", LAYOUTS)
 @pytest.mark.parametrize("pn", [False, True], ids=["act", "act+pn"])
-def test_bias_act_low_precision(dtype, channels_last, pn):
+def test_bias_act_low_precision(fast, dtype, channels_last, pn):
     x = rand(4, 17, 8, 8, dtype=dtype, channels_last=channels_last, grad=True)
     b = rand(17, grad=True)
-    (y0, (gx0, gb0)), (y1, (gx1, gb1)) = both(
-        lambda impl: ops.bias_act(x, b, gain=0.9, pixel_norm=pn, impl=impl), (x, b))
+    (y0, (gx0, gb0)), (y1, (gx1, gb1)) = both(fast,
+        lambda which: ops.bias_act(x, b, gain=0.9, pixel_norm=pn, impl=which), (x, b))
     assert y1.dtype == dtype and gx1.dtype == dtype and gb1.dtype == torch.float32
     close(y1, y0, dtype)
     close(gx1, gx0, dtype)
@@ -129,34 +143,34 @@ def test_bias_act_low_precision(dtype, channels_last, pn):
 
 @pytest.mark.parametrize("channels_last", LAYOUTS)
 @pytest.mark.parametrize("slope", [0.2, 1.0])
-def test_bias_act_second_order(channels_last, slope):
+def test_bias_act_second_order(fast, channels_last, slope):
     x = rand(2, 3, 2, 2, dtype=torch.float64, channels_last=channels_last, grad=True)
     b = rand(3, dtype=torch.float64, grad=True)
-    fn = lambda x, b: ops.bias_act(x, b, gain=0.7, negative_slope=slope, impl="triton")  # noqa: E731
+    fn = lambda x, b: ops.bias_act(x, b, gain=0.7, negative_slope=slope, impl=fast)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, b))
     assert torch.autograd.gradgradcheck(fn, (x, b))
 
 
 @pytest.mark.parametrize("channels_last", LAYOUTS)
-def test_bias_act_pixel_norm_first_order(channels_last):
+def test_bias_act_pixel_norm_first_order(fast, channels_last):
     x = rand(2, 5, 2, 2, dtype=torch.float64, channels_last=channels_last, grad=True)
     b = rand(5, dtype=torch.float64, grad=True)
-    assert torch.autograd.gradcheck(lambda x, b: ops.bias_act(x, b, gain=0.7, pixel_norm=True, impl="triton"), (x, b))
+    assert torch.autograd.gradcheck(lambda x, b: ops.bias_act(x, b, gain=0.7, pixel_norm=True, impl=fast), (x, b))
 
 
-def test_bias_act_pixel_norm_second_order_says_so():
+def test_bias_act_pixel_norm_second_order_says_so(fast):
     x = rand(2, 6, 4, 4, grad=True)
-    y = ops.bias_act(x, None, pixel_norm=True, impl="triton")
+    y = ops.bias_act(x, None, pixel_norm=True, impl=fast)
     g, = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="second-order gradient of bias_act with pixel_norm=True"):
         g.sum().backward()
 
 
-def test_bias_act_matches_ref_in_float64():
+def test_bias_act_matches_ref_in_float64(fast):
     x = rand(3, 17, 8, 8, dtype=torch.float64, grad=True)
     b = rand(17, dtype=torch.float64, grad=True)
     for pn in (False, True):
-        (y0, g0), (y1, g1) = both(lambda impl: ops.bias_act(x, b, gain=0.123, pixel_norm=pn, impl=impl), (x, b))
+        (y0, g0), (y1, g1) = both(fast, lambda which: ops.bias_act(x, b, gain=0.123, pixel_norm=pn, impl=which), (x, b))
         close(y1, y0, torch.float64)
         for a, e in zip(g1, g0):
             close(a, e, torch.float64, count=3 * 64)
@@ -167,59 +181,59 @@ def test_bias_act_matches_ref_in_float64():
 @pytest.mark.parametrize("channels_last", LAYOUTS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("upsample", [True, False], ids=["up", "same"])
-def test_fade_in_matches_ref(shape, channels_last, upsample):
+def test_fade_in_matches_ref(fast, shape, channels_last, upsample):
     n, c, h = shape
     high = rand(n, c, h, h, channels_last=channels_last, grad=True)
     low = rand(n, c, h // 2 if upsample else h, h // 2 if upsample else h, channels_last=channels_last, grad=True)
-    (y0, g0), (y1, g1) = both(lambda impl: ops.fade_in(low, high, 0.37, impl=impl), (low, high))
+    (y0, g0), (y1, g1) = both(fast, lambda which: ops.fade_in(low, high, 0.37, impl=which), (low, high))
     close(y1, y0, torch.float32)
     close(g1[1], g0[1], torch.float32)
     close(g1[0], g0[0], torch.float32, count=4)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_fade_in_low_precision_and_tensor_alpha(dtype):
+def test_fade_in_low_precision_and_tensor_alpha(fast, dtype):
     high = rand(2, 3, 16, 16, dtype=dtype, grad=True)
     low = rand(2, 3, 8, 8, dtype=dtype, grad=True)
     alpha = torch.tensor(0.61, device=DEV)
-    (y0, g0), (y1, g1) = both(lambda impl: ops.fade_in(low, high, alpha, impl=impl), (low, high))
+    (y0, g0), (y1, g1) = both(fast, lambda which: ops.fade_in(low, high, alpha, impl=which), (low, high))
     assert y1.dtype == dtype
     close(y1, y0, dtype)
     close(g1[0], g0[0], dtype, count=4)
     close(g1[1], g0[1], dtype)
 
 
-def test_fade_in_endpoints_bit_exact():
+def test_fade_in_endpoints_bit_exact(fast):
     high = rand(2, 3, 8, 8)
     low = rand(2, 3, 4, 4)
-    assert torch.equal(ops.fade_in(low, high, 0.0, impl="triton"), ops.upsample2x_nearest(low))
-    assert torch.equal(ops.fade_in(low, high, 1.0, impl="triton"), high)
+    assert torch.equal(ops.fade_in(low, high, 0.0, impl=fast), ops.upsample2x_nearest(low))
+    assert torch.equal(ops.fade_in(low, high, 1.0, impl=fast), high)
 
 
-def test_fade_in_alpha_tensor_is_read_at_run_time():
+def test_fade_in_alpha_tensor_is_read_at_run_time(fast):
     high, low = rand(1, 3, 8, 8), rand(1, 3, 4, 4)
     alpha = torch.zeros((), device=DEV)
-    a = ops.fade_in(low, high, alpha, impl="triton")
+    a = ops.fade_in(low, high, alpha, impl=fast)
     alpha.fill_(1.0)
-    b = ops.fade_in(low, high, alpha, impl="triton")
+    b = ops.fade_in(low, high, alpha, impl=fast)
     assert torch.equal(a, ops.upsample2x_nearest(low)) and torch.equal(b, high)
 
 
 @pytest.mark.parametrize("channels_last", LAYOUTS)
 @pytest.mark.parametrize("upsample", [True, False], ids=["up", "same"])
-def test_fade_in_second_order(channels_last, upsample):
+def test_fade_in_second_order(fast, channels_last, upsample):
     high = rand(1, 2, 4, 4, dtype=torch.float64, channels_last=channels_last, grad=True)
     low = rand(1, 2, 2 if upsample else 4, 2 if upsample else 4, dtype=torch.float64,
                channels_last=channels_last, grad=True)
-    fn = lambda lo, hi: ops.fade_in(lo, hi, 0.3, impl="triton") ** 2  # noqa: E731  (squared: a nonzero 2nd order)
+    fn = lambda lo, hi: ops.fade_in(lo, hi, 0.3, impl=fast) ** 2  # noqa: E731  (squared: a nonzero 2nd order)
     assert torch.autograd.gradcheck(fn, (low, high))
     assert torch.autograd.gradgradcheck(fn, (low, high))
 
 
-def test_fade_in_alpha_with_grad_takes_the_differentiable_path():
+def test_fade_in_alpha_with_grad_takes_the_differentiable_path(fast):
     high, low = rand(1, 2, 4, 4), rand(1, 2, 2, 2)
     alpha = torch.tensor(0.3, device=DEV, requires_grad=True)
-    ga, = torch.autograd.grad(ops.fade_in(low, high, alpha, impl="triton").sum(), alpha)
+    ga, = torch.autograd.grad(ops.fade_in(low, high, alpha, impl=fast).sum(), alpha)
     close(ga, (high - ops.upsample2x_nearest(low)).sum(), torch.float32, count=32)
 
 
@@ -231,17 +245,17 @@ MBSTD_CASES = [(4, 17, 4, 4), (16, 512, 4, 4), (16, 3, 8, 16), (5, 17, 4, 5), (1
 
 @pytest.mark.parametrize("channels_last", LAYOUTS)
 @pytest.mark.parametrize("n,c,h,group", MBSTD_CASES, ids=str)
-def test_minibatch_stddev_matches_ref(n, c, h, group, channels_last):
+def test_minibatch_stddev_matches_ref(fast, n, c, h, group, channels_last):
     x = rand(n, c, h, h, channels_last=channels_last, grad=True)
-    (y0, (g0,)), (y1, (g1,)) = both(lambda impl: ops.minibatch_stddev(x, group, impl=impl), (x,))
+    (y0, (g0,)), (y1, (g1,)) = both(fast, lambda which: ops.minibatch_stddev(x, group, impl=which), (x,))
     close(y1, y0, torch.float32)
     close(g1, g0, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_minibatch_stddev_low_precision(dtype):
+def test_minibatch_stddev_low_precision(fast, dtype):
     x = rand(8, 17, 4, 4, dtype=dtype, grad=True)
-    (y0, (g0,)), (y1, (g1,)) = both(lambda impl: ops.minibatch_stddev(x, 4, impl=impl), (x,))
+    (y0, (g0,)), (y1, (g1,)) = both(fast, lambda which: ops.minibatch_stddev(x, 4, impl=which), (x,))
     assert y1.dtype == dtype and g1.dtype == dtype
     close(y1, y0, dtype)
     close(g1, g0, dtype)
@@ -249,9 +263,9 @@ def test_minibatch_stddev_low_precision(dtype):
 
 @pytest.mark.parametrize("channels_last", LAYOUTS)
 @pytest.mark.parametrize("n,group", [(4, 2), (6, 3), (3, 1)])
-def test_minibatch_stddev_second_order(n, group, channels_last):
+def test_minibatch_stddev_second_order(fast, n, group, channels_last):
     x = rand(n, 2, 2, 2, dtype=torch.float64, channels_last=channels_last, grad=True)
-    fn = lambda x: ops.minibatch_stddev(x, group, impl="triton") ** 2  # noqa: E731
+    fn = lambda x: ops.minibatch_stddev(x, group, impl=fast) ** 2  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x,))
     assert torch.autograd.gradgradcheck(fn, (x,))
 
@@ -273,75 +287,86 @@ def test_minibatch_stddev_double_backward_formula_matches_autograd_of_ref():
 @pytest.mark.parametrize("shape", [(1, 1, 4, 4), (5, 3, 8, 8), (16, 3, 32, 32), (2, 17, 64, 64), (16, 512, 4, 4)],
                          ids=str)
 @pytest.mark.parametrize("target", [1.0, 750.0])
-def test_gradient_penalty_matches_ref(shape, channels_last, target):
+def test_gradient_penalty_matches_ref(fast, shape, channels_last, target):
     g = rand(*shape, channels_last=channels_last, grad=True)
-    (y0, (g0,)), (y1, (g1,)) = both(lambda impl: ops.gradient_penalty(g, target=target, impl=impl), (g,))
+    (y0, (g0,)), (y1, (g1,)) = both(fast, lambda which: ops.gradient_penalty(g, target=target, impl=which), (g,))
     close(y1, y0, torch.float32)
     close(g1, g0, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_gradient_penalty_low_precision(dtype):
+def test_gradient_penalty_low_precision(fast, dtype):
     g = rand(4, 3, 16, 16, dtype=dtype, grad=True)
-    (y0, (g0,)), (y1, (g1,)) = both(lambda impl: ops.gradient_penalty(g, impl=impl), (g,))
+    (y0, (g0,)), (y1, (g1,)) = both(fast, lambda which: ops.gradient_penalty(g, impl=which), (g,))
     assert y1.dtype == torch.float32 and g1.dtype == dtype
     close(y1, y0, dtype, count=3 * 256)
     close(g1, g0, dtype)
 
 
-def test_gradient_penalty_zero_sample():
+def test_gradient_penalty_zero_sample(fast):
     g = rand(3, 2, 4, 4)
     g[1] = 0  # deliberately zero: the norm's gradient there must be 0, not NaN
     g.requires_grad_(True)
-    (y0, (g0,)), (y1, (g1,)) = both(lambda impl: ops.gradient_penalty(g, impl=impl), (g,))
+    (y0, (g0,)), (y1, (g1,)) = both(fast, lambda which: ops.gradient_penalty(g, impl=which), (g,))
     close(y1, y0, torch.float32)
     close(g1, g0, torch.float32)
     assert torch.equal(g1[1], torch.zeros_like(g1[1]))
 
 
 @pytest.mark.parametrize("channels_last", LAYOUTS)
-def test_gradient_penalty_second_order(channels_last):
+def test_gradient_penalty_second_order(fast, channels_last):
     g = rand(3, 2, 2, 2, dtype=torch.float64, channels_last=channels_last, grad=True)
-    fn = lambda g: ops.gradient_penalty(g, target=1.5, impl="triton")  # noqa: E731
+    fn = lambda g: ops.gradient_penalty(g, target=1.5, impl=fast)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (g,))
     assert torch.autograd.gradgradcheck(fn, (g,))
 
 
 # --- registration: opcheck and torch.compile ---------------------------------------------------------------------
 
-def _opcheck_cases():
-    f = torch.ops.fastpggan
+def _opcheck_cases(fast):
+    """(op, sample args) for every op of the backend: fwd and grad of each hot op, pixel norm, gp_interpolate."""
+    if fast == "triton":
+        name = {k: getattr(torch.ops.fastpggan, f"{k}_triton").default for k in (
+            "bias_act", "bias_act_grad", "bias_act_pn", "bias_act_pn_grad", "fade_in", "fade_in_grad",
+            "minibatch_stddev", "minibatch_stddev_grad", "gradient_penalty", "gradient_penalty_grad",
+            "gp_interpolate")}
+    else:
+        name = {k: ops._ext.op(k) for k in (
+            "bias_act", "bias_act_grad", "bias_act_pn", "bias_act_pn_grad", "fade_in", "fade_in_grad",
+            "minibatch_stddev", "minibatch_stddev_grad", "gradient_penalty", "gradient_penalty_grad",
+            "gp_interpolate")}
     x = lambda *s, **k: rand(*s, **k)  # noqa: E731
     y = x(2, 5, 4, 4)
-    yp, r = f.bias_act_pn_triton(y, None, 0.5, 0.2)
+    yp, r = name["bias_act_pn"](y, None, 0.5, 0.2)
     g = x(3, 2, 4, 4)
-    gp, gr = f.gradient_penalty_triton(g, 1.0)
+    _, gr = name["gradient_penalty"](g, 1.0)
     return [
-        (f.bias_act_triton, (x(2, 5, 4, 4, grad=True), x(5, grad=True), 0.5, 0.2)),
-        (f.bias_act_triton, (x(2, 5, 4, 4, channels_last=True, grad=True), None, 0.5, 1.0)),
-        (f.bias_act_grad_triton, (x(2, 5, 4, 4, grad=True), y, 0.5, 0.2)),
-        (f.bias_act_pn_triton, (x(2, 5, 4, 4, grad=True), x(5, grad=True), 0.5, 0.2)),
-        (f.bias_act_pn_grad_triton, (x(2, 5, 4, 4), yp, r, 0.5, 0.2)),
-        (f.fade_in_triton, (x(2, 3, 4, 4, grad=True), x(2, 3, 8, 8, grad=True), 0.3, None)),
-        (f.fade_in_triton, (x(2, 3, 8, 8), x(2, 3, 8, 8), 0.0, torch.full((1,), 0.4, device=DEV))),
-        (f.fade_in_grad_triton, (x(2, 3, 8, 8, grad=True), [2, 3, 4, 4], 0.3, None)),
-        (f.minibatch_stddev_triton, (x(4, 3, 4, 4, grad=True), 2)),
-        (f.minibatch_stddev_grad_triton, (x(4, 4, 4, 4, grad=True), x(4, 3, 4, 4, grad=True), 2)),
-        (f.gradient_penalty_triton, (x(3, 2, 4, 4, grad=True), 1.0)),
-        (f.gradient_penalty_grad_triton, (x(3, grad=True), g.requires_grad_(True), gr, 1.0)),
+        (name["bias_act"], (x(2, 5, 4, 4, grad=True), x(5, grad=True), 0.5, 0.2)),
+        (name["bias_act"], (x(2, 5, 4, 4, channels_last=True, grad=True), None, 0.5, 1.0)),
+        (name["bias_act_grad"], (x(2, 5, 4, 4, grad=True), y, 0.5, 0.2)),
+        (name["bias_act_pn"], (x(2, 5, 4, 4, grad=True), x(5, grad=True), 0.5, 0.2)),
+        (name["bias_act_pn_grad"], (x(2, 5, 4, 4), yp, r, 0.5, 0.2)),
+        (name["fade_in"], (x(2, 3, 4, 4, grad=True), x(2, 3, 8, 8, grad=True), 0.3, None)),
+        (name["fade_in"], (x(2, 3, 8, 8), x(2, 3, 8, 8), 0.0, torch.full((1,), 0.4, device=DEV))),
+        (name["fade_in_grad"], (x(2, 3, 8, 8, grad=True), [2, 3, 4, 4], 0.3, None)),
+        (name["minibatch_stddev"], (x(4, 3, 4, 4, grad=True), 2)),
+        (name["minibatch_stddev_grad"], (x(4, 4, 4, 4, grad=True), x(4, 3, 4, 4, grad=True), 2)),
+        (name["gradient_penalty"], (x(3, 2, 4, 4, grad=True), 1.0)),
+        (name["gradient_penalty_grad"], (x(3, grad=True), g.requires_grad_(True), gr, 1.0)),
+        (name["gp_interpolate"], (x(3, 2, 4, 4, grad=True), x(3, 2, 4, 4, grad=True), torch.rand(3, device=DEV))),
     ]
 
 
-def test_opcheck_every_custom_op():
-    cases = _opcheck_cases()
-    assert len({op for op, _ in cases}) == 10
+def test_opcheck_every_op(fast):
+    cases = _opcheck_cases(fast)
+    assert len({op for op, _ in cases}) == 11
     for op, args in cases:
         torch.library.opcheck(op, args)
 
 
-def test_torch_compile_traces_the_generator_forward():
+def test_torch_compile_traces_the_generator_forward(fast):
     torch.manual_seed(0)
-    G = Generator(resolution=16, fmap_base=64, fmap_max=16, latent_size=16, impl="triton").to(DEV)
+    G = Generator(resolution=16, fmap_base=64, fmap_max=16, latent_size=16, impl=fast).to(DEV)
     z = rand(4, 16)
     eager = G(z, 16, 0.5)
     compiled = torch.compile(G, backend="aot_eager", fullgraph=True)
@@ -350,24 +375,24 @@ def test_torch_compile_traces_the_generator_forward():
 
 # --- whole networks -------------------------------------------------------------------------------------------------
 
-def _nets(impl):
+def _nets(which):
     torch.manual_seed(0)
-    G = Generator(resolution=16, fmap_base=128, fmap_max=32, latent_size=32, impl=impl).to(DEV)
-    D = Discriminator(resolution=16, fmap_base=128, fmap_max=32, mbstd_group_size=4, impl=impl).to(DEV)
+    G = Generator(resolution=16, fmap_base=128, fmap_max=32, latent_size=32, impl=which).to(DEV)
+    D = Discriminator(resolution=16, fmap_base=128, fmap_max=32, mbstd_group_size=4, impl=which).to(DEV)
     return G, D
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0])
-def test_networks_and_wgan_gp_gradients_match_ref(alpha):
+def test_networks_and_wgan_gp_gradients_match_ref(fast, alpha):
     results = []
-    for impl in ("ref", "triton"):
-        G, D = _nets(impl)
+    for which in ("ref", fast):
+        G, D = _nets(which)
         torch.manual_seed(1)
         z, reals = rand(8, 32), rand(8, 3, 16, 16)
         fakes = G(z, 16, alpha)
         scores = D(fakes, alpha)
         torch.manual_seed(2)
-        d_loss = d_loss_wgan_gp(lambda x: D(x, alpha), reals, fakes, impl=impl)
+        d_loss = d_loss_wgan_gp(lambda x: D(x, alpha), reals, fakes, impl=which)
         d_grads = torch.autograd.grad(d_loss, list(D.parameters()), allow_unused=True, materialize_grads=True)
         g_grads = torch.autograd.grad(g_loss_wgan(lambda x: D(x, alpha), G(z, 16, alpha)), list(G.parameters()),
                                       allow_unused=True, materialize_grads=True)

@@ -1,0 +1,102 @@
+"""Building and loading the C++/CUDA extension fastpggan._C, and what happens when that fails."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastpggan import _build
+from fastpggan.ops import _ext
+
+
+def _run(code, **env):
+    e = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=900)
+
+
+def test_missing_compiler_falls_back_with_one_warning_and_explicit_ext_says_why(tmp_path):
+    """No prebuilt library, and a C++ compiler that does not exist: 'auto' falls back, 'ext' raises the reason."""
+    code = r"""
+import importlib.util, os, warnings
+import torch
+from fastpggan import ops
+from fastpggan.ops import _dispatch, _ext
+_ext._prebuilt = lambda: None                              # as if installed without a built extension
+_dispatch.AUTO_ORDER['bias_act']['cpu'] = ('ext', 'ref')    # as if ext had been measured fastest here
+x = torch.randn(2, 3, 4, 4)
+with warnings.catch_warnings(record=True) as rec:
+    warnings.simplefilter('always')
+    ys = [ops.bias_act(x, None, gain=0.5) for _ in range(3)]
+msgs = [str(w.message) for w in rec if 'fastpggan' in str(w.message)]
+assert len(msgs) == 1, msgs
+assert "impl='ext' unavailable" in msgs[0] and 'could not be built' in msgs[0] and 'g++' in msgs[0], msgs[0]
+assert all(torch.equal(y, ops.bias_act_ref(x, None, 0.5)) for y in ys)
+try:
+    ops.bias_act(x, impl='ext')
+    raise SystemExit('explicit ext should raise')
+except ops.BackendUnavailable as e:
+    assert 'could not be built' in str(e), e
+print('ok')
+"""
+    p = _run(code, CXX="/nonexistent/c++", CC="/nonexistent/cc", CUDA_HOME="/nonexistent", PATH="/usr/bin:/bin",
+             FASTPGGAN_CACHE=str(tmp_path))
+    assert p.returncode == 0 and "ok" in p.stdout, (p.stdout + p.stderr)[-3000:]
+
+
+def test_import_never_builds_and_no_ext_env_disables_it():
+    code = r"""
+import fastpggan, fastpggan.ops, fastpggan.networks
+from fastpggan.ops import _ext
+assert 'error' not in _ext._state, 'importing fastpggan must not load or build the extension'
+assert _ext.load_error() == 'disabled by FASTPGGAN_NO_EXT=1'
+print('ok')
+"""
+    p = _run(code, FASTPGGAN_NO_EXT="1")
+    assert p.returncode == 0 and "ok" in p.stdout, (p.stdout + p.stderr)[-3000:]
+
+
+def test_cuda_home_is_found_behind_a_wrapper_script(tmp_path, monkeypatch):
+    toolkit = tmp_path / "cuda-13.0"
+    (toolkit / "bin").mkdir(parents=True)
+    (toolkit / "include").mkdir()
+    (toolkit / "bin" / "nvcc").write_text("#!/bin/sh\n")
+    (toolkit / "include" / "cuda_runtime.h").write_text("")
+    wrapper_dir = tmp_path / "wrapper"
+    wrapper_dir.mkdir()
+    wrapper = wrapper_dir / "nvcc"
+    wrapper.write_text(f'#!/bin/sh\nexec {toolkit}/bin/nvcc "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(wrapper_dir))
+    assert _build.find_cuda_home() == str(toolkit)
+
+
+def test_build_key_changes_with_sources_and_torch(monkeypatch):
+    a = _build.build_key(torch, False, None)
+    assert a == _build.build_key(torch, False, None)
+    assert a != _build.build_key(torch, True, "9.0")
+    monkeypatch.setattr(torch, "__version__", "0.0.0-other")
+    assert a != _build.build_key(torch, False, None)
+
+
+def test_extension_is_loaded_with_cpu_kernels():
+    assert _ext.load_error() is None, _ext.load_error()
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("fastpggan_ext::bias_act", "CPU")
+
+
+@pytest.mark.skipif(_build.find_cuda_home() is None or not torch.version.cuda,
+                    reason="no CUDA toolkit (nvcc) or no CUDA build of torch on this machine, so no CUDA sources to build")
+def test_cuda_translation_unit_was_compiled_and_linked_for_sm90():
+    """The CUDA kernels are registered (ops_cuda.cu was compiled and linked into the loaded library) and the
+    library carries device code (.nv_fatbin). Needs no GPU: nothing is launched."""
+    assert _ext.load_error() is None, _ext.load_error()
+    for op in ("bias_act", "bias_act_pn_grad", "fade_in", "minibatch_stddev_grad", "gradient_penalty", "gp_interpolate"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastpggan_ext::{op}", "CUDA"), op
+    libs = [line.split()[-1] for line in open("/proc/self/maps") if "fastpggan" in line and line.rstrip().endswith(".so")]
+    assert libs, "the extension library is not mapped into this process"
+    readelf = subprocess.run(["readelf", "-S", libs[0]], capture_output=True, text=True)
+    if readelf.returncode != 0:
+        pytest.skip("readelf is not available to inspect the library")
+    assert ".nv_fatbin" in readelf.stdout
