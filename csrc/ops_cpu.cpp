@@ -368,7 +368,27 @@ at::Tensor minibatch_stddev_grad_cpu(const at::Tensor& dout_in, const at::Tensor
   return dx;
 }
 
-// Gradient penalty: the sum of squares per sample is accumulated in double for fp32 inputs (up to 3M terms).
+// Gradient penalty: per sample, sums of squares over chunks of kSumChunk values are vectorized in the
+// accumulation dtype and added up in double (a sample has up to 3M values).
+constexpr int64_t kSumChunk = 4096;
+
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+inline acc_t sumsq_row(const scalar_t* __restrict__ x, int64_t n) {
+  acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += acc_t(x[i]) * acc_t(x[i]);
+  return s;
+}
+
+// out = real + u * (fake - real) over one sample's (part of a) row.
+template <typename scalar_t, typename acc_t>
+inline void lerp_row(const scalar_t* __restrict__ real, const scalar_t* __restrict__ fake, scalar_t* __restrict__ out,
+                     int64_t n, acc_t u) {
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t a = acc_t(real[i]);
+    out[i] = scalar_t(a + u * (acc_t(fake[i]) - a));
+  }
+}
 std::tuple<at::Tensor, at::Tensor> gradient_penalty_cpu(const at::Tensor& g_in, double target) {
   check_gp(g_in, "gradient_penalty");
   auto g = dense(g_in);
@@ -383,9 +403,8 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_cpu(const at::Tensor& g_in, 
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         const scalar_t* gn = gptr + n * D;
-        double ss = 0;
-          _Pragma("omp simd reduction(+ : ss)")
-        for (int64_t i = 0; i < D; ++i) ss += double(acc_t(gn[i])) * double(acc_t(gn[i]));
+        double ss = 0;  // vector sums over chunks, added up in double
+        for (int64_t i0 = 0; i0 < D; i0 += kSumChunk) ss += double(sumsq_row(gn + i0, std::min(kSumChunk, D - i0)));
         const acc_t norm = acc_t(std::sqrt(ss));
         rp[n] = norm;
         gpp[n] = (norm - acc_t(target)) * (norm - acc_t(target));
@@ -443,9 +462,10 @@ at::Tensor gp_interpolate_cpu(const at::Tensor& real_in, const at::Tensor& fake_
     const acc_t* up = u.const_data_ptr<acc_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, N * D, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const acc_t a = acc_t(rp[i]);
-        op[i] = scalar_t(a + up[i / D] * (acc_t(fp[i]) - a));
+      for (int64_t i = begin; i < end;) {  // split [begin, end) at sample boundaries
+        const int64_t n = i / D, stop = std::min(end, (n + 1) * D);
+        lerp_row(rp + i, fp + i, op + i, stop - i, up[n]);
+        i = stop;
       }
     });
   });
