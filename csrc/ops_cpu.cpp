@@ -45,7 +45,7 @@ inline void act_row(const scalar_t* __restrict__ x, const acc_t* __restrict__ b,
 at::Tensor bias_act_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>& bias, double gain, double slope) {
   check_bias_act(x_in, bias, "bias_act");
   auto x = dense(x_in);
-  auto y = at::empty_like(x);
+  auto y = fresh(at::empty_like(x));
   auto g = geometry(x);
   if (x.numel() == 0) return y;
   auto b = bias_in_acc(bias, x);
@@ -85,7 +85,7 @@ at::Tensor bias_act_grad_cpu(const at::Tensor& dy_in, const at::Tensor& y_in, do
               " vs ", y_in.sizes());
   auto y = dense(y_in);
   auto dy = like_layout(dy_in, y).to(y.scalar_type());
-  auto dx = at::empty_like(y);
+  auto dx = fresh(at::empty_like(y));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bias_act_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
@@ -144,9 +144,9 @@ std::tuple<at::Tensor, at::Tensor> bias_act_pn_cpu(const at::Tensor& x_in, const
                                                    double gain, double slope) {
   check_bias_act(x_in, bias, "bias_act_pn");
   auto x = dense(x_in);
-  auto y = at::empty_like(x);
+  auto y = fresh(at::empty_like(x));
   auto g = geometry(x);
-  auto r = at::empty({g.P}, x.options().dtype(acc_type(x)));
+  auto r = fresh(at::empty({g.P}, x.options().dtype(acc_type(x))));
   if (x.numel() == 0) return {y, r};
   auto b = bias_in_acc(bias, x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_pn", [&] {
@@ -209,7 +209,7 @@ at::Tensor bias_act_pn_grad_cpu(const at::Tensor& dy_in, const at::Tensor& y_in,
   auto r = r_in.to(acc_type(y)).contiguous();
   TORCH_CHECK(r.numel() == g.P, "fastpggan_ext::bias_act_pn_grad: r must hold one value per pixel (", g.P, "), got ",
               r.numel());
-  auto dx = at::empty_like(y);
+  auto dx = fresh(at::empty_like(y));
   if (y.numel() == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bias_act_pn_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -283,7 +283,7 @@ at::Tensor minibatch_stddev_cpu(const at::Tensor& x_in, int64_t group_size) {
   check_mbstd(x_in, group_size, "minibatch_stddev");
   auto x = dense(x_in);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), F = C * HW, M = N / group_size;
-  auto out = empty_in_layout_of(x, {N, C + 1, x.size(2), x.size(3)}, x.scalar_type());
+  auto out = fresh(empty_in_layout_of(x, {N, C + 1, x.size(2), x.size(3)}, x.scalar_type()));
   if (out.numel() == 0) return out;
   const bool cl = is_channels_last(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev", [&] {
@@ -329,7 +329,7 @@ at::Tensor minibatch_stddev_grad_cpu(const at::Tensor& dout_in, const at::Tensor
   TORCH_CHECK(dout_in.dim() == 4 && dout_in.size(0) == N && dout_in.size(1) == C + 1,
               "fastpggan_ext::minibatch_stddev_grad: dout must be (N, C+1, H, W), got ", dout_in.sizes());
   auto dout = like_layout(dout_in, x).to(x.scalar_type());
-  auto dx = at::empty_like(x);
+  auto dx = fresh(at::empty_like(x));
   if (x.numel() == 0) return dx;
   const bool cl = is_channels_last(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_grad", [&] {
@@ -393,8 +393,8 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_cpu(const at::Tensor& g_in, 
   check_gp(g_in, "gradient_penalty");
   auto g = dense(g_in);
   const int64_t N = g.size(0), D = N ? g.numel() / N : 0;
-  auto gp = at::empty({N}, g.options().dtype(acc_type(g)));
-  auto r = at::empty({N}, g.options().dtype(acc_type(g)));
+  auto gp = fresh(at::empty({N}, g.options().dtype(acc_type(g))));
+  auto r = fresh(at::empty({N}, g.options().dtype(acc_type(g))));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gradient_penalty", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gptr = g.const_data_ptr<scalar_t>();
@@ -424,7 +424,7 @@ at::Tensor gradient_penalty_grad_cpu(const at::Tensor& dgp_in, const at::Tensor&
               "fastpggan_ext::gradient_penalty_grad: dgp and r must have one value per sample (", N, ")");
   auto dgp = dgp_in.to(acc_type(g)).contiguous();
   auto r = r_in.to(acc_type(g)).contiguous();
-  auto dg = at::empty_like(g);
+  auto dg = fresh(at::empty_like(g));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gradient_penalty_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gptr = g.const_data_ptr<scalar_t>();
@@ -454,7 +454,7 @@ at::Tensor gp_interpolate_cpu(const at::Tensor& real_in, const at::Tensor& fake_
   TORCH_CHECK(u_in.numel() == N, "fastpggan_ext::gp_interpolate: u must have one value per sample (", N, "), got ",
               u_in.numel());
   auto u = u_in.to(acc_type(real)).contiguous();
-  auto out = at::empty_like(real);
+  auto out = fresh(at::empty_like(real));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "gp_interpolate", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* rp = real.const_data_ptr<scalar_t>();
@@ -483,7 +483,7 @@ at::Tensor fade_in_cpu(const at::Tensor& low_in, const at::Tensor& high_in, doub
   check_fade(low_in, high_in, "fade_in");
   auto high = dense(high_in);
   auto low = like_layout(low_in, high).to(high.scalar_type());
-  auto y = at::empty_like(high);
+  auto y = fresh(at::empty_like(high));
   if (high.numel() == 0) return y;
   const bool up = low.size(3) != high.size(3), cl = is_channels_last(high);
   const int64_t N = high.size(0), C = high.size(1), H = high.size(2), W = high.size(3);
@@ -522,8 +522,8 @@ std::tuple<at::Tensor, at::Tensor> fade_in_grad_cpu(const at::Tensor& dy_in, at:
   check_float(dy_in, "fade_in_grad", "dy");
   TORCH_CHECK(dy_in.dim() == 4 && low_size.size() == 4, "fastpggan_ext::fade_in_grad: dy must be NCHW and low_size 4-d");
   auto dy = dense(dy_in);
-  auto dhigh = at::empty_like(dy);
-  auto dlow = empty_in_layout_of(dy, low_size, dy.scalar_type());
+  auto dhigh = fresh(at::empty_like(dy));
+  auto dlow = fresh(empty_in_layout_of(dy, low_size, dy.scalar_type()));
   if (dy.numel() == 0) return {dlow, dhigh};
   const bool up = low_size[3] != dy.size(3), cl = is_channels_last(dy);
   const int64_t N = dy.size(0), C = dy.size(1), H = dy.size(2), W = dy.size(3);
@@ -576,7 +576,10 @@ std::tuple<at::Tensor, at::Tensor> fade_in_grad_cpu(const at::Tensor& dy_in, at:
 }  // namespace
 }  // namespace fastpggan
 
+void set_poison(bool on) { fastpggan::poison_outputs() = on; }
+
 TORCH_LIBRARY(fastpggan_ext, m) {
+  m.def("set_poison(bool on) -> ()", &set_poison);
   m.def("fade_in(Tensor low, Tensor high, float alpha, Tensor? alpha_t) -> Tensor");
   m.def("fade_in_grad(Tensor dy, int[] low_size, float alpha, Tensor? alpha_t) -> (Tensor, Tensor)");
   m.def("bias_act(Tensor x, Tensor? bias, float gain, float slope) -> Tensor");

@@ -139,7 +139,7 @@ at::Tensor bias_act_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>
   check_bias_act(x_in, bias, "bias_act");
   const c10::cuda::CUDAGuard guard(x_in.device());
   auto x = dense(x_in);
-  auto y = at::empty_like(x);
+  auto y = fresh(at::empty_like(x));
   auto g = geometry(x);
   if (x.numel() == 0) return y;
   auto b = bias_in_acc(bias, x);
@@ -160,7 +160,7 @@ at::Tensor bias_act_grad_cuda(const at::Tensor& dy_in, const at::Tensor& y_in, d
   const c10::cuda::CUDAGuard guard(y_in.device());
   auto y = dense(y_in);
   auto dy = like_layout(dy_in, y).to(y.scalar_type());
-  auto dx = at::empty_like(y);
+  auto dx = fresh(at::empty_like(y));
   if (y.numel() == 0) return dx;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bias_act_grad", [&] {
@@ -178,9 +178,9 @@ std::tuple<at::Tensor, at::Tensor> bias_act_pn_cuda(const at::Tensor& x_in, cons
   check_bias_act(x_in, bias, "bias_act_pn");
   const c10::cuda::CUDAGuard guard(x_in.device());
   auto x = dense(x_in);
-  auto y = at::empty_like(x);
+  auto y = fresh(at::empty_like(x));
   auto g = geometry(x);
-  auto r = at::empty({g.P}, x.options().dtype(acc_type(x)));
+  auto r = fresh(at::empty({g.P}, x.options().dtype(acc_type(x))));
   if (x.numel() == 0) return {y, r};
   auto b = bias_in_acc(bias, x);
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -211,7 +211,7 @@ at::Tensor bias_act_pn_grad_cuda(const at::Tensor& dy_in, const at::Tensor& y_in
   auto r = r_in.to(acc_type(y)).contiguous();
   TORCH_CHECK(r.numel() == g.P, "fastpggan_ext::bias_act_pn_grad: r must hold one value per pixel (", g.P, "), got ",
               r.numel());
-  auto dx = at::empty_like(y);
+  auto dx = fresh(at::empty_like(y));
   if (y.numel() == 0) return dx;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bias_act_pn_grad", [&] {
@@ -320,7 +320,7 @@ at::Tensor minibatch_stddev_cuda(const at::Tensor& x_in, int64_t group_size) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   auto x = dense(x_in);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), F = C * HW, M = N / group_size;
-  auto out = empty_in_layout_of(x, {N, C + 1, x.size(2), x.size(3)}, x.scalar_type());
+  auto out = fresh(empty_in_layout_of(x, {N, C + 1, x.size(2), x.size(3)}, x.scalar_type()));
   if (out.numel() == 0) return out;
   auto s = at::full({M}, std::sqrt(kStddevEps), x.options().dtype(acc_type(x)));
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -345,9 +345,9 @@ at::Tensor minibatch_stddev_grad_cuda(const at::Tensor& dout_in, const at::Tenso
   TORCH_CHECK(dout_in.dim() == 4 && dout_in.size(0) == N && dout_in.size(1) == C + 1,
               "fastpggan_ext::minibatch_stddev_grad: dout must be (N, C+1, H, W), got ", dout_in.sizes());
   auto dout = like_layout(dout_in, x).to(x.scalar_type());
-  auto dx = at::empty_like(x);
+  auto dx = fresh(at::empty_like(x));
   if (x.numel() == 0) return dx;
-  auto ds = at::empty({M}, x.options().dtype(acc_type(x)));
+  auto ds = fresh(at::empty({M}, x.options().dtype(acc_type(x))));
   auto stream = at::cuda::getCurrentCUDAStream();
   const bool cl = is_channels_last(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_grad", [&] {
@@ -420,8 +420,8 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_cuda(const at::Tensor& g_in,
   const c10::cuda::CUDAGuard guard(g_in.device());
   auto g = dense(g_in);
   const int64_t N = g.size(0), D = N ? g.numel() / N : 0;
-  auto gp = at::empty({N}, g.options().dtype(acc_type(g)));
-  auto r = at::empty({N}, g.options().dtype(acc_type(g)));
+  auto gp = fresh(at::empty({N}, g.options().dtype(acc_type(g))));
+  auto r = fresh(at::empty({N}, g.options().dtype(acc_type(g))));
   if (N == 0) return {gp, r};
   const int64_t chunks = std::max<int64_t>(1, (D + kChunk - 1) / kChunk);
   auto partial = at::zeros({N, chunks}, g.options().dtype(acc_type(g)));
@@ -449,7 +449,7 @@ at::Tensor gradient_penalty_grad_cuda(const at::Tensor& dgp_in, const at::Tensor
               "fastpggan_ext::gradient_penalty_grad: dgp and r must have one value per sample (", N, ")");
   auto dgp = dgp_in.to(acc_type(g)).contiguous();
   auto r = r_in.to(acc_type(g)).contiguous();
-  auto dg = at::empty_like(g);
+  auto dg = fresh(at::empty_like(g));
   if (g.numel() == 0) return dg;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gradient_penalty_grad", [&] {
@@ -474,7 +474,7 @@ at::Tensor gp_interpolate_cuda(const at::Tensor& real_in, const at::Tensor& fake
   TORCH_CHECK(u_in.numel() == N, "fastpggan_ext::gp_interpolate: u must have one value per sample (", N, "), got ",
               u_in.numel());
   auto u = u_in.to(real.device(), acc_type(real)).contiguous();
-  auto out = at::empty_like(real);
+  auto out = fresh(at::empty_like(real));
   if (real.numel() == 0) return out;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "gp_interpolate", [&] {
@@ -553,7 +553,7 @@ at::Tensor fade_in_cuda(const at::Tensor& low_in, const at::Tensor& high_in, dou
   const c10::cuda::CUDAGuard guard(high_in.device());
   auto high = dense(high_in);
   auto low = like_layout(low_in, high).to(high.scalar_type());
-  auto y = at::empty_like(high);
+  auto y = fresh(at::empty_like(high));
   if (high.numel() == 0) return y;
   auto at_ = alpha_t.has_value() ? alpha_t->to(high.device(), acc_type(high)).contiguous() : at::Tensor();
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -574,8 +574,8 @@ std::tuple<at::Tensor, at::Tensor> fade_in_grad_cuda(const at::Tensor& dy_in, at
   TORCH_CHECK(dy_in.dim() == 4 && low_size.size() == 4, "fastpggan_ext::fade_in_grad: dy must be NCHW and low_size 4-d");
   const c10::cuda::CUDAGuard guard(dy_in.device());
   auto dy = dense(dy_in);
-  auto dhigh = at::empty_like(dy);
-  auto dlow = empty_in_layout_of(dy, low_size, dy.scalar_type());
+  auto dhigh = fresh(at::empty_like(dy));
+  auto dlow = fresh(empty_in_layout_of(dy, low_size, dy.scalar_type()));
   if (dy.numel() == 0) return {dlow, dhigh};
   auto at_ = alpha_t.has_value() ? alpha_t->to(dy.device(), acc_type(dy)).contiguous() : at::Tensor();
   auto stream = at::cuda::getCurrentCUDAStream();

@@ -2,8 +2,8 @@
 
 Every test that takes `fast` runs for impl='triton' and impl='ext' (the C++/CUDA extension), on CUDA tensors
 where a GPU exists, else on CPU tensors: Triton then runs on its CPU interpreter (TRITON_INTERPRET=1, set in
-conftest) and the extension runs its C++ kernels. Every Triton output starts as NaN (POISON), so an element a
-kernel fails to write fails the comparison; the extension's outputs are checked for NaN the same way.
+conftest) and the extension runs its C++ kernels. Every output of either backend starts as NaN (Triton's POISON,
+the extension's set_poison), so an element a kernel fails to write fails the comparison.
 
 Tolerances per dtype, elementwise |triton - ref| <= atol * max(1, max|ref|) * sqrt(count) + rtol * |ref|, with
 (atol, rtol) = float64 1e-10/1e-9, float32 1e-5/1e-5, float16 2e-3/2e-3, bfloat16 2e-2/2e-2, against the ref run on
@@ -49,6 +49,12 @@ def _poison(monkeypatch):
     if ops._util.triton_unavailable(torch.empty(1, device=DEV)) is None:
         from fastpggan.kernels import _common
         monkeypatch.setattr(_common, "POISON", True)
+    if ops._ext.load_error() is None:
+        torch.ops.fastpggan_ext.set_poison(True)
+        yield
+        torch.ops.fastpggan_ext.set_poison(False)
+    else:
+        yield
 
 
 def close(actual, expected, dtype, count=1):

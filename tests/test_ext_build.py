@@ -44,6 +44,37 @@ print('ok')
     assert p.returncode == 0 and "ok" in p.stdout, (p.stdout + p.stderr)[-3000:]
 
 
+def test_concurrent_first_uses_build_once_and_both_work(tmp_path):
+    """Two processes that find no built extension JIT-build it into the same cache folder at the same time."""
+    code = r"""
+import torch
+from fastpggan import ops
+from fastpggan.ops import _ext
+_ext._prebuilt = lambda: None
+assert _ext.load_error() is None, _ext.load_error()
+x, b = torch.randn(2, 5, 4, 4), torch.randn(5)
+assert torch.allclose(ops.bias_act(x, b, gain=0.3, impl='ext'), ops.bias_act_ref(x, b, 0.3), atol=1e-6)
+print('ok')
+"""
+    env = dict(os.environ, FASTPGGAN_CACHE=str(tmp_path), FASTPGGAN_EXT_CUDA="0")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and "ok" in out, (out + err)[-3000:]
+    assert len(list((tmp_path / "ext").glob("*/*.so"))) == 1
+
+
+def test_bad_inputs_get_a_clear_message():
+    assert _ext.load_error() is None, _ext.load_error()
+    with pytest.raises(RuntimeError, match=r"fastpggan_ext::bias_act: bias must have shape \(5,\)"):
+        _ext.op("bias_act")(torch.randn(2, 5, 4, 4), torch.randn(3), 1.0, 0.2)
+    with pytest.raises(RuntimeError, match="must be divisible by the group size 4"):
+        _ext.op("minibatch_stddev")(torch.randn(6, 3, 4, 4), 4)
+    with pytest.raises(RuntimeError, match="must be a floating-point tensor"):
+        _ext.op("gradient_penalty")(torch.ones(2, 3, dtype=torch.int64), 1.0)
+
+
 def test_import_never_builds_and_no_ext_env_disables_it():
     code = r"""
 import fastpggan, fastpggan.ops, fastpggan.networks

@@ -6,7 +6,7 @@ the hash covers the sources, the torch version and the CUDA arch list. cpp_exten
 concurrent first uses build once. If CUDA kernels cannot be built, a CPU-only build is tried. Importing
 fastpggan never triggers any of this; the first impl='ext' or 'auto' call that can use the extension does.
 
-Set FASTPGGAN_NO_EXT=1 to never load or build it.
+Set FASTPGGAN_NO_EXT=1 to never load or build it, FASTPGGAN_EXT_CUDA=0 to build it without CUDA kernels.
 """
 import importlib.util
 import os
@@ -90,7 +90,9 @@ def _load():
             pass  # built against another torch: rebuild below
     if _build.csrc_dir() is None:
         return "its C++ sources are not installed (reinstall fastpggan)"
-    home, why_not_cuda = _build.cuda_available_for_build(torch)
+    home, _ = _build.cuda_available_for_build(torch)
+    if os.environ.get("FASTPGGAN_EXT_CUDA") == "0":
+        home = None
     errors = []
     if home is not None:
         _build.use_cuda_home(torch, home)
