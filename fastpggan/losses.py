@@ -33,12 +33,13 @@ def gp_interpolate(reals, fakes, u, impl="auto"):
     return ops.gp_interpolate(reals, fakes.to(reals.dtype), u, impl=impl)
 
 
-def d_loss_wgan_gp(D, reals, fakes, *, lambda_gp=10.0, drift=1e-3, labels=None, target=1.0, impl="auto"):
-    """Scalar WGAN-GP critic loss, averaged over the minibatch."""
+def d_loss_wgan_gp(D, reals, fakes, *, lambda_gp=10.0, drift=1e-3, labels=None, target=1.0, impl="auto", u=None):
+    """Scalar WGAN-GP critic loss, averaged over the minibatch. `u`: the per-sample mixing factors (default U(0,1))."""
     fakes = fakes.detach()
     real_scores, real_logits = _split(D(reals))
     fake_scores, fake_logits = _split(D(fakes))
-    u = torch.rand(reals.shape[0], device=reals.device)
+    if u is None:
+        u = torch.rand(reals.shape[0], device=reals.device)
     xhat = gp_interpolate(reals.detach(), fakes, u, impl).requires_grad_(True)
     mixed_scores = D(xhat)[:, :1]
     grads, = torch.autograd.grad(upcast(mixed_scores).sum(), xhat, create_graph=True)

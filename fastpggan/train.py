@@ -12,6 +12,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from . import distributed
 from . import losses, ops
 from .data import Sampler, build_dataset, check_resolution
 from .errors import UserError, cli_entry
@@ -97,6 +99,9 @@ def build_parser():
     o.add_argument("--cache-dir", default=None, help="dataset cache (default $FASTPGGAN_CACHE or ~/.cache/fastpggan)")
     o.add_argument("--grid", type=int, default=None, help="images in each fakes_<kimg>.png grid")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    o.add_argument("--batch-gpu", type=int, default=None,
+                   help="rows per forward pass on each process; smaller than its share of the minibatch accumulates "
+                        "gradients (default: the whole share)")
     m = p.add_argument_group("metrics during training (time excluded from sec/kimg)")
     m.add_argument("--metrics", default=None, help="comma list of swd, msssim, fid to compute every --metric-kimg")
     m.add_argument("--metric-kimg", type=float, default=None, help="kimg between metric runs (default: each snapshot)")
@@ -205,29 +210,54 @@ def make_config(args, dataset, device):
                 impl=args.impl, strict=args.strict, grid=args.grid, network=network, schedule=schedule)
 
 
-def validate_config(cfg):
+def validate_config(cfg, world=1, batch_gpu=None):
+    """Check every resolution's global minibatch against the world size, --batch-gpu and the mbstd group."""
     sched = Schedule(**cfg["schedule"])
     group = cfg["network"]["mbstd_group_size"]
+    if batch_gpu is not None and batch_gpu < 1:
+        raise UserError(f"--batch-gpu must be at least 1, got {batch_gpu}")
     r = 4
     while r <= cfg["resolution"]:
         ph = sched.at(sched.kimg_to_reach(r) * 1000)
-        g = min(group, ph.minibatch) if group > 1 else 1
-        if ph.minibatch < 1 or ph.minibatch % g:
-            raise UserError(f"minibatch {ph.minibatch} at {r}x{r} is not divisible by the minibatch-stddev group "
-                            f"size {g}; change --minibatch or --mbstd-group")
+        if ph.minibatch < 1 or ph.minibatch % world:
+            raise UserError(f"the global minibatch {ph.minibatch} at {r}x{r} is not divisible by the {world} "
+                            "processes; change --minibatch or the process count")
+        per = ph.minibatch // world
+        chunk = min(batch_gpu or per, per)
+        if per % chunk:
+            raise UserError(f"the per-process batch {per} at {r}x{r} is not a multiple of --batch-gpu {chunk}")
+        g = min(group, chunk) if group > 1 else 1
+        if chunk % g:
+            raise UserError(f"the batch {chunk} that each forward pass sees at {r}x{r} is not divisible by the "
+                            f"minibatch-stddev group size {g}; change --minibatch, --batch-gpu or --mbstd-group")
         r *= 2
     return sched
+
+
+def ph_note(cfg, ctx):
+    return f"rank 0 of {ctx.world}; each process takes 1/{ctx.world} of every global minibatch"
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 
+class Terminated(Exception):
+    """SIGTERM arrived while training."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 class Trainer:
     """Holds the networks, optimizers and position of one run; `run()` trains to cfg['total_kimg']."""
 
-    def __init__(self, cfg, dataset, device, run_dir, progress=True, log=print, metrics=None):
+    def __init__(self, cfg, dataset, device, run_dir, progress=True, log=print, metrics=None, dist_ctx=None,
+                 batch_gpu=None):
         self.cfg, self.dataset, self.device, self.run_dir, self.progress, self.log = \
             cfg, dataset, device, run_dir, progress, log
+        self.ctx = dist_ctx or distributed.Context()
+        self.batch_gpu = batch_gpu
         self.metrics = metrics  # dict(names, kimg, num, inception) or None
         self.last_metric_nimg = 0
         torch.manual_seed(cfg["seed"])
@@ -288,22 +318,28 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def _reals(self, ph):
-        idx = self.sampler.next(ph.minibatch)
+    def _reals(self, ph, shard):
+        """This rank's rows of the global batch of reals (all ranks draw the same global indices and flips)."""
+        idx = self.sampler.next(ph.minibatch)[shard]
         x = torch.from_numpy(np.ascontiguousarray(self.dataset.level(ph.resolution)[idx])).to(self.device)
         x = x.float() / 127.5 - 1.0
         if self.cfg["mirror"]:
-            flip = torch.rand(x.shape[0], device=self.device) < 0.5
+            flip = (torch.rand(ph.minibatch, device=self.device) < 0.5)[shard]
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         if ph.alpha < 1.0:   # official process_reals: fade the reals between consecutive lods
             x = ops.fade_in(F.avg_pool2d(x, 2), x, ph.alpha, impl=self.cfg["impl"])
         labels = self.labels[torch.from_numpy(idx).to(self.device)] if self.labels is not None else None
         return x, labels
 
-    def _random_labels(self, n):
+    def _random_labels(self, n, shard):
         if self.labels is None:
             return None
-        return self.labels[torch.randint(len(self.labels), (n,), device=self.device)]
+        return self.labels[torch.randint(len(self.labels), (n,), device=self.device)[shard]]
+
+    def _chunks(self, n):
+        """Row slices of this rank's share of the batch, each at most --batch-gpu rows (gradient accumulation)."""
+        size = min(self.batch_gpu or n, n)
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
     def step(self, ph):
         """One D step and one G step at phase `ph`, then the EMA update. Returns (loss_D, loss_G) tensors."""
@@ -317,31 +353,47 @@ class Trainer:
                 group["lr"] = ph.lr
         d_call = lambda img: D(img, ph.alpha)   # noqa: E731
 
-        reals, labels = self._reals(ph)
-        z = torch.randn(ph.minibatch, G.latent_size, device=self.device)
+        # Every rank draws the whole global batch's random numbers, in the same order, and keeps its own rows.
+        ctx, shard = self.ctx, self.ctx.shard(ph.minibatch)
+        reals, labels = self._reals(ph, shard)
+        z = torch.randn(ph.minibatch, G.latent_size, device=self.device)[shard]
+        u = torch.rand(ph.minibatch, device=self.device)[shard]
+        n = reals.shape[0]
         D.requires_grad_(True)
-        with self._autocast():
-            with torch.no_grad():
-                fakes = G(z, ph.resolution, ph.alpha, labels)
-            loss_D = losses.d_loss_wgan_gp(d_call, reals, fakes, lambda_gp=cfg["lambda_gp"], drift=cfg["drift"],
-                                           labels=labels, impl=cfg["impl"])
         self.opt_D.zero_grad(set_to_none=True)
-        loss_D.backward()
+        loss_D = 0.0
+        for c in self._chunks(n):
+            lab = labels[c] if labels is not None else None
+            with self._autocast():
+                with torch.no_grad():
+                    fakes = G(z[c], ph.resolution, ph.alpha, lab)
+                part = losses.d_loss_wgan_gp(d_call, reals[c], fakes, lambda_gp=cfg["lambda_gp"], drift=cfg["drift"],
+                                             labels=lab, impl=cfg["impl"], u=u[c])
+            (part * ((c.stop - c.start) / n)).backward()
+            loss_D = loss_D + part.detach() * ((c.stop - c.start) / n)
+        distributed.all_reduce_grads_(D, ctx)
         self.opt_D.step()
 
         D.requires_grad_(False)
-        z = torch.randn(ph.minibatch, G.latent_size, device=self.device)
-        g_labels = self._random_labels(ph.minibatch)
-        with self._autocast():
-            loss_G = losses.g_loss_wgan(d_call, G(z, ph.resolution, ph.alpha, g_labels), labels=g_labels)
+        z = torch.randn(ph.minibatch, G.latent_size, device=self.device)[shard]
+        g_labels = self._random_labels(ph.minibatch, shard)
         self.opt_G.zero_grad(set_to_none=True)
-        loss_G.backward()
+        loss_G = 0.0
+        for c in self._chunks(n):
+            lab = g_labels[c] if g_labels is not None else None
+            with self._autocast():
+                part = losses.g_loss_wgan(d_call, G(z[c], ph.resolution, ph.alpha, lab), labels=lab)
+            (part * ((c.stop - c.start) / n)).backward()
+            loss_G = loss_G + part.detach() * ((c.stop - c.start) / n)
+        distributed.all_reduce_grads_(G, ctx)
         self.opt_G.step()
 
         with torch.no_grad():
             torch._foreach_lerp_(list(self.G_ema.parameters()), list(G.parameters()), 1.0 - cfg["ema"])
         self.nimg += ph.minibatch
-        return loss_D.detach(), loss_G.detach()
+        pair = torch.stack([loss_D.float(), loss_G.float()])
+        distributed.all_reduce_mean_([pair], self.ctx)   # every rank sees the same (global) losses, NaN included
+        return pair[0], pair[1]
 
     # -- outputs ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -376,8 +428,11 @@ class Trainer:
             if self.stop_requested:
                 raise KeyboardInterrupt
             self.stop_requested = True
+        old_term = None
         try:
             signal.signal(signal.SIGINT, on_sigint)
+            if self.ctx.world > 1:   # torchrun sends SIGTERM to the others when one process of the run dies
+                old_term = signal.signal(signal.SIGTERM, _raise_terminated)
         except ValueError:   # not the main thread
             old_handler = None
         tick_time, tick_losses, steps = time.time(), [], 0
@@ -395,11 +450,12 @@ class Trainer:
                                     f"{max(ph.minibatch // 2, 1)}) or use --amp") from None
                 tick_losses.append(torch.stack([ld, lg]))
                 steps += 1
+                if steps % 10 == 1:   # losses are the same on every rank, so all ranks stop together on a NaN
+                    l = tick_losses[-1].tolist()
+                    self._check_finite(l, ph, last_ckpt)
                 if bar is not None:
                     bar.update(round(ph.minibatch / 1000, 3))
                     if steps % 10 == 1:
-                        l = tick_losses[-1].tolist()
-                        self._check_finite(l, ph, last_ckpt)
                         now = time.time()
                         rate = (self.nimg - rate_mark[1]) / max(now - rate_mark[0], 1e-9)
                         rate_mark = (now, self.nimg)
@@ -415,6 +471,8 @@ class Trainer:
                 bar.close()
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
             if self.tb:
                 self.tb.close()
         if self.stop_requested:   # the tick that saw the request ended with a checkpoint
@@ -449,16 +507,20 @@ class Trainer:
                    sec_per_tick=round(sec, 3), sec_per_kimg=round(sec / max(kimg_done, 1e-9), 3),
                    img_per_s=round(kimg_done * 1000 / max(sec, 1e-9), 2), peak_mem_mb=round(peak, 1),
                    time=round(time.time(), 3))
-        with open(os.path.join(self.run_dir, "log.jsonl"), "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        tb = self._tb()
-        if tb:
-            for k in ("loss_D", "loss_G", "sec_per_kimg", "img_per_s", "peak_mem_mb", "res", "alpha"):
-                tb.add_scalar(f"train/{k}", rec[k], self.nimg)
-        self.save_grid(os.path.join(self.run_dir, f"fakes_{ckpt.kimg_tag(self.nimg)}.png"), ph)
         snapshot = force_snapshot or self.tick % self.cfg["snap_ticks"] == 0
+        if self.ctx.main:   # only rank 0 writes; the state it writes is the same on every rank
+            with open(os.path.join(self.run_dir, "log.jsonl"), "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            tb = self._tb()
+            if tb:
+                for k in ("loss_D", "loss_G", "sec_per_kimg", "img_per_s", "peak_mem_mb", "res", "alpha"):
+                    tb.add_scalar(f"train/{k}", rec[k], self.nimg)
+            self.save_grid(os.path.join(self.run_dir, f"fakes_{ckpt.kimg_tag(self.nimg)}.png"), ph)
         self._maybe_metrics(ph, snapshot)
-        return self.save_checkpoint() if snapshot else None
+        path = self.save_checkpoint() if snapshot and self.ctx.main else None
+        if snapshot:
+            distributed.barrier(self.ctx)
+        return path
 
     def _maybe_metrics(self, ph, snapshot):
         """Every metrics['kimg'] kimg (or at each snapshot), the chosen metrics of G_ema at the current resolution."""
@@ -473,8 +535,14 @@ class Trainer:
             return
         from . import evaluate
         t0 = time.time()
-        num = min(m["num"], len(self.dataset))
-        fakes = evaluate.generate_uint8(self.G_ema, num, ph.resolution, ph.alpha, seed=self.tick, device=self.device)
+        per_rank = min(m["num"], len(self.dataset)) // self.ctx.world
+        num = per_rank * self.ctx.world
+        # each rank generates its share of the fakes; rank 0 gathers them and computes the metrics
+        fakes = evaluate.generate_uint8(self.G_ema, per_rank, ph.resolution, ph.alpha,
+                                        seed=self.tick * 1000 + self.ctx.rank, device=self.device)
+        fakes = distributed.all_gather_cat(fakes.to(self.device, torch.int32), self.ctx).to(torch.uint8).cpu()
+        if not self.ctx.main:
+            return
         reals = evaluate.sample_reals(self.dataset, num, ph.resolution, seed=self.tick)
         key = f"{os.path.basename(self.dataset.folder)}-{ph.resolution}-{num}-{self.tick}"
         result = evaluate.compute(m["names"], reals, fakes, seed=self.tick, device=self.device,
@@ -551,9 +619,14 @@ def describe(cfg, dataset, device, G, D, run_dir):
 
 
 def run(args, log=print):
-    device = pick_device(args.device)
+    ctx, device = distributed.init(args.device, pick_device)
+    if not ctx.main:
+        log = lambda *a, **k: None  # noqa: E731  (rank 0 speaks for the run)
+        args.no_progress = True
     check_resolution(args.resolution)
     state = None
+    if not ctx.main:
+        distributed.barrier(ctx)   # rank 0 builds the dataset cache first
     if args.resume:
         path = _find_resume(args)
         state = ckpt.load(path)
@@ -569,9 +642,13 @@ def run(args, log=print):
         dataset = build_dataset(args.data, resolution=args.resolution, strict=args.strict, cache_dir=args.cache_dir,
                                 progress=not args.no_progress, log=log)
         cfg = make_config(args, dataset, device)
-        run_dir = _unique_run_dir(args.out, args.name or f"{dataset.name}-{dataset.resolution}")
-    validate_config(cfg)
-    os.makedirs(run_dir, exist_ok=True)
+        run_dir = _unique_run_dir(args.out, args.name or f"{dataset.name}-{dataset.resolution}") if ctx.main else None
+    if ctx.main:
+        distributed.barrier(ctx)
+    run_dir = distributed.broadcast_object(run_dir, ctx)
+    validate_config(cfg, world=ctx.world, batch_gpu=args.batch_gpu)
+    if ctx.main:
+        os.makedirs(run_dir, exist_ok=True)
     metrics = None
     if args.metrics:
         from .evaluate import parse_metrics
@@ -583,17 +660,34 @@ def run(args, log=print):
                 fid.load_inception(args.inception)
             except fid.WeightsMissing as e:
                 raise UserError(str(e)) from None
-    trainer = Trainer(cfg, dataset, device, run_dir, progress=not args.no_progress, log=log, metrics=metrics)
+    trainer = Trainer(cfg, dataset, device, run_dir, progress=not args.no_progress, log=log, metrics=metrics,
+                      dist_ctx=ctx, batch_gpu=args.batch_gpu)
     if state is not None:
         trainer.load_state_dict(state, path)
         log(f"resumed from {path} at kimg {trainer.nimg / 1000:g}")
-    else:
+    elif ctx.main:
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(cfg, f, indent=2)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    log(describe(cfg, dataset, device, trainer.G, trainer.D, run_dir))
-    last = trainer.run()
+    log(describe(cfg, dataset, device, trainer.G, trainer.D, run_dir) +
+        (f"\ndistributed: {ctx.world} processes, {ph_note(cfg, ctx)}" if ctx.world > 1 else ""))
+    try:
+        last = trainer.run()
+    except Terminated:
+        latest = ckpt.latest(run_dir)
+        print(f"error: rank {ctx.rank}: stopped by SIGTERM (torchrun sends it when another process of the run dies); "
+              f"the last checkpoint {latest} is intact, continue with --resume {latest}", file=sys.stderr)
+        raise SystemExit(143) from None
+    except (RuntimeError, distributed.dist.DistBackendError) as e:
+        if ctx.world == 1 or isinstance(e, torch.cuda.OutOfMemoryError):
+            raise
+        latest = ckpt.latest(run_dir)
+        raise UserError(f"rank {ctx.rank}: the process group failed, most likely because another process of this "
+                        f"run stopped ({str(e).splitlines()[0][:200]}); the last checkpoint {latest} is intact, "
+                        f"continue with --resume {latest}") from None
+    finally:
+        distributed.shutdown()
     log(f"done: {trainer.nimg / 1000:g} kimg; checkpoint {last}; images in {run_dir}")
     return trainer
 
