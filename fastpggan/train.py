@@ -280,6 +280,7 @@ class Trainer:
         self.grid_labels = (torch.arange(n_grid) % dataset.num_classes).to(device) if cfg["cond"] else None
         self.labels = torch.from_numpy(dataset.labels).to(device) if cfg["cond"] else None
         self.stop_requested = False
+        self.sigint_seen = False
         self.tb = None
 
     # -- state --------------------------------------------------------------------------------------------------
@@ -391,9 +392,14 @@ class Trainer:
         with torch.no_grad():
             torch._foreach_lerp_(list(self.G_ema.parameters()), list(G.parameters()), 1.0 - cfg["ema"])
         self.nimg += ph.minibatch
-        pair = torch.stack([loss_D.float(), loss_G.float()])
-        distributed.all_reduce_mean_([pair], self.ctx)   # every rank sees the same (global) losses, NaN included
-        return pair[0], pair[1]
+        if self.ctx.world == 1:
+            return loss_D.float(), loss_G.float()
+        # every rank sees the same (global) losses, NaN included, and a Ctrl-C seen by any rank stops all of them
+        shared = torch.stack([loss_D.float(), loss_G.float(), torch.tensor(float(self.sigint_seen), device=self.device)])
+        distributed.all_reduce_mean_([shared], self.ctx)
+        if shared[2].item() > 0:
+            self.stop_requested = True
+        return shared[0], shared[1]
 
     # -- outputs ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -425,9 +431,12 @@ class Trainer:
         old_handler = signal.getsignal(signal.SIGINT)
 
         def on_sigint(signum, frame):
-            if self.stop_requested:
+            if self.stop_requested or self.sigint_seen:
                 raise KeyboardInterrupt
-            self.stop_requested = True
+            if self.ctx.world > 1:
+                self.sigint_seen = True   # shared at the end of the step, so that every rank stops at the same one
+            else:
+                self.stop_requested = True
         old_term = None
         try:
             signal.signal(signal.SIGINT, on_sigint)

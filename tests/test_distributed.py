@@ -119,18 +119,20 @@ def test_global_batch_that_does_not_split_is_refused_up_front(tmp_path):
         train.validate_config(cfg, world=2, batch_gpu=3)
 
 
-def test_a_rank_that_dies_stops_the_run_and_the_checkpoint_stays_intact(tmp_path):
+def _start_long_run(tmp_path):
     data = _data(tmp_path)
-    env = _env(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m",
            "fastpggan.train", *_args(data, tmp_path / "out", "--kimg", "50")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
     run_dir = tmp_path / "out" / "run"
     deadline = time.time() + 300
     while time.time() < deadline and not (run_dir.exists() and ckpt.list_checkpoints(str(run_dir))):
         time.sleep(0.5)
     assert ckpt.list_checkpoints(str(run_dir)), "no checkpoint was written"
-    victim = None
+    return proc, run_dir
+
+
+def _rank_pid(rank):
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -139,10 +141,14 @@ def test_a_rank_that_dies_stops_the_run_and_the_checkpoint_stays_intact(tmp_path
             cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
         except OSError:
             continue
-        if b"RANK=1" in environ and b"fastpggan.train" in cmdline and b"torch.distributed.run" not in cmdline:
-            victim = int(pid)
-    assert victim is not None, "could not find rank 1"
-    os.kill(victim, signal.SIGKILL)
+        if f"RANK={rank}".encode() in environ and b"fastpggan.train" in cmdline and b"torch.distributed.run" not in cmdline:
+            return int(pid)
+    raise AssertionError(f"could not find rank {rank}")
+
+
+def test_a_rank_that_dies_stops_the_run_and_the_checkpoint_stays_intact(tmp_path):
+    proc, run_dir = _start_long_run(tmp_path)
+    os.kill(_rank_pid(1), signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode != 0
     last = ckpt.list_checkpoints(str(run_dir))[-1]
@@ -151,3 +157,13 @@ def test_a_rank_that_dies_stops_the_run_and_the_checkpoint_stays_intact(tmp_path
     # whichever the survivor notices first, torchrun's SIGTERM or the broken connection, it says what to do
     assert ("stopped by SIGTERM" in err or "the process group failed" in err) and "continue with --resume" in err, \
         err[-3000:]
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank_with_a_checkpoint(tmp_path):
+    proc, run_dir = _start_long_run(tmp_path)
+    before = ckpt.list_checkpoints(str(run_dir))[-1]
+    os.kill(_rank_pid(1), signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    after = ckpt.list_checkpoints(str(run_dir))[-1]
+    assert "interrupted: saved" in out, (out + err)[-3000:]
+    assert after != before and ckpt.load(after)["progress"]["nimg"] > ckpt.load(before)["progress"]["nimg"]
