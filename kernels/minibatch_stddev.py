@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ._common import (ELEMENTWISE_BLOCK, acc_dtype, cdiv, dense, empty, is_channels_last, like_layout, needs_int64,
-                      program_start)
+                      program_start, torch_acc_dtype)
 
 EPS = 1e-8
 STATS_BLOCK = 1024
@@ -96,10 +96,6 @@ def _bwd_kernel(dout_ptr, x_ptr, dx_ptr, M, G, C, HW, eps, CHANNELS_LAST: tl.con
         tl.store(dx_ptr + n * F + f, d.to(dx_ptr.dtype.element_ty), mask=fm)
 
 
-def _acc_torch(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def minibatch_stddev(x, group_size):
     """(N, C, H, W) -> (N, C+1, H, W) in x's layout; group_size must divide N."""
     x = dense(x)
@@ -109,7 +105,7 @@ def minibatch_stddev(x, group_size):
     out = empty((n, c + 1, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
     if out.numel() == 0:
         return out
-    s = empty((m,), dtype=_acc_torch(x), device=x.device)
+    s = empty((m,), dtype=torch_acc_dtype(x), device=x.device)
     if x.numel():
         _stats_kernel[(m,)](x, s, m, group_size, c * h * w, EPS, ACC=acc_dtype(x), BLOCK=STATS_BLOCK)
     else:

@@ -125,10 +125,6 @@ def load_error():
     return _state["error"]
 
 
-def has_cuda_kernels():
-    return load_error() is None and _state.get("cuda", False)
-
-
 def ext_unavailable(x):
     """None if the extension can run on tensor x, else a sentence saying why and what to do."""
     err = load_error()
