@@ -79,12 +79,9 @@ inline void masked_scale_row(const scalar_t* __restrict__ dy, const scalar_t* __
 }
 
 at::Tensor bias_act_grad_cpu(const at::Tensor& dy_in, const at::Tensor& y_in, double gain, double slope) {
-  check_float(dy_in, "bias_act_grad", "dy");
-  check_same_device(dy_in, y_in, "bias_act_grad");
-  TORCH_CHECK(dy_in.sizes() == y_in.sizes(), "fastpggan_ext::bias_act_grad: dy and y shapes differ: ", dy_in.sizes(),
-              " vs ", y_in.sizes());
-  auto y = dense(y_in);
-  auto dy = like_layout(dy_in, y).to(y.scalar_type());
+  const auto in = prepare_bias_act_grad(dy_in, y_in);
+  const auto& y = in.y;
+  const auto& dy = in.dy;
   auto dx = fresh(at::empty_like(y));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bias_act_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -201,14 +198,11 @@ std::tuple<at::Tensor, at::Tensor> bias_act_pn_cpu(const at::Tensor& x_in, const
 
 at::Tensor bias_act_pn_grad_cpu(const at::Tensor& dy_in, const at::Tensor& y_in, const at::Tensor& r_in, double gain,
                                 double slope) {
-  check_float(dy_in, "bias_act_pn_grad", "dy");
-  check_same_device(dy_in, y_in, "bias_act_pn_grad");
-  auto y = dense(y_in);
-  auto dy = like_layout(dy_in, y).to(y.scalar_type());
-  auto g = geometry(y);
-  auto r = r_in.to(acc_type(y)).contiguous();
-  TORCH_CHECK(r.numel() == g.P, "fastpggan_ext::bias_act_pn_grad: r must hold one value per pixel (", g.P, "), got ",
-              r.numel());
+  const auto in = prepare_bias_act_pn_grad(dy_in, y_in, r_in);
+  const auto& y = in.y;
+  const auto& dy = in.dy;
+  const auto& r = in.r;
+  const auto& g = in.g;
   auto dx = fresh(at::empty_like(y));
   if (y.numel() == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bias_act_pn_grad", [&] {
@@ -322,13 +316,14 @@ at::Tensor minibatch_stddev_cpu(const at::Tensor& x_in, int64_t group_size) {
 }
 
 at::Tensor minibatch_stddev_grad_cpu(const at::Tensor& dout_in, const at::Tensor& x_in, int64_t group_size) {
-  check_mbstd(x_in, group_size, "minibatch_stddev_grad");
-  check_same_device(dout_in, x_in, "minibatch_stddev_grad");
-  auto x = dense(x_in);
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), F = C * HW, M = N / group_size;
-  TORCH_CHECK(dout_in.dim() == 4 && dout_in.size(0) == N && dout_in.size(1) == C + 1,
-              "fastpggan_ext::minibatch_stddev_grad: dout must be (N, C+1, H, W), got ", dout_in.sizes());
-  auto dout = like_layout(dout_in, x).to(x.scalar_type());
+  const auto in = prepare_minibatch_stddev_grad(dout_in, x_in, group_size);
+  const auto& x = in.x;
+  const auto& dout = in.dout;
+  const auto N = in.N;
+  const auto C = in.C;
+  const auto HW = in.HW;
+  const auto M = in.M;
+  const int64_t F = C * HW;
   auto dx = fresh(at::empty_like(x));
   if (x.numel() == 0) return dx;
   const bool cl = is_channels_last(x);
@@ -416,14 +411,12 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_cpu(const at::Tensor& g_in, 
 
 at::Tensor gradient_penalty_grad_cpu(const at::Tensor& dgp_in, const at::Tensor& g_in, const at::Tensor& r_in,
                                      double target) {
-  check_gp(g_in, "gradient_penalty_grad");
-  check_same_device(dgp_in, g_in, "gradient_penalty_grad");
-  auto g = dense(g_in);
-  const int64_t N = g.size(0), D = N ? g.numel() / N : 0;
-  TORCH_CHECK(dgp_in.numel() == N && r_in.numel() == N,
-              "fastpggan_ext::gradient_penalty_grad: dgp and r must have one value per sample (", N, ")");
-  auto dgp = dgp_in.to(acc_type(g)).contiguous();
-  auto r = r_in.to(acc_type(g)).contiguous();
+  const auto in = prepare_gradient_penalty_grad(dgp_in, g_in, r_in);
+  const auto& g = in.g;
+  const auto& dgp = in.dgp;
+  const auto& r = in.r;
+  const auto N = in.N;
+  const auto D = in.D;
   auto dg = fresh(at::empty_like(g));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gradient_penalty_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -444,16 +437,12 @@ at::Tensor gradient_penalty_grad_cpu(const at::Tensor& dgp_in, const at::Tensor&
 }
 
 at::Tensor gp_interpolate_cpu(const at::Tensor& real_in, const at::Tensor& fake_in, const at::Tensor& u_in) {
-  check_gp(real_in, "gp_interpolate");
-  check_same_device(real_in, fake_in, "gp_interpolate");
-  TORCH_CHECK(real_in.sizes() == fake_in.sizes(), "fastpggan_ext::gp_interpolate: real and fake shapes differ: ",
-              real_in.sizes(), " vs ", fake_in.sizes());
-  auto real = dense(real_in);
-  auto fake = like_layout(fake_in, real).to(real.scalar_type());
-  const int64_t N = real.size(0), D = N ? real.numel() / N : 0;
-  TORCH_CHECK(u_in.numel() == N, "fastpggan_ext::gp_interpolate: u must have one value per sample (", N, "), got ",
-              u_in.numel());
-  auto u = u_in.to(acc_type(real)).contiguous();
+  const auto in = prepare_gp_interpolate(real_in, fake_in, u_in);
+  const auto& real = in.real;
+  const auto& fake = in.fake;
+  const auto& u = in.u;
+  const auto N = in.N;
+  const auto D = in.D;
   auto out = fresh(at::empty_like(real));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "gp_interpolate", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -480,9 +469,9 @@ inline double fade_alpha(double alpha, const c10::optional<at::Tensor>& alpha_t)
 
 at::Tensor fade_in_cpu(const at::Tensor& low_in, const at::Tensor& high_in, double alpha,
                        const c10::optional<at::Tensor>& alpha_t) {
-  check_fade(low_in, high_in, "fade_in");
-  auto high = dense(high_in);
-  auto low = like_layout(low_in, high).to(high.scalar_type());
+  const auto in = prepare_fade_in(low_in, high_in);
+  const auto& low = in.low;
+  const auto& high = in.high;
   auto y = fresh(at::empty_like(high));
   if (high.numel() == 0) return y;
   const bool up = low.size(3) != high.size(3), cl = is_channels_last(high);

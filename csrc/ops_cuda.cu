@@ -155,11 +155,10 @@ at::Tensor bias_act_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>
 }
 
 at::Tensor bias_act_grad_cuda(const at::Tensor& dy_in, const at::Tensor& y_in, double gain, double slope) {
-  check_float(dy_in, "bias_act_grad", "dy");
-  check_same_device(dy_in, y_in, "bias_act_grad");
   const c10::cuda::CUDAGuard guard(y_in.device());
-  auto y = dense(y_in);
-  auto dy = like_layout(dy_in, y).to(y.scalar_type());
+  const auto in = prepare_bias_act_grad(dy_in, y_in);
+  const auto& y = in.y;
+  const auto& dy = in.dy;
   auto dx = fresh(at::empty_like(y));
   if (y.numel() == 0) return dx;
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -202,15 +201,12 @@ std::tuple<at::Tensor, at::Tensor> bias_act_pn_cuda(const at::Tensor& x_in, cons
 
 at::Tensor bias_act_pn_grad_cuda(const at::Tensor& dy_in, const at::Tensor& y_in, const at::Tensor& r_in, double gain,
                                  double slope) {
-  check_float(dy_in, "bias_act_pn_grad", "dy");
-  check_same_device(dy_in, y_in, "bias_act_pn_grad");
   const c10::cuda::CUDAGuard guard(y_in.device());
-  auto y = dense(y_in);
-  auto dy = like_layout(dy_in, y).to(y.scalar_type());
-  auto g = geometry(y);
-  auto r = r_in.to(acc_type(y)).contiguous();
-  TORCH_CHECK(r.numel() == g.P, "fastpggan_ext::bias_act_pn_grad: r must hold one value per pixel (", g.P, "), got ",
-              r.numel());
+  const auto in = prepare_bias_act_pn_grad(dy_in, y_in, r_in);
+  const auto& y = in.y;
+  const auto& dy = in.dy;
+  const auto& r = in.r;
+  const auto& g = in.g;
   auto dx = fresh(at::empty_like(y));
   if (y.numel() == 0) return dx;
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -337,14 +333,14 @@ at::Tensor minibatch_stddev_cuda(const at::Tensor& x_in, int64_t group_size) {
 }
 
 at::Tensor minibatch_stddev_grad_cuda(const at::Tensor& dout_in, const at::Tensor& x_in, int64_t group_size) {
-  check_mbstd(x_in, group_size, "minibatch_stddev_grad");
-  check_same_device(dout_in, x_in, "minibatch_stddev_grad");
   const c10::cuda::CUDAGuard guard(x_in.device());
-  auto x = dense(x_in);
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), M = N / group_size;
-  TORCH_CHECK(dout_in.dim() == 4 && dout_in.size(0) == N && dout_in.size(1) == C + 1,
-              "fastpggan_ext::minibatch_stddev_grad: dout must be (N, C+1, H, W), got ", dout_in.sizes());
-  auto dout = like_layout(dout_in, x).to(x.scalar_type());
+  const auto in = prepare_minibatch_stddev_grad(dout_in, x_in, group_size);
+  const auto& x = in.x;
+  const auto& dout = in.dout;
+  const auto N = in.N;
+  const auto C = in.C;
+  const auto HW = in.HW;
+  const auto M = in.M;
   auto dx = fresh(at::empty_like(x));
   if (x.numel() == 0) return dx;
   auto ds = fresh(at::empty({M}, x.options().dtype(acc_type(x))));
@@ -440,15 +436,13 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_cuda(const at::Tensor& g_in,
 
 at::Tensor gradient_penalty_grad_cuda(const at::Tensor& dgp_in, const at::Tensor& g_in, const at::Tensor& r_in,
                                       double target) {
-  check_gp(g_in, "gradient_penalty_grad");
-  check_same_device(dgp_in, g_in, "gradient_penalty_grad");
   const c10::cuda::CUDAGuard guard(g_in.device());
-  auto g = dense(g_in);
-  const int64_t N = g.size(0), D = N ? g.numel() / N : 0;
-  TORCH_CHECK(dgp_in.numel() == N && r_in.numel() == N,
-              "fastpggan_ext::gradient_penalty_grad: dgp and r must have one value per sample (", N, ")");
-  auto dgp = dgp_in.to(acc_type(g)).contiguous();
-  auto r = r_in.to(acc_type(g)).contiguous();
+  const auto in = prepare_gradient_penalty_grad(dgp_in, g_in, r_in);
+  const auto& g = in.g;
+  const auto& dgp = in.dgp;
+  const auto& r = in.r;
+  const auto N = in.N;
+  const auto D = in.D;
   auto dg = fresh(at::empty_like(g));
   if (g.numel() == 0) return dg;
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -463,17 +457,13 @@ at::Tensor gradient_penalty_grad_cuda(const at::Tensor& dgp_in, const at::Tensor
 }
 
 at::Tensor gp_interpolate_cuda(const at::Tensor& real_in, const at::Tensor& fake_in, const at::Tensor& u_in) {
-  check_gp(real_in, "gp_interpolate");
-  check_same_device(real_in, fake_in, "gp_interpolate");
-  TORCH_CHECK(real_in.sizes() == fake_in.sizes(), "fastpggan_ext::gp_interpolate: real and fake shapes differ: ",
-              real_in.sizes(), " vs ", fake_in.sizes());
   const c10::cuda::CUDAGuard guard(real_in.device());
-  auto real = dense(real_in);
-  auto fake = like_layout(fake_in, real).to(real.scalar_type());
-  const int64_t N = real.size(0), D = N ? real.numel() / N : 0;
-  TORCH_CHECK(u_in.numel() == N, "fastpggan_ext::gp_interpolate: u must have one value per sample (", N, "), got ",
-              u_in.numel());
-  auto u = u_in.to(real.device(), acc_type(real)).contiguous();
+  const auto in = prepare_gp_interpolate(real_in, fake_in, u_in);
+  const auto& real = in.real;
+  const auto& fake = in.fake;
+  const auto& u = in.u;
+  const auto N = in.N;
+  const auto D = in.D;
   auto out = fresh(at::empty_like(real));
   if (real.numel() == 0) return out;
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -549,10 +539,10 @@ __global__ void fade_bwd_kernel(const scalar_t* __restrict__ dy, scalar_t* __res
 
 at::Tensor fade_in_cuda(const at::Tensor& low_in, const at::Tensor& high_in, double alpha,
                         const c10::optional<at::Tensor>& alpha_t) {
-  check_fade(low_in, high_in, "fade_in");
   const c10::cuda::CUDAGuard guard(high_in.device());
-  auto high = dense(high_in);
-  auto low = like_layout(low_in, high).to(high.scalar_type());
+  const auto in = prepare_fade_in(low_in, high_in);
+  const auto& low = in.low;
+  const auto& high = in.high;
   auto y = fresh(at::empty_like(high));
   if (high.numel() == 0) return y;
   auto at_ = alpha_t.has_value() ? alpha_t->to(high.device(), acc_type(high)).contiguous() : at::Tensor();
