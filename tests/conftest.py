@@ -7,6 +7,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -17,6 +20,12 @@ def _isolated(tmp_path, monkeypatch):
     torch.manual_seed(1234)
     monkeypatch.setenv("FASTPGGAN_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("FASTPGGAN_IMPL", raising=False)
+
+
+def run_python(code, timeout=900, **env):
+    """Run `code` in a fresh Python with extra environment variables; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, **env), timeout=timeout)
 
 
 @pytest.fixture

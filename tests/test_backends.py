@@ -10,14 +10,12 @@ Tolerances per dtype, elementwise |triton - ref| <= atol * max(1, max|ref|) * sq
 the same (low-precision) inputs. atol is relative to the tensor's scale because a gradient's absolute error follows
 its largest terms; count is the number of terms a value sums over (bias grads, dlow), 1 elsewhere.
 """
-import os
-import subprocess
-import sys
 import warnings
 
 import pytest
 import torch
 
+from conftest import run_python
 from fastpggan import ops
 from fastpggan.losses import d_loss_wgan_gp, g_loss_wgan
 from fastpggan.networks import Discriminator, Generator
@@ -414,11 +412,6 @@ def test_networks_and_wgan_gp_gradients_match_ref(fast, alpha):
 
 # --- selection and fallback ------------------------------------------------------------------------------------------
 
-def _run(code, **env):
-    e = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=300)
-
-
 def test_auto_falls_back_to_ref_with_one_warning_when_triton_is_missing():
     code = """
 import sys, warnings
@@ -440,7 +433,7 @@ except ops.BackendUnavailable as e:
     assert 'pip install triton' in str(e)
 print('ok')
 """
-    p = _run(code, FASTPGGAN_IMPL="triton")
+    p = run_python(code, timeout=300, FASTPGGAN_IMPL="triton")
     assert p.returncode == 0 and "ok" in p.stdout, p.stderr[-2000:]
 
 
@@ -455,7 +448,7 @@ except ops.BackendUnavailable as e:
     assert 'TRITON_INTERPRET=1' in str(e), e
     print('ok')
 """
-    p = _run(code, TRITON_INTERPRET="0")
+    p = run_python(code, timeout=300, TRITON_INTERPRET="0")
     assert p.returncode == 0 and "ok" in p.stdout, p.stderr[-2000:]
 
 

@@ -6,13 +6,9 @@ import sys
 import pytest
 import torch
 
+from conftest import run_python
 from fastpggan import _build
 from fastpggan.ops import _ext
-
-
-def _run(code, **env):
-    e = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=900)
 
 
 def test_missing_compiler_falls_back_with_one_warning_and_explicit_ext_says_why(tmp_path):
@@ -39,7 +35,7 @@ except ops.BackendUnavailable as e:
     assert 'could not be built' in str(e), e
 print('ok')
 """
-    p = _run(code, CXX="/nonexistent/c++", CC="/nonexistent/cc", CUDA_HOME="/nonexistent", PATH="/usr/bin:/bin",
+    p = run_python(code, CXX="/nonexistent/c++", CC="/nonexistent/cc", CUDA_HOME="/nonexistent", PATH="/usr/bin:/bin",
              FASTPGGAN_CACHE=str(tmp_path))
     assert p.returncode == 0 and "ok" in p.stdout, (p.stdout + p.stderr)[-3000:]
 
@@ -83,7 +79,7 @@ assert 'error' not in _ext._state, 'importing fastpggan must not load or build t
 assert _ext.load_error() == 'disabled by FASTPGGAN_NO_EXT=1'
 print('ok')
 """
-    p = _run(code, FASTPGGAN_NO_EXT="1")
+    p = run_python(code, FASTPGGAN_NO_EXT="1")
     assert p.returncode == 0 and "ok" in p.stdout, (p.stdout + p.stderr)[-3000:]
 
 
