@@ -325,6 +325,29 @@ def test_gradient_penalty_second_order(fast, channels_last):
     assert torch.autograd.gradgradcheck(fn, (g,))
 
 
+# --- gp_interpolate -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+@pytest.mark.parametrize("shape", [(1, 1, 4, 4), (5, 3, 8, 8), (16, 3, 32, 32), (2, 17, 64, 64)], ids=str)
+def test_gp_interpolate_matches_ref(fast, shape, channels_last):
+    real = rand(*shape, channels_last=channels_last, grad=True)
+    fake = rand(*shape, channels_last=channels_last, grad=True)
+    u = torch.rand(shape[0], device=DEV).requires_grad_(True)
+    (y0, g0), (y1, g1) = both(fast, lambda which: ops.gp_interpolate(real, fake, u, impl=which), (real, fake, u))
+    close(y1, y0, torch.float32)
+    close(g1[0], g0[0], torch.float32)
+    close(g1[1], g0[1], torch.float32)
+    close(g1[2], g0[2], torch.float32, count=real[0].numel())
+
+
+def test_gp_interpolate_gradients(fast):
+    args = [rand(3, 2, 2, 2, dtype=torch.float64, grad=True) for _ in range(2)]
+    u = torch.rand(3, dtype=torch.float64, device=DEV).requires_grad_(True)
+    fn = lambda r, f, u: ops.gp_interpolate(r, f, u, impl=fast)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (*args, u))
+    assert torch.autograd.gradgradcheck(fn, (*args, u))
+
+
 # --- registration: opcheck and torch.compile ---------------------------------------------------------------------
 
 def _opcheck_cases(fast):
