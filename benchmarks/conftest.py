@@ -63,6 +63,32 @@ def device_bandwidth_gbs(device):
     return _bandwidth["cuda"]
 
 
+_matmul = {}
+
+
+def matmul_peak_tflops(n=8192, dtype=torch.bfloat16):
+    """Measured dense bf16 matmul throughput (n x n x n, median of 20) in TFLOP/s, once per session: the peak that
+    MFU is relative to. None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    if "cuda" not in _matmul:
+        a = torch.randn(n, n, device="cuda", dtype=dtype)
+        b = torch.randn(n, n, device="cuda", dtype=dtype)
+        for _ in range(3):
+            a @ b
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(20):
+            start.record()
+            a @ b
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        _matmul["cuda"] = 2 * n ** 3 / statistics.median(times) / 1e12
+        del a, b
+    return _matmul["cuda"]
+
+
 def versions():
     info = {"torch": torch.__version__}
     try:

@@ -1,11 +1,22 @@
 """Turn a pytest-benchmark JSON into a markdown report: per group, each backend's median, its speed-up over
 'ref' in the same run, and its throughput (GB/s and the fraction of the measured copy bandwidth, or img/s).
 
+Training-step results (benchmarks/test_train_step.py) get their own table: img/s of each variant, its ratio to
+(1) ref-fp32 and (2) ref-bf16-cl in the same run, peak memory, TFLOP/s and MFU (counted FLOPs per step over the
+median, as a fraction of the measured bf16 matmul peak), and a projection of the official schedule's wall time:
+
+    hours = sum over resolutions r of  kimg(r) * 1000 / img_per_s(r) / 3600
+
+with kimg(r) the images the v2-1gpu preset (12000 kimg to 1024x1024) shows at resolution r, transitions included.
+
 usage: python benchmarks/report.py RESULTS.json [--command "pytest ..."] [--peak-gbs GB/s] > RESULTS.md
 """
 import argparse
 import json
 from collections import defaultdict
+
+TRAIN_STEP = "train step "
+BASELINES = ("ref-fp32", "ref-bf16-cl")
 
 DEFAULT_COMMAND = "pytest benchmarks/ --benchmark-only --benchmark-json RESULTS.json"
 
@@ -43,7 +54,8 @@ def render(data, command=DEFAULT_COMMAND, peak_gbs=None):
            "| group | impl | median ms | vs ref | throughput |", "|---|---|---:|---:|---:|"]
     groups = defaultdict(list)
     for b in data["benchmarks"]:
-        groups[b.get("group") or b["name"]].append(b)
+        if not (b.get("group") or "").startswith(TRAIN_STEP):
+            groups[b.get("group") or b["name"]].append(b)
     for g in sorted(groups):
         rows = groups[g]
         ref = next((r["stats"]["median"] for r in rows if r["extra_info"].get("impl", "ref") == "ref"), None)
@@ -52,6 +64,79 @@ def render(data, command=DEFAULT_COMMAND, peak_gbs=None):
             ratio = f"{ref / med:.2f}x" if ref else "-"
             impl = info.get("impl", r["name"].split("[")[-1].rstrip("]"))
             out.append(f"| {g} | {impl} | {med * 1e3:.3f} | {ratio} | {_throughput(info, med, peak_gbs)} |")
+    if not groups:
+        out = out[:1]
+    return "\n".join(out) + "\n" + render_train_steps(data)
+
+
+def kimg_per_resolution(preset="v2-1gpu", max_resolution=1024):
+    """{resolution: kimg shown there} over the preset's whole schedule, fade-in into a resolution counted at it."""
+    from fastpggan.schedule import PRESETS, Schedule
+    p = PRESETS[preset]
+    sched = Schedule(max_resolution=max_resolution, lod_training_kimg=p["lod_training_kimg"],
+                     lod_transition_kimg=p["lod_transition_kimg"], minibatch_base=p["minibatch_base"],
+                     minibatch=p["minibatch"])
+    out = defaultdict(float)
+    for k in range(int(p["total_kimg"])):   # the resolution at the middle of each kimg
+        out[sched.at(k * 1000 + 500).resolution] += 1.0
+    return dict(out)
+
+
+def _train_rows(data):
+    """{device: {res: {variant: (img/s, median, extra_info)}}}"""
+    rows = defaultdict(lambda: defaultdict(dict))
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if (b.get("group") or "").startswith(TRAIN_STEP) and "images" in info:
+            med = b["stats"]["median"]
+            rows[info.get("device", "?")][int(info["res"])][info["impl"]] = (info["images"] / med, med, info)
+    return rows
+
+
+def project_hours(per_res, kimg):
+    """Projected hours of the schedule from {res: img/s}; None if a resolution the schedule visits is missing."""
+    if any(r not in per_res for r in kimg):
+        return None
+    return sum(k * 1000 / per_res[r] for r, k in kimg.items()) / 3600
+
+
+def render_train_steps(data, preset="v2-1gpu"):
+    rows = _train_rows(data)
+    if not rows:
+        return ""
+    out = []
+    for device, by_res in rows.items():
+        out += ["", f"## Training step on {device}", "",
+                "One D step (WGAN-GP) + G step + EMA at the v2-1gpu minibatch, alpha 0.5. `vs (1)`/`vs (2)`: "
+                "speed over ref-fp32 and ref-bf16-cl in the same run. MFU: counted FLOPs per step / median / the "
+                "measured bf16 matmul peak.", "",
+                "| res | variant | img/s | vs (1) | vs (2) | peak MB | TFLOP/s | MFU |",
+                "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for res in sorted(by_res):
+            variants = by_res[res]
+            base = [variants.get(b, (None,))[0] for b in BASELINES]
+            for name, (ips, med, info) in sorted(variants.items(), key=lambda kv: -kv[1][0]):
+                ratios = [f"{ips / b:.2f}x" if b else "-" for b in base]
+                tflops = info["flops"] / med / 1e12 if info.get("flops") else None
+                peak = info.get("matmul_peak_tflops")
+                out.append(f"| {res} | {name} | {ips:.1f} | {ratios[0]} | {ratios[1]} | "
+                           f"{info.get('peak_mem_mb', '-')} | {f'{tflops:.1f}' if tflops else '-'} | "
+                           f"{f'{tflops / peak:.1%}' if tflops and peak else '-'} |")
+        peaks = {v[2].get("matmul_peak_tflops") for r in by_res.values() for v in r.values()} - {None}
+        if peaks:
+            out.append(f"\nmeasured bf16 matmul peak (8192^3, median of 20): {max(peaks):.0f} TFLOP/s")
+        kimg = kimg_per_resolution(preset)
+        names = sorted({n for r in by_res.values() for n in r})
+        projected = {n: project_hours({r: v[n][0] for r, v in by_res.items() if n in v}, kimg) for n in names}
+        projected = {n: h for n, h in projected.items() if h is not None}
+        if projected:
+            out += ["", f"### Projected wall time of the {preset} schedule ({sum(kimg.values()):.0f} kimg to "
+                    f"{max(kimg)}x{max(kimg)})", "",
+                    "kimg per resolution: " + ", ".join(f"{r}: {k:g}" for r, k in sorted(kimg.items())) +
+                    ". Every step is timed at alpha 0.5, so stable phases (no fade branch) are slightly "
+                    "overestimated.", "", "| variant | hours | days |", "|---|---:|---:|"]
+            for n, h in sorted(projected.items(), key=lambda kv: kv[1]):
+                out.append(f"| {n} | {h:.2f} | {h / 24:.2f} |")
     return "\n".join(out) + "\n"
 
 

@@ -1,56 +1,135 @@
-"""One full WGAN-GP training step (D step + G step, alpha 0.5) of the Table-2 networks, as img/s.
+"""One full WGAN-GP training step (D step + G step + G EMA, alpha 0.5) of the Table-2 networks, as img/s.
 
-CPU: minibatch 16 at 8x8 and 16x16, the shapes ../shared/peers/progan_step.py times the peer pro-gan-pth on;
-run `python ../shared/peers/progan_step.py RES 16 0.5 cpu` in the same call to get the ratio.
-CUDA: the v2-1gpu minibatch at every resolution, fp32 and bf16 autocast.
+The step is fastpggan.step's, the one the trainer runs, at the v2-1gpu minibatch of each resolution. Each call
+draws its latents and GP factors on the device, as the trainer does; the reals are uint8 already on the device
+(the trainer's host gather and pinned copy overlap the previous step and are not timed).
+
+Variants, all in the same run so that every ratio has a cause:
+  ref-fp32          (1) the plain-PyTorch ops, fp32, eager
+  ref-bf16-cl       (2) the best plain PyTorch gives: bf16 autocast + channels_last, eager
+  fast-<k>          (3) kernels k (triton or ext) + bf16 + channels_last + CUDA graphs
+  and (3) with one part switched: -nographs, -fp32, -nocl, -fp16 (GradScaler), ref-bf16-cl-graphs (no kernels)
+
+Per case extra_info holds: images per step, the step's FLOPs (torch.utils.flop_counter on one eager step: the
+convolutions and matmuls of forward, backward and the GP double backward), peak memory, and the measured bf16
+matmul peak, from which benchmarks/report.py derives img/s, TFLOP/s, MFU and the 12000-kimg schedule projection.
+
+CPU: minibatch 16 at 8x8 and 16x16 (ref vs ext, fp32 and bf16), the shapes ../shared/peers/progan_step.py times
+the peer pro-gan-pth on; run `python ../shared/peers/progan_step.py RES 16 0.5 cpu` in the same call.
 """
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
-from conftest import PGGAN_SHAPES, devices, record, run_synced
-from fastpggan import losses
+from conftest import PGGAN_SHAPES, devices, matmul_peak_tflops, record, run_synced
+from fastpggan import step as step_mod
 from fastpggan.networks import Discriminator, Generator
+
+# name: (impl, amp dtype, channels_last, cuda graphs)
+CUDA_VARIANTS = {
+    "ref-fp32": ("ref", None, False, False),
+    "ref-bf16-cl": ("ref", torch.bfloat16, True, False),
+    "ref-bf16-cl-graphs": ("ref", torch.bfloat16, True, True),
+    "fast-triton": ("triton", torch.bfloat16, True, True),
+    "fast-ext": ("ext", torch.bfloat16, True, True),
+    "fast-ext-nographs": ("ext", torch.bfloat16, True, False),
+    "fast-ext-fp32": ("ext", None, True, True),
+    "fast-ext-nocl": ("ext", torch.bfloat16, False, True),
+    "fast-ext-fp16": ("ext", torch.float16, True, True),
+}
+CPU_VARIANTS = {
+    "ref-fp32": ("ref", None, False, False),
+    "ext-fp32": ("ext", None, False, False),
+    "ext-bf16": ("ext", torch.bfloat16, False, False),
+}
 
 
 def _cases():
     out = []
     for dev in devices():
         if dev.values[0] == "cpu":
-            out += [pytest.param("cpu", r, 16, None, id=f"cpu-{r}-fp32") for r in (8, 16)]
+            out += [pytest.param("cpu", r, 16, v, id=f"cpu-{r}-{v}") for r in (8, 16) for v in CPU_VARIANTS]
         else:
-            for r, (n, _) in PGGAN_SHAPES.items():
-                for amp in (None, torch.bfloat16):
-                    out.append(pytest.param("cuda", r, n, amp, id=f"cuda-{r}-{'bf16' if amp else 'fp32'}",
-                                            marks=dev.marks))
+            out += [pytest.param("cuda", r, n, v, id=f"cuda-{r}-{v}", marks=dev.marks)
+                    for r, (n, _) in PGGAN_SHAPES.items() for v in CUDA_VARIANTS]
     return out
 
 
-@pytest.mark.parametrize("device,res,batch,amp", _cases())
-def test_train_step(benchmark, device, res, batch, amp):
-    torch.manual_seed(0)
-    G, D = Generator(resolution=res).to(device), Discriminator(resolution=res).to(device)
-    opt_G = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
-    opt_D = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
-    reals = torch.randn(batch, 3, res, res, device=device)
-    d_call = lambda x: D(x, 0.5)   # noqa: E731
+def build(device, res, batch, impl, amp, channels_last, graphs, seed=0):
+    """Table-2 G, D, G_ema and their optimizers at `res`, wrapped in the trainer's step; -> (runner, draw_inputs)."""
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    G = Generator(resolution=res, impl=impl).to(dev)
+    D = Discriminator(resolution=res, impl=impl).to(dev)
+    if channels_last:
+        G.to(memory_format=torch.channels_last)
+        D.to(memory_format=torch.channels_last)
+    G_ema = Generator(resolution=res, impl=impl).to(dev).requires_grad_(False)
+    G_ema.load_state_dict(G.state_dict())
+    opt_G = step_mod.make_optimizer(G.parameters(), dev, capturable=graphs)
+    opt_D = step_mod.make_optimizer(D.parameters(), dev, capturable=graphs)
+    train_step = step_mod.TrainStep(G, D, G_ema, opt_G, opt_D, impl=impl, amp_dtype=amp, channels_last=channels_last)
+    runner = step_mod.CudaGraphStep(train_step, log=print) if graphs else train_step
+    reals = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8, device=dev)
 
-    def step():
-        with torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
-            with torch.no_grad():
-                fakes = G(torch.randn(batch, 512, device=device), res, 0.5)
-            loss_d = losses.d_loss_wgan_gp(d_call, reals, fakes)
-        opt_D.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_D.step()
-        D.requires_grad_(False)
-        with torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
-            loss_g = losses.g_loss_wgan(d_call, G(torch.randn(batch, 512, device=device), res, 0.5))
-        opt_G.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_G.step()
-        D.requires_grad_(True)
+    def draw_inputs():
+        return step_mod.StepInputs(reals=reals, z_d=torch.randn(batch, G.latent_size, device=dev),
+                                   u=torch.rand(batch, device=dev), z_g=torch.randn(batch, G.latent_size, device=dev))
+    return runner, draw_inputs
 
-    step()   # warm-up (cudnn autotune, allocator)
+
+class _FlopCount(TorchDispatchMode):
+    """Sums torch.utils.flop_counter's per-op formulas (convolutions, matmuls, forward and every backward).
+
+    FlopCounterMode itself cannot be used here: its module tracker breaks autograd.grad on the GP's leaf input."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **(kwargs or {}), out_val=out)
+        return out
+
+
+_flops = {}
+
+
+def step_flops(device, res, batch):
+    """FLOPs of one eager fp32 step (D step with the GP double backward, G step)."""
+    key = (device, res, batch)
+    if key not in _flops:
+        runner, draw = build(device, res, batch, "ref", None, False, False, seed=1)
+        inputs = draw()
+        with _FlopCount() as counter:
+            runner.step(inputs, res, 0.5 if res > 4 else 1.0)
+        _flops[key] = counter.total
+    return _flops[key]
+
+
+@pytest.mark.parametrize("device,res,batch,variant", _cases())
+def test_train_step(benchmark, device, res, batch, variant):
+    impl, amp, channels_last, graphs = (CUDA_VARIANTS if device == "cuda" else CPU_VARIANTS)[variant]
+    alpha = 0.5 if res > 4 else 1.0
+    flops = step_flops(device, res, batch)
+    runner, draw = build(device, res, batch, impl, amp, channels_last, graphs)
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    for _ in range(3):   # warm-up: cuDNN autotuning, Triton compilation, graph capture, allocator
+        runner.step(draw(), res, alpha)
+    if graphs and runner.failed:
+        pytest.fail("CUDA-graph capture failed (see the warning above)")
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     benchmark.group = f"train step {device} {res}"
-    record(benchmark, device, res=res, batch=batch, amp=str(amp), images=batch)
-    run_synced(benchmark, step, device)
+    record(benchmark, device, impl=variant, res=res, batch=batch, images=batch, alpha=alpha, flops=flops,
+           kernels=impl, amp=str(amp).replace("torch.", ""), channels_last=channels_last, cuda_graphs=graphs)
+    run_synced(benchmark, lambda: runner.step(draw(), res, alpha), device)
+    if device == "cuda":
+        benchmark.extra_info["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+        benchmark.extra_info["matmul_peak_tflops"] = matmul_peak_tflops()

@@ -33,8 +33,13 @@ def gp_interpolate(reals, fakes, u, impl="auto"):
     return ops.gp_interpolate(reals, fakes.to(reals.dtype), u, impl=impl)
 
 
-def d_loss_wgan_gp(D, reals, fakes, *, lambda_gp=10.0, drift=1e-3, labels=None, target=1.0, impl="auto", u=None):
-    """Scalar WGAN-GP critic loss, averaged over the minibatch. `u`: the per-sample mixing factors (default U(0,1))."""
+def d_loss_wgan_gp(D, reals, fakes, *, lambda_gp=10.0, drift=1e-3, labels=None, target=1.0, impl="auto", u=None,
+                   grad_scale=None):
+    """Scalar WGAN-GP critic loss, averaged over the minibatch. `u`: the per-sample mixing factors (default U(0,1)).
+
+    `grad_scale` (fp16 training): a 0-d tensor S, the GradScaler's scale. The penalty's gradient is then taken of
+    S * D(xhat), which keeps D's fp16 backward from underflowing, and divided by S before the fp32 norm
+    (PyTorch's AMP gradient-penalty recipe)."""
     fakes = fakes.detach()
     real_scores, real_logits = _split(D(reals))
     fake_scores, fake_logits = _split(D(fakes))
@@ -42,7 +47,10 @@ def d_loss_wgan_gp(D, reals, fakes, *, lambda_gp=10.0, drift=1e-3, labels=None, 
         u = torch.rand(reals.shape[0], device=reals.device)
     xhat = gp_interpolate(reals.detach(), fakes, u, impl).requires_grad_(True)
     mixed_scores = D(xhat)[:, :1]
-    grads, = torch.autograd.grad(upcast(mixed_scores).sum(), xhat, create_graph=True)
+    out = upcast(mixed_scores).sum()
+    grads, = torch.autograd.grad(out if grad_scale is None else out * grad_scale, xhat, create_graph=True)
+    if grad_scale is not None:
+        grads = upcast(grads) / grad_scale
     gp = ops.gradient_penalty(grads, target=target, impl=impl)
     loss = (fake_scores - real_scores).squeeze(1) + gp * (lambda_gp / target ** 2) + drift * real_scores.square().squeeze(1)
     loss = loss + _label_term(real_logits, labels) + _label_term(fake_logits, labels)

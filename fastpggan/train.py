@@ -21,10 +21,11 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import distributed
-from . import losses, ops
 from .data import Sampler, build_dataset, check_resolution
 from .errors import UserError, cli_entry
 from .schedule import PRESETS, Schedule
+from .step import (CudaGraphStep, StepInputs, TrainStep, load_optimizer_state, make_optimizer, optimizer_state,
+                   pick_cuda_graphs, reset_optimizer_, set_lr)
 
 PRESET_NAMES = ["auto"] + list(PRESETS)
 
@@ -68,8 +69,13 @@ def build_parser():
     a("--preset", default="auto", choices=PRESET_NAMES, help="schedule preset: official config.py ones, or auto = "
       "sized to the data and device")
     a("--seed", type=int, default=0, help="random seed (weights, latents, data order)")
-    a("--amp", nargs="?", const="auto", default="off", choices=["auto", "bf16", "fp16", "off"],
-      help="mixed precision autocast; bare --amp = auto (bf16 where supported)")
+    a("--amp", nargs="?", const="on", default="auto", choices=["auto", "on", "bf16", "fp16", "off"],
+      help="mixed precision: auto = bf16 autocast on GPUs that support it, fp32 on the CPU; bare --amp = bf16 "
+           "(fp16 on GPUs without bf16); fp16 = autocast with a GradScaler; off = fp32")
+    a("--channels-last", action="store_true", help="run the networks in channels_last memory format")
+    a("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
+      help="capture each stage's whole training step as a CUDA graph and replay it; auto = on for single-process "
+           "CUDA runs")
     a("--resume", default=None, metavar="PATH|latest", help="continue exactly from a checkpoint, or from the newest "
       "one of the run (--name) or of the newest run under --out")
     a("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
@@ -126,17 +132,19 @@ def pick_device(spec):
 
 
 def pick_amp(mode, device):
-    """-> (dtype or None, notice or None)."""
-    if mode == "off":
+    """--amp mode -> (autocast dtype or None for fp32, notice or None)."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return None, None
     if mode == "fp16":
-        raise UserError("--amp fp16 (with a GradScaler and the scaled gradient-penalty recipe) is not available yet; "
-                        "use --amp bf16")
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        if mode == "bf16":
-            raise UserError("this GPU does not support bf16; use --amp off")
-        return None, "amp: this GPU has no bf16; running fp32"
-    return torch.bfloat16, None
+        return torch.float16, None
+    bf16 = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    if bf16:
+        return torch.bfloat16, None
+    if mode == "bf16":
+        raise UserError("this GPU does not support bf16; use --amp fp16 or --amp off")
+    if mode == "on":
+        return torch.float16, "amp: this GPU has no bf16; using fp16 with a GradScaler"
+    return None, "amp: this GPU has no bf16; running fp32 (--amp fp16 for mixed precision)"
 
 
 def preset_settings(name, **overrides):
@@ -253,7 +261,7 @@ class Trainer:
     """Holds the networks, optimizers and position of one run; `run()` trains to cfg['total_kimg']."""
 
     def __init__(self, cfg, dataset, device, run_dir, progress=True, log=print, metrics=None, dist_ctx=None,
-                 batch_gpu=None):
+                 batch_gpu=None, channels_last=False, cuda_graphs="auto"):
         self.cfg, self.dataset, self.device, self.run_dir, self.progress, self.log = \
             cfg, dataset, device, run_dir, progress, log
         self.ctx = dist_ctx or distributed.Context()
@@ -264,14 +272,24 @@ class Trainer:
         self.G, self.D = ckpt.build_networks(cfg, impl=cfg["impl"])
         self.G.to(device)
         self.D.to(device)
+        if channels_last:
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.schedule = Schedule(**cfg["schedule"])
-        adam = dict(lr=self.schedule.lr_base, betas=(0.0, 0.99), eps=1e-8)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), **adam)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), **adam)
+        graphs, graphs_notice = pick_cuda_graphs(cuda_graphs, device, self.ctx.world)
+        self.opt_G = make_optimizer(self.G.parameters(), device, self.schedule.lr_base, capturable=graphs)
+        self.opt_D = make_optimizer(self.D.parameters(), device, self.schedule.lr_base, capturable=graphs)
         self.amp_dtype, notice = pick_amp(cfg["amp"], device)
-        if notice:
-            log(notice)
+        for line in (notice, graphs_notice):
+            if line:
+                log(line)
+        self.train_step = TrainStep(self.G, self.D, self.G_ema, self.opt_G, self.opt_D, lambda_gp=cfg["lambda_gp"],
+                                    drift=cfg["drift"], ema=cfg["ema"], impl=cfg["impl"], amp_dtype=self.amp_dtype,
+                                    channels_last=channels_last, ctx=self.ctx, batch_gpu=batch_gpu)
+        self.runner = CudaGraphStep(self.train_step, log=log) if graphs else self.train_step
+        self.loss_scaling = self.amp_dtype == torch.float16
+        self.stop_flag = None   # multi-process: the all-reduced Ctrl-C flag of the last step (read every 10 steps)
         self.sampler = Sampler(len(dataset), seed=cfg["seed"])
         self.nimg, self.prev_lod, self.tick, self.tick_start_nimg = 0, None, 0, 0
         gen = torch.Generator().manual_seed(cfg["seed"] + 123456789)
@@ -289,7 +307,8 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return dict(config=self.cfg, G=self.G.state_dict(), D=self.D.state_dict(), G_ema=self.G_ema.state_dict(),
-                    opt_G=self.opt_G.state_dict(), opt_D=self.opt_D.state_dict(), scaler=None, rng=rng,
+                    opt_G=optimizer_state(self.opt_G), opt_D=optimizer_state(self.opt_D),
+                    scaler=self.train_step.scaler_state(), rng=rng,
                     sampler=self.sampler.state_dict(),
                     progress=dict(nimg=self.nimg, prev_lod=self.prev_lod, tick=self.tick,
                                   tick_start_nimg=self.tick_start_nimg, **self._phase_info()))
@@ -299,8 +318,9 @@ class Trainer:
             self.G.load_state_dict(state["G"])
             self.D.load_state_dict(state["D"])
             self.G_ema.load_state_dict(state["G_ema"])
-            self.opt_G.load_state_dict(state["opt_G"])
-            self.opt_D.load_state_dict(state["opt_D"])
+            load_optimizer_state(self.opt_G, state["opt_G"])
+            load_optimizer_state(self.opt_D, state["opt_D"])
+            self.train_step.load_scaler_state(state.get("scaler"))
             self.sampler.load_state_dict(state["sampler"])
             torch.set_rng_state(state["rng"]["torch"])
             if self.device.type == "cuda" and "cuda" in state["rng"]:
@@ -316,90 +336,45 @@ class Trainer:
         return dict(kimg=ph.kimg, resolution=ph.resolution, alpha=ph.alpha, lod=ph.lod)
 
     # -- one step -----------------------------------------------------------------------------------------------
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+    def _to_device(self, array):
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cuda":   # pinned, so the copy overlaps the previous step's kernels
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
-    def _reals(self, ph, shard):
-        """This rank's rows of the global batch of reals (all ranks draw the same global indices and flips)."""
-        idx = self.sampler.next(ph.minibatch)[shard]
-        x = torch.from_numpy(np.ascontiguousarray(self.dataset.level(ph.resolution)[idx])).to(self.device)
-        x = x.float() / 127.5 - 1.0
-        if self.cfg["mirror"]:
-            flip = (torch.rand(ph.minibatch, device=self.device) < 0.5)[shard]
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        if ph.alpha < 1.0:   # official process_reals: fade the reals between consecutive lods
-            x = ops.fade_in(F.avg_pool2d(x, 2), x, ph.alpha, impl=self.cfg["impl"])
-        labels = self.labels[torch.from_numpy(idx).to(self.device)] if self.labels is not None else None
-        return x, labels
-
-    def _random_labels(self, n, shard):
-        if self.labels is None:
-            return None
-        return self.labels[torch.randint(len(self.labels), (n,), device=self.device)[shard]]
-
-    def _chunks(self, n):
-        """Row slices of this rank's share of the batch, each at most --batch-gpu rows (gradient accumulation)."""
-        size = min(self.batch_gpu or n, n)
-        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+    def draw_inputs(self, ph):
+        """This rank's rows of the step's data and random numbers. Every rank draws the whole global batch in the
+        same order (mirror flags, D latents, GP factors, G latents, G labels) and keeps its own rows."""
+        shard, n, dev = self.ctx.shard(ph.minibatch), ph.minibatch, self.device
+        idx = self.sampler.next(n)[shard]
+        reals = self._to_device(self.dataset.level(ph.resolution)[idx])
+        flip = (torch.rand(n, device=dev) < 0.5)[shard] if self.cfg["mirror"] else None
+        labels_d = self.labels[self._to_device(idx)] if self.labels is not None else None
+        z_d = torch.randn(n, self.G.latent_size, device=dev)[shard]
+        u = torch.rand(n, device=dev)[shard]
+        z_g = torch.randn(n, self.G.latent_size, device=dev)[shard]
+        labels_g = self.labels[torch.randint(len(self.labels), (n,), device=dev)[shard]] \
+            if self.labels is not None else None
+        return StepInputs(reals=reals, z_d=z_d, u=u, z_g=z_g, flip=flip, labels_d=labels_d, labels_g=labels_g)
 
     def step(self, ph):
-        """One D step and one G step at phase `ph`, then the EMA update. Returns (loss_D, loss_G) tensors."""
-        G, D, cfg = self.G, self.D, self.cfg
-        if self.prev_lod is not None and cfg["reset_opt"] and Schedule.lod_crossed_integer(self.prev_lod, ph.lod):
-            self.opt_G.state.clear()
-            self.opt_D.state.clear()
+        """One D step and one G step at phase `ph`, then the EMA update. Returns fp32 [loss_D, loss_G]."""
+        if self.prev_lod is not None and self.cfg["reset_opt"] and Schedule.lod_crossed_integer(self.prev_lod, ph.lod):
+            reset_optimizer_(self.opt_G)
+            reset_optimizer_(self.opt_D)
         self.prev_lod = ph.lod
-        for opt in (self.opt_G, self.opt_D):
-            for group in opt.param_groups:
-                group["lr"] = ph.lr
-        d_call = lambda img: D(img, ph.alpha)   # noqa: E731
-
-        # Every rank draws the whole global batch's random numbers, in the same order, and keeps its own rows.
-        ctx, shard = self.ctx, self.ctx.shard(ph.minibatch)
-        reals, labels = self._reals(ph, shard)
-        z = torch.randn(ph.minibatch, G.latent_size, device=self.device)[shard]
-        u = torch.rand(ph.minibatch, device=self.device)[shard]
-        n = reals.shape[0]
-        D.requires_grad_(True)
-        self.opt_D.zero_grad(set_to_none=True)
-        loss_D = 0.0
-        for c in self._chunks(n):
-            lab = labels[c] if labels is not None else None
-            with self._autocast():
-                with torch.no_grad():
-                    fakes = G(z[c], ph.resolution, ph.alpha, lab)
-                part = losses.d_loss_wgan_gp(d_call, reals[c], fakes, lambda_gp=cfg["lambda_gp"], drift=cfg["drift"],
-                                             labels=lab, impl=cfg["impl"], u=u[c])
-            (part * ((c.stop - c.start) / n)).backward()
-            loss_D = loss_D + part.detach() * ((c.stop - c.start) / n)
-        distributed.all_reduce_grads_(D, ctx)
-        self.opt_D.step()
-
-        D.requires_grad_(False)
-        z = torch.randn(ph.minibatch, G.latent_size, device=self.device)[shard]
-        g_labels = self._random_labels(ph.minibatch, shard)
-        self.opt_G.zero_grad(set_to_none=True)
-        loss_G = 0.0
-        for c in self._chunks(n):
-            lab = g_labels[c] if g_labels is not None else None
-            with self._autocast():
-                part = losses.g_loss_wgan(d_call, G(z[c], ph.resolution, ph.alpha, lab), labels=lab)
-            (part * ((c.stop - c.start) / n)).backward()
-            loss_G = loss_G + part.detach() * ((c.stop - c.start) / n)
-        distributed.all_reduce_grads_(G, ctx)
-        self.opt_G.step()
-
-        with torch.no_grad():
-            torch._foreach_lerp_(list(self.G_ema.parameters()), list(G.parameters()), 1.0 - cfg["ema"])
+        set_lr(self.opt_G, ph.lr)
+        set_lr(self.opt_D, ph.lr)
+        losses_ = self.runner.step(self.draw_inputs(ph), ph.resolution, ph.alpha)
         self.nimg += ph.minibatch
         if self.ctx.world == 1:
-            return loss_D.float(), loss_G.float()
-        # every rank sees the same (global) losses, NaN included, and a Ctrl-C seen by any rank stops all of them
-        shared = torch.stack([loss_D.float(), loss_G.float(), torch.tensor(float(self.sigint_seen), device=self.device)])
+            return losses_
+        # every rank sees the same (global) losses, NaN included, and a Ctrl-C seen by any rank stops all of them;
+        # the flag is read on the host only every 10 steps (run()), so the step itself does not sync
+        shared = torch.cat([losses_, torch.full((1,), float(self.sigint_seen), device=self.device)])
         distributed.all_reduce_mean_([shared], self.ctx)
-        if shared[2].item() > 0:
-            self.stop_requested = True
-        return shared[0], shared[1]
+        self.stop_flag = shared[2]
+        return shared[:2]
 
     # -- outputs ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -452,16 +427,19 @@ class Trainer:
             while self.nimg < total and not self.stop_requested:
                 ph = self.schedule.at(self.nimg)
                 try:
-                    ld, lg = self.step(ph)
+                    losses_ = self.step(ph)
                 except torch.cuda.OutOfMemoryError:
                     raise UserError(f"CUDA out of memory at {ph.resolution}x{ph.resolution} with minibatch "
                                     f"{ph.minibatch}: pass a smaller one (--minibatch {ph.resolution}:"
                                     f"{max(ph.minibatch // 2, 1)}) or use --amp") from None
-                tick_losses.append(torch.stack([ld, lg]))
+                tick_losses.append(losses_)
                 steps += 1
                 if steps % 10 == 1:   # losses are the same on every rank, so all ranks stop together on a NaN
-                    l = tick_losses[-1].tolist()
-                    self._check_finite(l, ph, last_ckpt)
+                    l = losses_.tolist()
+                    if not self.loss_scaling:   # fp16: an overflow step is skipped; judged per tick instead
+                        self._check_finite(l, ph, last_ckpt)
+                    if self.stop_flag is not None and self.stop_flag.item() > 0:
+                        self.stop_requested = True
                 if bar is not None:
                     bar.update(round(ph.minibatch / 1000, 3))
                     if steps % 10 == 1:
@@ -497,7 +475,14 @@ class Trainer:
                            "Try a lower --lr, or --amp off")
 
     def _end_tick(self, ph, tick_losses, tick_time, last_ckpt, force_snapshot):
-        mean = torch.stack(tick_losses).float().mean(0).tolist() if tick_losses else [float("nan")] * 2
+        stacked = torch.stack(tick_losses).float() if tick_losses else torch.full((1, 2), float("nan"))
+        finite = torch.isfinite(stacked).all(1)
+        overflow_steps = int((~finite).sum()) if self.loss_scaling else 0
+        if self.loss_scaling and finite.any():
+            # fp16: a step whose scaled gradients overflowed has a non-finite loss and was skipped (GradScaler);
+            # the tick is diverged only if every step was
+            stacked = stacked[finite]
+        mean = stacked.mean(0).tolist()
         self._check_finite(mean, ph, last_ckpt)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -515,6 +500,7 @@ class Trainer:
                    lod=round(ph.lod, 5), minibatch=ph.minibatch, lr=ph.lr, loss_D=mean[0], loss_G=mean[1],
                    sec_per_tick=round(sec, 3), sec_per_kimg=round(sec / max(kimg_done, 1e-9), 3),
                    img_per_s=round(kimg_done * 1000 / max(sec, 1e-9), 2), peak_mem_mb=round(peak, 1),
+                   **({"overflow_steps": overflow_steps} if self.loss_scaling else {}),
                    time=round(time.time(), 3))
         snapshot = force_snapshot or self.tick % self.cfg["snap_ticks"] == 0
         if self.ctx.main:   # only rank 0 writes; the state it writes is the same on every rank
@@ -670,7 +656,8 @@ def run(args, log=print):
             except fid.WeightsMissing as e:
                 raise UserError(str(e)) from None
     trainer = Trainer(cfg, dataset, device, run_dir, progress=not args.no_progress, log=log, metrics=metrics,
-                      dist_ctx=ctx, batch_gpu=args.batch_gpu)
+                      dist_ctx=ctx, batch_gpu=args.batch_gpu, channels_last=args.channels_last,
+                      cuda_graphs=args.cuda_graphs)
     if state is not None:
         trainer.load_state_dict(state, path)
         log(f"resumed from {path} at kimg {trainer.nimg / 1000:g}")
@@ -679,7 +666,11 @@ def run(args, log=print):
             json.dump(cfg, f, indent=2)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}
     log(describe(cfg, dataset, device, trainer.G, trainer.D, run_dir) +
+        f"\n  step: {precision[trainer.amp_dtype]}, impl {cfg['impl']}"
+        f"{', channels_last' if args.channels_last else ''}"
+        f"{', CUDA graphs' if trainer.runner is not trainer.train_step else ''}" +
         (f"\ndistributed: {ctx.world} processes, {ph_note(cfg, ctx)}" if ctx.world > 1 else ""))
     try:
         last = trainer.run()

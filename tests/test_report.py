@@ -35,3 +35,36 @@ def test_ratios_and_bandwidth_fraction(report):
     assert "1.00x" in rows[("op fwd", "triton")] and "2000.0 GB/s (67%)" in rows[("op fwd", "triton")]
     assert "128.0 img/s" in rows[("step", "ref")]
     assert "NVIDIA H100" in md and "abcdef123456" in md and "3000 GB/s" in md and "triton 3.6" in md
+
+
+def _step(res, variant, img_per_s, images=4, flops=None, peak=None):
+    med = images / img_per_s
+    info = {"impl": variant, "device": "NVIDIA H100", "res": res, "images": images, "torch": "2.11"}
+    if flops:
+        info.update(flops=flops, matmul_peak_tflops=peak, peak_mem_mb=123.4)
+    return {"group": f"train step cuda {res}", "name": f"test_train_step[cuda-{res}-{variant}]",
+            "stats": {"median": med}, "extra_info": info}
+
+
+def test_kimg_per_resolution_covers_the_official_schedule(report):
+    k = report.kimg_per_resolution("v2-1gpu", 1024)
+    # 600 kimg at 4x4; 600 fade-in + 600 stable at each of 8..512; 1024 gets its fade-in and the rest
+    assert k == {4: 600, 8: 1200, 16: 1200, 32: 1200, 64: 1200, 128: 1200, 256: 1200, 512: 1200, 1024: 3000}
+
+
+def test_train_step_table_ratios_mfu_and_projection(report):
+    res = [4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    bench = []
+    for r in res:
+        bench += [_step(r, "ref-fp32", 1000.0), _step(r, "ref-bf16-cl", 2000.0),
+                  _step(r, "fast-ext", 4000.0, flops=2e12, peak=800.0)]
+    bench.append(_step(8, "fast-triton", 3000.0))   # not at every resolution: no projection
+    md = report.render({"benchmarks": bench}, command="pytest benchmarks/")
+    row = next(line for line in md.splitlines() if line.startswith("| 8 | fast-ext"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # 4 images in 1 ms; 2 TFLOP per step / 1 ms = 2000 TFLOP/s; 2000 / 800 = 250%
+    assert cells == ["8", "fast-ext", "4000.0", "4.00x", "2.00x", "123.4", "2000.0", "250.0%"]
+    hours = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in md.splitlines()
+             if line.startswith("| ref-") or line.startswith("| fast-")}
+    assert hours == {"fast-ext": 0.83, "ref-bf16-cl": 1.67, "ref-fp32": 3.33}   # 12e6 images at 1000 img/s = 3.33 h
+    assert "measured bf16 matmul peak" in md and "800 TFLOP/s" in md

@@ -59,7 +59,8 @@ def _all_tensors(state):
     return out
 
 
-@pytest.mark.parametrize("extra", [[], ["--mirror", "--cond"]])
+@pytest.mark.parametrize("extra", [[], ["--mirror", "--cond"], ["--amp", "fp16", "--channels-last"]],
+                         ids=["plain", "mirror-cond", "fp16-channels_last"])
 def test_resume_is_bit_exact(tiny_npz, tmp_path, extra):
     straight = tiny_train_args(tiny_npz, tmp_path / "a", *extra)
     _train(straight)
@@ -70,8 +71,12 @@ def test_resume_is_bit_exact(tiny_npz, tmp_path, extra):
     _train(half)
     mid = ckpt.latest(str(tmp_path / "b" / "run"))
     assert torch.load(mid, weights_only=True)["progress"]["nimg"] == 40
-    _train(["--resume", mid, "--kimg", "0.08", "--no-progress", "--device", "cpu"])
+    run_flags = [a for a in extra if a == "--channels-last"]   # how to run is not part of the checkpoint
+    _train(["--resume", mid, "--kimg", "0.08", "--no-progress", "--device", "cpu", *run_flags])
     resumed = torch.load(ckpt.latest(str(tmp_path / "b" / "run")), weights_only=True)
+    assert full["scaler"] == resumed["scaler"]
+    if "fp16" in extra:   # one GradScaler per network, saved and restored
+        assert set(full["scaler"]) == {"D", "G"} and full["scaler"]["D"]["scale"] > 0
 
     a, b = _all_tensors(full), _all_tensors(resumed)
     assert a.keys() == b.keys() and len(a) > 20
@@ -88,10 +93,21 @@ def test_resume_latest(tiny_npz, tmp_path):
     assert t.nimg == 48 and t.run_dir == str(tmp_path / "run")
 
 
-def test_amp_bf16_on_cpu(tiny_npz, tmp_path):
-    t = _train(tiny_train_args(tiny_npz, tmp_path, "--amp"))
-    assert t.amp_dtype == torch.bfloat16
-    assert all(np.isfinite(r["loss_D"]) for r in _log(tmp_path / "run"))
+@pytest.mark.parametrize("amp,dtype", [("on", torch.bfloat16), ("fp16", torch.float16)])
+def test_amp_on_cpu_keeps_weights_optimizer_and_ema_fp32(tiny_npz, tmp_path, amp, dtype):
+    t = _train(tiny_train_args(tiny_npz, tmp_path, "--amp", amp))
+    assert t.amp_dtype == dtype
+    rows = _log(tmp_path / "run")
+    assert rows and all(np.isfinite(r["loss_D"]) and np.isfinite(r["loss_G"]) for r in rows)
+    for net in (t.G, t.D, t.G_ema):
+        assert {p.dtype for p in net.parameters()} == {torch.float32}
+    for opt in (t.opt_G, t.opt_D):
+        assert {v.dtype for st in opt.state.values() for v in st.values()} == {torch.float32}
+    assert (t.train_step.scaler_state() is not None) == (dtype == torch.float16)
+
+
+def test_amp_default_is_fp32_on_cpu(tiny_npz, tmp_path):
+    assert _train(tiny_train_args(tiny_npz, tmp_path)).amp_dtype is None
 
 
 def test_cond_needs_labels(tmp_path):

@@ -1,0 +1,345 @@
+"""One PGGAN training step (official train.py): a D step, a G step, then the G EMA update.
+
+    D step:  L_D = D(G(z)) - D(x) + lambda (||grad D(xhat)|| - 1)^2 + drift D(x)^2     (WGAN-GP, losses.py)
+    G step:  L_G = -D(G(z'))
+    EMA:     G_ema <- G_ema + (1 - beta) (G - G_ema)                                    (official "Gs")
+
+A step is a function of its inputs only (`StepInputs`: uint8 reals, mirror flags, latents, GP mixing factors and
+labels, drawn by the caller), of alpha and of the learning rate. It never reads a value back to the host, so the
+same code runs eagerly (`TrainStep`) or is captured once per stage and replayed (`CudaGraphStep`), with the same
+numbers either way.
+
+Mixed precision (`amp_dtype`):
+- bf16: autocast, nothing else.
+- fp16: autocast plus one torch.amp.GradScaler per network. The gradient penalty follows PyTorch's recipe: the
+  gradient is taken of the scaled output with create_graph=True and unscaled by hand before its norm, and the
+  whole loss is then scaled for backward. A step whose gradients overflow is skipped on the device (fused Adam
+  reads the scaler's found_inf), with no host sync.
+In every backend the pixel-norm and minibatch-stddev statistics, the GP norm and the losses are computed in fp32;
+parameters, Adam state and G_ema stay fp32.
+"""
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import distributed, losses, ops
+from .errors import UserError
+
+
+@dataclass
+class StepInputs:
+    """Everything random or data-dependent that one step consumes, as tensors on the training device."""
+    reals: torch.Tensor                       # (N, C, R, R) uint8
+    z_d: torch.Tensor                         # (N, latent) latents of the D step's fakes
+    u: torch.Tensor                           # (N,) GP mixing factors
+    z_g: torch.Tensor                         # (N, latent) latents of the G step
+    flip: Optional[torch.Tensor] = None       # (N,) bool mirror flags, or None without --mirror
+    labels_d: Optional[torch.Tensor] = None   # (N,) labels of the reals (and of the D step's fakes)
+    labels_g: Optional[torch.Tensor] = None   # (N,) labels of the G step's fakes
+
+    def tensors(self):
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def make_optimizer(params, device, lr=1e-3, capturable=False):
+    """Official Adam (beta1 0, beta2 0.99, eps 1e-8), fused. capturable=True (CUDA graphs) keeps the lr in a device
+    tensor, so that a captured step reads the value set_lr writes."""
+    kw = dict(betas=(0.0, 0.99), eps=1e-8, fused=True)
+    if capturable:
+        return torch.optim.Adam(params, lr=torch.tensor(lr, device=device), capturable=True, **kw)
+    return torch.optim.Adam(params, lr=lr, **kw)
+
+
+def set_lr(opt, lr):
+    """Set every group's lr in place (a device tensor lr keeps its identity, so a captured graph sees it)."""
+    for group in opt.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def optimizer_state(opt):
+    """opt.state_dict() with a tensor lr written as a float, so checkpoints load on any device."""
+    sd = opt.state_dict()
+    for group in sd["param_groups"]:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"] = float(group["lr"])
+    return sd
+
+
+def load_optimizer_state(opt, sd):
+    """opt.load_state_dict(sd), keeping each group's lr a tensor on the optimizer's device where it was one."""
+    kinds = [group["lr"] for group in opt.param_groups]
+    opt.load_state_dict(sd)
+    for group, old in zip(opt.param_groups, kinds):
+        if isinstance(old, torch.Tensor):
+            old.fill_(float(group["lr"]))
+            group["lr"] = old
+
+
+def reset_optimizer_(opt):
+    """Adam state back to its initial value (step 0, zero moments) in place: the official reset_opt_for_new_lod.
+
+    Zeroing instead of clearing keeps the state tensors a captured graph points at."""
+    for st in opt.state.values():
+        for v in st.values():
+            if isinstance(v, torch.Tensor):
+                v.zero_()
+
+
+def reals_to_float(reals_u8, flip, alpha, fading, channels_last, impl):
+    """uint8 -> [-1, 1], per-sample mirror, and official process_reals: lerp(upsample(avgpool(x)), x, alpha)."""
+    x = reals_u8.float() / 127.5 - 1.0
+    if flip is not None:
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if fading:
+        x = ops.fade_in(F.avg_pool2d(x, 2), x, alpha, impl=impl)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class TrainStep:
+    """The eager step. `step(inputs, res, alpha)` -> fp32 tensor [loss_D, loss_G]; the lr is set on the optimizers.
+
+    `alpha` is passed to the networks as a 0-d device tensor while fading (alpha < 1), so that the eager and the
+    graphed step compute the same kernels with the same arguments."""
+
+    def __init__(self, G, D, G_ema, opt_G, opt_D, *, lambda_gp=10.0, drift=1e-3, ema=0.999, impl="auto",
+                 amp_dtype=None, channels_last=False, ctx=None, batch_gpu=None):
+        self.G, self.D, self.G_ema, self.opt_G, self.opt_D = G, D, G_ema, opt_G, opt_D
+        self.lambda_gp, self.drift, self.ema, self.impl = lambda_gp, drift, ema, impl
+        self.amp_dtype, self.channels_last = amp_dtype, channels_last
+        self.ctx = ctx or distributed.Context()
+        self.batch_gpu = batch_gpu
+        self.device = next(G.parameters()).device
+        fp16 = amp_dtype == torch.float16
+        self.scaler_D = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.scaler_G = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.alpha_t = torch.zeros((), device=self.device)
+        self._params_G, self._params_ema = list(G.parameters()), list(G_ema.parameters())
+
+    # -- state --------------------------------------------------------------------------------------------------
+    def scaler_state(self):
+        if not self.scaler_D.is_enabled():
+            return None
+        return {"D": self.scaler_D.state_dict(), "G": self.scaler_G.state_dict()}
+
+    def load_scaler_state(self, state):
+        if state and self.scaler_D.is_enabled():
+            self.scaler_D.load_state_dict(state["D"])
+            self.scaler_G.load_state_dict(state["G"])
+
+    # -- the step -----------------------------------------------------------------------------------------------
+    def _autocast(self):
+        # No weight-cast cache: it would be captured into a graph, and without it each of D's three calls per
+        # D step casts its own copy, so their weight gradients are summed in fp32 rather than in fp16.
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None, cache_enabled=False)
+
+    def _chunks(self, n):
+        """Row slices of at most --batch-gpu rows (gradient accumulation)."""
+        size = min(self.batch_gpu or n, n)
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    def alpha_arg(self, alpha):
+        """What the networks get for alpha: 1.0 when not fading, else the device tensor (filled in place)."""
+        if alpha >= 1.0:
+            return 1.0
+        self.alpha_t.fill_(alpha)
+        return self.alpha_t
+
+    def step(self, inputs, res, alpha):
+        return self.run(inputs, res, self.alpha_arg(alpha))
+
+    def run(self, inputs, res, alpha):
+        """The step body; alpha is 1.0 or a 0-d tensor. No host syncs: this is what a CUDA graph captures."""
+        G, D = self.G, self.D
+        fading = isinstance(alpha, torch.Tensor)
+        d_call = lambda img: D(img, alpha)   # noqa: E731
+        reals = reals_to_float(inputs.reals, inputs.flip, alpha, fading, self.channels_last, self.impl)
+        n = reals.shape[0]
+        chunks = self._chunks(n)
+
+        # D step
+        D.requires_grad_(True)
+        self.opt_D.zero_grad(set_to_none=True)
+        gp_scale = self.scaler_D.scale(torch.ones((), device=self.device)) if self.scaler_D.is_enabled() else None
+        loss_D = torch.zeros((), device=self.device)
+        for c in chunks:
+            lab = inputs.labels_d[c] if inputs.labels_d is not None else None
+            with self._autocast():
+                with torch.no_grad():
+                    fakes = G(inputs.z_d[c], res, alpha, lab)
+                part = losses.d_loss_wgan_gp(d_call, reals[c], fakes, lambda_gp=self.lambda_gp, drift=self.drift,
+                                             labels=lab, impl=self.impl, u=inputs.u[c], grad_scale=gp_scale)
+            part = part * ((c.stop - c.start) / n)
+            self.scaler_D.scale(part).backward()
+            loss_D = loss_D + part.detach()
+        distributed.all_reduce_grads_(D, self.ctx)
+        self.scaler_D.step(self.opt_D)
+        self.scaler_D.update()
+
+        # G step
+        D.requires_grad_(False)
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_G = torch.zeros((), device=self.device)
+        for c in chunks:
+            lab = inputs.labels_g[c] if inputs.labels_g is not None else None
+            with self._autocast():
+                part = losses.g_loss_wgan(d_call, G(inputs.z_g[c], res, alpha, lab), labels=lab)
+            part = part * ((c.stop - c.start) / n)
+            self.scaler_G.scale(part).backward()
+            loss_G = loss_G + part.detach()
+        distributed.all_reduce_grads_(G, self.ctx)
+        self.scaler_G.step(self.opt_G)
+        self.scaler_G.update()
+        D.requires_grad_(True)
+
+        with torch.no_grad():
+            torch._foreach_lerp_(self._params_ema, self._params_G, 1.0 - self.ema)
+        return torch.stack([loss_D.float(), loss_G.float()])
+
+
+def pick_cuda_graphs(mode, device, world):
+    """-> (use graphs?, notice or None) for --cuda-graphs auto|on|off."""
+    if mode == "off":
+        return False, None
+    if device.type != "cuda":
+        if mode == "on":
+            raise UserError(f"--cuda-graphs on needs a CUDA device, and this run is on {device}; "
+                            "use --cuda-graphs auto or off")
+        return False, None
+    if world > 1:
+        # The step's gradient all-reduce would have to be captured too (NCCL); not validated yet, so run eagerly.
+        return False, "cuda graphs: off in multi-process runs in this version (the step runs eagerly)"
+    return True, None
+
+
+class _Rerun:
+    """Stand-in for a captured graph where there is no CUDA: replay() runs the recorded function again.
+
+    Tests use it to check CudaGraphStep's buffer handling on the CPU."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def replay(self):
+        self.fn()
+
+
+def _cuda_capture(fn, device):
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+class CudaGraphStep:
+    """The step captured as one CUDA graph per (resolution, minibatch, fading) and replayed.
+
+    Capture (once per key): warm-up steps on a side stream (cuDNN autotuning, Triton compilation, the extension's
+    lazy build, the GradScaler's and Adam's lazy state), then the training state is put back exactly as it was,
+    then one capture of D step + G step + EMA with capturable fused Adam. The inputs are copied into static
+    buffers before each replay; alpha and lr are device tensors updated in place. If capture fails, one warning
+    is logged and every later step runs eagerly.
+    """
+
+    WARMUP_STEPS = 2
+
+    def __init__(self, step, log=print, capture=None):
+        self.step_eager = step
+        self.log = log
+        self.capture = capture or (lambda fn: _cuda_capture(fn, step.device))
+        self.key = self.graph = None
+        self.static = {}
+        self.out = torch.zeros(2, device=step.device)
+        self.failed = False
+
+    # the networks', optimizers' and scalers' values, to undo the warm-up steps
+    def _state_tensors(self):
+        s = self.step_eager
+        ts = [t for m in (s.G, s.D, s.G_ema) for t in list(m.parameters()) + list(m.buffers())]
+        for opt in (s.opt_G, s.opt_D):
+            for st in opt.state.values():
+                ts += [v for v in st.values() if isinstance(v, torch.Tensor)]
+        return ts
+
+    def _snapshot(self):
+        s = self.step_eager
+        had_state = {id(p) for opt in (s.opt_G, s.opt_D) for p in opt.state}
+        return ([(t, t.detach().clone()) for t in self._state_tensors()], had_state,
+                s.scaler_state())
+
+    def _restore(self, snap):
+        s = self.step_eager
+        saved, had_state, scalers = snap
+        with torch.no_grad():
+            for t, v in saved:
+                t.copy_(v)
+            for opt in (s.opt_G, s.opt_D):   # state the warm-up created: back to Adam's initial zeros
+                for p, st in opt.state.items():
+                    if id(p) not in had_state:
+                        for v in st.values():
+                            if isinstance(v, torch.Tensor):
+                                v.zero_()
+        s.load_scaler_state(scalers)
+
+    def _fill(self, inputs, alpha):
+        for name, t in inputs.tensors().items():
+            self.static[name].copy_(t, non_blocking=True)
+        if alpha < 1.0:
+            self.step_eager.alpha_t.fill_(alpha)
+
+    def _build(self, key, inputs, alpha):
+        s = self.step_eager
+        self.graph = None
+        self.static = {name: torch.empty_like(t) for name, t in inputs.tensors().items()}
+        static_inputs = StepInputs(**self.static)
+        alpha_arg = s.alpha_arg(alpha)
+
+        def body():
+            self.out.copy_(s.run(static_inputs, key[0], alpha_arg))
+
+        if s.scaler_D.is_enabled():   # lazy-create the scale tensors outside the capture
+            s.scaler_D.scale(torch.ones((), device=s.device))
+            s.scaler_G.scale(torch.ones((), device=s.device))
+        snap = self._snapshot()
+        self._fill(inputs, alpha)
+        try:
+            if s.device.type == "cuda":
+                side = torch.cuda.Stream(s.device)
+                side.wait_stream(torch.cuda.current_stream(s.device))
+                with torch.cuda.stream(side):
+                    for _ in range(self.WARMUP_STEPS):
+                        body()
+                torch.cuda.current_stream(s.device).wait_stream(side)
+            else:
+                for _ in range(self.WARMUP_STEPS):
+                    body()
+            self._restore(snap)
+            s.opt_G.zero_grad(set_to_none=True)
+            s.opt_D.zero_grad(set_to_none=True)
+            self.graph = self.capture(body)
+            self.key = key
+        except Exception as e:   # noqa: BLE001  (any capture failure falls back to the eager step)
+            self.failed, self.graph, self.static = True, None, {}
+            if s.device.type == "cuda":
+                torch.cuda.synchronize(s.device)
+            self._restore(snap)
+            self.log(f"warning: CUDA-graph capture failed at {key[0]}x{key[0]} ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:200] if str(e) else ''}); training continues eagerly "
+                     "(--cuda-graphs off hides this warning)")
+
+    def step(self, inputs, res, alpha):
+        if self.failed:
+            return self.step_eager.step(inputs, res, alpha)
+        key = (res, inputs.reals.shape[0], alpha < 1.0)
+        if key != self.key:
+            self._build(key, inputs, alpha)
+            if self.failed:
+                return self.step_eager.step(inputs, res, alpha)
+        self._fill(inputs, alpha)
+        self.graph.replay()
+        return self.out.clone()
