@@ -8,7 +8,8 @@ Variants, all in the same run so that every ratio has a cause:
   ref-fp32          (1) the plain-PyTorch ops, fp32, eager
   ref-bf16-cl       (2) the best plain PyTorch gives: bf16 autocast + channels_last, eager
   fast-<k>          (3) kernels k (triton or ext) + bf16 + channels_last + CUDA graphs
-  and (3) with one part switched: -nographs, -fp32, -nocl, -fp16 (GradScaler), ref-bf16-cl-graphs (no kernels)
+  and (3) with one part switched: -nographs, -fp32, -nocl, -fp16 (GradScaler), ref-bf16-cl-graphs (no kernels),
+  -top4 / -fp16-top4 (low precision only in the 4 highest resolutions, fp16 clamped at +-256)
 
 Per case extra_info holds: images per step, the step's FLOPs (torch.utils.flop_counter on one eager step: the
 convolutions and matmuls of forward, backward and the GP double backward), peak memory, and the measured bf16
@@ -26,7 +27,8 @@ from conftest import PGGAN_SHAPES, devices, matmul_peak_tflops, record, run_sync
 from fastpggan import step as step_mod
 from fastpggan.networks import Discriminator, Generator
 
-# name: (impl, amp dtype, channels_last, cuda graphs)
+# name: (impl, amp dtype, channels_last, cuda graphs); "-top4": low precision only in the 4 highest resolutions
+# (--amp-min-res res/8, the stylegan2-ada practice), fp32 below
 CUDA_VARIANTS = {
     "ref-fp32": ("ref", None, False, False),
     "ref-bf16-cl": ("ref", torch.bfloat16, True, False),
@@ -37,6 +39,8 @@ CUDA_VARIANTS = {
     "fast-ext-fp32": ("ext", None, True, True),
     "fast-ext-nocl": ("ext", torch.bfloat16, False, True),
     "fast-ext-fp16": ("ext", torch.float16, True, True),
+    "fast-ext-top4": ("ext", torch.bfloat16, True, True),
+    "fast-ext-fp16-top4": ("ext", torch.float16, True, True),
 }
 CPU_VARIANTS = {
     "ref-fp32": ("ref", None, False, False),
@@ -56,12 +60,13 @@ def _cases():
     return out
 
 
-def build(device, res, batch, impl, amp, channels_last, graphs, seed=0):
+def build(device, res, batch, impl, amp, channels_last, graphs, seed=0, amp_min_res=None):
     """Table-2 G, D, G_ema and their optimizers at `res`, wrapped in the trainer's step; -> (runner, draw_inputs)."""
     dev = torch.device(device)
     torch.manual_seed(seed)
     G = Generator(resolution=res, impl=impl).to(dev)
     D = Discriminator(resolution=res, impl=impl).to(dev)
+    G.amp_min_res = D.amp_min_res = amp_min_res
     if channels_last:
         G.to(memory_format=torch.channels_last)
         D.to(memory_format=torch.channels_last)
@@ -116,7 +121,8 @@ def test_train_step(benchmark, device, res, batch, variant):
     impl, amp, channels_last, graphs = (CUDA_VARIANTS if device == "cuda" else CPU_VARIANTS)[variant]
     alpha = 0.5 if res > 4 else 1.0
     flops = step_flops(device, res, batch)
-    runner, draw = build(device, res, batch, impl, amp, channels_last, graphs)
+    amp_min_res = max(res // 8, 4) if variant.endswith("-top4") else None
+    runner, draw = build(device, res, batch, impl, amp, channels_last, graphs, amp_min_res=amp_min_res)
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
     for _ in range(3):   # warm-up: cuDNN autotuning, Triton compilation, graph capture, allocator
@@ -128,7 +134,8 @@ def test_train_step(benchmark, device, res, batch, variant):
         torch.cuda.reset_peak_memory_stats()
     benchmark.group = f"train step {device} {res}"
     record(benchmark, device, impl=variant, res=res, batch=batch, images=batch, alpha=alpha, flops=flops,
-           kernels=impl, amp=str(amp).replace("torch.", ""), channels_last=channels_last, cuda_graphs=graphs)
+           kernels=impl, amp=str(amp).replace("torch.", ""), amp_min_res=amp_min_res, channels_last=channels_last,
+           cuda_graphs=graphs)
     run_synced(benchmark, lambda: runner.step(draw(), res, alpha), device)
     if device == "cuda":
         benchmark.extra_info["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)

@@ -29,11 +29,11 @@ def default_cache_dir():
     return os.environ.get("FASTPGGAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastpggan")
 
 
-def check_resolution(res):
+def check_resolution(res, what="resolution"):
     if res is None:
         return None
     if not isinstance(res, int) or res < 4 or res & (res - 1):
-        raise UserError(f"resolution must be a power of two and at least 4 (4, 8, 16, ...), got {res}")
+        raise UserError(f"{what} must be a power of two and at least 4 (4, 8, 16, ...), got {res}")
     return res
 
 

@@ -6,6 +6,11 @@ their maximum, and `alpha` in [0, 1] fades in the newest block (paper Fig. 2):
 
     G: lerp(upsample2x(toRGB_low(x_low)), toRGB_high(block(x_low)), alpha)
     D: lerp(fromRGB_low(avgpool2x(img)), block(fromRGB_high(img)), alpha)
+
+Mixed precision per resolution (`amp_min_res`, the stylegan2-ada practice): under an enabled autocast, only the
+layers at resolutions >= amp_min_res run in low precision; the lower ones run in fp32. In fp16 the outputs of
+the low-precision layers are clamped to +-AMP_CLAMP (stylegan2-ada's conv_clamp 256) so that they cannot overflow.
+None (the default) leaves autocast on everywhere.
 """
 import math
 
@@ -29,6 +34,28 @@ def _nf(fmap_base, fmap_max):
     return lambda stage: max(min(int(fmap_base / 2.0 ** stage), fmap_max), 1)
 
 
+AMP_CLAMP = 256.0
+
+
+class _Precision:
+    """Runs each layer group at resolution `res` in the caller's autocast or in fp32 (below amp_min_res)."""
+
+    def __init__(self, x, min_res):
+        dev = x.device.type
+        self.on = torch.is_autocast_enabled(dev) if min_res is not None else False
+        self.dev, self.min_res = dev, min_res
+        self.fp16 = self.on and torch.get_autocast_dtype(dev) == torch.float16
+
+    def __call__(self, res, fn, *args):
+        if not self.on:
+            return fn(*args)
+        if res < self.min_res:
+            with torch.autocast(self.dev, enabled=False):
+                return fn(*(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args))
+        y = fn(*args)
+        return y.clamp(-AMP_CLAMP, AMP_CLAMP) if self.fp16 else y
+
+
 def _labels_to_onehot(labels, label_size, dtype):
     if labels.dtype in (torch.int32, torch.int64, torch.uint8, torch.int16):
         return F.one_hot(labels.long(), label_size).to(dtype)
@@ -44,6 +71,7 @@ class Generator(nn.Module):
         self.resolution_log2 = _log2_res(resolution, 2 ** 30, "Generator")
         self.resolution, self.latent_size, self.num_channels = resolution, latent_size, num_channels
         self.label_size, self.impl = label_size, impl
+        self.amp_min_res = None
         nf = _nf(fmap_base, fmap_max)
         c4 = nf(1)
         # 4x4: dense latent -> c4*16 with gain sqrt(2)/4 (official "to match the original Theano implementation"),
@@ -70,15 +98,16 @@ class Generator(nn.Module):
         k = _log2_res(res or self.resolution, self.resolution, "Generator")
         if self.label_size and labels is None:
             raise ValueError(f"Generator was built with label_size={self.label_size}; pass labels=")
-        x = self._block4(z, labels)
+        run = _Precision(z, self.amp_min_res)
+        x = run(4, self._block4, z, labels)
         for i in range(1, k - 2):
-            x = self.blocks[i](x)
+            x = run(2 ** (i + 2), self.blocks[i], x)
         if k == 2:
-            return self.to_rgb[0](x)
-        high = self.to_rgb[k - 2](self.blocks[k - 2](x))
+            return run(4, self.to_rgb[0], x)
+        high = run(2 ** k, lambda x: self.to_rgb[k - 2](self.blocks[k - 2](x)), x)
         if isinstance(alpha, (int, float)) and alpha >= 1:
             return high
-        return ops.fade_in(self.to_rgb[k - 3](x), high, alpha, impl=self.impl)
+        return ops.fade_in(run(2 ** (k - 1), self.to_rgb[k - 3], x), high, alpha, impl=self.impl)
 
 
 class Discriminator(nn.Module):
@@ -89,6 +118,7 @@ class Discriminator(nn.Module):
         super().__init__()
         self.resolution_log2 = _log2_res(resolution, 2 ** 30, "Discriminator")
         self.resolution, self.num_channels, self.label_size, self.impl = resolution, num_channels, label_size, impl
+        self.amp_min_res = None
         nf = _nf(fmap_base, fmap_max)
         self.from_rgb = nn.ModuleList([EqualizedConv2d(num_channels, nf(k - 1), 1, impl=impl)
                                        for k in range(2, self.resolution_log2 + 1)])
@@ -108,12 +138,13 @@ class Discriminator(nn.Module):
         if images.ndim != 4 or images.shape[1] != self.num_channels or images.shape[2] != images.shape[3]:
             raise ValueError(f"Discriminator expects (N, {self.num_channels}, R, R) images, got {tuple(images.shape)}")
         k = _log2_res(images.shape[-1], self.resolution, "Discriminator")
-        x = self.from_rgb[k - 2](images)
+        run = _Precision(images, self.amp_min_res)
+        x = run(2 ** k, self.from_rgb[k - 2], images)
         if k > 2:
-            x = self.blocks[k - 2](x)
+            x = run(2 ** k, self.blocks[k - 2], x)
             if not (isinstance(alpha, (int, float)) and alpha >= 1):
-                low = self.from_rgb[k - 3](F.avg_pool2d(images, 2))
+                low = run(2 ** (k - 1), self.from_rgb[k - 3], F.avg_pool2d(images, 2))
                 x = ops.fade_in(low, x, alpha, impl=self.impl)
             for i in range(k - 3, 0, -1):
-                x = self.blocks[i](x)
-        return self.blocks[0](x)
+                x = run(2 ** (i + 2), self.blocks[i], x)
+        return run(4, self.blocks[0], x)

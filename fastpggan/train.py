@@ -72,6 +72,9 @@ def build_parser():
     a("--amp", nargs="?", const="on", default="auto", choices=["auto", "on", "bf16", "fp16", "off"],
       help="mixed precision: auto = bf16 autocast on GPUs that support it, fp32 on the CPU; bare --amp = bf16 "
            "(fp16 on GPUs without bf16); fp16 = autocast with a GradScaler; off = fp32")
+    a("--amp-min-res", type=int, default=None, metavar="R",
+      help="low precision only in the layers at resolutions >= R, fp32 below (stylegan2-ada practice; with fp16 "
+           "those layers' outputs are clamped to +-256); default: every layer")
     a("--channels-last", action="store_true", help="run the networks in channels_last memory format")
     a("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
       help="capture each stage's whole training step as a CUDA graph and replay it; auto = on for single-process "
@@ -212,7 +215,8 @@ def make_config(args, dataset, device):
                    fmap_base=s["fmap_base"], fmap_max=s["fmap_max"], mbstd_group_size=s["mbstd_group_size"],
                    label_size=dataset.num_classes if args.cond else 0)
     return dict(data=args.data, resolution=dataset.resolution, dataset_hash=dataset.meta["source_hash"],
-                preset=args.preset, seed=args.seed, amp=args.amp, mirror=args.mirror, cond=args.cond,
+                preset=args.preset, seed=args.seed, amp=args.amp, amp_min_res=args.amp_min_res,
+                mirror=args.mirror, cond=args.cond,
                 total_kimg=float(s["total_kimg"]), snap_ticks=int(s["snap_ticks"]), keep=args.keep,
                 reset_opt=not args.no_reset_opt, lambda_gp=args.lambda_gp, drift=args.drift, ema=float(s["ema"]),
                 impl=args.impl, strict=args.strict, grid=args.grid, network=network, schedule=schedule)
@@ -272,6 +276,7 @@ class Trainer:
         self.G, self.D = ckpt.build_networks(cfg, impl=cfg["impl"])
         self.G.to(device)
         self.D.to(device)
+        self.G.amp_min_res = self.D.amp_min_res = cfg.get("amp_min_res")
         if channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
@@ -619,6 +624,8 @@ def run(args, log=print):
         log = lambda *a, **k: None  # noqa: E731  (rank 0 speaks for the run)
         args.no_progress = True
     check_resolution(args.resolution)
+    if args.amp_min_res is not None:
+        check_resolution(args.amp_min_res, what="--amp-min-res")
     state = None
     if not ctx.main:
         distributed.barrier(ctx)   # rank 0 builds the dataset cache first

@@ -109,3 +109,56 @@ def test_bad_resolution_and_backend(ext_broken):
         G(torch.randn(1, 8), res=32)
     with pytest.raises(ops.BackendUnavailable, match="impl='ext' is not available: simulated build failure"):
         Generator(resolution=8, latent_size=8, impl="ext", **SMALL)(torch.randn(1, 8))
+
+
+def _dtypes_by_module(net, run):
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, out.dtype))
+             for name, m in net.named_children() for m in ([m] if not isinstance(m, torch.nn.ModuleList) else [])]
+    hooks += [m.register_forward_hook(lambda mod, args, out, name=f"{lname}.{i}": seen.__setitem__(name, out.dtype))
+              for lname in ("blocks", "to_rgb", "from_rgb") if hasattr(net, lname)
+              for i, m in enumerate(getattr(net, lname))]
+    try:
+        out = run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen, out
+
+
+def test_amp_min_res_keeps_low_resolutions_fp32():
+    """Under bf16 autocast with amp_min_res 16, the 4x4 and 8x8 layers of G and D run in fp32, 16x16 in bf16."""
+    torch.manual_seed(0)
+    G = Generator(resolution=16, latent_size=16, num_channels=3, fmap_base=64, fmap_max=16, impl="ref")
+    D = Discriminator(resolution=16, num_channels=3, fmap_base=64, fmap_max=16, mbstd_group_size=2, impl="ref")
+    G.amp_min_res = D.amp_min_res = 16
+    z = torch.randn(4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g_types, img = _dtypes_by_module(G, lambda: G(z, 16, 0.5))
+        d_types, score = _dtypes_by_module(D, lambda: D(img.float(), 0.5))
+    assert g_types["blocks.0"] == g_types["blocks.1"] == g_types["to_rgb.1"] == torch.float32
+    assert g_types["blocks.2"] == g_types["to_rgb.2"] == torch.bfloat16
+    assert d_types["from_rgb.2"] == d_types["blocks.2"] == torch.bfloat16
+    assert d_types["from_rgb.1"] == d_types["blocks.1"] == d_types["blocks.0"] == torch.float32
+    G.amp_min_res = D.amp_min_res = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g_all, _ = _dtypes_by_module(G, lambda: G(z, 16, 0.5))
+    assert g_all["blocks.1"] == torch.bfloat16   # without it every layer is low precision
+    with torch.no_grad():
+        ref_img = G(z, 16, 0.5)
+    torch.testing.assert_close(img.float(), ref_img, rtol=0.05, atol=0.05)   # bf16 tolerance
+
+
+def test_amp_min_res_clamps_fp16_outputs():
+    torch.manual_seed(0)
+    G = Generator(resolution=8, latent_size=16, num_channels=3, fmap_base=64, fmap_max=16, impl="ref")
+    with torch.no_grad():
+        G.to_rgb[1].weight.mul_(2e3)   # outputs in the thousands: fp16 holds them, the clamp cuts them
+    z = torch.randn(2, 16)
+    with torch.autocast("cpu", dtype=torch.float16):
+        unclamped = G(z, 8)
+        G.amp_min_res = 4   # every layer low precision, as without it, but clamped
+        clamped = G(z, 8)
+    assert unclamped.abs().max() > 1000
+    assert clamped.abs().max() == 256
+    torch.testing.assert_close(clamped, unclamped.clamp(-256, 256))

@@ -93,10 +93,12 @@ def test_resume_latest(tiny_npz, tmp_path):
     assert t.nimg == 48 and t.run_dir == str(tmp_path / "run")
 
 
-@pytest.mark.parametrize("amp,dtype", [("on", torch.bfloat16), ("fp16", torch.float16)])
-def test_amp_on_cpu_keeps_weights_optimizer_and_ema_fp32(tiny_npz, tmp_path, amp, dtype):
-    t = _train(tiny_train_args(tiny_npz, tmp_path, "--amp", amp))
+@pytest.mark.parametrize("amp,dtype,extra", [("on", torch.bfloat16, []), ("fp16", torch.float16, []),
+                                             ("fp16", torch.float16, ["--amp-min-res", "8"])])
+def test_amp_on_cpu_keeps_weights_optimizer_and_ema_fp32(tiny_npz, tmp_path, amp, dtype, extra):
+    t = _train(tiny_train_args(tiny_npz, tmp_path, "--amp", amp, *extra))
     assert t.amp_dtype == dtype
+    assert t.G.amp_min_res == t.D.amp_min_res == (8 if extra else None)
     rows = _log(tmp_path / "run")
     assert rows and all(np.isfinite(r["loss_D"]) and np.isfinite(r["loss_G"]) for r in rows)
     for net in (t.G, t.D, t.G_ema):
@@ -195,6 +197,7 @@ def _cli(*args, cwd):
     (["--data", "digits", "--resolution", "24"], "error: resolution must be a power of two"),
     (["--data", "digits", "--resolution", "2"], "error: resolution must be a power of two"),
     (["--resume", "latest"], "error: --resume latest: no checkpoint found"),
+    (["--data", "digits", "--amp-min-res", "12"], "error: --amp-min-res must be a power of two"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, msg):
     r = _cli(*args, "--no-progress", cwd=tmp_path)
