@@ -107,7 +107,8 @@ def render_train_steps(data, preset="v2-1gpu"):
     out = []
     for device, by_res in rows.items():
         out += ["", f"## Training step on {device}", "",
-                "One D step (WGAN-GP) + G step + EMA at the v2-1gpu minibatch, alpha 0.5. `vs (1)`/`vs (2)`: "
+                "One D step (WGAN-GP) + G step + EMA, alpha 0.5, at the suite's minibatch (v2-1gpu on CUDA). "
+                "`vs (1)`/`vs (2)`: "
                 "speed over ref-fp32 and ref-bf16-cl in the same run. MFU: counted FLOPs per step / median / the "
                 "measured bf16 matmul peak.", "",
                 "| res | variant | img/s | vs (1) | vs (2) | peak MB | TFLOP/s | MFU |",
@@ -120,7 +121,7 @@ def render_train_steps(data, preset="v2-1gpu"):
                 tflops = info["flops"] / med / 1e12 if info.get("flops") else None
                 peak = info.get("matmul_peak_tflops")
                 out.append(f"| {res} | {name} | {ips:.1f} | {ratios[0]} | {ratios[1]} | "
-                           f"{info.get('peak_mem_mb', '-')} | {f'{tflops:.1f}' if tflops else '-'} | "
+                           f"{info.get('peak_mem_mb', '-')} | {f'{tflops:.3g}' if tflops else '-'} | "
                            f"{f'{tflops / peak:.1%}' if tflops and peak else '-'} |")
         peaks = {v[2].get("matmul_peak_tflops") for r in by_res.values() for v in r.values()} - {None}
         if peaks:

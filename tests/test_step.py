@@ -202,12 +202,31 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need
 @gpu
 @pytest.mark.parametrize("amp", ["bf16", "fp16", "off"])
 @pytest.mark.parametrize("impl", ["ref", "triton", "ext"])
-def test_graphed_training_equals_eager_on_gpu(tiny_npz, tmp_path, amp, impl):
+def test_graphed_training_equals_eager_on_gpu(tiny_npz, tmp_path, monkeypatch, amp, impl):
+    """Real capture and replay through the whole tiny schedule (5 stages) against the eager step with the same
+    (capturable) optimizers, in one process so cuDNN picks the same algorithms, deterministic ones."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     extra = ["--device", "cuda", "--amp", amp, "--impl", impl, "--mirror"]
-    _train(tiny_train_args(tiny_npz, tmp_path / "eager", *extra, "--cuda-graphs", "off"))
+    with monkeypatch.context() as m:
+        _graphed_run(m, tiny_train_args(tiny_npz, tmp_path / "eager", *extra), None)
     t = _train(tiny_train_args(tiny_npz, tmp_path / "graphed", *extra, "--cuda-graphs", "on"))
     assert isinstance(t.runner, step_mod.CudaGraphStep) and not t.runner.failed
-    a, _ = _final_state(tmp_path / "eager" / "run")
-    b, _ = _final_state(tmp_path / "graphed" / "run")
+    a, sa = _final_state(tmp_path / "eager" / "run")
+    b, sb = _final_state(tmp_path / "graphed" / "run")
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert sa["scaler"] == sb["scaler"]
+
+
+@gpu
+def test_cuda_step_has_no_host_sync(tiny_npz, tmp_path):
+    """The eager step must not read device values on the host, or it could not be captured."""
+    t = _train(tiny_train_args(tiny_npz, tmp_path, "--device", "cuda", "--cuda-graphs", "off", "--kimg", "0.016"))
+    ph = t.schedule.at(t.nimg)
+    inputs = t.draw_inputs(ph)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        t.train_step.step(inputs, ph.resolution, ph.alpha)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
