@@ -4,6 +4,7 @@ import functools
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import tiny_train_args
 from fastpggan import checkpoint as ckpt
@@ -85,6 +86,34 @@ def test_fp16_step_calibrates_its_scale_then_trains():
     stepped = int(next(iter(s.opt_D.state.values()))["step"])
     skipped = sum(not bool(torch.isfinite(o[0])) for o in outs)
     assert stepped >= 5 and stepped + skipped == 30
+
+
+class _NoHostReads(TorchDispatchMode):
+    """Raises on the ops that copy a tensor value to the host (what `.item()`, `bool(t)`, `if t:` and
+    data-dependent shapes dispatch to). Under CUDA they would synchronise, and a CUDA graph cannot capture them."""
+    FORBIDDEN = {"_local_scalar_dense", "is_nonzero", "nonzero", "equal", "masked_select", "unique"}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._overloadpacket.__name__ in self.FORBIDDEN:
+            raise AssertionError(f"host read in the step: aten.{func._overloadpacket.__name__}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("impl", ["ref", "ext", "triton"])
+@pytest.mark.parametrize("amp", [None, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+def test_step_reads_nothing_back_to_the_host(amp, impl):
+    """The CPU counterpart of the GPU sync-debug test: the whole step, GradScaler and fused Adam included,
+    reads no tensor value on the host, in every backend and precision."""
+    s, inputs = _tiny_step(amp, impl=impl)
+    s.G.impl = s.D.impl = impl
+    for m in list(s.G.modules()) + list(s.D.modules()):
+        if hasattr(m, "impl"):
+            m.impl = impl
+    s.step(inputs, 8, 0.5)   # first step: lazy optimizer and scaler state
+    with _NoHostReads():
+        out = s.step(inputs, 8, 0.5)
+        s.step(inputs, 8, 1.0)
+    assert out.shape == (2,)
 
 
 # -- optimizer helpers ------------------------------------------------------------------------------------------
