@@ -170,8 +170,8 @@ def auto_settings(device, resolution):
         return preset_settings("v2-1gpu", lod_training_kimg=phase, lod_transition_kimg=phase,
                                total_kimg=(2 * steps + 1) * phase)
     # 2-core CPU: narrow nets (64 maps at most, 32 at 32x32), minibatch 32, bf16 autocast with --amp; measured
-    # about 1500/600/300/155 img/s at 4/8/16/32 px on this project's 2-core CPU, so 20-kimg phases reach 32x32
-    # and finish in about 8 minutes (README, Results).
+    # about 2000/700/340/180 img/s at 4/8/16/32 px on this project's 2-core CPU, so 20-kimg phases reach 32x32
+    # and finish in about 7 minutes (README, Results).
     # The official per-step EMA of 0.999 averages over ~700 steps, most of such a short run (G_ema would still
     # be half its random init after 20 kimg), so the EMA half-life is set to 2 kimg here.
     phase, minibatch = (20 if resolution <= 32 else 10), 32
