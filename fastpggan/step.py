@@ -80,14 +80,19 @@ def load_optimizer_state(opt, sd):
             group["lr"] = old
 
 
+def _zero_state_(state):
+    """One parameter's Adam state back to its initial value (step 0, zero moments), in place."""
+    for v in state.values():
+        if isinstance(v, torch.Tensor):
+            v.zero_()
+
+
 def reset_optimizer_(opt):
-    """Adam state back to its initial value (step 0, zero moments) in place: the official reset_opt_for_new_lod.
+    """Adam state back to its initial value in place: the official reset_opt_for_new_lod.
 
     Zeroing instead of clearing keeps the state tensors a captured graph points at."""
     for st in opt.state.values():
-        for v in st.values():
-            if isinstance(v, torch.Tensor):
-                v.zero_()
+        _zero_state_(st)
 
 
 def reals_to_float(reals_u8, flip, alpha, fading, channels_last, impl):
@@ -281,23 +286,20 @@ class CudaGraphStep:
             for opt in (s.opt_G, s.opt_D):   # state the warm-up created: back to Adam's initial zeros
                 for p, st in opt.state.items():
                     if id(p) not in had_state:
-                        for v in st.values():
-                            if isinstance(v, torch.Tensor):
-                                v.zero_()
+                        _zero_state_(st)
         s.load_scaler_state(scalers)
 
     def _fill(self, inputs, alpha):
         for name, t in inputs.tensors().items():
             self.static[name].copy_(t, non_blocking=True)
-        if alpha < 1.0:
-            self.step_eager.alpha_t.fill_(alpha)
+        self.step_eager.alpha_arg(alpha)
 
     def _build(self, key, inputs, alpha):
         s = self.step_eager
         self.graph = None
         self.static = {name: torch.empty_like(t) for name, t in inputs.tensors().items()}
         static_inputs = StepInputs(**self.static)
-        alpha_arg = s.alpha_arg(alpha)
+        alpha_arg = s.alpha_arg(alpha)   # 1.0, or alpha_t, which _fill rewrites before every run
 
         def body():
             self.out.copy_(s.run(static_inputs, key[0], alpha_arg))

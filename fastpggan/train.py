@@ -269,7 +269,6 @@ class Trainer:
         self.cfg, self.dataset, self.device, self.run_dir, self.progress, self.log = \
             cfg, dataset, device, run_dir, progress, log
         self.ctx = dist_ctx or distributed.Context()
-        self.batch_gpu = batch_gpu
         self.metrics = metrics  # dict(names, kimg, num, inception) or None
         self.last_metric_nimg = 0
         torch.manual_seed(cfg["seed"])
@@ -293,7 +292,6 @@ class Trainer:
                                     drift=cfg["drift"], ema=cfg["ema"], impl=cfg["impl"], amp_dtype=self.amp_dtype,
                                     channels_last=channels_last, ctx=self.ctx, batch_gpu=batch_gpu)
         self.runner = CudaGraphStep(self.train_step, log=log) if graphs else self.train_step
-        self.loss_scaling = self.amp_dtype == torch.float16
         self.stop_flag = None   # multi-process: the all-reduced Ctrl-C flag of the last step (read every 10 steps)
         self.sampler = Sampler(len(dataset), seed=cfg["seed"])
         self.nimg, self.prev_lod, self.tick, self.tick_start_nimg = 0, None, 0, 0
@@ -305,6 +303,11 @@ class Trainer:
         self.stop_requested = False
         self.sigint_seen = False
         self.tb = None
+
+    @property
+    def loss_scaling(self):
+        """fp16: GradScaler steps, some of which are skipped on overflow."""
+        return self.train_step.scaler_D.is_enabled()
 
     # -- state --------------------------------------------------------------------------------------------------
     def state_dict(self):
