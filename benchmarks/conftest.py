@@ -38,6 +38,21 @@ def run_synced(benchmark, fn, device):
     return benchmark(fn)
 
 
+def cuda_median_seconds(fn, warmup=3, reps=20):
+    """Median time of fn() on the current CUDA stream, from CUDA events, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
 _bandwidth = {}
 
 
@@ -48,17 +63,7 @@ def device_bandwidth_gbs(device):
     if "cuda" not in _bandwidth:
         src = torch.empty(256 * 2 ** 20, dtype=torch.float32, device="cuda")  # 1 GiB, far beyond L2
         dst = torch.empty_like(src)
-        for _ in range(3):
-            dst.copy_(src)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(20):
-            start.record()
-            dst.copy_(src)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        _bandwidth["cuda"] = 2 * src.numel() * 4 / statistics.median(times) / 1e9
+        _bandwidth["cuda"] = 2 * src.numel() * 4 / cuda_median_seconds(lambda: dst.copy_(src)) / 1e9
         del src, dst
     return _bandwidth["cuda"]
 
@@ -74,17 +79,7 @@ def matmul_peak_tflops(n=8192, dtype=torch.bfloat16):
     if "cuda" not in _matmul:
         a = torch.randn(n, n, device="cuda", dtype=dtype)
         b = torch.randn(n, n, device="cuda", dtype=dtype)
-        for _ in range(3):
-            a @ b
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(20):
-            start.record()
-            a @ b
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        _matmul["cuda"] = 2 * n ** 3 / statistics.median(times) / 1e12
+        _matmul["cuda"] = 2 * n ** 3 / cuda_median_seconds(lambda: a @ b) / 1e12
         del a, b
     return _matmul["cuda"]
 
