@@ -45,6 +45,23 @@ def tiny_npz(tmp_path):
     return str(path)
 
 
+def train_quietly(argv, log=lambda *a: None):
+    """fastpggan.train.run on CLI arguments, in this process; returns the Trainer."""
+    from fastpggan import train
+    return train.run(train.build_parser().parse_args(argv), log=log)
+
+
+def checkpoint_tensors(state):
+    """{name: tensor} of a checkpoint's G, D, G_ema and both Adam states, for exact comparisons."""
+    out = {}
+    for part in ("G", "D", "G_ema"):
+        out.update({f"{part}.{k}": v for k, v in state[part].items()})
+    for part in ("opt_G", "opt_D"):
+        for pid, s in state[part]["state"].items():
+            out.update({f"{part}.{pid}.{k}": v for k, v in s.items() if torch.is_tensor(v)})
+    return out
+
+
 def tiny_train_args(data, out, *extra):
     """CLI arguments for a seconds-long run: 4x4 -> 8x8 -> 16x16 with transitions, tiny widths."""
     return ["--data", data, "--out", str(out), "--name", "run", "--fmap-base", "32", "--fmap-max", "8",

@@ -6,26 +6,19 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import tiny_train_args
+from conftest import checkpoint_tensors, tiny_train_args, train_quietly
 from fastpggan import checkpoint as ckpt
 from fastpggan import losses, step as step_mod, train
 from fastpggan.errors import UserError
 from fastpggan.networks import Discriminator, Generator
 
 
-def _train(argv, log=lambda *a: None):
-    return train.run(train.build_parser().parse_args(argv), log=log)
+_train = train_quietly
 
 
 def _final_state(run_dir):
     state = torch.load(ckpt.latest(str(run_dir)), weights_only=True)
-    out = {}
-    for part in ("G", "D", "G_ema"):
-        out.update({f"{part}.{k}": v for k, v in state[part].items()})
-    for part in ("opt_G", "opt_D"):
-        for pid, s in state[part]["state"].items():
-            out.update({f"{part}.{pid}.{k}": v for k, v in s.items()})
-    return out, state
+    return checkpoint_tensors(state), state
 
 
 # -- gradient penalty under loss scaling ------------------------------------------------------------------------

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_train_args
+from conftest import checkpoint_tensors, tiny_train_args, train_quietly
 from fastpggan import checkpoint as ckpt
 from fastpggan import losses, train
 from fastpggan.errors import UserError
 
 
-def _train(argv):
-    return train.run(train.build_parser().parse_args(argv), log=lambda *a: None)
+_train = train_quietly
 
 
 def _log(run_dir):
@@ -49,16 +48,6 @@ def test_keep_last_k(tiny_npz, tmp_path):
     assert names == ["checkpoint_000000.064.pt", "checkpoint_000000.080.pt"]
 
 
-def _all_tensors(state):
-    out = {}
-    for part in ("G", "D", "G_ema"):
-        out.update({f"{part}.{k}": v for k, v in state[part].items()})
-    for part in ("opt_G", "opt_D"):
-        for pid, s in state[part]["state"].items():
-            out.update({f"{part}.{pid}.{k}": v for k, v in s.items() if torch.is_tensor(v)})
-    return out
-
-
 @pytest.mark.parametrize("extra", [[], ["--mirror", "--cond"], ["--amp", "fp16", "--channels-last"]],
                          ids=["plain", "mirror-cond", "fp16-channels_last"])
 def test_resume_is_bit_exact(tiny_npz, tmp_path, extra):
@@ -78,7 +67,7 @@ def test_resume_is_bit_exact(tiny_npz, tmp_path, extra):
     if "fp16" in extra:   # one GradScaler per network, saved and restored
         assert set(full["scaler"]) == {"D", "G"} and full["scaler"]["D"]["scale"] > 0
 
-    a, b = _all_tensors(full), _all_tensors(resumed)
+    a, b = checkpoint_tensors(full), checkpoint_tensors(resumed)
     assert a.keys() == b.keys() and len(a) > 20
     for k in a:
         assert torch.equal(a[k], b[k]), k
