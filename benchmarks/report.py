@@ -30,7 +30,8 @@ def _header(data, command):
              f"- torch {info.get('torch', '?')}, triton {info.get('triton', '?')}, CUDA {info.get('cuda', '-')}",
              f"- commit {c.get('id', '?')[:12]}{' (dirty)' if c.get('dirty') else ''}, {data.get('datetime', '?')}",
              f"- command: `{command}`"]
-    bws = {b["extra_info"]["bandwidth_gbs"] for b in data.get("benchmarks", []) if "bandwidth_gbs" in b.get("extra_info", {})}
+    bws = {b["extra_info"]["bandwidth_gbs"] for b in data.get("benchmarks", [])
+           if "bandwidth_gbs" in b.get("extra_info", {})}
     if bws:
         lines.append(f"- measured copy bandwidth (1 GiB device-to-device, read + write): {max(bws):.0f} GB/s")
     return "\n".join(lines) + "\n"

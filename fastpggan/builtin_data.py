@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from .errors import UserError
+from .images import to_square_array
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
@@ -78,7 +79,6 @@ def load_emoji():
     except ImportError:
         raise UserError("built-in dataset 'emoji' needs fontTools: run `pip install fonttools`") from None
     from PIL import Image
-    from .data import to_square_array
     strike = TTFont(EMOJI_FONT, lazy=True)["CBDT"].strikeData[0]
     out = []
     for name in sorted(strike):

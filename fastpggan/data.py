@@ -15,18 +15,17 @@ import json
 import os
 import shutil
 import zipfile
+from typing import Callable, Optional
 
 import numpy as np
 
 from . import builtin_data
 from .errors import UserError
+from .images import channels_of, to_square_array
+from .runtime import cache_root
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_VERSION = 1
-
-
-def default_cache_dir():
-    return os.environ.get("FASTPGGAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastpggan")
 
 
 def check_resolution(res, what="resolution"):
@@ -35,31 +34,6 @@ def check_resolution(res, what="resolution"):
     if not isinstance(res, int) or res < 4 or res & (res - 1):
         raise UserError(f"{what} must be a power of two and at least 4 (4, 8, 16, ...), got {res}")
     return res
-
-
-def to_square_array(img, channels, resolution):
-    """PIL image -> uint8 (C, R, R), or None if the centre square is smaller than R."""
-    from PIL import Image
-    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
-        img = img.convert("RGBA")
-        alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
-        rgb = np.asarray(img.convert("RGB"), dtype=np.float32) * alpha[..., None]
-        img = Image.fromarray(np.rint(rgb).astype(np.uint8), "RGB")
-    img = img.convert("L" if channels == 1 else "RGB")
-    w, h = img.size
-    side = min(w, h)
-    if side < resolution:
-        return None
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side))
-    if side != resolution:
-        img = img.resize((resolution, resolution), Image.LANCZOS)
-    arr = np.asarray(img, dtype=np.uint8)
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-
-
-def _channels_of(img):
-    return 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
 
 
 def downsample_box(x):
@@ -222,7 +196,7 @@ def _native_resolution(src, strict):
                 raise UserError(f"corrupt image {src.items[i]} ({e}); remove it or drop --strict") from None
             continue
         side = min(img.size)
-        return 1 << (side.bit_length() - 1), _channels_of(img)
+        return 1 << (side.bit_length() - 1), channels_of(img)
     raise UserError(f"none of the {len(src.items)} images in '{src.name}' could be decoded")
 
 
@@ -272,8 +246,22 @@ def _write_levels(src, resolution, channels, folder, strict, progress):
     return mm, kept, corrupt, small, first_bad
 
 
-def build_dataset(spec=None, *, resolution=None, strict=False, cache_dir=None, progress=True, log=print):
-    """Open (building the cache on first use) the dataset named by `spec` at `resolution` (default: native)."""
+def build_dataset(spec: Optional[str] = None, *, resolution: Optional[int] = None, strict: bool = False,
+                  cache_dir: Optional[str] = None, progress: bool = True, log: Callable = print) -> "ImageDataset":
+    """Open (building the cache on first use) the dataset named by `spec` at `resolution` (default: native).
+
+    Args:
+        spec: a folder of images, a .zip, a .npy/.npz uint8 array, or a built-in name (default fashion-mnist).
+        resolution: the largest cached level, a power of two >= 4; images are centre-cropped and resized to it.
+        strict: reject corrupt or too-small images instead of skipping them.
+        cache_dir: where the levels are cached (default: runtime.cache_root()).
+        progress: show a progress bar while caching.
+        log: where the one-line notices go (skipped images).
+
+    Returns:
+        An ImageDataset: `.level(res)` is the memory-mapped uint8 (N, C, res, res) copy, `.labels` the int64 labels
+        or None.
+    """
     check_resolution(resolution)
     src = open_source(spec)
     native, channels = _native_resolution(src, strict)
@@ -283,7 +271,7 @@ def build_dataset(spec=None, *, resolution=None, strict=False, cache_dir=None, p
     if src.array is not None and resolution > native:
         raise UserError(f"'{src.name}' images are {native}x{native}; --resolution must be at most {native}")
     key = hashlib.sha256(f"{src.fingerprint}|{resolution}|{strict}|v{CACHE_VERSION}".encode()).hexdigest()[:20]
-    root = cache_dir or default_cache_dir()
+    root = cache_dir or cache_root()
     final = os.path.join(root, f"{src.name}-{resolution}-{key}")
     if os.path.exists(os.path.join(final, "meta.json")):
         return ImageDataset(final)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .runtime import pick_device
+
 
 @dataclass
 class Context:
@@ -36,7 +38,7 @@ def world_size_from_env():
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init(device_spec, pick_device):
+def init(device_spec):
     """(Context, device) for this process; joins the process group when started by torchrun."""
     world = world_size_from_env()
     if world <= 1:
@@ -49,8 +51,9 @@ def init(device_spec, pick_device):
     else:
         device = pick_device("cpu" if device_spec == "auto" else device_spec)
     if not dist.is_initialized():
+        timeout_min = int(os.environ.get("FASTPGGAN_DIST_TIMEOUT_MIN", "30"))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=int(os.environ.get("FASTPGGAN_DIST_TIMEOUT_MIN", "30"))))
+                                timeout=datetime.timedelta(minutes=timeout_min))
     return Context(rank, world, local), device
 
 

@@ -11,74 +11,11 @@ import json
 import os
 import time
 
-import numpy as np
-import torch
-
 from . import checkpoint as ckpt
-from . import metrics as M
 from .data import build_dataset
 from .errors import UserError, cli_entry
-from .train import pick_device
-
-METRICS = ("swd", "msssim", "fid")
-
-
-def parse_metrics(text):
-    names = [m.strip().lower().replace("-", "") for m in text.split(",") if m.strip()]
-    bad = [m for m in names if m not in METRICS]
-    if bad or not names:
-        raise UserError(f"--metrics takes a comma list of {', '.join(METRICS)}; got {text!r}")
-    return names
-
-
-def to_uint8(images):
-    """G's [-1, 1] output as uint8 (the official conversion: round((x + 1) * 127.5), clipped)."""
-    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-@torch.no_grad()
-def generate_uint8(G, num, res, alpha, *, seed, device, batch=64, progress=None):
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(0, num, batch):
-        n = min(batch, num - i)
-        z = torch.randn(n, G.latent_size, generator=gen).to(device)
-        labels = torch.randint(0, G.label_size, (n,), generator=gen).to(device) if G.label_size else None
-        out.append(to_uint8(G(z, res, alpha, labels)).cpu())
-        if progress is not None:
-            progress(n)
-    return torch.cat(out)
-
-
-def sample_reals(dataset, num, res, seed):
-    level = dataset.level(res)
-    if num > len(level):
-        raise UserError(f"--num {num} is more than the {len(level)} images of dataset '{dataset.name}'")
-    idx = np.sort(np.random.default_rng(seed).choice(len(level), size=num, replace=False))
-    return torch.from_numpy(np.ascontiguousarray(level[idx]))
-
-
-def compute(names, reals, fakes, *, seed=0, device="cpu", inception=None, real_stats_key=None, progress=None):
-    """{'swd': {...}, 'msssim': float, 'fid': float} for the requested metric names."""
-    out = {}
-    if "swd" in names:
-        if reals.shape[-1] < 16:
-            out["swd"] = None  # SWD's pyramid stops at 16x16: nothing to compare below it
-        else:
-            out["swd"] = {str(k): v for k, v in M.swd(reals, fakes, seed=seed, device=device).items()}
-    if "msssim" in names:
-        out["msssim"] = M.ms_ssim(fakes)
-    if "fid" in names:
-        try:
-            model = M.fid.load_inception(inception, device=device)
-        except M.fid.WeightsMissing as e:
-            raise UserError(str(e)) from None
-        compute_reals = lambda: M.fid.statistics(M.fid.features(model, reals, device, progress=progress))  # noqa: E731
-        mu_r, s_r = (M.fid.cached_real_statistics(real_stats_key, compute_reals) if real_stats_key
-                     else compute_reals())
-        mu_f, s_f = M.fid.statistics(M.fid.features(model, fakes, device, progress=progress))
-        out["fid"] = M.fid.frechet_distance(mu_r, s_r, mu_f, s_f)
-    return out
+from .metrics.suite import compute, generate_uint8, parse_metrics, sample_reals
+from .runtime import pick_device
 
 
 def build_parser():

@@ -10,7 +10,8 @@ import torch
 
 from . import checkpoint as ckpt
 from .errors import UserError, cli_entry
-from .train import pick_device, write_grid
+from .images import to_pil, to_uint8, write_grid
+from .runtime import pick_device
 
 
 def parse_seeds(text):
@@ -45,7 +46,8 @@ def slerp(a, b, t):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m fastpggan.generate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = argparse.ArgumentParser(prog="python -m fastpggan.generate",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Generate images from a fastpggan checkpoint (through G_ema).")
     p.add_argument("--checkpoint", required=True, help="checkpoint_<kimg>.pt written by fastpggan.train")
     p.add_argument("--seeds", default="0-15", help="latent seeds, e.g. '0-15' or '3,7,42'")
@@ -109,11 +111,10 @@ def run(args, log=print):
         ss.append(seeds[-1])
         frames = synth(torch.stack(zs), ss)
         if args.gif:
-            from PIL import Image
-            pil = [Image.fromarray(((f + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
-                                   .squeeze(-1).numpy()) for f in frames]
+            pil = [to_pil(to_uint8(f)) for f in frames]
             written.append(os.path.join(args.out, "interp.gif"))
-            pil[0].save(written[-1], save_all=True, append_images=pil[1:], duration=max(1, round(1000 / args.fps)), loop=0)
+            pil[0].save(written[-1], save_all=True, append_images=pil[1:], duration=max(1, round(1000 / args.fps)),
+                        loop=0)
         else:
             fdir = os.path.join(args.out, "interp")
             os.makedirs(fdir, exist_ok=True)

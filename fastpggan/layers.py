@@ -16,13 +16,13 @@ LRELU_SLOPE = 0.2
 _SLOPES = {"lrelu": LRELU_SLOPE, "linear": 1.0}
 
 
-def _slope(act):
+def _slope(act: str) -> float:
     if act not in _SLOPES:
         raise ValueError(f"act must be 'lrelu' or 'linear', got {act!r}")
     return _SLOPES[act]
 
 
-def fused_kernel_4x4(w):
+def fused_kernel_4x4(w: torch.Tensor) -> torch.Tensor:
     """Official `fused_scale` kernel: the 3x3 kernel zero-padded to 5x5 and its four 4x4 shifts summed.
 
     A 3x3 conv after 2x nearest upsampling, or before 2x2 average pooling (with a further x0.25), equals
@@ -33,14 +33,24 @@ def fused_kernel_4x4(w):
 
 
 class EqualizedConv2d(nn.Module):
-    """conv2d with equalized LR, then bias, activation and optional pixel norm in one epilogue.
+    """conv2d with equalized LR, then bias, activation and optional pixel norm in one epilogue (ops.bias_act).
 
-    up=True:   2x nearest upsample + conv3x3, fused into one stride-2 transposed conv (official upscale2d_conv2d).
-    down=True: conv3x3 + 2x2 average pool, fused into one stride-2 conv with kernel x0.25 (official conv2d_downscale2d).
+    Args:
+        in_ch, out_ch: input and output channels.
+        kernel_size: square kernel size; "same" padding.
+        gain: the equalized-LR gain; the weight, stored N(0, 1), is scaled by gain / sqrt(in_ch * k * k) at run time.
+        bias: add a per-channel bias (initialised to zero).
+        up: 2x nearest upsample + conv3x3, fused into one stride-2 transposed conv (official upscale2d_conv2d).
+        down: conv3x3 + 2x2 average pool, fused into one stride-2 conv with kernel x0.25 (official
+            conv2d_downscale2d).
+        act: 'lrelu' (slope 0.2) or 'linear'.
+        pixel_norm: pixelwise feature normalization after the activation (paper Sec. 4.2).
+        impl: the ops backend ('auto', 'ref', 'triton', 'ext').
     """
 
-    def __init__(self, in_ch, out_ch, kernel_size, *, gain=math.sqrt(2), bias=True, up=False, down=False,
-                 act="lrelu", pixel_norm=False, impl="auto"):
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, *, gain: float = math.sqrt(2), bias: bool = True,
+                 up: bool = False, down: bool = False, act: str = "lrelu", pixel_norm: bool = False,
+                 impl: str = "auto"):
         super().__init__()
         if up and down:
             raise ValueError("EqualizedConv2d: up and down are exclusive")
@@ -53,7 +63,7 @@ class EqualizedConv2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
         self.scale = gain / math.sqrt(in_ch * kernel_size * kernel_size)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype)
         gain = self.scale
         if self.up:
@@ -74,10 +84,15 @@ class EqualizedConv2d(nn.Module):
 
 
 class EqualizedLinear(nn.Module):
-    """Dense layer with equalized LR: y = act(x @ (w * gain/sqrt(in))^T + b), optional pixel norm."""
+    """Dense layer with equalized LR: y = act(x @ (w * gain/sqrt(in))^T + b), optional pixel norm.
 
-    def __init__(self, in_features, out_features, *, gain=math.sqrt(2), bias=True, act="lrelu",
-                 pixel_norm=False, impl="auto"):
+    Args:
+        in_features, out_features: input (after flattening all but dim 0) and output sizes.
+        gain, bias, act, pixel_norm, impl: as for EqualizedConv2d.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, gain: float = math.sqrt(2), bias: bool = True,
+                 act: str = "lrelu", pixel_norm: bool = False, impl: str = "auto"):
         super().__init__()
         self.in_features, self.out_features, self.act, self.pixel_norm, self.impl = \
             in_features, out_features, act, pixel_norm, impl
@@ -86,7 +101,7 @@ class EqualizedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.scale = gain / math.sqrt(in_features)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x.flatten(1), self.weight.to(x.dtype))
         return ops.bias_act(y, self.bias, gain=self.scale, negative_slope=self.negative_slope,
                             pixel_norm=self.pixel_norm, impl=self.impl)
@@ -98,22 +113,22 @@ class EqualizedLinear(nn.Module):
 class PixelNorm(nn.Module):
     """b = a / sqrt(mean_c(a^2) + 1e-8), over dim 1 (paper Sec. 4.2)."""
 
-    def __init__(self, impl="auto"):
+    def __init__(self, impl: str = "auto"):
         super().__init__()
         self.impl = impl
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.bias_act(x, None, negative_slope=1.0, pixel_norm=True, impl=self.impl)
 
 
 class MinibatchStdDev(nn.Module):
     """Appends the group-stddev feature map (paper Sec. 3): (N, C, H, W) -> (N, C+1, H, W)."""
 
-    def __init__(self, group_size=4, impl="auto"):
+    def __init__(self, group_size: int = 4, impl: str = "auto"):
         super().__init__()
         self.group_size, self.impl = group_size, impl
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.minibatch_stddev(x, self.group_size, impl=self.impl)
 
     def extra_repr(self):

@@ -13,6 +13,7 @@ the low-precision layers are clamped to +-AMP_CLAMP (stylegan2-ada's conv_clamp 
 None (the default) leaves autocast on everywhere.
 """
 import math
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -63,10 +64,19 @@ def _labels_to_onehot(labels, label_size, dtype):
 
 
 class Generator(nn.Module):
-    """G(z, res=None, alpha=1.0, labels=None) -> (N, num_channels, res, res) images in about [-1, 1]."""
+    """G(z, res=None, alpha=1.0, labels=None) -> (N, num_channels, res, res) images in about [-1, 1].
 
-    def __init__(self, resolution=1024, latent_size=512, num_channels=3, fmap_base=8192, fmap_max=512,
-                 label_size=0, impl="auto"):
+    Args:
+        resolution: the largest output resolution, a power of two >= 4.
+        latent_size: length of z.
+        num_channels: image channels.
+        fmap_base, fmap_max: nf(stage) = min(fmap_base / 2^stage, fmap_max) feature maps per block.
+        label_size: classes of a conditional G (one-hot labels concatenated to z), 0 for none.
+        impl: the ops backend ('auto', 'ref', 'triton', 'ext').
+    """
+
+    def __init__(self, resolution: int = 1024, latent_size: int = 512, num_channels: int = 3, fmap_base: int = 8192,
+                 fmap_max: int = 512, label_size: int = 0, impl: str = "auto"):
         super().__init__()
         self.resolution_log2 = _log2_res(resolution, 2 ** 30, "Generator")
         self.resolution, self.latent_size, self.num_channels = resolution, latent_size, num_channels
@@ -94,7 +104,10 @@ class Generator(nn.Module):
         x = ops.bias_act(x, self.dense_bias, pixel_norm=True, impl=self.impl)
         return self.blocks[0](x)
 
-    def forward(self, z, res=None, alpha=1.0, labels=None):
+    def forward(self, z: torch.Tensor, res: Optional[int] = None, alpha: Union[float, torch.Tensor] = 1.0,
+                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Images at `res` (default: the largest), with the newest block faded in by `alpha` (a float or 0-d
+        tensor); `labels`: (N,) class indices or (N, label_size) vectors, required for a conditional G."""
         k = _log2_res(res or self.resolution, self.resolution, "Generator")
         if self.label_size and labels is None:
             raise ValueError(f"Generator was built with label_size={self.label_size}; pass labels=")
@@ -111,10 +124,19 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D(images, alpha=1.0) -> (N, 1 + label_size) scores; the resolution is taken from the images."""
+    """D(images, alpha=1.0) -> (N, 1 + label_size) scores; the resolution is taken from the images.
 
-    def __init__(self, resolution=1024, num_channels=3, fmap_base=8192, fmap_max=512, mbstd_group_size=4,
-                 label_size=0, impl="auto"):
+    Args:
+        resolution: the largest input resolution, a power of two >= 4.
+        num_channels: image channels.
+        fmap_base, fmap_max: as for Generator.
+        mbstd_group_size: minibatch-stddev group size at 4x4; 0 or 1 leaves the layer out.
+        label_size: AC-GAN class logits after the score, 0 for none.
+        impl: the ops backend ('auto', 'ref', 'triton', 'ext').
+    """
+
+    def __init__(self, resolution: int = 1024, num_channels: int = 3, fmap_base: int = 8192, fmap_max: int = 512,
+                 mbstd_group_size: int = 4, label_size: int = 0, impl: str = "auto"):
         super().__init__()
         self.resolution_log2 = _log2_res(resolution, 2 ** 30, "Discriminator")
         self.resolution, self.num_channels, self.label_size, self.impl = resolution, num_channels, label_size, impl
@@ -134,7 +156,9 @@ class Discriminator(nn.Module):
                 EqualizedConv2d(nf(k - 1), nf(k - 1), 3, impl=impl),
                 EqualizedConv2d(nf(k - 1), nf(k - 2), 3, down=True, impl=impl)))
 
-    def forward(self, images, alpha=1.0):
+    def forward(self, images: torch.Tensor, alpha: Union[float, torch.Tensor] = 1.0) -> torch.Tensor:
+        """Scores of (N, num_channels, R, R) images, R a power of two up to `resolution`; `alpha` fades in the
+        newest block (a float or 0-d tensor)."""
         if images.ndim != 4 or images.shape[1] != self.num_channels or images.shape[2] != images.shape[3]:
             raise ValueError(f"Discriminator expects (N, {self.num_channels}, R, R) images, got {tuple(images.shape)}")
         k = _log2_res(images.shape[-1], self.resolution, "Discriminator")

@@ -66,7 +66,8 @@ class Schedule:
         lod = max(lod, 0.0)
         res = 2 ** (log2max - int(math.floor(lod)))
         return Phase(kimg=kimg, lod=lod, resolution=res, alpha=1.0 - (lod - math.floor(lod)),
-                     minibatch=int(self.minibatch.get(res, self.minibatch_base)), lr=float(self.lr.get(res, self.lr_base)),
+                     minibatch=int(self.minibatch.get(res, self.minibatch_base)),
+                     lr=float(self.lr.get(res, self.lr_base)),
                      tick_kimg=float(self.tick_kimg.get(res, self.tick_kimg_base)))
 
     @staticmethod

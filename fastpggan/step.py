@@ -18,14 +18,16 @@ Mixed precision (`amp_dtype`):
 In every backend the pixel-norm and minibatch-stddev statistics, the GP norm and the losses are computed in fp32;
 parameters, Adam state and G_ema stay fp32.
 """
+import functools
 from dataclasses import dataclass, fields
-from typing import Optional
+from typing import Callable, Iterable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from . import distributed, losses, ops
 from .errors import UserError
+from .images import from_uint8
 
 
 @dataclass
@@ -39,11 +41,12 @@ class StepInputs:
     labels_d: Optional[torch.Tensor] = None   # (N,) labels of the reals (and of the D step's fakes)
     labels_g: Optional[torch.Tensor] = None   # (N,) labels of the G step's fakes
 
-    def tensors(self):
+    def tensors(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
-def make_optimizer(params, device, lr=1e-3, capturable=False):
+def make_optimizer(params: Iterable[torch.nn.Parameter], device: torch.device, lr: float = 1e-3,
+                   capturable: bool = False) -> torch.optim.Adam:
     """Official Adam (beta1 0, beta2 0.99, eps 1e-8), fused. capturable=True (CUDA graphs) keeps the lr in a device
     tensor, so that a captured step reads the value set_lr writes."""
     kw = dict(betas=(0.0, 0.99), eps=1e-8, fused=True)
@@ -52,7 +55,7 @@ def make_optimizer(params, device, lr=1e-3, capturable=False):
     return torch.optim.Adam(params, lr=lr, **kw)
 
 
-def set_lr(opt, lr):
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     """Set every group's lr in place (a device tensor lr keeps its identity, so a captured graph sees it)."""
     for group in opt.param_groups:
         if isinstance(group["lr"], torch.Tensor):
@@ -61,7 +64,7 @@ def set_lr(opt, lr):
             group["lr"] = lr
 
 
-def optimizer_state(opt):
+def optimizer_state(opt: torch.optim.Optimizer) -> dict:
     """opt.state_dict() with a tensor lr written as a float, so checkpoints load on any device."""
     sd = opt.state_dict()
     for group in sd["param_groups"]:
@@ -70,7 +73,7 @@ def optimizer_state(opt):
     return sd
 
 
-def load_optimizer_state(opt, sd):
+def load_optimizer_state(opt: torch.optim.Optimizer, sd: dict) -> None:
     """opt.load_state_dict(sd), keeping each group's lr a tensor on the optimizer's device where it was one."""
     kinds = [group["lr"] for group in opt.param_groups]
     opt.load_state_dict(sd)
@@ -87,7 +90,7 @@ def _zero_state_(state):
             v.zero_()
 
 
-def reset_optimizer_(opt):
+def reset_optimizer_(opt: torch.optim.Optimizer) -> None:
     """Adam state back to its initial value in place: the official reset_opt_for_new_lod.
 
     Zeroing instead of clearing keeps the state tensors a captured graph points at."""
@@ -95,9 +98,10 @@ def reset_optimizer_(opt):
         _zero_state_(st)
 
 
-def reals_to_float(reals_u8, flip, alpha, fading, channels_last, impl):
+def reals_to_float(reals_u8: torch.Tensor, flip: Optional[torch.Tensor], alpha: Union[float, torch.Tensor],
+                   fading: bool, channels_last: bool, impl: str) -> torch.Tensor:
     """uint8 -> [-1, 1], per-sample mirror, and official process_reals: lerp(upsample(avgpool(x)), x, alpha)."""
-    x = reals_u8.float() / 127.5 - 1.0
+    x = from_uint8(reals_u8)
     if flip is not None:
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     if fading:
@@ -109,10 +113,24 @@ class TrainStep:
     """The eager step. `step(inputs, res, alpha)` -> fp32 tensor [loss_D, loss_G]; the lr is set on the optimizers.
 
     `alpha` is passed to the networks as a 0-d device tensor while fading (alpha < 1), so that the eager and the
-    graphed step compute the same kernels with the same arguments."""
+    graphed step compute the same kernels with the same arguments.
 
-    def __init__(self, G, D, G_ema, opt_G, opt_D, *, lambda_gp=10.0, drift=1e-3, ema=0.999, impl="auto",
-                 amp_dtype=None, channels_last=False, ctx=None, batch_gpu=None):
+    Args:
+        G, D, G_ema: the networks, on one device; G_ema is updated in place.
+        opt_G, opt_D: their optimizers (make_optimizer).
+        lambda_gp, drift: the WGAN-GP loss weights (losses.d_loss_wgan_gp).
+        ema: G_ema's smoothing per step (official 0.999).
+        impl: the ops backend.
+        amp_dtype: None (fp32), torch.bfloat16 (autocast), or torch.float16 (autocast and a GradScaler per network).
+        channels_last: convert the reals to channels_last (run the networks in it too).
+        ctx: the distributed context; gradients are averaged over its ranks.
+        batch_gpu: rows per forward pass; fewer than the minibatch accumulate gradients.
+    """
+
+    def __init__(self, G: torch.nn.Module, D: torch.nn.Module, G_ema: torch.nn.Module, opt_G: torch.optim.Optimizer,
+                 opt_D: torch.optim.Optimizer, *, lambda_gp: float = 10.0, drift: float = 1e-3, ema: float = 0.999,
+                 impl: str = "auto", amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+                 ctx: Optional[distributed.Context] = None, batch_gpu: Optional[int] = None):
         self.G, self.D, self.G_ema, self.opt_G, self.opt_D = G, D, G_ema, opt_G, opt_D
         self.lambda_gp, self.drift, self.ema, self.impl = lambda_gp, drift, ema, impl
         self.amp_dtype, self.channels_last = amp_dtype, channels_last
@@ -148,21 +166,21 @@ class TrainStep:
         size = min(self.batch_gpu or n, n)
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
-    def alpha_arg(self, alpha):
+    def alpha_arg(self, alpha: float) -> Union[float, torch.Tensor]:
         """What the networks get for alpha: 1.0 when not fading, else the device tensor (filled in place)."""
         if alpha >= 1.0:
             return 1.0
         self.alpha_t.fill_(alpha)
         return self.alpha_t
 
-    def step(self, inputs, res, alpha):
+    def step(self, inputs: StepInputs, res: int, alpha: float) -> torch.Tensor:
         return self.run(inputs, res, self.alpha_arg(alpha))
 
-    def run(self, inputs, res, alpha):
+    def run(self, inputs: StepInputs, res: int, alpha: Union[float, torch.Tensor]) -> torch.Tensor:
         """The step body; alpha is 1.0 or a 0-d tensor. No host syncs: this is what a CUDA graph captures."""
         G, D = self.G, self.D
         fading = isinstance(alpha, torch.Tensor)
-        d_call = lambda img: D(img, alpha)   # noqa: E731
+        d_call = functools.partial(D, alpha=alpha)
         reals = reals_to_float(inputs.reals, inputs.flip, alpha, fading, self.channels_last, self.impl)
         n = reals.shape[0]
         chunks = self._chunks(n)
@@ -207,7 +225,7 @@ class TrainStep:
         return torch.stack([loss_D.float(), loss_G.float()])
 
 
-def pick_cuda_graphs(mode, device, world):
+def pick_cuda_graphs(mode: str, device: torch.device, world: int) -> Tuple[bool, Optional[str]]:
     """-> (use graphs?, notice or None) for --cuda-graphs auto|on|off."""
     if mode == "off":
         return False, None
@@ -253,7 +271,7 @@ class CudaGraphStep:
 
     WARMUP_STEPS = 2
 
-    def __init__(self, step, log=print, capture=None):
+    def __init__(self, step: TrainStep, log: Callable = print, capture: Optional[Callable] = None):
         self.step_eager = step
         self.log = log
         self.capture = capture or (lambda fn: _cuda_capture(fn, step.device))
@@ -325,7 +343,7 @@ class CudaGraphStep:
             s.opt_D.zero_grad(set_to_none=True)
             self.graph = self.capture(body)
             self.key = key
-        except Exception as e:   # noqa: BLE001  (any capture failure falls back to the eager step)
+        except Exception as e:   # any capture failure falls back to the eager step
             self.failed, self.graph, self.static = True, None, {}
             if s.device.type == "cuda":
                 torch.cuda.synchronize(s.device)
@@ -334,7 +352,7 @@ class CudaGraphStep:
                      f"{str(e).splitlines()[0][:200] if str(e) else ''}); training continues eagerly "
                      "(--cuda-graphs off hides this warning)")
 
-    def step(self, inputs, res, alpha):
+    def step(self, inputs: StepInputs, res: int, alpha: float) -> torch.Tensor:
         if self.failed:
             return self.step_eager.step(inputs, res, alpha)
         key = (res, inputs.reals.shape[0], alpha < 1.0)

@@ -1,11 +1,12 @@
-"""Launch helpers shared by the kernels: output allocation, accumulator dtype, layout and block sizes."""
+"""Launch helpers shared by the kernels: output allocation, block sizes, index width and the Triton
+accumulator dtype (layouts and the accumulator rule itself are in _tensors)."""
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ._layout import dense, is_channels_last, like_layout  # noqa: F401  (re-exported for the kernels)
+from ._tensors import accumulator_dtype
 
 # Set at import: @triton.jit reads TRITON_INTERPRET when a kernel is defined, so this tells how ours were built.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -34,12 +35,8 @@ def empty(shape, *, like=None, dtype=None, device=None, memory_format=None):
 
 
 def acc_dtype(t):
-    """fp64 stays fp64 (for gradcheck); everything else accumulates in fp32."""
-    return tl.float64 if t.dtype == torch.float64 else tl.float32
-
-
-def torch_acc_dtype(t):
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    """The Triton dtype of t's accumulator (see accumulator_dtype)."""
+    return tl.float64 if accumulator_dtype(t.dtype) == torch.float64 else tl.float32
 
 
 def needs_int64(*tensors):

@@ -1,20 +1,21 @@
 """bias_act kernels: the epilogue y = leaky_relu(x * gain + b[c]) with optional pixel norm over c.
 
-- `bias_act`: elementwise form (no pixel norm). With `ref` given it is the backward instead:
-  y = where(ref > 0, 1, slope) * x * gain, i.e. dx from dy with the LReLU mask read from the saved output.
-  LReLU is piecewise linear, so the same kernel is also its own double backward.
-- `bias_act_pixel_norm`: y = a * r with a = leaky_relu(x * gain + b), r = rsqrt(mean_c a^2 + 1e-8); returns (y, r).
-- `bias_act_pixel_norm_grad`: dx = gain * mask(y) * r * (dy - y * mean_c(dy * y)), from the saved y and r.
+- `bias_act`: elementwise form (no pixel norm).
+- `bias_act_grad`: its backward, dx = where(y > 0, 1, slope) * dy * gain with the LReLU mask read from the saved
+  output y: the same kernel. LReLU is piecewise linear, so it is also its own double backward.
+- `bias_act_pn`: y = a * r with a = leaky_relu(x * gain + b), r = rsqrt(mean_c a^2 + 1e-8); returns (y, r).
+- `bias_act_pn_grad`: dx = gain * mask(y) * r * (dy - y * mean_c(dy * y)), from the saved y and r.
+
+Each function is the body of the op of the same name (fastpggan.ops registers them as `fastpggan::<name>_triton`).
 
 Tensors are NCHW-contiguous (any rank >= 2, channel axis 1) or 4-d channels_last; outputs keep the layout.
 fp16/bf16 are computed in fp32, fp64 in fp64.
 """
-import torch
 import triton
 import triton.language as tl
 
-from ._common import (ELEMENTWISE_BLOCK, MAX_CHANNELS, TILE_ELEMENTS, acc_dtype, cdiv, dense, empty,
-                      is_channels_last, like_layout, needs_int64, pow2, program_start)
+from ._common import ELEMENTWISE_BLOCK, TILE_ELEMENTS, acc_dtype, cdiv, empty, needs_int64, pow2, program_start
+from ._tensors import accumulator_dtype, dense, is_channels_last, like_layout
 
 PIXEL_NORM_EPS = 1e-8
 
@@ -62,6 +63,11 @@ def bias_act(x, bias, gain, slope, ref=None):
         float(gain), float(slope), HAS_BIAS=bias is not None, MASK_FROM_REF=ref is not None, INT64=needs_int64(x),
         ACC=acc_dtype(x), BLOCK=ELEMENTWISE_BLOCK)
     return y
+
+
+def bias_act_grad(dy, y, gain, slope):
+    """dx = where(y > 0, 1, slope) * dy * gain, from the saved output y."""
+    return bias_act(dy, None, gain, slope, ref=y)
 
 
 @triton.jit
@@ -119,17 +125,14 @@ def _tile(x):
     return c, hw, s_c, s_p, s_n, block_p, block_c, warps
 
 
-def supports_pixel_norm(x):
-    return x.shape[1] <= MAX_CHANNELS
-
-
-def bias_act_pixel_norm(x, bias, gain, slope):
-    """(y, r): y = a * r, a = leaky_relu(x * gain + bias[c]), r = rsqrt(mean_c a^2 + eps) per pixel (flat, acc dtype)."""
+def bias_act_pn(x, bias, gain, slope):
+    """(y, r): y = a * r, a = leaky_relu(x * gain + bias[c]), r = rsqrt(mean_c a^2 + eps) per pixel (flat, in the
+    accumulator dtype)."""
     x = dense(x)
     c, hw, s_c, s_p, s_n, block_p, block_c, warps = _tile(x)
     pixels = x.numel() // c if c else 0
     y = empty(None, like=x)
-    r = empty((pixels,), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
+    r = empty((pixels,), dtype=accumulator_dtype(x.dtype), device=x.device)
     if x.numel() == 0:
         return y, r
     _pixel_norm_fwd_kernel[(cdiv(pixels, block_p),)](
@@ -139,8 +142,8 @@ def bias_act_pixel_norm(x, bias, gain, slope):
     return y, r
 
 
-def bias_act_pixel_norm_grad(dy, y, r, gain, slope):
-    """dx of bias_act_pixel_norm from the upstream dy and the saved y, r (bias grad = dx summed / gain)."""
+def bias_act_pn_grad(dy, y, r, gain, slope):
+    """dx of bias_act_pn from the upstream dy and the saved y, r (bias grad = dx summed / gain)."""
     dy = like_layout(dy, y)
     c, hw, s_c, s_p, s_n, block_p, block_c, warps = _tile(y)
     pixels = r.numel()

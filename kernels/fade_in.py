@@ -9,8 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (ELEMENTWISE_BLOCK, acc_dtype, cdiv, dense, empty, is_channels_last, like_layout, needs_int64,
-                      program_start)
+from ._common import ELEMENTWISE_BLOCK, acc_dtype, cdiv, empty, needs_int64, program_start
+from ._tensors import dense, is_channels_last, like_layout
 
 
 @triton.jit

@@ -7,12 +7,11 @@ elements, so any dense layout is read in memory order.
 
 Also the WGAN-GP interpolation xhat = real + u[n] (fake - real), one elementwise pass.
 """
-import torch
 import triton
 import triton.language as tl
 
-from ._common import (ELEMENTWISE_BLOCK, acc_dtype, cdiv, dense, empty, like_layout, needs_int64, program_start,
-                      torch_acc_dtype)
+from ._common import ELEMENTWISE_BLOCK, acc_dtype, cdiv, empty, needs_int64, program_start
+from ._tensors import accumulator_dtype, dense, like_layout
 
 FINAL_BLOCK = 1024
 
@@ -53,12 +52,12 @@ def gradient_penalty(g, target):
     g = dense(g)
     n = g.shape[0]
     d = g[0].numel() if n else 0
-    gp = empty((n,), dtype=torch_acc_dtype(g), device=g.device)
-    r = empty((n,), dtype=torch_acc_dtype(g), device=g.device)
+    gp = empty((n,), dtype=accumulator_dtype(g.dtype), device=g.device)
+    r = empty((n,), dtype=accumulator_dtype(g.dtype), device=g.device)
     if n == 0:
         return gp, r
     s = max(1, cdiv(d, ELEMENTWISE_BLOCK))
-    part = empty((n, s), dtype=torch_acc_dtype(g), device=g.device)
+    part = empty((n, s), dtype=accumulator_dtype(g.dtype), device=g.device)
     if d:
         _sumsq_kernel[(n, s)](g, part, d, s, ACC=acc_dtype(g), BLOCK=ELEMENTWISE_BLOCK)
     else:
@@ -96,7 +95,7 @@ def gp_interpolate(real, fake, u):
     """real + u[n] * (fake - real) (the WGAN-GP sample), in real's dtype and layout."""
     real = dense(real)
     fake = like_layout(fake, real).to(real.dtype)
-    u = u.to(device=real.device, dtype=torch_acc_dtype(real)).contiguous()
+    u = u.to(device=real.device, dtype=accumulator_dtype(real.dtype)).contiguous()
     out = empty(None, like=real)
     n = real.shape[0]
     if real.numel() == 0:

@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (ELEMENTWISE_BLOCK, acc_dtype, cdiv, dense, empty, is_channels_last, like_layout, needs_int64,
-                      program_start, torch_acc_dtype)
+from ._common import ELEMENTWISE_BLOCK, acc_dtype, cdiv, empty, needs_int64, program_start
+from ._tensors import accumulator_dtype, dense, is_channels_last, like_layout
 
 EPS = 1e-8
 STATS_BLOCK = 1024
@@ -105,7 +105,7 @@ def minibatch_stddev(x, group_size):
     out = empty((n, c + 1, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
     if out.numel() == 0:
         return out
-    s = empty((m,), dtype=torch_acc_dtype(x), device=x.device)
+    s = empty((m,), dtype=accumulator_dtype(x.dtype), device=x.device)
     if x.numel():
         _stats_kernel[(m,)](x, s, m, group_size, c * h * w, EPS, ACC=acc_dtype(x), BLOCK=STATS_BLOCK)
     else:

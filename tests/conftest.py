@@ -1,17 +1,15 @@
 import os
+import subprocess
+import sys
 
+import numpy as np
+import pytest
 import torch
 
 # The Triton kernels are tested on the CPU interpreter where there is no GPU. Triton reads this when a kernel is
-# defined, so it is set before anything imports fastpggan.kernels.
+# defined, so it is set before anything imports fastpggan.kernels (nothing above does).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

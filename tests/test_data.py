@@ -129,13 +129,15 @@ def test_builtin_digits_and_mnist():
         build_dataset("mnist", resolution=64, progress=False)
 
 
-@pytest.mark.skipif(not os.path.isdir(builtin_data.FASHION_MNIST_DIR), reason="apt package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not os.path.isdir(builtin_data.FASHION_MNIST_DIR),
+                    reason="apt package dataset-fashion-mnist not installed")
 def test_builtin_fashion_mnist():
     ds = build_dataset("fashion-mnist", resolution=8, progress=False)
     assert (len(ds), ds.resolution, ds.num_channels, ds.num_classes) == (70000, 8, 1, 10)
 
 
-@pytest.mark.skipif(not os.path.exists(builtin_data.EMOJI_FONT), reason="apt package fonts-noto-color-emoji not installed")
+@pytest.mark.skipif(not os.path.exists(builtin_data.EMOJI_FONT),
+                    reason="apt package fonts-noto-color-emoji not installed")
 def test_builtin_emoji():
     pytest.importorskip("fontTools", reason="fonttools is in the [demo] extra")
     ds = build_dataset("emoji", resolution=16, progress=False)

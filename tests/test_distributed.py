@@ -12,7 +12,7 @@ import torch
 
 from conftest import tiny_train_args
 from fastpggan import checkpoint as ckpt
-from fastpggan import train
+from fastpggan import config, train
 from fastpggan.errors import UserError
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -112,11 +112,11 @@ def test_global_batch_that_does_not_split_is_refused_up_front(tmp_path):
     os.environ["FASTPGGAN_CACHE"] = str(tmp_path / "cache")
     from fastpggan.data import build_dataset
     ds = build_dataset(data, progress=False, log=lambda *a: None)
-    cfg = train.make_config(train.build_parser().parse_args(_args(data, tmp_path / "x")), ds, torch.device("cpu"))
+    cfg = config.make_config(train.build_parser().parse_args(_args(data, tmp_path / "x")), ds, torch.device("cpu"))
     with pytest.raises(UserError, match="global minibatch 8 at 4x4 is not divisible by the 3 processes"):
-        train.validate_config(cfg, world=3)
+        config.validate_config(cfg, world=3)
     with pytest.raises(UserError, match="not a multiple of --batch-gpu 3"):
-        train.validate_config(cfg, world=2, batch_gpu=3)
+        config.validate_config(cfg, world=2, batch_gpu=3)
 
 
 def _start_long_run(tmp_path):
@@ -141,7 +141,8 @@ def _rank_pid(rank):
             cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
         except OSError:
             continue
-        if f"RANK={rank}".encode() in environ and b"fastpggan.train" in cmdline and b"torch.distributed.run" not in cmdline:
+        if (f"RANK={rank}".encode() in environ and b"fastpggan.train" in cmdline
+                and b"torch.distributed.run" not in cmdline):
             return int(pid)
     raise AssertionError(f"could not find rank {rank}")
 

@@ -113,15 +113,26 @@ def test_extension_is_loaded_with_cpu_kernels():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("fastpggan_ext::bias_act", "CPU")
 
 
+def test_on_load_after_the_extension_loaded_runs_at_once():
+    """An op registered after the library loaded still gets its fake tensors and autograd."""
+    assert _ext.load_error() is None, _ext.load_error()
+    calls = []
+    _ext.on_load(lambda: calls.append(1))
+    assert calls == [1]
+
+
 @pytest.mark.skipif(_build.find_cuda_home() is None or not torch.version.cuda,
-                    reason="no CUDA toolkit (nvcc) or no CUDA build of torch on this machine, so no CUDA sources to build")
+                    reason="no CUDA toolkit (nvcc) or no CUDA build of torch on this machine, so no CUDA sources "
+                           "to build")
 def test_cuda_translation_unit_was_compiled_and_linked_for_sm90():
     """The CUDA kernels are registered (ops_cuda.cu was compiled and linked into the loaded library) and the
     library carries device code (.nv_fatbin). Needs no GPU: nothing is launched."""
     assert _ext.load_error() is None, _ext.load_error()
-    for op in ("bias_act", "bias_act_pn_grad", "fade_in", "minibatch_stddev_grad", "gradient_penalty", "gp_interpolate"):
+    for op in ("bias_act", "bias_act_pn_grad", "fade_in", "minibatch_stddev_grad", "gradient_penalty",
+               "gp_interpolate"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastpggan_ext::{op}", "CUDA"), op
-    libs = [line.split()[-1] for line in open("/proc/self/maps") if "fastpggan" in line and line.rstrip().endswith(".so")]
+    libs = [line.split()[-1] for line in open("/proc/self/maps")
+            if "fastpggan" in line and line.rstrip().endswith(".so")]
     assert libs, "the extension library is not mapped into this process"
     readelf = subprocess.run(["readelf", "-S", libs[0]], capture_output=True, text=True)
     if readelf.returncode != 0:

@@ -46,7 +46,8 @@ def test_same_seed_same_image_and_matches_g_ema(tiny_ckpt, tmp_path):
 
 
 def test_interp_frames_folder(tiny_ckpt, tmp_path):
-    _gen("--checkpoint", tiny_ckpt, "--seeds", "0-1", "--out", str(tmp_path), "--interp", "4", "--no-grid", "--res", "8")
+    _gen("--checkpoint", tiny_ckpt, "--seeds", "0-1", "--out", str(tmp_path), "--interp", "4", "--no-grid",
+         "--res", "8")
     frames = sorted(os.listdir(tmp_path / "interp"))
     assert len(frames) == 5 and Image.open(tmp_path / "interp" / frames[0]).size == (8, 8)
 

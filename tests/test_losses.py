@@ -44,7 +44,8 @@ def test_d_loss_with_labels_and_target():
     labels = torch.tensor([0, 2, 1, 2])
     loss = losses.d_loss_wgan_gp(D, reals, fakes, labels=labels, target=2.0, lambda_gp=4.0, drift=0.0)
     out_r, out_f = D(reals).detach(), D(fakes).detach()
-    ce = F.cross_entropy(out_r[:, 1:], labels, reduction="none") + F.cross_entropy(out_f[:, 1:], labels, reduction="none")
+    ce = (F.cross_entropy(out_r[:, 1:], labels, reduction="none")
+          + F.cross_entropy(out_f[:, 1:], labels, reduction="none"))
     want = (out_f[:, 0] - out_r[:, 0] + 4.0 / 4.0 * (D.w.detach().norm() - 2.0) ** 2 + ce).mean()
     torch.testing.assert_close(loss, want.to(loss.dtype))
 

@@ -8,10 +8,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import checkpoint_tensors, tiny_train_args, train_quietly
 from fastpggan import checkpoint as ckpt
-from fastpggan import losses, step as step_mod, train
+from fastpggan import config, losses, trainer
+from fastpggan import step as step_mod
 from fastpggan.errors import UserError
 from fastpggan.networks import Discriminator, Generator
-
 
 _train = train_quietly
 
@@ -29,7 +29,7 @@ def test_scaled_gradient_penalty_equals_unscaled(dtype):
     D = Discriminator(resolution=8, fmap_base=64, fmap_max=16, mbstd_group_size=2).to(dtype)
     reals, fakes = torch.randn(4, 3, 8, 8, dtype=dtype), torch.randn(4, 3, 8, 8, dtype=dtype)
     u = torch.rand(4, dtype=dtype)
-    call = lambda x: D(x, 1.0)   # noqa: E731
+    call = functools.partial(D, alpha=1.0)
     plain = losses.d_loss_wgan_gp(call, reals, fakes, u=u, impl="ref")
     g_plain = torch.autograd.grad(plain, list(D.parameters()), allow_unused=True)
     scale = torch.tensor(2.0 ** 14, dtype=dtype)   # a power of two: scaling and unscaling are exact
@@ -147,11 +147,11 @@ def test_optimizer_state_writes_a_float_lr_and_loading_keeps_the_tensor():
 
 def test_pick_amp_and_cuda_graphs_on_cpu():
     cpu = torch.device("cpu")
-    assert train.pick_amp("auto", cpu) == (None, None)
-    assert train.pick_amp("on", cpu) == (torch.bfloat16, None)
-    assert train.pick_amp("bf16", cpu) == (torch.bfloat16, None)
-    assert train.pick_amp("fp16", cpu) == (torch.float16, None)
-    assert train.pick_amp("off", cpu) == (None, None)
+    assert config.pick_amp("auto", cpu) == (None, None)
+    assert config.pick_amp("on", cpu) == (torch.bfloat16, None)
+    assert config.pick_amp("bf16", cpu) == (torch.bfloat16, None)
+    assert config.pick_amp("fp16", cpu) == (torch.float16, None)
+    assert config.pick_amp("off", cpu) == (None, None)
     assert step_mod.pick_cuda_graphs("auto", cpu, 1) == (False, None)
     assert step_mod.pick_cuda_graphs("off", cpu, 1) == (False, None)
     with pytest.raises(UserError, match="--cuda-graphs on needs a CUDA device"):
@@ -170,9 +170,9 @@ def test_cli_cuda_graphs_on_without_gpu_is_one_line(tiny_npz, tmp_path):
 def _graphed_run(monkeypatch, args, capture, log=lambda *a: None):
     """Train with CudaGraphStep forced on and `capture` in place of torch.cuda.graph (capture=None: the eager
     step, with the same capturable optimizers as the graphed one)."""
-    monkeypatch.setattr(train, "pick_cuda_graphs", lambda mode, device, world: (True, None))
+    monkeypatch.setattr(trainer, "pick_cuda_graphs", lambda mode, device, world: (True, None))
     wrapper = functools.partial(step_mod.CudaGraphStep, capture=capture) if capture else lambda step, log: step
-    monkeypatch.setattr(train, "CudaGraphStep", wrapper)
+    monkeypatch.setattr(trainer, "CudaGraphStep", wrapper)
     return _train(args, log=log)
 
 

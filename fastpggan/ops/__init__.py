@@ -3,6 +3,10 @@
 Every op supports autograd; bias_act without pixel norm, fade_in, minibatch_stddev and gradient_penalty are
 differentiable twice, for the WGAN-GP double backward through D. Each op's `*_ref` is the oracle that every
 fast backend is tested against.
+
+One module per op: the public function first, then its `_ref` oracle, then one `register_backends` call
+(_backends) that registers the ref backend, the Triton and extension variants of its kernel ops, their fake
+tensors and their autograd. _dispatch picks a backend per call; _ext loads or builds the C++/CUDA extension.
 """
 from ._dispatch import AUTO_ORDER, IMPLS, BackendUnavailable
 from .bias_act import bias_act, bias_act_ref

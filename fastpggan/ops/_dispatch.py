@@ -1,7 +1,8 @@
 """Backend selection shared by every op: impl='auto'|'ref'|'triton'|'ext'.
 
-Each op module registers its backends with `register`. A backend is a function plus an `unavailable(x)`
-check that returns None when the backend can run on tensor `x`, or a sentence saying what is missing.
+Each op module registers its backends here through `_backends.register_backends`. A backend is a function plus
+an `unavailable(x)` check that returns None when the backend can run on tensor `x`, or a sentence saying what is
+missing.
 
 - An explicit impl that is unavailable raises `BackendUnavailable` with that sentence.
 - 'auto' (or the FASTPGGAN_IMPL environment variable, which overrides 'auto') tries the backends in the

@@ -15,6 +15,7 @@ import threading
 import torch
 
 from .. import _build
+from ..runtime import cache_root
 
 NAMESPACE = "fastpggan_ext"
 _lock = threading.Lock()
@@ -23,13 +24,14 @@ _on_load = []  # callbacks that wire autograd/fake for the ext ops once the libr
 
 
 def on_load(fn):
-    """Run fn() once the extension's ops exist (the op modules register their autograd this way)."""
-    _on_load.append(fn)
+    """Run fn() once the extension's ops exist (the op modules register their autograd this way): when it loads,
+    or now if it already has."""
+    with _lock:
+        _on_load.append(fn)
+        loaded = _state.get("error", "not tried") is None
+    if loaded:
+        fn()
     return fn
-
-
-def _cache_root():
-    return os.environ.get("FASTPGGAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastpggan")
 
 
 def _prebuilt():
@@ -60,7 +62,7 @@ def _jit_build(with_cuda):
     from torch.utils import cpp_extension
     archs = _build.arch_list(torch) if with_cuda else None
     key = _build.build_key(torch, with_cuda, archs)
-    build_dir = os.path.join(_cache_root(), "ext", key)
+    build_dir = os.path.join(cache_root(), "ext", key)
     os.makedirs(build_dir, exist_ok=True)
     old_archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if archs:

@@ -1,28 +1,30 @@
+"""What every op module needs: the upcast to the accumulator dtype, and whether Triton can run on a tensor."""
+import importlib
+
 import torch
 
-LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def upcast(x):
-    """x in fp32 if it is fp16/bf16, else unchanged (fp64 stays fp64, for gradcheck)."""
-    return x.float() if x.dtype in LOW_PRECISION else x
-
+from fastpggan.kernels._tensors import accumulator_dtype
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _kernels_error = []  # [] until checked, then [None] or [reason]
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """x in its accumulator dtype: fp16/bf16 become fp32, fp32 and fp64 (for gradcheck) stay as they are."""
+    return x.to(accumulator_dtype(x.dtype))
+
+
 def _kernels_import_error():
     if not _kernels_error:
         try:
-            import fastpggan.kernels._common  # noqa: F401  (imports triton)
+            importlib.import_module("fastpggan.kernels._common")   # imports triton
             _kernels_error.append(None)
         except Exception as e:  # an ImportError, or a Triton that cannot initialise
             _kernels_error.append(f"{type(e).__name__}: {e}")
     return _kernels_error[0]
 
 
-def triton_unavailable(x):
+def triton_unavailable(x: torch.Tensor):
     """None if the Triton kernels can run on tensor x, else a sentence saying why not and what to do."""
     err = _kernels_import_error()
     if err is not None:

@@ -2,32 +2,71 @@
 
     gp[n] = (||g_n||_2 - target)^2        with g_n the gradient of D's score w.r.t. sample n's input
 
-The norm is taken in fp32 (fp64 stays fp64). Uses torch.linalg.vector_norm, whose gradient at g_n = 0 is 0 rather than NaN.
+The norm is taken in fp32 (fp64 stays fp64). Uses torch.linalg.vector_norm, whose gradient at g_n = 0 is 0 rather
+than NaN. Also gp_interpolate, the sample the penalty is taken at: xhat = real + u[n] * (fake - real).
 """
 import torch
 
-from fastpggan.kernels._layout import empty_in_layout_of
+from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of
 
-from . import _dispatch, _ext
-from ._util import triton_unavailable, upcast
+from . import _dispatch
+from ._backends import KernelOp, register_backends
+from ._util import upcast
+
+
+def gradient_penalty(grads: torch.Tensor, *, target: float = 1.0, impl: str = "auto") -> torch.Tensor:
+    """Per-sample (||g_n|| - target)^2 (official loss.py D_wgangp_acgan).
+
+    Args:
+        grads: (N, ...) gradients of D's scores w.r.t. its inputs, one sample per row.
+        target: the norm the penalty pulls towards (WGAN-GP: 1).
+        impl: 'auto', 'ref', 'triton' or 'ext' (see fastpggan.ops).
+
+    Returns:
+        (N,) in fp32 (fp64 for fp64 input). Differentiable twice.
+    """
+    if grads.ndim < 1 or grads.shape[0] == 0:
+        raise ValueError(f"gradient_penalty expects (N, ...) gradients, got shape {tuple(grads.shape)}")
+    return _dispatch.resolve("gradient_penalty", impl, grads)(grads, float(target))
+
+
+def gp_interpolate(reals: torch.Tensor, fakes: torch.Tensor, u: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
+    """The WGAN-GP sample real + u[n] * (fake - real) (official loss.py `mixed_images`).
+
+    Args:
+        reals: (N, ...) real images.
+        fakes: fake images of reals' shape.
+        u: (N,) mixing factors, one per sample.
+        impl: 'auto', 'ref', 'triton' or 'ext' (see fastpggan.ops).
+
+    Returns:
+        Tensor of reals' shape and dtype. Differentiable to any order.
+    """
+    if reals.shape != fakes.shape or u.ndim != 1 or u.shape[0] != reals.shape[0]:
+        raise ValueError(f"gp_interpolate: reals {tuple(reals.shape)} and fakes {tuple(fakes.shape)} must match "
+                         f"and u must be ({reals.shape[0]},), got {tuple(u.shape)}")
+    return _dispatch.resolve("gp_interpolate", impl, reals)(reals, fakes, u)
 
 
 def gradient_penalty_ref(grads, target):
+    """Plain-PyTorch oracle. Differentiable to any order."""
     g = upcast(grads)
     norms = torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1)
     return (norms - target).square()
 
 
-_dispatch.register("gradient_penalty", "ref", gradient_penalty_ref)
+def gp_interpolate_ref(reals, fakes, u):
+    """Plain-PyTorch oracle: torch.lerp, one pass."""
+    return torch.lerp(reals, fakes.to(reals.dtype), u.to(reals.dtype).reshape(-1, *([1] * (reals.ndim - 1))))
 
 
-def gradient_penalty_double_backward(ddg, dgp, g, r, target):
+def gradient_penalty_double_backward(ddg, dgp, g, r, target, need_dgp=True, need_g=True):
     """Gradients of dg = dgp * h(r) * g, h(r) = 2 (r - t) / r, w.r.t. (dgp, g), given ddg; r = ||g_n||.
 
         d dgp = h(r) <ddg, g>
         d g   = dgp h(r) ddg + dgp <ddg, g> 2 t g / r^3          (both 0 where r = 0)
 
-    Plain PyTorch, so it is itself differentiable.
+    Each is computed only if asked for (None otherwise). Plain PyTorch, so it is itself differentiable.
     """
     n = g.shape[0]
     gf, ddf = upcast(g).reshape(n, -1), upcast(ddg).reshape(n, -1)
@@ -36,38 +75,40 @@ def gradient_penalty_double_backward(ddg, dgp, g, r, target):
     safe_r = torch.where(nonzero, r, torch.ones_like(r))
     h = torch.where(nonzero, 2 * (r - target) / safe_r, torch.zeros_like(r))
     dot = (ddf * gf).sum(dim=1)
-    d_dgp = h * dot
-    d_g = (dgp * h)[:, None] * ddf + torch.where(nonzero, dgp * dot * 2 * target / safe_r ** 3,
-                                                   torch.zeros_like(r))[:, None] * gf
-    return d_dgp, d_g.reshape(g.shape).to(g.dtype)
+    d_dgp = h * dot if need_dgp else None
+    d_g = None
+    if need_g:
+        d_g = (dgp * h)[:, None] * ddf + torch.where(nonzero, dgp * dot * 2 * target / safe_r ** 3,
+                                                       torch.zeros_like(r))[:, None] * gf
+        d_g = d_g.reshape(g.shape).to(g.dtype)
+    return d_dgp, d_g
 
 
-# Fast backends: (||g|| - t)^2 and its backward are kernels (a Triton custom op, or an extension op); the
-# backward's backward is the formula above.
-
-def _acc(t):
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
+# Fast backends: (||g|| - t)^2 and its backward are kernel ops; the backward's backward is the formula above.
+#   gradient_penalty       (grads, target) -> (gp, r)       r = ||g_n||, saved for the backward
+#   gradient_penalty_grad  (dgp, grads, r, target) -> dgrads
+# gp_interpolate is one kernel op; its backward (the linear map's transpose) is PyTorch.
 
 def _fake(grads, target):
-    n = grads.shape[0]
-    return grads.new_empty((n,), dtype=_acc(grads)), grads.new_empty((n,), dtype=_acc(grads))
+    acc = accumulator_dtype(grads.dtype)
+    return grads.new_empty((grads.shape[0],), dtype=acc), grads.new_empty((grads.shape[0],), dtype=acc)
 
 
 def _fake_grad(dgp, grads, r, target):
     return empty_in_layout_of(grads)
 
 
-def wire(fwd, grad):
-    """Register fake tensors and autograd for one backend's (penalty, backward) ops; fwd returns (gp, r)."""
+def _autograd(k):
     def setup(ctx, inputs, output):
         grads, ctx.target = inputs
         ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(grads, output[1])
 
     def backward(ctx, dgp, _dr):
+        if not ctx.needs_input_grad[0]:
+            return None, None
         grads, r = ctx.saved_tensors
-        return grad(dgp, grads, r, ctx.target), None
+        return k.gradient_penalty_grad(dgp, grads, r, ctx.target), None
 
     def grad_setup(ctx, inputs, output):
         dgp, grads, r, ctx.target = inputs
@@ -75,110 +116,46 @@ def wire(fwd, grad):
 
     def grad_backward(ctx, ddg):
         dgp, grads, r = ctx.saved_tensors
-        d_dgp, d_g = gradient_penalty_double_backward(ddg, dgp, grads, r, ctx.target)
-        return d_dgp.to(dgp.dtype), d_g, None, None
+        need_dgp, need_g = ctx.needs_input_grad[:2]
+        d_dgp, d_g = gradient_penalty_double_backward(ddg, dgp, grads, r, ctx.target, need_dgp, need_g)
+        return (d_dgp.to(dgp.dtype) if need_dgp else None), d_g, None, None
 
-    torch.library.register_fake(fwd, _fake)
-    torch.library.register_fake(grad, _fake_grad)
-    torch.library.register_autograd(fwd, backward, setup_context=setup)
-    torch.library.register_autograd(grad, grad_backward, setup_context=grad_setup)
+    return {"gradient_penalty": (setup, backward), "gradient_penalty_grad": (grad_setup, grad_backward)}
 
 
-def _kernels():
-    from fastpggan.kernels import gradient_penalty as k
-    return k
+def _call(k, grads, target):
+    return k.gradient_penalty(grads, float(target))[0]
 
 
-@torch.library.custom_op("fastpggan::gradient_penalty_triton", mutates_args=())
-def _gp_triton_op(grads: torch.Tensor, target: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gp, r): the penalty and the norms r = ||g_n||, saved for the backward."""
-    return _kernels().gradient_penalty(grads, target)
+register_backends(
+    "gradient_penalty", ref=gradient_penalty_ref, kernels="gradient_penalty", autograd=_autograd, call=_call,
+    kernel_ops={
+        "gradient_penalty": KernelOp("(Tensor grads, float target) -> (Tensor, Tensor)", _fake),
+        "gradient_penalty_grad": KernelOp("(Tensor dgp, Tensor grads, Tensor r, float target) -> Tensor", _fake_grad),
+    })
 
 
-@torch.library.custom_op("fastpggan::gradient_penalty_grad_triton", mutates_args=())
-def _gp_grad_triton_op(dgp: torch.Tensor, grads: torch.Tensor, r: torch.Tensor, target: float) -> torch.Tensor:
-    return _kernels().gradient_penalty_grad(dgp, grads, r, target)
+def _interpolate_autograd(k):
+    def setup(ctx, inputs, output):
+        reals, fakes, u = inputs
+        ctx.save_for_backward(reals, fakes, u)
+
+    def backward(ctx, dy):
+        reals, fakes, u = ctx.saved_tensors
+        need_reals, need_fakes, need_u = ctx.needs_input_grad
+        uu = u.to(dy.dtype).reshape(-1, *([1] * (dy.ndim - 1)))
+        d_reals = ((1 - uu) * dy).to(reals.dtype) if need_reals else None
+        d_fakes = (uu * dy).to(fakes.dtype) if need_fakes else None
+        d_u = None
+        if need_u:
+            d_u = ((fakes.to(dy.dtype) - reals.to(dy.dtype)) * dy).reshape(dy.shape[0], -1).sum(1).to(u.dtype)
+        return d_reals, d_fakes, d_u
+
+    return {"gp_interpolate": (setup, backward)}
 
 
-wire(_gp_triton_op, _gp_grad_triton_op)
-
-
-def gradient_penalty_triton(grads, target):
-    return _gp_triton_op(grads, float(target))[0]
-
-
-_dispatch.register("gradient_penalty", "triton", gradient_penalty_triton, triton_unavailable)
-
-
-@_ext.on_load
-def _wire_ext():
-    wire(_ext.op("gradient_penalty"), _ext.op("gradient_penalty_grad"))
-
-
-def gradient_penalty_ext(grads, target):
-    return _ext.op("gradient_penalty")(grads, float(target))[0]
-
-
-_dispatch.register("gradient_penalty", "ext", gradient_penalty_ext, _ext.ext_unavailable)
-
-
-def gp_interpolate_ref(reals, fakes, u):
-    """xhat = real + u[n] * (fake - real): the WGAN-GP sample between a real and a fake image."""
-    return torch.lerp(reals, fakes.to(reals.dtype), u.to(reals.dtype).reshape(-1, *([1] * (reals.ndim - 1))))
-
-
-_dispatch.register("gp_interpolate", "ref", gp_interpolate_ref)
-
-
-def _gp_interpolate_setup(ctx, inputs, output):
-    reals, fakes, u = inputs
-    ctx.save_for_backward(reals, fakes, u)
-
-
-def _gp_interpolate_backward(ctx, dy):
-    reals, fakes, u = ctx.saved_tensors
-    uu = u.to(dy.dtype).reshape(-1, *([1] * (dy.ndim - 1)))
-    du = ((fakes.to(dy.dtype) - reals.to(dy.dtype)) * dy).reshape(dy.shape[0], -1).sum(1).to(u.dtype)
-    return ((1 - uu) * dy).to(reals.dtype), (uu * dy).to(fakes.dtype), du
-
-
-def wire_interpolate(op):
-    """Register fake tensors and autograd (the linear map's transpose, in PyTorch) for a gp_interpolate op."""
-    torch.library.register_fake(op, lambda reals, fakes, u: empty_in_layout_of(reals))
-    torch.library.register_autograd(op, _gp_interpolate_backward, setup_context=_gp_interpolate_setup)
-
-
-@torch.library.custom_op("fastpggan::gp_interpolate_triton", mutates_args=())
-def _gp_interpolate_triton_op(reals: torch.Tensor, fakes: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    return _kernels().gp_interpolate(reals, fakes, u)
-
-
-wire_interpolate(_gp_interpolate_triton_op)
-_dispatch.register("gp_interpolate", "triton", _gp_interpolate_triton_op, triton_unavailable)
-
-
-@_ext.on_load
-def _wire_gp_interpolate_ext():
-    wire_interpolate(_ext.op("gp_interpolate"))
-
-
-def gp_interpolate_ext(reals, fakes, u):
-    return _ext.op("gp_interpolate")(reals, fakes, u)
-
-
-_dispatch.register("gp_interpolate", "ext", gp_interpolate_ext, _ext.ext_unavailable)
-
-
-def gp_interpolate(reals, fakes, u, *, impl="auto"):
-    """Per-sample interpolation real + u[n] * (fake - real), u of shape (N,) (official loss.py `mixed_images`)."""
-    if reals.shape != fakes.shape or u.ndim != 1 or u.shape[0] != reals.shape[0]:
-        raise ValueError(f"gp_interpolate: reals {tuple(reals.shape)} and fakes {tuple(fakes.shape)} must match "
-                         f"and u must be ({reals.shape[0]},), got {tuple(u.shape)}")
-    return _dispatch.resolve("gp_interpolate", impl, reals)(reals, fakes, u)
-
-
-def gradient_penalty(grads, *, target=1.0, impl="auto"):
-    """Per-sample (||g_n|| - target)^2, shape (N,), in fp32 (fp64 for fp64 input)."""
-    if grads.ndim < 1 or grads.shape[0] == 0:
-        raise ValueError(f"gradient_penalty expects (N, ...) gradients, got shape {tuple(grads.shape)}")
-    return _dispatch.resolve("gradient_penalty", impl, grads)(grads, float(target))
+register_backends(
+    "gp_interpolate", ref=gp_interpolate_ref, kernels="gradient_penalty", autograd=_interpolate_autograd,
+    call=lambda k, reals, fakes, u: k.gp_interpolate(reals, fakes, u),
+    kernel_ops={"gp_interpolate": KernelOp("(Tensor real, Tensor fake, Tensor u) -> Tensor",
+                                           lambda real, fake, u: empty_in_layout_of(real))})

@@ -1,5 +1,12 @@
-"""Memory layouts the kernels accept, in plain torch (no Triton), so fake/meta functions can share the rule."""
+"""What the kernels' tensors look like, in plain torch (no Triton), so that the ops' fake functions and the
+kernels' launchers share one rule each: the memory layouts they accept and keep, and the dtype they sum in."""
 import torch
+
+
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums and statistics are computed in: float64 for float64 (gradcheck), float32 for everything
+    else (fp16/bf16 inputs are upcast)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def is_channels_last(t):

@@ -1,0 +1,74 @@
+"""Images in and out: decoded pictures to uint8 arrays for the datasets, and G's [-1, 1] output to uint8, PIL
+images and PNG grids. numpy, torch and Pillow (imported when first needed) only; any module may import it.
+"""
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """G's [-1, 1] output as uint8 (the official conversion: round((x + 1) * 127.5), clipped to [0, 255])."""
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def from_uint8(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels as fp32 in [-1, 1] (official process_reals: adjust_dynamic_range [0, 255] -> [-1, 1])."""
+    return images_uint8.float() / 127.5 - 1.0
+
+
+def to_pil(image_uint8: torch.Tensor):
+    """One (C, H, W) uint8 tensor, C = 1 or 3, as a PIL image ("L" or "RGB")."""
+    from PIL import Image
+    x = image_uint8.cpu()
+    if x.shape[0] == 1:
+        return Image.fromarray(x[0].numpy(), "L")
+    return Image.fromarray(x.permute(1, 2, 0).numpy(), "RGB")
+
+
+def write_grid(images: torch.Tensor, path: str, upscale_to: Optional[int] = None) -> None:
+    """Save (N, C, H, W) images in [-1, 1] as a near-square PNG grid, nearest-upscaled to `upscale_to`."""
+    x = images.detach().float().cpu()
+    if upscale_to and x.shape[-1] < upscale_to:
+        x = F.interpolate(x, size=(upscale_to, upscale_to), mode="nearest")
+    x = to_uint8(x)
+    n, c, h, w = x.shape
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    grid = torch.zeros(c, rows * h, cols * w, dtype=torch.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = x[i]
+    to_pil(grid).save(path)
+
+
+def channels_of(img) -> int:
+    """1 for a grayscale PIL image, else 3."""
+    return 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+
+
+def to_square_array(img, channels: int, resolution: int) -> Optional[np.ndarray]:
+    """PIL image -> uint8 (C, R, R), or None if its centre square is smaller than R.
+
+    Non-square images are centre-cropped; larger ones are resized with Lanczos; transparency is composited over
+    black; `channels` 1 gives grayscale, 3 RGB.
+    """
+    from PIL import Image
+    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
+        img = img.convert("RGBA")
+        alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
+        rgb = np.asarray(img.convert("RGB"), dtype=np.float32) * alpha[..., None]
+        img = Image.fromarray(np.rint(rgb).astype(np.uint8), "RGB")
+    img = img.convert("L" if channels == 1 else "RGB")
+    w, h = img.size
+    side = min(w, h)
+    if side < resolution:
+        return None
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    if side != resolution:
+        img = img.resize((resolution, resolution), Image.LANCZOS)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)

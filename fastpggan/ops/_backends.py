@@ -1,0 +1,91 @@
+"""One declaration per op registers all of its backends (the pytorch/extension-cpp ops.py style: fake tensors and
+autograd registered by op name).
+
+A fast backend runs an op as a few kernel ops (a forward, its backward, ...), each declared once by its schema and
+its fake function. The two fast backends differ only in where those kernels come from:
+- 'triton': Python custom ops `fastpggan::<name>_triton` whose bodies are `fastpggan.kernels.<module>.<name>`
+  (Triton itself is imported by the first call, not here);
+- 'ext': the extension's `fastpggan_ext::<name>` (csrc/ops_cpu.cpp defines the same schemas), registered once the
+  library has loaded.
+Both get the same fake tensors and the same autograd formulas, and the public function reaches both through the
+same `call`.
+"""
+import functools
+import importlib
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+from . import _dispatch, _ext
+from ._util import triton_unavailable
+
+
+@dataclass(frozen=True)
+class KernelOp:
+    """One kernel op: its schema, as csrc/ops_cpu.cpp defines it, and its fake (meta) function."""
+    schema: str
+    fake: Callable
+
+
+# autograd(ops) -> {kernel op name: (setup_context, backward)}, given one backend's ops as a namespace
+Autograd = Callable[[SimpleNamespace], Dict[str, Tuple[Callable, Callable]]]
+
+
+def register_backends(op: str, *, ref: Callable, kernels: str, kernel_ops: Dict[str, KernelOp], autograd: Autograd,
+                      call: Callable, triton_limit: Optional[Callable] = None) -> None:
+    """Register `op`'s three backends with the dispatcher, and both fast backends' kernel ops with torch.
+
+    Args:
+        op: the op's name in the dispatcher (`_dispatch.resolve(op, impl, x)`).
+        ref: the plain-PyTorch oracle, impl='ref'.
+        kernels: the module of fastpggan.kernels with one function per kernel op, named as the op.
+        kernel_ops: {name: KernelOp} of every kernel op the fast backends run.
+        autograd: given one backend's ops (a namespace of callables by name), the (setup_context, backward) pair
+            of each differentiable kernel op.
+        call: call(ops, *args) runs the op on one backend's ops, with the arguments the public function passes.
+        triton_limit: an extra check x -> None or a reason, for a limit of the Triton kernels only.
+    """
+    _dispatch.register(op, "ref", ref)
+
+    module = functools.cache(lambda: importlib.import_module(f"fastpggan.kernels.{kernels}"))
+    triton_names = {name: f"fastpggan::{name}_triton" for name in kernel_ops}
+    for name, spec in kernel_ops.items():
+        torch.library.custom_op(triton_names[name], _kernel_body(module, name), mutates_args=(), schema=spec.schema)
+    triton_ops = _register_fake_and_autograd(triton_names, kernel_ops, autograd)
+    _dispatch.register(op, "triton", functools.partial(call, triton_ops), _with_limit(triton_unavailable, triton_limit))
+
+    ext_ops = SimpleNamespace()   # filled in once the extension has loaded
+
+    @_ext.on_load
+    def _register_ext():
+        names = {name: f"{_ext.NAMESPACE}::{name}" for name in kernel_ops}
+        vars(ext_ops).update(vars(_register_fake_and_autograd(names, kernel_ops, autograd)))
+
+    _dispatch.register(op, "ext", functools.partial(call, ext_ops), _ext.ext_unavailable)
+
+
+def _kernel_body(module, name):
+    def body(*args):
+        return getattr(module(), name)(*args)
+    body.__name__ = name
+    return body
+
+
+def _register_fake_and_autograd(qualnames, kernel_ops, autograd):
+    """Fake tensors and autograd for one backend's kernel ops, by name; returns the ops as a namespace."""
+    ops = SimpleNamespace()
+    for name, qualname in qualnames.items():
+        namespace, short = qualname.split("::")
+        setattr(ops, name, getattr(getattr(torch.ops, namespace), short).default)
+        torch.library.register_fake(qualname, kernel_ops[name].fake)
+    for name, (setup, backward) in autograd(ops).items():
+        torch.library.register_autograd(qualnames[name], backward, setup_context=setup)
+    return ops
+
+
+def _with_limit(unavailable, limit):
+    if limit is None:
+        return unavailable
+    return lambda x: unavailable(x) or limit(x)

@@ -1,0 +1,33 @@
+"""Where a run happens: the device, the log, and the cache folder. Shared by every command line and below.
+
+Standard library and torch only; any module of the package may import it.
+"""
+import os
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+
+def cache_root() -> str:
+    """The cache folder of datasets, the extension's builds and FID statistics: $FASTPGGAN_CACHE, else
+    ~/.cache/fastpggan."""
+    return os.environ.get("FASTPGGAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastpggan")
+
+
+def pick_device(spec: str) -> torch.device:
+    """--device auto|cpu|cuda|cuda:N -> a torch.device; auto is CUDA when a GPU is visible, else the CPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return dev
+
+
+def silent(*args: Any, **kwargs: Any) -> None:
+    """A log that prints nothing: the processes other than rank 0 of a multi-process run."""

@@ -1,0 +1,353 @@
+"""The training loop of one run (official train.py's train_progressive_gan): `Trainer(cfg, dataset, ...).run()`.
+
+Per step: one D step (WGAN-GP on reals faded to the current lod) and one G step, then the G EMA update (the step
+itself is fastpggan.step's); Adam (lr 1e-3, betas 0/0.99) reset whenever lod crosses an integer. A tick of
+`tick_kimg` images logs, draws a grid from fixed latents through G_ema and, every `snap_ticks` ticks, writes a
+checkpoint. Deviations (each tiny): the schedule is re-evaluated every step rather than every 4 minibatches,
+and the EMA is updated after the G step rather than beside the D step.
+"""
+import copy
+import json
+import math
+import os
+import signal
+import time
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from . import distributed
+from .config import pick_amp
+from .data import Sampler
+from .errors import UserError
+from .images import write_grid
+from .metrics import suite
+from .schedule import Schedule
+from .step import (
+    CudaGraphStep,
+    StepInputs,
+    TrainStep,
+    load_optimizer_state,
+    make_optimizer,
+    optimizer_state,
+    pick_cuda_graphs,
+    reset_optimizer_,
+    set_lr,
+)
+
+
+class Diverged(UserError):
+    """A loss became NaN or inf."""
+
+
+class Terminated(Exception):
+    """SIGTERM arrived while training."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+class Trainer:
+    """Holds the networks, optimizers and position of one run; `run()` trains to cfg['total_kimg']."""
+
+    def __init__(self, cfg, dataset, device, run_dir, progress=True, log=print, metrics=None, dist_ctx=None,
+                 batch_gpu=None, channels_last=False, cuda_graphs="auto"):
+        self.cfg, self.dataset, self.device, self.run_dir, self.progress, self.log = \
+            cfg, dataset, device, run_dir, progress, log
+        self.ctx = dist_ctx or distributed.Context()
+        self.metrics = metrics  # dict(names, kimg, num, inception) or None
+        self.last_metric_nimg = 0
+        torch.manual_seed(cfg["seed"])
+        self.G, self.D = ckpt.build_networks(cfg, impl=cfg["impl"])
+        self.G.to(device)
+        self.D.to(device)
+        self.G.amp_min_res = self.D.amp_min_res = cfg.get("amp_min_res")
+        if channels_last:
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.schedule = Schedule(**cfg["schedule"])
+        graphs, graphs_notice = pick_cuda_graphs(cuda_graphs, device, self.ctx.world)
+        self.opt_G = make_optimizer(self.G.parameters(), device, self.schedule.lr_base, capturable=graphs)
+        self.opt_D = make_optimizer(self.D.parameters(), device, self.schedule.lr_base, capturable=graphs)
+        self.amp_dtype, notice = pick_amp(cfg["amp"], device)
+        for line in (notice, graphs_notice):
+            if line:
+                log(line)
+        self.train_step = TrainStep(self.G, self.D, self.G_ema, self.opt_G, self.opt_D, lambda_gp=cfg["lambda_gp"],
+                                    drift=cfg["drift"], ema=cfg["ema"], impl=cfg["impl"], amp_dtype=self.amp_dtype,
+                                    channels_last=channels_last, ctx=self.ctx, batch_gpu=batch_gpu)
+        self.runner = CudaGraphStep(self.train_step, log=log) if graphs else self.train_step
+        self.stop_flag = None   # multi-process: the all-reduced Ctrl-C flag of the last step (read every 10 steps)
+        self.sampler = Sampler(len(dataset), seed=cfg["seed"])
+        self.nimg, self.prev_lod, self.tick, self.tick_start_nimg = 0, None, 0, 0
+        gen = torch.Generator().manual_seed(cfg["seed"] + 123456789)
+        n_grid = cfg["grid"] or (64 if cfg["resolution"] <= 64 else 16)
+        self.grid_z = torch.randn(n_grid, self.G.latent_size, generator=gen).to(device)
+        self.grid_labels = (torch.arange(n_grid) % dataset.num_classes).to(device) if cfg["cond"] else None
+        self.labels = torch.from_numpy(dataset.labels).to(device) if cfg["cond"] else None
+        self.stop_requested = False
+        self.sigint_seen = False
+        self.tb = None
+
+    @property
+    def loss_scaling(self):
+        """fp16: GradScaler steps, some of which are skipped on overflow."""
+        return self.train_step.scaler_D.is_enabled()
+
+    # -- state --------------------------------------------------------------------------------------------------
+    def state_dict(self):
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return dict(config=self.cfg, G=self.G.state_dict(), D=self.D.state_dict(), G_ema=self.G_ema.state_dict(),
+                    opt_G=optimizer_state(self.opt_G), opt_D=optimizer_state(self.opt_D),
+                    scaler=self.train_step.scaler_state(), rng=rng,
+                    sampler=self.sampler.state_dict(),
+                    progress=dict(nimg=self.nimg, prev_lod=self.prev_lod, tick=self.tick,
+                                  tick_start_nimg=self.tick_start_nimg, **self._phase_info()))
+
+    def load_state_dict(self, state, path):
+        try:
+            self.G.load_state_dict(state["G"])
+            self.D.load_state_dict(state["D"])
+            self.G_ema.load_state_dict(state["G_ema"])
+            load_optimizer_state(self.opt_G, state["opt_G"])
+            load_optimizer_state(self.opt_D, state["opt_D"])
+            self.train_step.load_scaler_state(state.get("scaler"))
+            self.sampler.load_state_dict(state["sampler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if self.device.type == "cuda" and "cuda" in state["rng"]:
+                torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+            p = state["progress"]
+            self.nimg, self.prev_lod, self.tick, self.tick_start_nimg = \
+                int(p["nimg"]), p["prev_lod"], int(p["tick"]), int(p["tick_start_nimg"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise UserError(f"checkpoint '{path}' is incompatible with this run "
+                            f"({str(e).splitlines()[0][:200]})") from None
+
+    def _phase_info(self):
+        ph = self.schedule.at(self.nimg)
+        return dict(kimg=ph.kimg, resolution=ph.resolution, alpha=ph.alpha, lod=ph.lod)
+
+    # -- one step -----------------------------------------------------------------------------------------------
+    def _to_device(self, array):
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cuda":   # pinned, so the copy overlaps the previous step's kernels
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def draw_inputs(self, ph):
+        """This rank's rows of the step's data and random numbers. Every rank draws the whole global batch in the
+        same order (mirror flags, D latents, GP factors, G latents, G labels) and keeps its own rows."""
+        shard, n, dev = self.ctx.shard(ph.minibatch), ph.minibatch, self.device
+        idx = self.sampler.next(n)[shard]
+        reals = self._to_device(self.dataset.level(ph.resolution)[idx])
+        flip = (torch.rand(n, device=dev) < 0.5)[shard] if self.cfg["mirror"] else None
+        labels_d = self.labels[self._to_device(idx)] if self.labels is not None else None
+        z_d = torch.randn(n, self.G.latent_size, device=dev)[shard]
+        u = torch.rand(n, device=dev)[shard]
+        z_g = torch.randn(n, self.G.latent_size, device=dev)[shard]
+        labels_g = self.labels[torch.randint(len(self.labels), (n,), device=dev)[shard]] \
+            if self.labels is not None else None
+        return StepInputs(reals=reals, z_d=z_d, u=u, z_g=z_g, flip=flip, labels_d=labels_d, labels_g=labels_g)
+
+    def step(self, ph):
+        """One D step and one G step at phase `ph`, then the EMA update. Returns fp32 [loss_D, loss_G]."""
+        if self.prev_lod is not None and self.cfg["reset_opt"] and Schedule.lod_crossed_integer(self.prev_lod, ph.lod):
+            reset_optimizer_(self.opt_G)
+            reset_optimizer_(self.opt_D)
+        self.prev_lod = ph.lod
+        set_lr(self.opt_G, ph.lr)
+        set_lr(self.opt_D, ph.lr)
+        losses_ = self.runner.step(self.draw_inputs(ph), ph.resolution, ph.alpha)
+        self.nimg += ph.minibatch
+        if self.ctx.world == 1:
+            return losses_
+        # every rank sees the same (global) losses, NaN included, and a Ctrl-C seen by any rank stops all of them;
+        # the flag is read on the host only every 10 steps (run()), so the step itself does not sync
+        shared = torch.cat([losses_, torch.full((1,), float(self.sigint_seen), device=self.device)])
+        distributed.all_reduce_mean_([shared], self.ctx)
+        self.stop_flag = shared[2]
+        return shared[:2]
+
+    # -- outputs ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def save_grid(self, path, ph):
+        imgs = self.G_ema(self.grid_z, ph.resolution, ph.alpha, self.grid_labels)
+        write_grid(imgs, path, upscale_to=self.cfg["resolution"])
+
+    def _tb(self):
+        if self.tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(self.run_dir)
+            except Exception:   # tensorboard is optional
+                self.tb = False
+        return self.tb
+
+    def save_checkpoint(self):
+        return ckpt.save(self.state_dict(), self.run_dir, self.nimg, keep=self.cfg["keep"])
+
+    # -- loop ---------------------------------------------------------------------------------------------------
+    def run(self):
+        total = int(round(self.cfg["total_kimg"] * 1000))
+        last_ckpt = ckpt.latest(self.run_dir)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=round(total / 1000, 3), initial=round(self.nimg / 1000, 3), unit="kimg",
+                       dynamic_ncols=True, smoothing=0.05, mininterval=1.0,
+                       bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]")
+        old_handler = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum, frame):
+            if self.stop_requested or self.sigint_seen:
+                raise KeyboardInterrupt
+            if self.ctx.world > 1:
+                self.sigint_seen = True   # shared at the end of the step, so that every rank stops at the same one
+            else:
+                self.stop_requested = True
+        old_term = None
+        try:
+            signal.signal(signal.SIGINT, on_sigint)
+            if self.ctx.world > 1:   # torchrun sends SIGTERM to the others when one process of the run dies
+                old_term = signal.signal(signal.SIGTERM, _raise_terminated)
+        except ValueError:   # not the main thread
+            old_handler = None
+        tick_time, tick_losses, steps = time.time(), [], 0
+        rate_mark = (tick_time, self.nimg)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            while self.nimg < total and not self.stop_requested:
+                ph = self.schedule.at(self.nimg)
+                try:
+                    losses_ = self.step(ph)
+                except torch.cuda.OutOfMemoryError:
+                    raise UserError(f"CUDA out of memory at {ph.resolution}x{ph.resolution} with minibatch "
+                                    f"{ph.minibatch}: pass a smaller one (--minibatch {ph.resolution}:"
+                                    f"{max(ph.minibatch // 2, 1)}) or use --amp") from None
+                tick_losses.append(losses_)
+                steps += 1
+                if steps % 10 == 1:   # losses are the same on every rank, so all ranks stop together on a NaN
+                    values = losses_.tolist()
+                    if not self.loss_scaling:   # fp16: an overflow step is skipped; judged per tick instead
+                        self._check_finite(values, ph, last_ckpt)
+                    if self.stop_flag is not None and self.stop_flag.item() > 0:
+                        self.stop_requested = True
+                if bar is not None:
+                    bar.update(round(ph.minibatch / 1000, 3))
+                    if steps % 10 == 1:
+                        now = time.time()
+                        rate = (self.nimg - rate_mark[1]) / max(now - rate_mark[0], 1e-9)
+                        rate_mark = (now, self.nimg)
+                        bar.set_postfix_str(f"res {ph.resolution} alpha {ph.alpha:.2f} D {values[0]:.3f} "
+                                            f"G {values[1]:.3f} {rate:.0f} img/s", refresh=False)
+                done = self.nimg >= total
+                if self.nimg >= self.tick_start_nimg + ph.tick_kimg * 1000 or done or self.stop_requested:
+                    last_ckpt = self._end_tick(ph, tick_losses, tick_time, last_ckpt,
+                                               force_snapshot=done or self.stop_requested) or last_ckpt
+                    tick_time, tick_losses = time.time(), []   # snapshot time is excluded from sec/kimg
+        finally:
+            if bar is not None:
+                bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
+            if self.tb:
+                self.tb.close()
+        if self.stop_requested:   # the tick that saw the request ended with a checkpoint
+            self.log(f"interrupted: saved {last_ckpt}; continue with --resume {last_ckpt}")
+            raise SystemExit(130)
+        return last_ckpt
+
+    def _check_finite(self, values, ph, last_ckpt):
+        if not all(math.isfinite(v) for v in values):
+            where = f"kimg {self.nimg / 1000:.1f} (res {ph.resolution}, alpha {ph.alpha:.3f})"
+            keep = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+            raise Diverged(f"loss became NaN/inf at {where} (D {values[0]:.4g}, G {values[1]:.4g}); {keep}. "
+                           "Try a lower --lr, or --amp off")
+
+    def _end_tick(self, ph, tick_losses, tick_time, last_ckpt, force_snapshot):
+        stacked = torch.stack(tick_losses).float() if tick_losses else torch.full((1, 2), float("nan"))
+        finite = torch.isfinite(stacked).all(1)
+        overflow_steps = int((~finite).sum()) if self.loss_scaling else 0
+        if self.loss_scaling and finite.any():
+            # fp16: a step whose scaled gradients overflowed has a non-finite loss and was skipped (GradScaler);
+            # the tick is diverged only if every step was
+            stacked = stacked[finite]
+        mean = stacked.mean(0).tolist()
+        self._check_finite(mean, ph, last_ckpt)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        sec = time.time() - tick_time
+        kimg_done = (self.nimg - self.tick_start_nimg) / 1000.0
+        self.tick += 1
+        self.tick_start_nimg = self.nimg
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            import resource
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rec = dict(tick=self.tick, kimg=round(self.nimg / 1000, 3), res=ph.resolution, alpha=round(ph.alpha, 5),
+                   lod=round(ph.lod, 5), minibatch=ph.minibatch, lr=ph.lr, loss_D=mean[0], loss_G=mean[1],
+                   sec_per_tick=round(sec, 3), sec_per_kimg=round(sec / max(kimg_done, 1e-9), 3),
+                   img_per_s=round(kimg_done * 1000 / max(sec, 1e-9), 2), peak_mem_mb=round(peak, 1),
+                   **({"overflow_steps": overflow_steps} if self.loss_scaling else {}),
+                   time=round(time.time(), 3))
+        snapshot = force_snapshot or self.tick % self.cfg["snap_ticks"] == 0
+        if self.ctx.main:   # only rank 0 writes; the state it writes is the same on every rank
+            with open(os.path.join(self.run_dir, "log.jsonl"), "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            tb = self._tb()
+            if tb:
+                for k in ("loss_D", "loss_G", "sec_per_kimg", "img_per_s", "peak_mem_mb", "res", "alpha"):
+                    tb.add_scalar(f"train/{k}", rec[k], self.nimg)
+            self.save_grid(os.path.join(self.run_dir, f"fakes_{ckpt.kimg_tag(self.nimg)}.png"), ph)
+        self._maybe_metrics(ph, snapshot)
+        path = self.save_checkpoint() if snapshot and self.ctx.main else None
+        if snapshot:
+            distributed.barrier(self.ctx)
+        return path
+
+    def _maybe_metrics(self, ph, snapshot):
+        """Every metrics['kimg'] kimg (or at each snapshot), the chosen metrics of G_ema at the current resolution."""
+        m = self.metrics
+        if not m:
+            return
+        if m["kimg"]:
+            if self.nimg - self.last_metric_nimg < m["kimg"] * 1000:
+                return
+            self.last_metric_nimg = self.nimg
+        elif not snapshot:
+            return
+        t0 = time.time()
+        per_rank = min(m["num"], len(self.dataset)) // self.ctx.world
+        num = per_rank * self.ctx.world
+        # each rank generates its share of the fakes; rank 0 gathers them and computes the metrics
+        fakes = suite.generate_uint8(self.G_ema, per_rank, ph.resolution, ph.alpha,
+                                     seed=self.tick * 1000 + self.ctx.rank, device=self.device)
+        fakes = distributed.all_gather_cat(fakes.to(self.device, torch.int32), self.ctx).to(torch.uint8).cpu()
+        if not self.ctx.main:
+            return
+        reals = suite.sample_reals(self.dataset, num, ph.resolution, seed=self.tick)
+        key = f"{os.path.basename(self.dataset.folder)}-{ph.resolution}-{num}-{self.tick}"
+        result = suite.compute(m["names"], reals, fakes, seed=self.tick, device=self.device,
+                               inception=m["inception"], real_stats_key=None if "fid" not in m["names"] else key)
+        rec = dict(metrics=result, kimg=round(self.nimg / 1000, 3), res=ph.resolution, alpha=round(ph.alpha, 5),
+                   num=num, metric_sec=round(time.time() - t0, 3), time=round(time.time(), 3))
+        with open(os.path.join(self.run_dir, "log.jsonl"), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        tb = self._tb()
+        if tb:
+            for name, value in result.items():
+                if isinstance(value, dict):
+                    for k, v in value.items():
+                        tb.add_scalar(f"metrics/{name}_{k}", v, self.nimg)
+                elif value is not None:
+                    tb.add_scalar(f"metrics/{name}", value, self.nimg)
