@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import time
+from typing import Callable, Optional
 
 from . import checkpoint as ckpt
 from .data import build_dataset
@@ -18,7 +19,7 @@ from .metrics.suite import compute, generate_uint8, parse_metrics, sample_reals
 from .runtime import pick_device
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastpggan.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by fastpggan.train")
     p.add_argument("--data", required=True, help="the dataset to compare with (as for fastpggan.train --data)")
@@ -34,7 +35,7 @@ def build_parser():
     return p
 
 
-def run(args, log=print):
+def run(args: argparse.Namespace, log: Callable = print) -> dict:
     names = parse_metrics(args.metrics)
     if args.num < 2:
         raise UserError("--num must be at least 2")
@@ -66,7 +67,7 @@ def run(args, log=print):
 
 
 @cli_entry
-def main(argv=None):
+def main(argv: Optional[list] = None) -> None:
     run(build_parser().parse_args(argv))
 
 

@@ -5,6 +5,7 @@ frames or an animated GIF (--gif). Uses G_ema, at the resolution and fade-in the
 """
 import argparse
 import os
+from typing import Callable, Optional
 
 import torch
 
@@ -45,7 +46,7 @@ def slerp(a, b, t):
     return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastpggan.generate",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Generate images from a fastpggan checkpoint (through G_ema).")
@@ -67,7 +68,7 @@ def build_parser():
     return p
 
 
-def run(args, log=print):
+def run(args: argparse.Namespace, log: Callable = print) -> list:
     device = pick_device(args.device)
     G, state = ckpt.load_generator(args.checkpoint, which=args.which, device=device)
     prog = state["progress"]
@@ -126,7 +127,7 @@ def run(args, log=print):
 
 
 @cli_entry
-def main(argv=None):
+def main(argv: Optional[list] = None) -> None:
     run(build_parser().parse_args(argv))
 
 

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Callable, Optional
 
 import torch
 
@@ -20,7 +21,7 @@ from .runtime import silent
 from .trainer import Terminated, Trainer
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastpggan.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a progressive-growing GAN (PGGAN, Karras et al. 2018) with WGAN-GP. With no arguments it "
@@ -130,7 +131,8 @@ def describe(cfg, dataset, device, G, D, run_dir):
                                      "   (official configuration: --preset v2-1gpu)")])
 
 
-def run(args, log=print):
+def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
+    """Train as the parsed command line says (a new run, or --resume); returns the Trainer at the end."""
     ctx, device = distributed.init(args.device)
     if not ctx.main:
         log = silent   # rank 0 speaks for the run
@@ -208,7 +210,7 @@ def run(args, log=print):
 
 
 @cli_entry
-def main(argv=None):
+def main(argv: Optional[list] = None) -> None:
     args = build_parser().parse_args(argv)
     run(args)
 

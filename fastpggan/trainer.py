@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import time
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -50,10 +51,25 @@ def _raise_terminated(signum, frame):
 
 
 class Trainer:
-    """Holds the networks, optimizers and position of one run; `run()` trains to cfg['total_kimg']."""
+    """Holds the networks, optimizers and position of one run; `run()` trains to cfg['total_kimg'].
 
-    def __init__(self, cfg, dataset, device, run_dir, progress=True, log=print, metrics=None, dist_ctx=None,
-                 batch_gpu=None, channels_last=False, cuda_graphs="auto"):
+    Args:
+        cfg: the run's config dict (config.make_config, or a checkpoint's "config").
+        dataset: a data.ImageDataset at cfg["resolution"].
+        device: where the networks train.
+        run_dir: the folder of log.jsonl, the grids and the checkpoints.
+        progress: show a progress bar.
+        log: where the one-line notices go.
+        metrics: dict(names, kimg, num, inception) of the metrics to compute during training, or None.
+        dist_ctx: the distributed context (default: one process).
+        batch_gpu: rows per forward pass on this process (gradient accumulation below its share).
+        channels_last: run G and D in channels_last.
+        cuda_graphs: 'auto', 'on' or 'off' (step.pick_cuda_graphs).
+    """
+
+    def __init__(self, cfg: dict, dataset, device: torch.device, run_dir: str, progress: bool = True,
+                 log: Callable = print, metrics: Optional[dict] = None, dist_ctx: Optional[distributed.Context] = None,
+                 batch_gpu: Optional[int] = None, channels_last: bool = False, cuda_graphs: str = "auto"):
         self.cfg, self.dataset, self.device, self.run_dir, self.progress, self.log = \
             cfg, dataset, device, run_dir, progress, log
         self.ctx = dist_ctx or distributed.Context()
