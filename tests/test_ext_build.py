@@ -113,6 +113,21 @@ def test_extension_is_loaded_with_cpu_kernels():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("fastpggan_ext::bias_act", "CPU")
 
 
+KERNEL_OPS = ("bias_act", "bias_act_grad", "bias_act_pn", "bias_act_pn_grad", "fade_in", "fade_in_grad",
+              "minibatch_stddev", "minibatch_stddev_grad", "gradient_penalty", "gradient_penalty_grad",
+              "gp_interpolate")
+
+
+def test_triton_and_extension_kernel_ops_have_the_same_schemas():
+    """The Python declarations (ops.*, register_backends) and csrc/ops_cpu.cpp's TORCH_LIBRARY write each schema
+    once per language; the two backends share one autograd and one call, so they must agree."""
+    assert _ext.load_error() is None, _ext.load_error()
+    for name in KERNEL_OPS:
+        triton_schema = getattr(torch.ops.fastpggan, f"{name}_triton").default._schema
+        ext_schema = _ext.op(name)._schema
+        assert str(triton_schema).split("(", 1)[1] == str(ext_schema).split("(", 1)[1], name
+
+
 def test_on_load_after_the_extension_loaded_runs_at_once():
     """An op registered after the library loaded still gets its fake tensors and autograd."""
     assert _ext.load_error() is None, _ext.load_error()
