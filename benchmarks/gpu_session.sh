@@ -8,7 +8,7 @@ out="${1:-benchmarks/results}"
 mkdir -p "$out"
 tag="${GPU_TAG:-$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | awk '{print tolower($2)}')}"
 stem="$out/${tag}-$(date -u +%Y%m%d)"
-python -m pytest tests/test_backends.py tests/test_step.py -q -x 2>&1 | tail -20 | tee "$stem-tests.txt"
+python -m pytest tests/test_backends.py tests/test_step.py tests/test_optim.py -q -x 2>&1 | tail -20 | tee "$stem-tests.txt"
 cmd="pytest benchmarks/ --benchmark-only --benchmark-min-rounds=5 --benchmark-max-time=0.5 --benchmark-json $stem.json"
 python -m $cmd -q 2>&1 | tail -5
 python benchmarks/report.py "$stem.json" --command "$cmd" > "$stem.md"

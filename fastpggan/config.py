@@ -11,6 +11,7 @@ import torch
 
 from .errors import UserError
 from .schedule import PRESETS, Schedule
+from .step import STEP_VERSION
 
 PRESET_NAMES = ["auto"] + list(PRESETS)
 
@@ -118,6 +119,7 @@ def make_config(args: argparse.Namespace, dataset, device: torch.device) -> dict
                 mirror=args.mirror, cond=args.cond,
                 total_kimg=float(s["total_kimg"]), snap_ticks=int(s["snap_ticks"]), keep=args.keep,
                 reset_opt=not args.no_reset_opt, lambda_gp=args.lambda_gp, drift=args.drift, ema=float(s["ema"]),
+                gp_native_res=args.gp_native_res, step_version=STEP_VERSION,
                 impl=args.impl, strict=args.strict, grid=args.grid, network=network, schedule=schedule)
 
 

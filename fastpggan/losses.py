@@ -6,7 +6,7 @@
 
 With labels, D returns (N, 1 + L): column 0 is the score and the rest are AC-GAN logits, which add a softmax
 cross-entropy term for reals and fakes (D) or fakes (G), weight 1. The per-sample losses are averaged over the
-minibatch (Adam is invariant to that constant factor, up to its epsilon).
+minibatch, as officially (tfutil.Optimizer gets tf.reduce_mean of them).
 `D` is any callable mapping images to scores. The fakes are detached in the D loss.
 """
 from typing import Callable, Optional

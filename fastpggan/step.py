@@ -1,8 +1,15 @@
-"""One PGGAN training step (official train.py): a D step, a G step, then the G EMA update.
+"""One PGGAN training step, the official one (official train.py: `[D_train_op, Gs_update_op]`, then `G_train_op`):
 
-    D step:  L_D = D(G(z)) - D(x) + lambda (||grad D(xhat)|| - 1)^2 + drift D(x)^2     (WGAN-GP, losses.py)
+    D step:  L_D = D(G(z)) - D(x) + lambda/t^2 (||grad D(xhat)|| - t)^2 + drift D(x)^2   (WGAN-GP, losses.py)
+    EMA:     G_ema <- G_ema + (1 - beta) (G - G_ema)         (official Gs: averages G as it was before its step)
     G step:  L_G = -D(G(z'))
-    EMA:     G_ema <- G_ema + (1 - beta) (G - G_ema)                                    (official "Gs")
+    Adam:    TensorFlow's (optim.TFAdam): eps added to sqrt(v) before the bias correction
+
+The penalty's target t is 2^floor(lod) = (full resolution) / (current resolution). The official D takes every
+image at full resolution (reals and fakes nearest-upscaled, official train.py process_reals and G_paper) and
+box-downscales it itself (networks.py D_paper), and the gradient is taken w.r.t. the full-resolution mix
+(loss.py D_wgangp_acgan). Its norm is ||g_native|| / t, and lambda (||g_native|| / t - 1)^2 is the term above.
+`gp_native_res=True` takes target 1 at every resolution instead (the paper's text read literally).
 
 A step is a function of its inputs only (`StepInputs`: uint8 reals, mirror flags, latents, GP mixing factors and
 labels, drawn by the caller), of alpha and of the learning rate. It never reads a value back to the host, so the
@@ -13,7 +20,7 @@ Mixed precision (`amp_dtype`):
 - bf16: autocast, nothing else.
 - fp16: autocast plus one torch.amp.GradScaler per network. The gradient penalty follows PyTorch's recipe: the
   gradient is taken of the scaled output with create_graph=True and unscaled by hand before its norm, and the
-  whole loss is then scaled for backward. A step whose gradients overflow is skipped on the device (fused Adam
+  whole loss is then scaled for backward. A step whose gradients overflow is skipped on the device (TFAdam
   reads the scaler's found_inf), with no host sync.
 In every backend the pixel-norm and minibatch-stddev statistics, the GP norm and the losses are computed in fp32;
 parameters, Adam state and G_ema stay fp32.
@@ -28,6 +35,12 @@ import torch.nn.functional as F
 from . import distributed, losses, ops
 from .errors import UserError
 from .images import from_uint8
+from .optim import TFAdam
+
+# What a checkpoint's config records as "step_version": 2, the official step (this module's doc). Checkpoints without
+# it were written by fastpggan 0.1, whose step took the penalty at target 1 at every resolution, added Adam's eps
+# after the bias correction and updated G_ema after the G step.
+STEP_VERSION = 2
 
 
 @dataclass
@@ -46,13 +59,10 @@ class StepInputs:
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], device: torch.device, lr: float = 1e-3,
-                   capturable: bool = False) -> torch.optim.Adam:
-    """Official Adam (beta1 0, beta2 0.99, eps 1e-8), fused. capturable=True (CUDA graphs) keeps the lr in a device
-    tensor, so that a captured step reads the value set_lr writes."""
-    kw = dict(betas=(0.0, 0.99), eps=1e-8, fused=True)
-    if capturable:
-        return torch.optim.Adam(params, lr=torch.tensor(lr, device=device), capturable=True, **kw)
-    return torch.optim.Adam(params, lr=lr, **kw)
+                   capturable: bool = False) -> TFAdam:
+    """Official Adam (config.py G_opt/D_opt: beta1 0, beta2 0.99, TF's eps 1e-8). capturable=True (CUDA graphs)
+    keeps the lr in a device tensor, so that a captured step reads the value set_lr writes."""
+    return TFAdam(params, lr=torch.tensor(lr, device=device) if capturable else lr, betas=(0.0, 0.99), eps=1e-8)
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -120,6 +130,7 @@ class TrainStep:
         opt_G, opt_D: their optimizers (make_optimizer).
         lambda_gp, drift: the WGAN-GP loss weights (losses.d_loss_wgan_gp).
         ema: G_ema's smoothing per step (official 0.999).
+        gp_native_res: penalty target 1 at every resolution, instead of the official 2^floor(lod) (module doc).
         impl: the ops backend.
         amp_dtype: None (fp32), torch.bfloat16 (autocast), or torch.float16 (autocast and a GradScaler per network).
         channels_last: convert the reals to channels_last (run the networks in it too).
@@ -129,10 +140,13 @@ class TrainStep:
 
     def __init__(self, G: torch.nn.Module, D: torch.nn.Module, G_ema: torch.nn.Module, opt_G: torch.optim.Optimizer,
                  opt_D: torch.optim.Optimizer, *, lambda_gp: float = 10.0, drift: float = 1e-3, ema: float = 0.999,
-                 impl: str = "auto", amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-                 ctx: Optional[distributed.Context] = None, batch_gpu: Optional[int] = None):
+                 gp_native_res: bool = False, impl: str = "auto", amp_dtype: Optional[torch.dtype] = None,
+                 channels_last: bool = False, ctx: Optional[distributed.Context] = None,
+                 batch_gpu: Optional[int] = None):
         self.G, self.D, self.G_ema, self.opt_G, self.opt_D = G, D, G_ema, opt_G, opt_D
         self.lambda_gp, self.drift, self.ema, self.impl = lambda_gp, drift, ema, impl
+        self.gp_native_res = gp_native_res
+        self.full_res = getattr(D, "module", D).resolution
         self.amp_dtype, self.channels_last = amp_dtype, channels_last
         self.ctx = ctx or distributed.Context()
         self.batch_gpu = batch_gpu
@@ -184,6 +198,7 @@ class TrainStep:
         reals = reals_to_float(inputs.reals, inputs.flip, alpha, fading, self.channels_last, self.impl)
         n = reals.shape[0]
         chunks = self._chunks(n)
+        gp_target = 1.0 if self.gp_native_res else self.full_res / res
 
         # D step
         D.requires_grad_(True)
@@ -196,13 +211,18 @@ class TrainStep:
                 with torch.no_grad():
                     fakes = G(inputs.z_d[c], res, alpha, lab)
                 part = losses.d_loss_wgan_gp(d_call, reals[c], fakes, lambda_gp=self.lambda_gp, drift=self.drift,
-                                             labels=lab, impl=self.impl, u=inputs.u[c], grad_scale=gp_scale)
+                                             labels=lab, target=gp_target, impl=self.impl, u=inputs.u[c],
+                                             grad_scale=gp_scale)
             part = part * ((c.stop - c.start) / n)
             self.scaler_D.scale(part).backward()
             loss_D = loss_D + part.detach()
         distributed.all_reduce_grads_(D, self.ctx)
         self.scaler_D.step(self.opt_D)
         self.scaler_D.update()
+
+        # G_ema, from G before its step (official: Gs_update_op runs with D_train_op)
+        with torch.no_grad():
+            torch._foreach_lerp_(self._params_ema, self._params_G, 1.0 - self.ema)
 
         # G step
         D.requires_grad_(False)
@@ -219,9 +239,6 @@ class TrainStep:
         self.scaler_G.step(self.opt_G)
         self.scaler_G.update()
         D.requires_grad_(True)
-
-        with torch.no_grad():
-            torch._foreach_lerp_(self._params_ema, self._params_G, 1.0 - self.ema)
         return torch.stack([loss_D.float(), loss_G.float()])
 
 
@@ -264,7 +281,7 @@ class CudaGraphStep:
 
     Capture (once per key): warm-up steps on a side stream (cuDNN autotuning, Triton compilation, the extension's
     lazy build, the GradScaler's and Adam's lazy state), then the training state is put back exactly as it was,
-    then one capture of D step + G step + EMA with capturable fused Adam. The inputs are copied into static
+    then one capture of D step + EMA + G step with TFAdam (lr and t on the device). The inputs are copied into static
     buffers before each replay; alpha and lr are device tensors updated in place. If capture fails, one warning
     is logged and every later step runs eagerly.
     """

@@ -18,6 +18,7 @@ from .data import build_dataset, check_resolution
 from .errors import UserError, cli_entry
 from .metrics import suite
 from .runtime import silent
+from .step import STEP_VERSION
 from .trainer import Terminated, Trainer
 
 
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--lambda-gp", type=float, default=10.0, help="WGAN-GP weight")
     n.add_argument("--drift", type=float, default=1e-3, help="epsilon-drift weight on D(real)^2")
     n.add_argument("--ema", type=float, default=None, help="G EMA smoothing per step (official and presets: 0.999)")
+    n.add_argument("--gp-native-res", action="store_true",
+                   help="gradient penalty with target 1 at the current resolution (the paper's text read literally); "
+                        "default: the official penalty, whose target is 2^floor(lod) below full resolution")
     n.add_argument("--impl", default="auto", choices=["auto", "ref", "triton", "ext"], help="op backend")
     o = p.add_argument_group("other")
     o.add_argument("--strict", action="store_true", help="reject corrupt or too-small images instead of skipping them")
@@ -126,7 +130,7 @@ def describe(cfg, dataset, device, G, D, run_dir):
         f"  schedule: {s['lod_training_kimg']:g}+{s['lod_transition_kimg']:g} kimg per resolution, minibatch "
         f"{s['minibatch_base']} ({mb}), lr {s['lr_base']:g}, G EMA {cfg['ema']:g}/step, "
         f"total {cfg['total_kimg']:g} kimg; "
-        f"amp {cfg['amp']}",
+        f"amp {cfg['amp']}" + ("; gradient penalty at target 1 (--gp-native-res)" if cfg.get("gp_native_res") else ""),
         f"  writing to {run_dir}" + ("" if cfg["preset"] != "auto" else
                                      "   (official configuration: --preset v2-1gpu)")])
 
@@ -147,6 +151,15 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
         path = _find_resume(args)
         state = ckpt.load(path)
         cfg = dict(state["config"])
+        version = cfg.get("step_version", 1)
+        if not isinstance(version, int) or version > STEP_VERSION:
+            raise UserError(f"checkpoint '{path}' was written by a newer fastpggan (training step version "
+                            f"{version}, this one has {STEP_VERSION}); upgrade fastpggan to resume it")
+        if version < STEP_VERSION:
+            log(f"note: {path} was written by fastpggan 0.1, whose training step was not the official one "
+                "(penalty target, Adam's epsilon, G_ema order); it continues with the official step, so it will not "
+                "retrace what 0.1 would have trained")
+            cfg["step_version"] = STEP_VERSION
         if args.kimg is not None:
             cfg["total_kimg"] = float(args.kimg)
         dataset = build_dataset(cfg["data"], resolution=cfg["resolution"], strict=cfg["strict"],

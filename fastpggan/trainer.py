@@ -1,10 +1,9 @@
 """The training loop of one run (official train.py's train_progressive_gan): `Trainer(cfg, dataset, ...).run()`.
 
-Per step: one D step (WGAN-GP on reals faded to the current lod) and one G step, then the G EMA update (the step
-itself is fastpggan.step's); Adam (lr 1e-3, betas 0/0.99) reset whenever lod crosses an integer. A tick of
-`tick_kimg` images logs, draws a grid from fixed latents through G_ema and, every `snap_ticks` ticks, writes a
-checkpoint. Deviations (each tiny): the schedule is re-evaluated every step rather than every 4 minibatches,
-and the EMA is updated after the G step rather than beside the D step.
+Per step: the official step of fastpggan.step (a D step on reals faded to the current lod, the G EMA update, a
+G step, TF's Adam), with Adam reset whenever lod crosses an integer. A tick of `tick_kimg` images logs, draws a
+grid from fixed latents through G_ema and, every `snap_ticks` ticks, writes a checkpoint. Deviation (tiny): the
+schedule is re-evaluated every step rather than every 4 minibatches.
 """
 import copy
 import json
@@ -93,7 +92,8 @@ class Trainer:
             if line:
                 log(line)
         self.train_step = TrainStep(self.G, self.D, self.G_ema, self.opt_G, self.opt_D, lambda_gp=cfg["lambda_gp"],
-                                    drift=cfg["drift"], ema=cfg["ema"], impl=cfg["impl"], amp_dtype=self.amp_dtype,
+                                    drift=cfg["drift"], ema=cfg["ema"], gp_native_res=cfg.get("gp_native_res", False),
+                                    impl=cfg["impl"], amp_dtype=self.amp_dtype,
                                     channels_last=channels_last, ctx=self.ctx, batch_gpu=batch_gpu)
         self.runner = CudaGraphStep(self.train_step, log=log) if graphs else self.train_step
         self.stop_flag = None   # multi-process: the all-reduced Ctrl-C flag of the last step (read every 10 steps)

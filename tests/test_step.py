@@ -67,7 +67,7 @@ def test_fp16_overflow_skips_the_step_and_backs_off_the_scale():
     assert all(torch.equal(a, b) for a, b in zip(d_before, s.D.parameters())), "D stepped on inf gradients"
     assert s.scaler_D.get_scale() < 2.0 ** 40
     assert any(not torch.equal(a, b) for a, b in zip(g_before, s.G.parameters())), "G should still train"
-    assert all(float(st["step"]) == 0 for st in s.opt_D.state.values())
+    assert float(s.opt_D.t) == 0 and float(s.opt_G.t) == 1
 
 
 def test_fp16_step_calibrates_its_scale_then_trains():
@@ -76,7 +76,7 @@ def test_fp16_step_calibrates_its_scale_then_trains():
     s, inputs = _tiny_step(torch.float16)
     outs = [s.step(inputs, 8, 0.5) for _ in range(30)]
     assert all(torch.isfinite(o).all() for o in outs[-5:])
-    stepped = int(next(iter(s.opt_D.state.values()))["step"])
+    stepped = int(s.opt_D.t)
     skipped = sum(not bool(torch.isfinite(o[0])) for o in outs)
     assert stepped >= 5 and stepped + skipped == 30
 
@@ -118,9 +118,10 @@ def test_reset_optimizer_in_place_equals_a_fresh_optimizer():
     for _ in range(3):
         w.grad = torch.randn_like(w)
         opt.step()
-    state_tensors = [id(v) for v in opt.state[w].values()]
+    state_tensors = [id(v) for v in opt.state[w].values()] + [id(opt.t)]
     step_mod.reset_optimizer_(opt)
-    assert [id(v) for v in opt.state[w].values()] == state_tensors   # same tensors: a captured graph stays valid
+    assert [id(v) for v in opt.state[w].values()] + [id(opt.t)] == state_tensors   # a captured graph stays valid
+    assert float(opt.t) == 0
     w2 = torch.nn.Parameter(w.detach().clone())
     fresh = step_mod.make_optimizer([w2], torch.device("cpu"))
     g = torch.randn_like(w)
@@ -132,8 +133,8 @@ def test_reset_optimizer_in_place_equals_a_fresh_optimizer():
 
 def test_optimizer_state_writes_a_float_lr_and_loading_keeps_the_tensor():
     w = torch.nn.Parameter(torch.randn(3))
-    lr = torch.tensor(0.01)
-    opt = torch.optim.Adam([w], lr=lr, betas=(0.0, 0.99), fused=True)
+    opt = step_mod.make_optimizer([w], torch.device("cpu"), lr=0.01, capturable=True)
+    lr = opt.param_groups[0]["lr"]
     step_mod.set_lr(opt, 0.002)
     assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.002)
     sd = step_mod.optimizer_state(opt)

@@ -12,6 +12,7 @@ import torch
 from conftest import checkpoint_tensors, tiny_train_args, train_quietly
 from fastpggan import checkpoint as ckpt
 from fastpggan import config, losses, train, trainer
+from fastpggan import step as step_mod
 from fastpggan.errors import UserError
 
 _train = train_quietly
@@ -80,23 +81,33 @@ def test_a_checkpoint_written_before_the_trainer_split_still_resumes(tmp_path):
     """tests/fixtures/checkpoint_v1_digits8_cond.pt was written by fastpggan 0.1.0 at commit 125761d, before
     train.py was split into config, trainer and train: `python -m fastpggan.train --data digits --fmap-base 32
     --fmap-max 8 --latent-size 8 --minibatch 8 --lod-training-kimg 0.016 --lod-transition-kimg 0.016 --tick-kimg
-    0.016 --snap-ticks 1 --kimg 0.04 --device cpu --seed 3 --mirror --cond`, its 0.032-kimg checkpoint. Today's
-    trainer loads every tensor of it unchanged and trains on from it."""
+    0.016 --snap-ticks 1 --kimg 0.04 --device cpu --seed 3 --mirror --cond`, its 0.032-kimg checkpoint, with
+    torch.optim.Adam's state and 0.1's (non-official) training step. Today's trainer loads every tensor of it
+    unchanged (Adam's per-parameter steps become TFAdam's one step count), says in one line that the run will not
+    retrace 0.1's, and trains on from it."""
     pytest.importorskip("sklearn", reason="scikit-learn is in the [demo] extra (the digits dataset)")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     path = run_dir / "checkpoint_000000.032.pt"
     path.write_bytes(open(OLD_CHECKPOINT, "rb").read())
     old = torch.load(path, weights_only=True)
-    loaded = _train(["--resume", str(path), "--kimg", "0.032", "--no-progress", "--device", "cpu"])  # nothing to train
+    lines = []
+    loaded = _train(["--resume", str(path), "--kimg", "0.032", "--no-progress", "--device", "cpu"],  # nothing to train
+                    log=lines.append)
+    notes = [ln for ln in lines if "fastpggan 0.1" in ln]
+    assert len(notes) == 1 and "official" in notes[0] and "\n" not in notes[0]
     now = loaded.state_dict()
     a, b = checkpoint_tensors(old), checkpoint_tensors(now)
+    old_steps = {k: a.pop(k) for k in list(a) if k.endswith(".step")}
+    assert sorted(k for k in b if k.endswith(".step")) == ["opt_D.shared.step", "opt_G.shared.step"]
+    for part in ("opt_G", "opt_D"):
+        assert float(b.pop(f"{part}.shared.step")) == max(float(v) for k, v in old_steps.items() if k.startswith(part))
     assert a.keys() == b.keys() and len(a) > 20
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert now["sampler"] == old["sampler"] and torch.equal(now["rng"]["torch"], old["rng"]["torch"])
     assert {k: now["progress"][k] for k in old["progress"]} == old["progress"]
-    assert now["config"] == dict(old["config"], total_kimg=0.032)
+    assert now["config"] == dict(old["config"], total_kimg=0.032, step_version=step_mod.STEP_VERSION)
 
     t = _train(["--resume", str(path), "--kimg", "0.048", "--no-progress", "--device", "cpu"])
     assert t.nimg == 48
@@ -104,6 +115,25 @@ def test_a_checkpoint_written_before_the_trainer_split_still_resumes(tmp_path):
     assert state["progress"]["nimg"] == 48 and state["config"]["cond"] and state["config"]["mirror"]
     assert all(torch.isfinite(v).all() for v in checkpoint_tensors(state).values())
     assert not torch.equal(state["G"]["dense.weight"], old["G"]["dense.weight"])
+
+
+def test_gp_native_res_is_recorded_and_reaches_the_step_and_a_newer_step_is_refused(tiny_npz, tmp_path):
+    lines = []
+    t = _train(tiny_train_args(tiny_npz, tmp_path, "--gp-native-res"), log=lines.append)
+    assert t.cfg["gp_native_res"] is True and t.train_step.gp_native_res is True
+    assert t.cfg["step_version"] == step_mod.STEP_VERSION
+    assert any("--gp-native-res" in ln for ln in lines)
+    path = ckpt.latest(str(tmp_path / "run"))
+    state = ckpt.load(path)
+    assert state["config"]["gp_native_res"] is True
+    resumed = _train(["--resume", path, "--no-progress", "--device", "cpu"])
+    assert resumed.train_step.gp_native_res is True
+    state["config"]["step_version"] = step_mod.STEP_VERSION + 1
+    torch.save(state, path)
+    with pytest.raises(UserError, match="newer fastpggan .*upgrade"):
+        _train(["--resume", path, "--no-progress", "--device", "cpu"])
+    default = _train(tiny_train_args(tiny_npz, tmp_path / "b"))
+    assert default.cfg["gp_native_res"] is False and default.train_step.gp_native_res is False
 
 
 def test_resume_latest(tiny_npz, tmp_path):
