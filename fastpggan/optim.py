@@ -102,8 +102,7 @@ class TFAdam(torch.optim.Optimizer):
         if shared is not None:
             saved = shared["step"]
         else:   # torch.optim.Adam: a step per parameter
-            steps = [st.pop("step") for st in self.state.values() if isinstance(st, dict) and "step" in st]
-            saved = max((float(s) for s in steps), default=0.0)
+            saved = max((float(st["step"]) for st in self.state.values() if "step" in st), default=0.0)
         for st in self.state.values():
             st.pop("step", None)
         t.fill_(float(saved))
