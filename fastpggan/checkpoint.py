@@ -5,16 +5,20 @@ A checkpoint is a dict of plain types and tensors:
     G, D, G_ema (state dicts), opt_G, opt_D (optimizer state dicts), scaler (GradScaler state or None),
     rng (torch CPU and CUDA generator states), sampler (data order position).
 
-`load(path)` validates it; `load_generator(path)` rebuilds the EMA generator for inference.
+`load(path)` checks all of it before anything is built: the config's network and progress are in range, the
+weights have the shapes that network has (compared on the meta device, so nothing is allocated), and G, D and
+G_ema are finite. `save` refuses non-finite weights too. `load_generator(path)` rebuilds the EMA generator for
+inference.
 """
 import glob
+import math
 import os
 import re
 from typing import List, Optional, Tuple
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, is_disk_full
 from .networks import Discriminator, Generator
 
 FORMAT, VERSION = "fastpggan-checkpoint", 1
@@ -26,16 +30,41 @@ def kimg_tag(nimg: int) -> str:
     return f"{nimg // 1000:06d}.{nimg % 1000:03d}"
 
 
+NETWORKS = ("G", "D", "G_ema")
+
+
+def nonfinite(state: dict) -> Optional[str]:
+    """'G_ema (3 tensors, first: b.torgb.weight)' for the first of G, D, G_ema holding NaN or inf, else None."""
+    for part in NETWORKS:
+        bad = [k for k, v in state.get(part, {}).items()
+               if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            return f"{part} ({len(bad)} tensor{'s' * (len(bad) > 1)}, first: {bad[0]})"
+    return None
+
+
 def save(state: dict, run_dir: str, nimg: int, keep: int = 3) -> str:
-    """Write `checkpoint_<kimg>.pt` atomically into run_dir and delete all but the newest `keep`."""
+    """Write `checkpoint_<kimg>.pt` atomically into run_dir and delete all but the newest `keep`.
+
+    Non-finite weights are refused, and a full disk is one UserError naming the last intact checkpoint; either
+    way nothing partial is left."""
     state = dict(state, format=FORMAT, version=VERSION)
     path = os.path.join(run_dir, f"checkpoint_{kimg_tag(nimg)}.pt")
+    bad = nonfinite(state)
+    if bad:
+        raise UserError(f"not writing {path}: {bad} holds NaN or inf; the last checkpoint with finite weights is "
+                        f"{latest(run_dir)}")
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         torch.save(state, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if not is_disk_full(e):
+            raise
+        raise UserError(f"the disk is full: could not write {path}; the last intact checkpoint is "
+                        f"{latest(run_dir)}; free space, then continue with --resume latest") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -71,7 +100,54 @@ def load(path: str, map_location="cpu") -> dict:
     if state.get("version") != VERSION:
         raise UserError(f"checkpoint '{path}' has format version {state.get('version')}; "
                         f"this fastpggan reads {VERSION}")
+    check(state, path)
     return state
+
+
+_NETWORK_RANGES = dict(resolution=(4, 1 << 14), latent_size=(1, 1 << 16), num_channels=(1, 3),
+                       fmap_base=(1, 1 << 20), fmap_max=(1, 1 << 16), mbstd_group_size=(0, 1 << 16),
+                       label_size=(0, 1 << 16))
+
+
+def check(state: dict, path: str) -> None:
+    """The checks of `load` (see the module docstring); raises UserError naming what is wrong."""
+    def bad(what):
+        return UserError(f"checkpoint '{path}' is damaged: {what}")
+    cfg = state.get("config")
+    net = cfg.get("network") if isinstance(cfg, dict) else None
+    if not isinstance(net, dict):
+        raise bad("it has no network config")
+    for key, (lo, hi) in _NETWORK_RANGES.items():
+        v = net.get(key)
+        if type(v) is not int or not lo <= v <= hi:
+            raise bad(f"network {key} is {v!r}, not an integer in [{lo}, {hi}]")
+    if net["resolution"] & (net["resolution"] - 1) or net["num_channels"] == 2:
+        raise bad(f"network resolution {net['resolution']} / channels {net['num_channels']} are impossible")
+    prog = state.get("progress")
+    try:
+        res, alpha, nimg = prog["resolution"], float(prog["alpha"]), prog["nimg"]
+        ok = type(res) is int and 4 <= res <= net["resolution"] and not res & (res - 1) and \
+            math.isfinite(alpha) and 0 <= alpha <= 1 and type(nimg) is int and nimg >= 0
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise bad(f"its progress {prog!r} is not a resolution, alpha and image count of this network")
+    for part in NETWORKS:
+        sd = state.get(part)
+        if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+            raise bad(f"{part} is not a state dict")
+    with torch.device("meta"):   # shapes only: nothing is allocated, however large the config says it is
+        G, D = build_networks(cfg)
+    for part, model in (("G", G), ("D", D), ("G_ema", G)):
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in state[part].items()}
+        if want != got:
+            k = next(k for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k))
+            raise bad(f"{part} does not match its recorded network ({k}: {got.get(k)} where the network has "
+                      f"{want.get(k)})")
+    bad_part = nonfinite(state)
+    if bad_part:
+        raise UserError(f"checkpoint '{path}' has NaN or inf weights in {bad_part}; use an earlier checkpoint")
 
 
 def build_networks(config: dict, impl: str = "auto") -> Tuple[torch.nn.Module, torch.nn.Module]:

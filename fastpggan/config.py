@@ -16,19 +16,60 @@ from .step import STEP_VERSION
 PRESET_NAMES = ["auto"] + list(PRESETS)
 
 
-def _res_dict(text: str) -> dict:
-    """'4:128,8:64' -> {4: 128, 8: 64}; a bare number -> {'base': value}."""
+def _res_dict(text: str, flag: str, whole: bool) -> dict:
+    """'4:128,8:64' -> {4: 128, 8: 64}; a bare number -> {'base': value}. Keys are powers of two >= 4, values
+    finite and positive (whole numbers for `whole`); anything else is a UserError naming `flag`."""
     out = {}
     for part in str(text).split(","):
         part = part.strip()
         if not part:
             continue
-        if ":" in part:
-            k, v = part.split(":", 1)
-            out[int(k)] = float(v)
-        else:
-            out["base"] = float(part)
+        try:
+            k, v = part.split(":", 1) if ":" in part else ("base", part)
+            k = k if k == "base" else int(k)
+            v = float(v)
+        except ValueError:
+            raise UserError(f"{flag} must look like '4:128,8:64' or a number, got {text!r}") from None
+        if k != "base" and (k < 4 or k & (k - 1)):
+            raise UserError(f"{flag}: {k} is not a resolution (a power of two >= 4), in {text!r}")
+        if not math.isfinite(v) or v <= 0 or (whole and v != int(v)):
+            raise UserError(f"{flag} values must be {'whole numbers >= 1' if whole else 'finite and > 0'}, "
+                            f"got {part!r}")
+        out[k] = int(v) if whole else v
     return out
+
+
+RESUMABLE = ("kimg", "lr", "minibatch", "snap_ticks", "keep", "grid")
+RUN_TIME = ("device", "cache_dir", "no_progress", "metrics", "metric_kimg", "metric_num", "inception", "batch_gpu",
+            "channels_last", "cuda_graphs", "out", "name", "resume")
+
+
+def apply_resume_flags(cfg: dict, args: argparse.Namespace, defaults: dict) -> Tuple[list, list]:
+    """A resumed run keeps its recorded config, except the flags of RESUMABLE given on the command line, which
+    change it from here on; the flags of RUN_TIME apply to this process only. Returns (applied, ignored): the
+    '--flag value' texts of the given flags, those that changed the config and those that cannot."""
+    given = {k: v for k, v in vars(args).items() if k in defaults and v != defaults[k]}
+    applied, ignored = [], []
+    for key, value in given.items():
+        text = f"--{key.replace('_', '-')} {value}" if value is not True else f"--{key.replace('_', '-')}"
+        if key in RUN_TIME:
+            continue
+        if key not in RESUMABLE:
+            ignored.append(text)
+            continue
+        applied.append(text)
+        if key == "kimg":
+            cfg["total_kimg"] = float(value)
+        elif key in ("lr", "minibatch"):
+            d = _res_dict(value, f"--{key}", whole=key == "minibatch")
+            base = f"{key}_base"
+            sched = cfg["schedule"] = dict(cfg["schedule"])
+            if "base" in d:
+                sched[base] = d.pop("base")
+            sched[key] = {**{int(k): v for k, v in sched[key].items()}, **d}
+        else:
+            cfg[key] = value
+    return applied, ignored
 
 
 def pick_amp(mode: str, device: torch.device) -> Tuple[Optional[torch.dtype], Optional[str]]:
@@ -95,10 +136,7 @@ def make_config(args: argparse.Namespace, dataset, device: torch.device) -> dict
     for key, base in (("minibatch", "minibatch_base"), ("lr", "lr_base")):
         text = getattr(args, key)
         if text is not None:
-            try:
-                d = _res_dict(text)
-            except ValueError:
-                raise UserError(f"--{key} must look like '4:128,8:64' or a number, got {text!r}") from None
+            d = _res_dict(text, f"--{key}", whole=key == "minibatch")
             if "base" in d:
                 s[base] = d.pop("base")
             s[key].update(d)
@@ -129,10 +167,14 @@ def validate_config(cfg: dict, world: int = 1, batch_gpu: Optional[int] = None) 
     group = cfg["network"]["mbstd_group_size"]
     if batch_gpu is not None and batch_gpu < 1:
         raise UserError(f"--batch-gpu must be at least 1, got {batch_gpu}")
+    if not sched.lod_training_kimg + sched.lod_transition_kimg > 0:
+        raise UserError("--lod-training-kimg plus --lod-transition-kimg must be more than 0, or the run never grows")
     r = 4
     while r <= cfg["resolution"]:
         ph = sched.at(sched.kimg_to_reach(r) * 1000)
-        if ph.minibatch < 1 or ph.minibatch % world:
+        if ph.minibatch < 1:
+            raise UserError(f"the minibatch at {r}x{r} is {ph.minibatch}; it must be at least 1 (--minibatch)")
+        if ph.minibatch % world:
             raise UserError(f"the global minibatch {ph.minibatch} at {r}x{r} is not divisible by the {world} "
                             "processes; change --minibatch or the process count")
         per = ph.minibatch // world

@@ -1,10 +1,55 @@
-"""User-facing errors: one clear line, no traceback."""
+"""User-facing errors: one clear line, no traceback. Standard library only; any module may import it."""
+import argparse
+import errno
 import functools
+import math
 import sys
+from typing import Callable, Optional
 
 
 class UserError(Exception):
     """A mistake the user can fix (bad path, bad flag, unusable data or checkpoint). Printed as one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (`error: ...`) with exit status 2, like every other user error."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def number(kind: type = float, min: Optional[float] = None, above: Optional[float] = None,
+           max: Optional[float] = None) -> Callable[[str], float]:
+    """An argparse `type=` for a finite int or float within bounds: min <= x, above < x, x <= max."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        bad = not math.isfinite(value) or (min is not None and value < min) or \
+            (above is not None and value <= above) or (max is not None and value > max)
+        if bad:
+            lo = f">= {min:g}" if min is not None else f"> {above:g}" if above is not None else ""
+            hi = f"<= {max:g}" if max is not None else ""
+            raise argparse.ArgumentTypeError(f"must be a finite number {' and '.join(s for s in (lo, hi) if s)}, "
+                                             f"got {text!r}")
+        return value
+    parse.__name__ = kind.__name__   # argparse names the type in its messages
+    return parse
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """An OSError for a full disk or quota, or torch.save's RuntimeError when its write came up short."""
+    if isinstance(e, OSError):
+        return e.errno in DISK_FULL
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("unexpected pos" in text or "No space left" in text or
+                                            "file write failed" in text)
 
 
 def cli_entry(fn):

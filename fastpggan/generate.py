@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import torch
 
 from . import checkpoint as ckpt
-from .errors import UserError, cli_entry
+from .errors import ArgumentParser, UserError, cli_entry, number
 from .images import to_pil, to_uint8, write_grid
 from .runtime import pick_device
 
@@ -23,13 +23,18 @@ def parse_seeds(text):
             part = part.strip()
             if "-" in part[1:]:
                 a, b = part.split("-", 1) if not part.startswith("-") else part[1:].split("-", 1)
-                seeds.extend(range(int(a), int(b) + 1))
+                a, b = int(a), int(b)
+                if b - a >= 100000:
+                    raise UserError(f"--seeds must select at most 100000 seeds, got {text!r}")
+                seeds.extend(range(a, b + 1))
             elif part:
                 seeds.append(int(part))
     except ValueError:
         raise UserError(f"--seeds must look like '0-15' or '1,5,9', got {text!r}") from None
     if not seeds:
         raise UserError("--seeds selects no seed")
+    if len(seeds) > 100000 or min(seeds) < 0 or max(seeds) >= 2 ** 32:
+        raise UserError(f"--seeds must select at most 100000 seeds in [0, 2^32), got {text!r}")
     return seeds
 
 
@@ -47,7 +52,7 @@ def slerp(a, b, t):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fastpggan.generate",
+    p = ArgumentParser(prog="python -m fastpggan.generate",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Generate images from a fastpggan checkpoint (through G_ema).")
     p.add_argument("--checkpoint", required=True, help="checkpoint_<kimg>.pt written by fastpggan.train")
@@ -55,16 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="generated", help="output folder")
     p.add_argument("--singles", action="store_true", help="also write one PNG per seed")
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
-    p.add_argument("--interp", type=int, default=0, metavar="FRAMES", help="interpolate between consecutive seeds with "
+    p.add_argument("--interp", type=number(int, min=0, max=10000), default=0, metavar="FRAMES",
+                   help="interpolate between consecutive seeds with "
                    "this many frames per pair (slerp in latent space)")
     p.add_argument("--gif", action="store_true", help="write the interpolation as interp.gif instead of PNG frames")
-    p.add_argument("--fps", type=int, default=24, help="GIF frame rate")
-    p.add_argument("--class", dest="label", type=int, default=None, help="class index for a conditional model "
+    p.add_argument("--fps", type=number(int, min=1, max=1000), default=24, help="GIF frame rate")
+    p.add_argument("--class", dest="label", type=number(int, min=0), default=None,
+                   help="class index for a conditional model "
                    "(default: seed mod classes)")
     p.add_argument("--res", type=int, default=None, help="output resolution (default: where training had got to)")
     p.add_argument("--which", default="G_ema", choices=["G_ema", "G"], help="generator weights to use")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--batch", type=int, default=16, help="images per forward pass")
+    p.add_argument("--batch", type=number(int, min=1), default=16, help="images per forward pass")
     return p
 
 

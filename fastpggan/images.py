@@ -2,6 +2,7 @@
 images and PNG grids. numpy, torch and Pillow (imported when first needed) only; any module may import it.
 """
 import math
+import os
 from typing import Optional
 
 import numpy as np
@@ -41,21 +42,43 @@ def write_grid(images: torch.Tensor, path: str, upscale_to: Optional[int] = None
     for i in range(n):
         r, q = divmod(i, cols)
         grid[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = x[i]
-    to_pil(grid).save(path)
+    tmp = f"{path}.tmp-{os.getpid()}"   # atomic: a full disk or a kill never leaves half a PNG
+    try:
+        to_pil(grid).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 
 def channels_of(img) -> int:
-    """1 for a grayscale PIL image, else 3."""
-    return 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+    """1 for a grayscale PIL image, else 3 (palette images count as colour)."""
+    return 1 if img.mode in GRAY_MODES else 3
+
+
+def to_8bit(img):
+    """16- and 32-bit grayscale ("I;16*", "I") scaled to 8-bit "L" (x / 257, so 65535 -> 255) rather than clipped;
+    an "I" image whose values all fit in 0..255 is taken as 8-bit. Other modes are returned as they are."""
+    from PIL import Image
+    if img.mode not in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        return img
+    a = np.asarray(img).astype(np.float64)
+    if img.mode.startswith("I;16") or a.max(initial=0) > 255:
+        a = a / 257.0
+    return Image.fromarray(np.rint(a).clip(0, 255).astype(np.uint8), "L")
 
 
 def to_square_array(img, channels: int, resolution: int) -> Optional[np.ndarray]:
     """PIL image -> uint8 (C, R, R), or None if its centre square is smaller than R.
 
-    Non-square images are centre-cropped; larger ones are resized with Lanczos; transparency is composited over
-    black; `channels` 1 gives grayscale, 3 RGB.
+    Non-square images are centre-cropped; larger ones are resized with Lanczos; 16-bit grayscale is scaled to 8
+    bits; transparency is composited over black; `channels` 1 gives grayscale, 3 RGB.
     """
     from PIL import Image
+    img = to_8bit(img)
     if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
         img = img.convert("RGBA")
         alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0

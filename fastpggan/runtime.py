@@ -23,9 +23,13 @@ def pick_device(spec: str) -> torch.device:
     try:
         dev = torch.device(spec)
     except RuntimeError:
-        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {spec}: there are only {torch.cuda.device_count()} CUDA GPUs")
     return dev
 
 

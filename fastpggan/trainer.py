@@ -23,7 +23,7 @@ from .data import Sampler
 from .errors import UserError
 from .images import write_grid
 from .metrics import suite
-from .schedule import Schedule
+from .schedule import Schedule, remaining_seconds, stage_cost
 from .step import (
     CudaGraphStep,
     StepInputs,
@@ -47,6 +47,12 @@ class Terminated(Exception):
 
 def _raise_terminated(signum, frame):
     raise Terminated()
+
+
+def _clock(seconds):
+    """1234.5 -> '20:35'; 5000 -> '1:23:20'."""
+    s = int(round(seconds or 0))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 class Trainer:
@@ -107,6 +113,8 @@ class Trainer:
         self.stop_requested = False
         self.sigint_seen = False
         self.tb = None
+        self.resumed_nimg = None
+        self.measured, self.sec_per_img, self.eta_announced = {}, {}, False   # per resolution, for the eta
 
     @property
     def loss_scaling(self):
@@ -140,6 +148,7 @@ class Trainer:
             p = state["progress"]
             self.nimg, self.prev_lod, self.tick, self.tick_start_nimg = \
                 int(p["nimg"]), p["prev_lod"], int(p["tick"]), int(p["tick_start_nimg"])
+            self.resumed_nimg = self.nimg
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise UserError(f"checkpoint '{path}' is incompatible with this run "
                             f"({str(e).splitlines()[0][:200]})") from None
@@ -199,13 +208,20 @@ class Trainer:
         if self.tb is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(self.run_dir)
+                # a resumed run drops the events written past its checkpoint, as log.jsonl does
+                self.tb = SummaryWriter(self.run_dir, purge_step=self.resumed_nimg)
             except Exception:   # tensorboard is optional
                 self.tb = False
         return self.tb
 
     def save_checkpoint(self):
-        return ckpt.save(self.state_dict(), self.run_dir, self.nimg, keep=self.cfg["keep"])
+        state = self.state_dict()
+        bad = ckpt.nonfinite(state)
+        if bad:
+            raise Diverged(f"{bad} holds NaN or inf at kimg {self.nimg / 1000:g}, so no checkpoint was written; the "
+                           f"last checkpoint (finite weights) is {ckpt.latest(self.run_dir)}. Try a lower --lr, or "
+                           "--amp off")
+        return ckpt.save(state, self.run_dir, self.nimg, keep=self.cfg["keep"])
 
     # -- loop ---------------------------------------------------------------------------------------------------
     def run(self):
@@ -214,10 +230,11 @@ class Trainer:
         bar = None
         if self.progress:
             from tqdm import tqdm
+            # tqdm's own remaining time assumes every kimg costs the same; the eta in the postfix does not
             bar = tqdm(total=round(total / 1000, 3), initial=round(self.nimg / 1000, 3), unit="kimg",
                        dynamic_ncols=True, smoothing=0.05, mininterval=1.0,
-                       bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]")
-        old_handler = signal.getsignal(signal.SIGINT)
+                       bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}{postfix}]")
+        old_handler = signal.getsignal(signal.SIGINT)   # restored as found, whatever it was
 
         def on_sigint(signum, frame):
             if self.stop_requested or self.sigint_seen:
@@ -228,7 +245,8 @@ class Trainer:
                 self.stop_requested = True
         old_term = None
         try:
-            signal.signal(signal.SIGINT, on_sigint)
+            if old_handler is not signal.SIG_IGN:   # a background job ignores Ctrl-C; so does its training loop
+                signal.signal(signal.SIGINT, on_sigint)
             if self.ctx.world > 1:   # torchrun sends SIGTERM to the others when one process of the run dies
                 old_term = signal.signal(signal.SIGTERM, _raise_terminated)
         except ValueError:   # not the main thread
@@ -254,19 +272,23 @@ class Trainer:
                         self._check_finite(values, ph, last_ckpt)
                     if self.stop_flag is not None and self.stop_flag.item() > 0:
                         self.stop_requested = True
+                if steps % 10 == 1:
+                    now = time.time()
+                    rate = (self.nimg - rate_mark[1]) / max(now - rate_mark[0], 1e-9)
+                    if steps > 1:
+                        eta = self._eta(ph.resolution, now - rate_mark[0], self.nimg - rate_mark[1], total)
+                    rate_mark = (now, self.nimg)
+                    if bar is not None and steps > 1:
+                        bar.set_postfix_str(f"<{_clock(eta)}, res {ph.resolution} alpha {ph.alpha:.2f} "
+                                            f"D {values[0]:.3f} G {values[1]:.3f} {rate:.0f} img/s", refresh=False)
                 if bar is not None:
                     bar.update(round(ph.minibatch / 1000, 3))
-                    if steps % 10 == 1:
-                        now = time.time()
-                        rate = (self.nimg - rate_mark[1]) / max(now - rate_mark[0], 1e-9)
-                        rate_mark = (now, self.nimg)
-                        bar.set_postfix_str(f"res {ph.resolution} alpha {ph.alpha:.2f} D {values[0]:.3f} "
-                                            f"G {values[1]:.3f} {rate:.0f} img/s", refresh=False)
                 done = self.nimg >= total
                 if self.nimg >= self.tick_start_nimg + ph.tick_kimg * 1000 or done or self.stop_requested:
                     last_ckpt = self._end_tick(ph, tick_losses, tick_time, last_ckpt,
                                                force_snapshot=done or self.stop_requested) or last_ckpt
                     tick_time, tick_losses = time.time(), []   # snapshot time is excluded from sec/kimg
+                    rate_mark = (tick_time, self.nimg)
         finally:
             if bar is not None:
                 bar.close()
@@ -281,10 +303,33 @@ class Trainer:
             raise SystemExit(130)
         return last_ckpt
 
+    def _eta(self, res, seconds, images, total):
+        """Seconds left, each remaining resolution at its measured rate (all the time and images of the windows
+        spent at it) or one predicted from those measured (schedule.remaining_seconds). The first estimate is
+        announced in one line."""
+        t, n = self.measured.get(res, (0.0, 0))
+        self.measured[res] = (t + seconds, n + images)
+        self.sec_per_img = {r: t / max(n, 1) for r, (t, n) in self.measured.items()}
+        net = self.cfg["network"]
+        images = self.schedule.images_per_resolution(self.nimg, total)
+        cost = {r: stage_cost(net["fmap_base"], net["fmap_max"], r) for r in set(images) | set(self.sec_per_img)}
+        eta = remaining_seconds(images, self.sec_per_img, cost)
+        if not self.eta_announced:
+            self.eta_announced = True
+            note = f"estimate: about {_clock(eta)} to train the remaining {(total - self.nimg) / 1000:g} kimg on " \
+                   f"this machine (measured at {res}x{res}, other resolutions scaled by pixels x width^2; the " \
+                   "progress bar's eta is refined as each resolution is measured)"
+            if self.progress:
+                from tqdm import tqdm
+                tqdm.write(note)
+            else:
+                self.log(note)
+        return eta
+
     def _check_finite(self, values, ph, last_ckpt):
         if not all(math.isfinite(v) for v in values):
             where = f"kimg {self.nimg / 1000:.1f} (res {ph.resolution}, alpha {ph.alpha:.3f})"
-            keep = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+            keep = f"last checkpoint (finite weights): {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
             raise Diverged(f"loss became NaN/inf at {where} (D {values[0]:.4g}, G {values[1]:.4g}); {keep}. "
                            "Try a lower --lr, or --amp off")
 

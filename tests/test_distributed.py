@@ -123,7 +123,9 @@ def _start_long_run(tmp_path):
     data = _data(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m",
            "fastpggan.train", *_args(data, tmp_path / "out", "--kimg", "50")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
+    # Ctrl-C as from a terminal, also when these tests themselves run as a background job (SIGINT ignored)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run_dir = tmp_path / "out" / "run"
     deadline = time.time() + 300
     while time.time() < deadline and not (run_dir.exists() and ckpt.list_checkpoints(str(run_dir))):

@@ -1,7 +1,7 @@
 """The progressive schedule against the official TrainingSchedule arithmetic."""
 import pytest
 
-from fastpggan.schedule import PRESETS, TICK_KIMG, Schedule
+from fastpggan.schedule import PRESETS, TICK_KIMG, Schedule, remaining_seconds, stage_cost
 
 
 def v2(res=1024):
@@ -54,3 +54,48 @@ def test_optimizer_reset_points():
 def test_presets_exist():
     assert {"v1", "v2-1gpu", "v2-2gpus", "v2-4gpus", "v2-8gpus"} <= set(PRESETS)
     assert PRESETS["v1"]["lod_training_kimg"] == 800 and PRESETS["v1"]["minibatch_base"] == 16
+
+
+def test_images_per_resolution_counts_each_fade_in_at_the_resolution_fading_in():
+    s = Schedule(max_resolution=32, lod_training_kimg=20, lod_transition_kimg=20)
+    assert s.images_per_resolution(0, 140_000) == {4: 20_000, 8: 40_000, 16: 40_000, 32: 40_000}
+    assert s.images_per_resolution(30_000, 140_000) == {8: 30_000, 16: 40_000, 32: 40_000}
+    assert s.images_per_resolution(150_000, 200_000) == {32: 50_000}   # past the schedule: full resolution
+    assert s.images_per_resolution(5_000, 5_000) == {}
+    # every image is counted once, at the resolution Schedule.at gives it
+    got = s.images_per_resolution(7_000, 133_000)
+    assert sum(got.values()) == 126_000
+    for res, n in got.items():
+        assert n == sum(1000 for k in range(7, 133) if s.at(k * 1000 + 500).resolution == res)
+
+
+def test_remaining_seconds_uses_measured_rates_and_scales_the_rest():
+    cost = {r: stage_cost(512, 64, r) for r in (4, 8, 16, 32)}
+    assert cost[4] < cost[8] < cost[16] < cost[32]
+    images = {4: 100, 8: 200, 16: 300, 32: 400}
+    rates = {4: 1e-3, 8: 2e-3, 16: 3e-3, 32: 5e-3}
+    assert remaining_seconds(images, {}, cost) is None
+    assert remaining_seconds(images, rates, cost) == pytest.approx(0.1 + 0.4 + 0.9 + 2.0)
+    # one measurement: the others scale by cost
+    one = remaining_seconds(images, {4: 1e-3}, cost)
+    assert one == pytest.approx(sum(n * 1e-3 * cost[r] / cost[4] for r, n in images.items()))
+    # two: the line through them (fixed overhead + work), not a pure ratio
+    a, b = 1e-3, 2e-3
+    slope = (b - a) / (cost[8] - cost[4])
+    two = remaining_seconds(images, {4: a, 8: b}, cost)
+    assert two == pytest.approx(100 * a + 200 * b + sum(n * (a + slope * (cost[r] - cost[4])) for r, n in
+                                                         ((16, 300), (32, 400))))
+    assert two < one   # overhead makes the small stages look dearer per unit of work than the large ones are
+
+
+def test_the_estimate_is_close_on_the_measured_cpu_rates():
+    """On the bare command's measured img/s (README Results: 2060, 700, 340, 180 at 4-32 px), the estimate made
+    after 4 and 8 px are measured is within 1.6x of the truth, and exact once all are measured."""
+    s = Schedule(max_resolution=32, lod_training_kimg=20, lod_transition_kimg=20)
+    cost = {r: stage_cost(512, 64, r) for r in (4, 8, 16, 32)}
+    sec = {4: 1 / 2060, 8: 1 / 700, 16: 1 / 340, 32: 1 / 180}
+    images = s.images_per_resolution(0, 140_000)
+    truth = sum(n * sec[r] for r, n in images.items())
+    early = remaining_seconds(images, {4: sec[4], 8: sec[8]}, cost)
+    assert truth / 1.6 < early < truth * 1.6
+    assert remaining_seconds(images, sec, cost) == pytest.approx(truth)

@@ -177,7 +177,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_npz, tmp_path, monkeypatc
         out = real(*a, **k)
         return out * float("nan") if len(calls) >= 5 else out
     monkeypatch.setattr(losses, "g_loss_wgan", poisoned)
-    with pytest.raises(trainer.Diverged, match="NaN.*last good checkpoint: .*checkpoint_000000.032.pt"):
+    with pytest.raises(trainer.Diverged, match=r"NaN.*last checkpoint \(finite weights\): .*checkpoint_000000.032.pt"):
         _train(tiny_train_args(tiny_npz, tmp_path))
     good = ckpt.list_checkpoints(str(tmp_path / "run"))
     assert len(good) == 1
@@ -194,22 +194,51 @@ def test_oom_message(tiny_npz, tmp_path, monkeypatch):
         _train(tiny_train_args(tiny_npz, tmp_path))
 
 
-def test_ctrl_c_saves_checkpoint_then_exits(tiny_npz, tmp_path, monkeypatch):
+@pytest.fixture
+def sigint_handler():
+    """Sets SIGINT's handler for one test and restores the one found: a test run from a background job starts
+    with SIGINT ignored, so the tests must not depend on how they were launched."""
+    found = signal.getsignal(signal.SIGINT)
+
+    def use(handler):
+        signal.signal(signal.SIGINT, handler)
+        return handler
+    yield use
+    signal.signal(signal.SIGINT, found)
+
+
+def _interrupt_at_step(monkeypatch, n):
     real, calls = trainer.Trainer.step, []
 
     def step(self, ph):
         out = real(self, ph)
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == n:
             os.kill(os.getpid(), signal.SIGINT)
         return out
     monkeypatch.setattr(trainer.Trainer, "step", step)
+
+
+def test_ctrl_c_saves_checkpoint_then_exits(tiny_npz, tmp_path, monkeypatch, sigint_handler):
+    def mine(signum, frame):
+        raise KeyboardInterrupt
+    sigint_handler(mine)
+    _interrupt_at_step(monkeypatch, 3)
     with pytest.raises(SystemExit) as e:
         _train(tiny_train_args(tiny_npz, tmp_path))
     assert e.value.code == 130
     state = ckpt.load(ckpt.latest(str(tmp_path / "run")))
     assert state["progress"]["nimg"] == 24
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is mine   # the handler found at start, not Python's default
+
+
+def test_an_ignored_ctrl_c_stays_ignored(tiny_npz, tmp_path, monkeypatch, sigint_handler):
+    """A trainer started as a background job (SIGINT ignored) is not stopped by a Ctrl-C meant for the shell."""
+    sigint_handler(signal.SIG_IGN)
+    _interrupt_at_step(monkeypatch, 3)
+    t = _train(tiny_train_args(tiny_npz, tmp_path))
+    assert t.nimg == int(t.cfg["total_kimg"] * 1000) and not t.stop_requested
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 @pytest.mark.parametrize("content,msg", [(b"\x00garbage" * 10, "corrupt"), (None, "not a fastpggan checkpoint")])
@@ -307,3 +336,14 @@ def test_cli_entry_turns_errors_into_one_line(capsys):
         with pytest.raises(SystemExit) as e:
             fn([])
         assert e.value.code == code and capsys.readouterr().err.strip() == text
+
+
+def test_one_time_estimate_line_and_per_resolution_rates(tiny_npz, tmp_path):
+    lines = []
+    t = _train(tiny_train_args(tiny_npz, tmp_path, "--kimg", "0.48", "--lod-training-kimg", "0.16",
+                               "--lod-transition-kimg", "0.16", "--tick-kimg", "1"), log=lines.append)
+    notes = [ln for ln in lines if ln.startswith("estimate: about ")]
+    assert len(notes) == 1 and "to train the remaining" in notes[0] and "\n" not in notes[0], lines
+    assert set(t.sec_per_img) == {4, 8} and all(v > 0 for v in t.sec_per_img.values())   # 20 steps a phase
+    images = sum(n for _, n in t.measured.values())
+    assert 0 < images <= t.nimg

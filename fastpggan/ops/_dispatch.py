@@ -56,6 +56,20 @@ def _check_impl(impl, source):
         raise ValueError(f"{source} must be one of 'auto', 'ref', 'triton', 'ext'; got {impl!r}")
 
 
+def impl_unavailable(impl, device):
+    """Why an explicit `impl` cannot run the ops on `device` (checked on a small fp32 tensor there), or None;
+    'auto' always can. Lets a command line refuse a backend in one line before it starts anything."""
+    if impl == "auto":
+        return None
+    import torch
+    x = torch.zeros(1, 1, 4, 4, device=device)
+    for op in sorted(_registry):
+        reason = _missing(op, impl, x)
+        if reason is not None:
+            return f"{op}: {reason}"
+    return None
+
+
 def resolve(op, impl, x):
     """Return the function that runs `op` on tensor `x` for the requested `impl`."""
     _check_impl(impl, "impl")
