@@ -98,23 +98,13 @@ class Schedule:
         return out
 
 
-def stage_cost(fmap_base: int, fmap_max: int, resolution: int) -> float:
-    """Relative cost of one image through G and D at `resolution`: sum over the blocks up to it of pixels x
-    feature maps^2 (the 3x3 convolutions' multiply-adds, up to a constant)."""
-    cost, r = 0.0, 4
-    while r <= resolution:
-        nf = min(fmap_base / 2 ** (int(math.log2(r)) - 1), fmap_max)
-        cost += r * r * nf * nf
-        r *= 2
-    return cost
-
-
 def remaining_seconds(images: dict, sec_per_img: dict, cost: dict) -> Optional[float]:
     """Seconds to train `images` ({resolution: images}, images_per_resolution), or None before any measurement.
 
-    A resolution with a measured seconds-per-image uses it. Otherwise, with two measured resolutions, the line
-    a + b * cost through the two nearest (fixed per-step overhead plus work); with one, that one scaled by
-    cost[res] / cost[measured].
+    `cost[res]` is a relative cost of one image at each resolution (the trainer times a G+D forward pass). A
+    resolution with a measured seconds-per-image uses it. Otherwise, with two measured resolutions, the line
+    a + b * cost through the two nearest (a per-step overhead the cost does not see, plus work); with one, that
+    one scaled by cost[res] / cost[measured].
     """
     if not sec_per_img:
         return None

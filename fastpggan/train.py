@@ -150,19 +150,19 @@ def _resume_config(state, path, args, say):
                         f"{version}, this one has {STEP_VERSION}); upgrade fastpggan to resume it")
     if version < STEP_VERSION:
         say(f"note: {path} was written by fastpggan 0.1, whose training step was not the official one "
-                    "(penalty target, Adam's epsilon, G_ema order); it continues with the official step, so it "
-                    "will not retrace what 0.1 would have trained")
+            "(penalty target, Adam's epsilon, G_ema order); it continues with the official step, so it "
+            "will not retrace what 0.1 would have trained")
         cfg["step_version"] = STEP_VERSION
     applied, ignored = apply_resume_flags(cfg, args, vars(build_parser().parse_args([])))
     if applied:
         say(f"resume: applying {', '.join(applied)}")
     if ignored:
         say(f"resume: ignoring {', '.join(ignored)}: a resumed run keeps the data, network, schedule "
-                    "and seed recorded in its checkpoint (start a new run to change them)")
+            "and seed recorded in its checkpoint (start a new run to change them)")
     nimg = state["progress"]["nimg"]
     if cfg["total_kimg"] * 1000 <= nimg:   # not an error: a job that always says --resume latest may rerun
         say(f"resume: the run in '{path}' is already at {nimg / 1000:g} kimg of {cfg['total_kimg']:g}; "
-                    "nothing to train (pass a larger --kimg to continue it)")
+            "nothing to train (pass a larger --kimg to continue it)")
     return cfg
 
 

@@ -23,7 +23,7 @@ from .data import Sampler
 from .errors import UserError
 from .images import write_grid
 from .metrics import suite
-from .schedule import Schedule, remaining_seconds, stage_cost
+from .schedule import Schedule, remaining_seconds
 from .step import (
     CudaGraphStep,
     StepInputs,
@@ -114,7 +114,8 @@ class Trainer:
         self.sigint_seen = False
         self.tb = None
         self.resumed_nimg = None
-        self.measured, self.sec_per_img, self.eta_announced = {}, {}, False   # per resolution, for the eta
+        # for the eta: training time and images per resolution, and the forward-pass probe
+        self.measured, self.sec_per_img, self.forward_cost, self.eta_announced = {}, {}, None, False
 
     @property
     def loss_scaling(self):
@@ -277,7 +278,7 @@ class Trainer:
                     rate = (self.nimg - rate_mark[1]) / max(now - rate_mark[0], 1e-9)
                     if steps > 1:
                         eta = self._eta(ph.resolution, now - rate_mark[0], self.nimg - rate_mark[1], total)
-                    rate_mark = (now, self.nimg)
+                    rate_mark = (time.time(), self.nimg)   # after the eta's one-off forward-pass probe
                     if bar is not None and steps > 1:
                         bar.set_postfix_str(f"<{_clock(eta)}, res {ph.resolution} alpha {ph.alpha:.2f} "
                                             f"D {values[0]:.3f} G {values[1]:.3f} {rate:.0f} img/s", refresh=False)
@@ -310,21 +311,45 @@ class Trainer:
         t, n = self.measured.get(res, (0.0, 0))
         self.measured[res] = (t + seconds, n + images)
         self.sec_per_img = {r: t / max(n, 1) for r, (t, n) in self.measured.items()}
-        net = self.cfg["network"]
         images = self.schedule.images_per_resolution(self.nimg, total)
-        cost = {r: stage_cost(net["fmap_base"], net["fmap_max"], r) for r in set(images) | set(self.sec_per_img)}
-        eta = remaining_seconds(images, self.sec_per_img, cost)
+        if self.forward_cost is None:
+            self.forward_cost = self.probe_forward_cost(set(images) | set(self.sec_per_img) | {res})
+        eta = remaining_seconds(images, self.sec_per_img, self.forward_cost)
         if not self.eta_announced:
             self.eta_announced = True
             note = f"estimate: about {_clock(eta)} to train the remaining {(total - self.nimg) / 1000:g} kimg on " \
-                   f"this machine (measured at {res}x{res}, other resolutions scaled by pixels x width^2; the " \
-                   "progress bar's eta is refined as each resolution is measured)"
+                   f"this machine (training measured at {res}x{res}; the other resolutions scaled by the time of a " \
+                   "G+D forward pass at each; the progress bar's eta is refined as each resolution is trained)"
             if self.progress:
                 from tqdm import tqdm
                 tqdm.write(note)
             else:
                 self.log(note)
         return eta
+
+    @torch.no_grad()
+    def probe_forward_cost(self, resolutions, repeats: int = 3) -> dict:
+        """{resolution: seconds per image} of a G+D forward pass at each resolution with that stage's per-process
+        minibatch, timed here (the best of `repeats` after one warm-up). The scale that the eta gives the
+        resolutions not trained yet; it draws from its own generator, so the run's random numbers are untouched."""
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        out = {}
+        for r in sorted(resolutions):
+            n = max(self.schedule.at(self.schedule.kimg_to_reach(r) * 1000).minibatch // self.ctx.world, 1)
+            n = min(self.train_step.batch_gpu or n, n)
+            z = torch.randn(n, self.G.latent_size, generator=gen, device=self.device)
+            labels = torch.zeros(n, dtype=torch.long, device=self.device) if self.labels is not None else None
+            best = math.inf
+            for i in range(repeats + 1):
+                t0 = time.perf_counter()
+                with self.train_step._autocast():
+                    self.D(self.G(z, r, 1.0, labels), 1.0)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                if i:
+                    best = min(best, time.perf_counter() - t0)
+            out[r] = best / n
+        return out
 
     def _check_finite(self, values, ph, last_ckpt):
         if not all(math.isfinite(v) for v in values):

@@ -1,7 +1,7 @@
 """The progressive schedule against the official TrainingSchedule arithmetic."""
 import pytest
 
-from fastpggan.schedule import PRESETS, TICK_KIMG, Schedule, remaining_seconds, stage_cost
+from fastpggan.schedule import PRESETS, TICK_KIMG, Schedule, remaining_seconds
 
 
 def v2(res=1024):
@@ -70,8 +70,7 @@ def test_images_per_resolution_counts_each_fade_in_at_the_resolution_fading_in()
 
 
 def test_remaining_seconds_uses_measured_rates_and_scales_the_rest():
-    cost = {r: stage_cost(512, 64, r) for r in (4, 8, 16, 32)}
-    assert cost[4] < cost[8] < cost[16] < cost[32]
+    cost = {4: 1.0, 8: 5.0, 16: 21.0, 32: 37.0}   # relative costs per image (pixels x width^2 of the CPU nets)
     images = {4: 100, 8: 200, 16: 300, 32: 400}
     rates = {4: 1e-3, 8: 2e-3, 16: 3e-3, 32: 5e-3}
     assert remaining_seconds(images, {}, cost) is None
@@ -86,16 +85,3 @@ def test_remaining_seconds_uses_measured_rates_and_scales_the_rest():
     assert two == pytest.approx(100 * a + 200 * b + sum(n * (a + slope * (cost[r] - cost[4])) for r, n in
                                                          ((16, 300), (32, 400))))
     assert two < one   # overhead makes the small stages look dearer per unit of work than the large ones are
-
-
-def test_the_estimate_is_close_on_the_measured_cpu_rates():
-    """On the bare command's measured img/s (README Results: 2060, 700, 340, 180 at 4-32 px), the estimate made
-    after 4 and 8 px are measured is within 1.6x of the truth, and exact once all are measured."""
-    s = Schedule(max_resolution=32, lod_training_kimg=20, lod_transition_kimg=20)
-    cost = {r: stage_cost(512, 64, r) for r in (4, 8, 16, 32)}
-    sec = {4: 1 / 2060, 8: 1 / 700, 16: 1 / 340, 32: 1 / 180}
-    images = s.images_per_resolution(0, 140_000)
-    truth = sum(n * sec[r] for r, n in images.items())
-    early = remaining_seconds(images, {4: sec[4], 8: sec[8]}, cost)
-    assert truth / 1.6 < early < truth * 1.6
-    assert remaining_seconds(images, sec, cost) == pytest.approx(truth)

@@ -347,3 +347,7 @@ def test_one_time_estimate_line_and_per_resolution_rates(tiny_npz, tmp_path):
     assert set(t.sec_per_img) == {4, 8} and all(v > 0 for v in t.sec_per_img.values())   # 20 steps a phase
     images = sum(n for _, n in t.measured.values())
     assert 0 < images <= t.nimg
+    assert set(t.forward_cost) == {4, 8} and all(v > 0 for v in t.forward_cost.values())
+    before = torch.get_rng_state()
+    probe = t.probe_forward_cost({4, 16}, repeats=1)
+    assert set(probe) == {4, 16} and torch.equal(torch.get_rng_state(), before)   # the run's RNG is untouched
