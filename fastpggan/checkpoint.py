@@ -33,6 +33,14 @@ def kimg_tag(nimg: int) -> str:
 NETWORKS = ("G", "D", "G_ema")
 
 
+class NonFiniteWeights(UserError):
+    """`save` was asked to write NaN or inf weights; `.part` names them (see `nonfinite`)."""
+
+    def __init__(self, message: str, part: str):
+        super().__init__(message)
+        self.part = part
+
+
 def nonfinite(state: dict) -> Optional[str]:
     """'G_ema (3 tensors, first: b.torgb.weight)' for the first of G, D, G_ema holding NaN or inf, else None."""
     for part in NETWORKS:
@@ -52,8 +60,8 @@ def save(state: dict, run_dir: str, nimg: int, keep: int = 3) -> str:
     path = os.path.join(run_dir, f"checkpoint_{kimg_tag(nimg)}.pt")
     bad = nonfinite(state)
     if bad:
-        raise UserError(f"not writing {path}: {bad} holds NaN or inf; the last checkpoint with finite weights is "
-                        f"{latest(run_dir)}")
+        raise NonFiniteWeights(f"not writing {path}: {bad} holds NaN or inf; the last checkpoint with finite "
+                               f"weights is {latest(run_dir)}", bad)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         torch.save(state, tmp)

@@ -16,6 +16,14 @@ from .step import STEP_VERSION
 PRESET_NAMES = ["auto"] + list(PRESETS)
 
 
+def _apply_res_flag(settings: dict, key: str, text: str) -> None:
+    """Merge --lr or --minibatch `text` into settings[key] (per resolution) and settings[key + '_base']."""
+    d = _res_dict(text, f"--{key}", whole=key == "minibatch")
+    if "base" in d:
+        settings[f"{key}_base"] = d.pop("base")
+    settings[key] = {**{int(k): v for k, v in settings[key].items()}, **d}
+
+
 def _res_dict(text: str, flag: str, whole: bool) -> dict:
     """'4:128,8:64' -> {4: 128, 8: 64}; a bare number -> {'base': value}. Keys are powers of two >= 4, values
     finite and positive (whole numbers for `whole`); anything else is a UserError naming `flag`."""
@@ -61,12 +69,8 @@ def apply_resume_flags(cfg: dict, args: argparse.Namespace, defaults: dict) -> T
         if key == "kimg":
             cfg["total_kimg"] = float(value)
         elif key in ("lr", "minibatch"):
-            d = _res_dict(value, f"--{key}", whole=key == "minibatch")
-            base = f"{key}_base"
-            sched = cfg["schedule"] = dict(cfg["schedule"])
-            if "base" in d:
-                sched[base] = d.pop("base")
-            sched[key] = {**{int(k): v for k, v in sched[key].items()}, **d}
+            cfg["schedule"] = dict(cfg["schedule"])
+            _apply_res_flag(cfg["schedule"], key, value)
         else:
             cfg[key] = value
     return applied, ignored
@@ -133,13 +137,9 @@ def make_config(args: argparse.Namespace, dataset, device: torch.device) -> dict
             s[key] = v
     if args.kimg is not None:
         s["total_kimg"] = args.kimg
-    for key, base in (("minibatch", "minibatch_base"), ("lr", "lr_base")):
-        text = getattr(args, key)
-        if text is not None:
-            d = _res_dict(text, f"--{key}", whole=key == "minibatch")
-            if "base" in d:
-                s[base] = d.pop("base")
-            s[key].update(d)
+    for key in ("minibatch", "lr"):
+        if getattr(args, key) is not None:
+            _apply_res_flag(s, key, getattr(args, key))
     s["minibatch_base"] = int(s["minibatch_base"])
     s["minibatch"] = {int(k): int(v) for k, v in s["minibatch"].items()}
     tick = {r: s["tick_kimg"] for r in (2 ** k for k in range(2, 15))} if s["tick_kimg"] else None

@@ -285,11 +285,11 @@ class ImageDataset:
         if os.path.exists(lp):
             try:
                 raw = np.load(lp, allow_pickle=False)
-                if raw.dtype != np.int64:
-                    raise UserError(f"dtype {raw.dtype}")
                 self.labels = check_labels(raw, self.num_images, "labels.npy")
             except (OSError, ValueError, UserError) as e:
                 raise BrokenCache(f"labels.npy: {e}") from None
+            if raw.dtype != np.int64:
+                raise BrokenCache(f"labels.npy holds {raw.dtype}, not int64")
         self.num_classes = int(self.labels.max()) + 1 if self.labels is not None else 0
 
     def level(self, res):

@@ -51,7 +51,8 @@ def write_grid(images: torch.Tensor, path: str, upscale_to: Optional[int] = None
             os.remove(tmp)
 
 
-GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+WIDE_GRAY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")   # 16- and 32-bit integer grayscale
+GRAY_MODES = ("1", "L", "LA", "La", "F") + WIDE_GRAY_MODES
 
 
 def channels_of(img) -> int:
@@ -63,7 +64,7 @@ def to_8bit(img):
     """16- and 32-bit grayscale ("I;16*", "I") scaled to 8-bit "L" (x / 257, so 65535 -> 255) rather than clipped;
     an "I" image whose values all fit in 0..255 is taken as 8-bit. Other modes are returned as they are."""
     from PIL import Image
-    if img.mode not in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+    if img.mode not in WIDE_GRAY_MODES:
         return img
     a = np.asarray(img).astype(np.float64)
     if img.mode.startswith("I;16") or a.max(initial=0) > 255:

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
@@ -47,12 +48,6 @@ class Terminated(Exception):
 
 def _raise_terminated(signum, frame):
     raise Terminated()
-
-
-def _clock(seconds):
-    """1234.5 -> '20:35'; 5000 -> '1:23:20'."""
-    s = int(round(seconds or 0))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 class Trainer:
@@ -115,7 +110,12 @@ class Trainer:
         self.tb = None
         self.resumed_nimg = None
         # for the eta: training time and images per resolution, and the forward-pass probe
-        self.measured, self.sec_per_img, self.forward_cost, self.eta_announced = {}, {}, None, False
+        self.measured, self.forward_cost = {}, None
+
+    @property
+    def sec_per_img(self):
+        """{resolution: measured training seconds per image} (for the eta)."""
+        return {r: t / max(n, 1) for r, (t, n) in self.measured.items()}
 
     @property
     def loss_scaling(self):
@@ -216,13 +216,12 @@ class Trainer:
         return self.tb
 
     def save_checkpoint(self):
-        state = self.state_dict()
-        bad = ckpt.nonfinite(state)
-        if bad:
-            raise Diverged(f"{bad} holds NaN or inf at kimg {self.nimg / 1000:g}, so no checkpoint was written; the "
-                           f"last checkpoint (finite weights) is {ckpt.latest(self.run_dir)}. Try a lower --lr, or "
-                           "--amp off")
-        return ckpt.save(state, self.run_dir, self.nimg, keep=self.cfg["keep"])
+        try:
+            return ckpt.save(self.state_dict(), self.run_dir, self.nimg, keep=self.cfg["keep"])
+        except ckpt.NonFiniteWeights as e:
+            raise Diverged(f"{e.part} holds NaN or inf at kimg {self.nimg / 1000:g}, so no checkpoint was written; "
+                           f"the last checkpoint (finite weights) is {ckpt.latest(self.run_dir)}. Try a lower --lr, "
+                           "or --amp off") from None
 
     # -- loop ---------------------------------------------------------------------------------------------------
     def run(self):
@@ -230,7 +229,6 @@ class Trainer:
         last_ckpt = ckpt.latest(self.run_dir)
         bar = None
         if self.progress:
-            from tqdm import tqdm
             # tqdm's own remaining time assumes every kimg costs the same; the eta in the postfix does not
             bar = tqdm(total=round(total / 1000, 3), initial=round(self.nimg / 1000, 3), unit="kimg",
                        dynamic_ncols=True, smoothing=0.05, mininterval=1.0,
@@ -280,7 +278,7 @@ class Trainer:
                         eta = self._eta(ph.resolution, now - rate_mark[0], self.nimg - rate_mark[1], total)
                     rate_mark = (time.time(), self.nimg)   # after the eta's one-off forward-pass probe
                     if bar is not None and steps > 1:
-                        bar.set_postfix_str(f"<{_clock(eta)}, res {ph.resolution} alpha {ph.alpha:.2f} "
+                        bar.set_postfix_str(f"<{tqdm.format_interval(eta)}, res {ph.resolution} alpha {ph.alpha:.2f} "
                                             f"D {values[0]:.3f} G {values[1]:.3f} {rate:.0f} img/s", refresh=False)
                 if bar is not None:
                     bar.update(round(ph.minibatch / 1000, 3))
@@ -310,18 +308,17 @@ class Trainer:
         announced in one line."""
         t, n = self.measured.get(res, (0.0, 0))
         self.measured[res] = (t + seconds, n + images)
-        self.sec_per_img = {r: t / max(n, 1) for r, (t, n) in self.measured.items()}
         images = self.schedule.images_per_resolution(self.nimg, total)
-        if self.forward_cost is None:
-            self.forward_cost = self.probe_forward_cost(set(images) | set(self.sec_per_img) | {res})
+        first = self.forward_cost is None
+        if first:
+            self.forward_cost = self.probe_forward_cost(set(images) | set(self.measured))
         eta = remaining_seconds(images, self.sec_per_img, self.forward_cost)
-        if not self.eta_announced:
-            self.eta_announced = True
-            note = f"estimate: about {_clock(eta)} to train the remaining {(total - self.nimg) / 1000:g} kimg on " \
+        if first:
+            note = f"estimate: about {tqdm.format_interval(eta)} to train the remaining " \
+                   f"{(total - self.nimg) / 1000:g} kimg on " \
                    f"this machine (training measured at {res}x{res}; the other resolutions scaled by the time of a " \
                    "G+D forward pass at each; the progress bar's eta is refined as each resolution is trained)"
             if self.progress:
-                from tqdm import tqdm
                 tqdm.write(note)
             else:
                 self.log(note)
