@@ -154,9 +154,10 @@ def test_zip_bomb_is_refused_without_reading_it(tmp_path):
             for _ in range(32):
                 f.write(chunk)
     assert path.stat().st_size < 2 << 20
-    # the trainer, run so that it reports its own peak memory on the way out
-    code = ("import atexit, resource, runpy, sys; atexit.register(lambda: open('maxrss', 'w').write(str("
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))); sys.argv[0] = 'fastpggan.train'; "
+    # the trainer, run so that it reports its own peak memory on the way out: VmHWM, the high-water mark of this
+    # image (getrusage's maxrss would also count the pytest process it was forked from)
+    code = ("import atexit, re, runpy, sys; atexit.register(lambda: open('maxrss', 'w').write(re.search("
+            "r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))); sys.argv[0] = 'fastpggan.train'; "
             "runpy.run_module('fastpggan.train', run_name='__main__')")
     r = subprocess.run([sys.executable, "-c", code, "--data", str(path), *FAST, "--out", "runs"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=240)
