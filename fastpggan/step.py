@@ -190,8 +190,10 @@ class TrainStep:
     def step(self, inputs: StepInputs, res: int, alpha: float) -> torch.Tensor:
         return self.run(inputs, res, self.alpha_arg(alpha))
 
-    def run(self, inputs: StepInputs, res: int, alpha: Union[float, torch.Tensor]) -> torch.Tensor:
-        """The step body; alpha is 1.0 or a 0-d tensor. No host syncs: this is what a CUDA graph captures."""
+    def run(self, inputs: StepInputs, res: int, alpha: Union[float, torch.Tensor], update: bool = True) -> torch.Tensor:
+        """The step body; alpha is 1.0 or a 0-d tensor. No host syncs: this is what a CUDA graph captures.
+        update=False runs the losses and their backward passes only (no all-reduce, optimizer step or EMA) and
+        leaves no gradients: what fastpggan.autotune records the step's op calls with."""
         G, D = self.G, self.D
         fading = isinstance(alpha, torch.Tensor)
         d_call = functools.partial(D, alpha=alpha)
@@ -216,13 +218,13 @@ class TrainStep:
             part = part * ((c.stop - c.start) / n)
             self.scaler_D.scale(part).backward()
             loss_D = loss_D + part.detach()
-        distributed.all_reduce_grads_(D, self.ctx)
-        self.scaler_D.step(self.opt_D)
-        self.scaler_D.update()
-
-        # G_ema, from G before its step (official: Gs_update_op runs with D_train_op)
-        with torch.no_grad():
-            torch._foreach_lerp_(self._params_ema, self._params_G, 1.0 - self.ema)
+        if update:
+            distributed.all_reduce_grads_(D, self.ctx)
+            self.scaler_D.step(self.opt_D)
+            self.scaler_D.update()
+            # G_ema, from G before its step (official: Gs_update_op runs with D_train_op)
+            with torch.no_grad():
+                torch._foreach_lerp_(self._params_ema, self._params_G, 1.0 - self.ema)
 
         # G step
         D.requires_grad_(False)
@@ -235,9 +237,13 @@ class TrainStep:
             part = part * ((c.stop - c.start) / n)
             self.scaler_G.scale(part).backward()
             loss_G = loss_G + part.detach()
-        distributed.all_reduce_grads_(G, self.ctx)
-        self.scaler_G.step(self.opt_G)
-        self.scaler_G.update()
+        if update:
+            distributed.all_reduce_grads_(G, self.ctx)
+            self.scaler_G.step(self.opt_G)
+            self.scaler_G.update()
+        else:
+            self.opt_D.zero_grad(set_to_none=True)
+            self.opt_G.zero_grad(set_to_none=True)
         D.requires_grad_(True)
         return torch.stack([loss_D.float(), loss_G.float()])
 

@@ -242,14 +242,6 @@ def _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log):
         raise UserError(f"the networks do not fit in memory on {device} (fmap_base {net['fmap_base']}, fmap_max "
                         f"{net['fmap_max']}, latent {net['latent_size']}); use a smaller --fmap-base, --fmap-max "
                         "or --latent-size") from None
-    if state is not None:
-        trainer.load_state_dict(state, path)
-        if ctx.main:
-            rewind_log(run_dir, trainer.nimg / 1000)
-        log(f"resumed from {path} at kimg {trainer.nimg / 1000:g}")
-    elif ctx.main:
-        with open(os.path.join(run_dir, "config.json"), "w") as f:
-            json.dump(cfg, f, indent=2)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}
@@ -259,6 +251,18 @@ def _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log):
         f"{', CUDA graphs' if trainer.runner is not trainer.train_step else ''}" +
         (f"\ndistributed: {ctx.world} processes, rank 0 of {ctx.world}; each process takes 1/{ctx.world} of every "
          "global minibatch" if ctx.world > 1 else ""))
+    if state is not None:
+        # the backends the run chose at its start (none recorded: it ran the static order, and goes on with it)
+        trainer.choose_backends(cfg.get("backends") or dict(device=None, choices={}))
+        trainer.load_state_dict(state, path)
+        if ctx.main:
+            rewind_log(run_dir, trainer.nimg / 1000)
+        log(f"resumed from {path} at kimg {trainer.nimg / 1000:g}")
+    else:
+        trainer.choose_backends()   # before the first step, so before any CUDA-graph capture
+        if ctx.main:
+            with open(os.path.join(run_dir, "config.json"), "w") as f:
+                json.dump(cfg, f, indent=2)
     try:
         last = trainer.run()
     except Terminated:

@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import autotune, distributed
 from . import checkpoint as ckpt
-from . import distributed
 from .config import pick_amp
 from .data import Sampler
 from .errors import UserError
 from .images import write_grid
 from .metrics import suite
+from .ops import _dispatch
 from .schedule import Schedule, remaining_seconds
 from .step import (
     CudaGraphStep,
@@ -157,6 +158,70 @@ class Trainer:
     def _phase_info(self):
         ph = self.schedule.at(self.nimg)
         return dict(kimg=ph.kimg, resolution=ph.resolution, alpha=ph.alpha, lod=ph.lod)
+
+    # -- backends -----------------------------------------------------------------------------------------------
+    def training_cases(self) -> dict:
+        """{resolution: [autotune.Case]}: the op calls of the step at every resolution of the schedule, stable and
+        fading, with this process's rows per forward pass. Recorded from one small step per stage that updates
+        nothing and draws from its own generator, so the run's state and random numbers are untouched."""
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        group = self.cfg["network"]["mbstd_group_size"]
+        out, r = {}, 4
+        while r <= self.cfg["resolution"]:
+            per = max(self.schedule.at(self.schedule.kimg_to_reach(r) * 1000).minibatch // self.ctx.world, 1)
+            rows = min(self.train_step.batch_gpu or per, per)
+            n = min(group, rows) if group > 1 else 1
+            c, latent = self.cfg["network"]["num_channels"], self.G.latent_size
+            inputs = StepInputs(
+                reals=torch.randint(0, 256, (n, c, r, r), generator=gen, device=self.device, dtype=torch.uint8),
+                z_d=torch.randn(n, latent, generator=gen, device=self.device),
+                u=torch.rand(n, generator=gen, device=self.device),
+                z_g=torch.randn(n, latent, generator=gen, device=self.device),
+                flip=torch.zeros(n, dtype=torch.bool, device=self.device) if self.cfg["mirror"] else None,
+                labels_d=torch.zeros(n, dtype=torch.long, device=self.device) if self.labels is not None else None,
+                labels_g=torch.zeros(n, dtype=torch.long, device=self.device) if self.labels is not None else None)
+            records = []
+            for alpha in ((1.0, 0.5) if r > 4 else (1.0,)):
+                records += autotune.record(self.train_step.run, inputs, r, self.train_step.alpha_arg(alpha),
+                                           update=False)
+            out[r] = autotune.cases_from_records(records, batch=rows)
+            r *= 2
+        return out
+
+    def choose_backends(self, recorded: Optional[dict] = None) -> Optional[dict]:
+        """Pick the op backends of this run and freeze them (ops._dispatch.use_choices), before any CUDA graph is
+        captured: `recorded` (a resumed run's, so that resume stays exact), else rank 0 tunes the cases of the
+        schedule (autotune.tune_cases: validated against the reference, timed, cached) and every rank takes its
+        choices. Logs one line per op: the backend at each resolution. Nothing to choose, and None, with an
+        explicit --impl or FASTPGGAN_IMPL; FASTPGGAN_TUNE=0 uses the tune cache and the static order unmeasured.
+        The choices go into cfg['backends'] (config.json and every checkpoint)."""
+        env = os.environ.get("FASTPGGAN_IMPL", "auto").strip().lower() or "auto"
+        if self.cfg["impl"] != "auto" or env != "auto":
+            return None
+        cases = self.training_cases()
+        if recorded is None:
+            result = None
+            if self.ctx.main:
+                flat = [c for cs in cases.values() for c in cs]
+                t0 = time.time()
+                result = autotune.tune_cases(flat, log=self.log,
+                                             measure_new=os.environ.get("FASTPGGAN_TUNE", "1").strip() != "0")
+                if result["measured"]:
+                    self.log(f"tune: measured {result['measured']} op cases in {time.time() - t0:.1f} s "
+                             f"(cached in {os.path.dirname(autotune._choices.cache_path(self.device))})")
+            result = distributed.broadcast_object(result, self.ctx)
+            recorded = dict(device=autotune._choices.device_key(self.device), choices=result["choices"])
+        _dispatch.use_choices(recorded["choices"])
+        self.cfg["backends"] = recorded
+        for op in sorted({c.op for cs in cases.values() for c in cs}):
+            per_res = []
+            for r, cs in cases.items():
+                impls = sorted({_dispatch.auto_backend(c.op, c.variant, c.shape, c.dtype, c.layout, self.device)
+                                for c in cs if c.op == op})
+                if impls:
+                    per_res.append(f"{r}:{'+'.join(impls)}")
+            self.log(f"backend {op}: {' '.join(per_res)}")
+        return recorded
 
     # -- one step -----------------------------------------------------------------------------------------------
     def _to_device(self, array):

@@ -14,10 +14,17 @@ if not torch.cuda.is_available():
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
-    """Fresh RNG and a private dataset cache for every test."""
+    """Fresh RNG, a private dataset and tune cache for every test, and no run's frozen backend choices.
+
+    FASTPGGAN_TUNE=0: a trainer started by a test uses the tune cache and the static backend order without
+    measuring (seconds per run saved); the tests of tuning (test_tune.py) turn it back on."""
+    from fastpggan.ops import _dispatch
     torch.manual_seed(1234)
     monkeypatch.setenv("FASTPGGAN_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("FASTPGGAN_IMPL", raising=False)
+    monkeypatch.setenv("FASTPGGAN_TUNE", "0")
+    yield
+    _dispatch.use_choices(None)
 
 
 def run_python(code, timeout=900, **env):

@@ -5,12 +5,18 @@ an `unavailable(x)` check that returns None when the backend can run on tensor `
 missing.
 
 - An explicit impl that is unavailable raises `BackendUnavailable` with that sentence.
-- 'auto' (or the FASTPGGAN_IMPL environment variable, which overrides 'auto') tries the backends in the
-  order measured fastest for the tensor's device, and falls back to the next with one warning per op,
-  backend and reason.
+- FASTPGGAN_IMPL, when set to anything but 'auto', overrides 'auto' everywhere.
+- 'auto' runs the backend measured fastest for the call's case (_choices): the choices a run froze
+  (`use_choices`, the trainer's), else this device's tune cache, else the static AUTO_ORDER. It falls back to
+  the next backend with one warning per op, backend and reason, and never errors. It never measures anything
+  itself (fastpggan.autotune does, when asked), so a CUDA-graph capture, torch.compile trace or export only reads.
 """
+import contextlib
 import os
 import warnings
+from typing import Optional
+
+from . import _choices
 
 IMPLS = ("ref", "triton", "ext")
 
@@ -30,6 +36,10 @@ AUTO_ORDER = {
 
 _registry = {}  # op name -> {impl: (fn, unavailable)}
 _warned = set()
+_run_choices = {}   # case key -> impl, frozen for a run (use_choices)
+_frozen = [False]
+_orders = {}        # (op, variant, dtype, shape, layout, device, cache root) -> the backend order of that call
+_recorder = []      # [list] while recording() is active
 
 
 class BackendUnavailable(RuntimeError):
@@ -51,6 +61,11 @@ def _missing(op, impl, x):
     return entry[1](x)
 
 
+def unavailable(op, impl, x):
+    """Why `impl` cannot run `op` on tensor x, or None."""
+    return _missing(op, impl, x)
+
+
 def _check_impl(impl, source):
     if impl not in ("auto",) + IMPLS:
         raise ValueError(f"{source} must be one of 'auto', 'ref', 'triton', 'ext'; got {impl!r}")
@@ -70,13 +85,73 @@ def impl_unavailable(impl, device):
     return None
 
 
-def resolve(op, impl, x):
-    """Return the function that runs `op` on tensor `x` for the requested `impl`."""
+def use_choices(choices: Optional[dict]) -> None:
+    """Freeze {case key: impl} for this process (a run's recorded choices): those cases run them, and every other
+    case the static order, whatever the tune cache says. None unfreezes (back to the tune cache)."""
+    _run_choices.clear()
+    _run_choices.update(choices or {})
+    _frozen[:] = [choices is not None]
+    _orders.clear()
+
+
+def forget() -> None:
+    """Look the choices up again at the next call (the tune cache was rewritten)."""
+    _choices.forget_cached()
+    _orders.clear()
+
+
+@contextlib.contextmanager
+def recording():
+    """Within it, every impl='auto' call runs the reference and is recorded in the list this yields, as a dict of
+    op, variant, shape, dtype, layout, device and extra: how fastpggan.autotune learns the cases a model runs."""
+    calls = []
+    _recorder.append(calls)
+    try:
+        yield calls
+    finally:
+        _recorder.remove(calls)
+        _orders.clear()
+
+
+def _auto_order(op, variant, dtype, shape, layout, device):
+    memo = (op, variant, dtype, shape, layout, device, os.environ.get("FASTPGGAN_CACHE"))
+    order = _orders.get(memo)
+    if order is None:
+        order = AUTO_ORDER.get(op, {}).get(device.type, ("ref",))
+        key = _choices.case_key(op, variant, dtype, layout, shape)
+        chosen = _run_choices.get(key)
+        if chosen is None and not _frozen[0] and device.type in ("cpu", "cuda"):
+            chosen = _choices.cached_choices(device).get(key)
+        if chosen is not None:
+            order = (chosen,) + tuple(i for i in order if i != chosen)
+        _orders[memo] = order
+    return order
+
+
+def auto_backend(op: str, variant: str, shape, dtype, layout: str, device) -> str:
+    """The backend impl='auto' runs for this case here (without FASTPGGAN_IMPL)."""
+    import torch
+    dtype, device = (getattr(torch, dtype) if isinstance(dtype, str) else dtype), torch.device(device)
+    probe = torch.empty((1, *tuple(shape)[1:2], *[1] * max(len(shape) - 2, 0)), dtype=dtype, device=device)
+    order = _auto_order(op, variant, dtype, torch.Size(shape), layout, device)
+    return next((i for i in tuple(order) + ("ref",) if _missing(op, i, probe) is None), "ref")
+
+
+def resolve(op, impl, x, variant="", extra=None):
+    """Return the function that runs `op` on tensor `x` for the requested `impl`. `variant` names what selects
+    the kernel besides x (the case key's part in parentheses); `extra` is what a recording keeps to rebuild the
+    call's other inputs."""
     _check_impl(impl, "impl")
     if impl == "auto":
         env = os.environ.get("FASTPGGAN_IMPL", "auto").strip().lower() or "auto"
         _check_impl(env, "FASTPGGAN_IMPL")
-        order = AUTO_ORDER.get(op, {}).get(x.device.type, ("ref",)) if env == "auto" else (env,)
+        if env == "auto" and _recorder:
+            _recorder[-1].append(dict(op=op, variant=variant, shape=list(x.shape),
+                                      dtype=str(x.dtype).replace("torch.", ""), layout=_choices.layout_of(x),
+                                      device=str(x.device), extra=dict(extra or {})))
+            return _registry[op]["ref"][0]
+        order = _auto_order(op, variant, x.dtype, x.shape, _choices.layout_of(x), x.device) if env == "auto" \
+            else (env,)
         for cand in tuple(order) + tuple(i for i in ("ref",) if i not in order):
             reason = _missing(op, cand, x)
             if reason is None:

@@ -6,6 +6,29 @@ import torch
 from fastpggan.kernels._tensors import accumulator_dtype
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# (atol, rtol) per dtype for a fast backend against `_ref` run on the same inputs: the tests' and the tuner's.
+TOLERANCE = {torch.float64: (1e-10, 1e-9), torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3),
+             torch.bfloat16: (2e-2, 2e-2)}
+
+
+def tolerance_ratio(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, count: int = 1) -> float:
+    """max |actual - expected| / bound, elementwise bound = atol * max(1, max|expected|) * sqrt(count) + rtol *
+    |expected| with TOLERANCE[dtype]: within tolerance iff <= 1 (inf for non-finite values or other shapes).
+
+    atol is relative to the tensor's scale because a gradient's absolute error follows its largest terms; count is
+    the number of terms a value sums over (bias gradients, the upsampled fade's dlow), 1 elsewhere."""
+    if actual.shape != expected.shape:
+        return float("inf")
+    atol, rtol = TOLERANCE[dtype]
+    actual, expected = actual.detach().double(), expected.detach().double()
+    if not bool(torch.isfinite(actual).all()):
+        return float("inf")
+    if actual.numel() == 0:
+        return 0.0
+    err = (actual - expected).abs()
+    bound = atol * max(1.0, expected.abs().max().item()) * count ** 0.5 + rtol * expected.abs()
+    return (err / bound).max().item()
 _kernels_error = []  # [] until checked, then [None] or [reason]
 
 

@@ -41,8 +41,15 @@ def bias_act(x: torch.Tensor, bias: Optional[torch.Tensor] = None, *, gain: floa
         raise ValueError(f"bias_act expects a tensor with a channel axis at dim 1, got shape {tuple(x.shape)}")
     if bias is not None and (bias.ndim != 1 or bias.shape[0] != x.shape[1]):
         raise ValueError(f"bias must have shape ({x.shape[1]},), got {tuple(bias.shape)}")
-    fn = _dispatch.resolve("bias_act", impl, x)
+    variant = ",".join(["linear" if negative_slope == 1.0 else "lrelu", "nobias" if bias is None else "bias"] +
+                       (["pn"] if pixel_norm else []))
+    fn = _dispatch.resolve("bias_act", impl, x, variant, extra=dict(
+        gain=float(gain), slope=float(negative_slope), bias_dtype=None if bias is None else _dtype_name(bias)))
     return fn(x, bias, float(gain), float(negative_slope), bool(pixel_norm))
+
+
+def _dtype_name(t):
+    return str(t.dtype).replace("torch.", "")
 
 
 def bias_act_ref(x, bias=None, gain=1.0, negative_slope=0.2, pixel_norm=False):

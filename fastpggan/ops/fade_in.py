@@ -38,7 +38,10 @@ def fade_in(low: torch.Tensor, high: torch.Tensor, alpha: Union[float, torch.Ten
         raise ValueError(f"fade_in: low {tuple(lh)} must be high's size {tuple(hh)} or half of it")
     if isinstance(alpha, torch.Tensor) and alpha.ndim != 0:
         raise ValueError("fade_in: alpha must be a float or a 0-d tensor")
-    return _dispatch.resolve("fade_in", impl, high)(low, high, alpha)
+    fn = _dispatch.resolve("fade_in", impl, high, "same" if lh == hh else "up",
+                           extra=dict(low_dtype=str(low.dtype).replace("torch.", ""),
+                                      alpha="tensor" if isinstance(alpha, torch.Tensor) else "float"))
+    return fn(low, high, alpha)
 
 
 def upsample2x_nearest(x: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,8 @@ def gradient_penalty(grads: torch.Tensor, *, target: float = 1.0, impl: str = "a
     """
     if grads.ndim < 1 or grads.shape[0] == 0:
         raise ValueError(f"gradient_penalty expects (N, ...) gradients, got shape {tuple(grads.shape)}")
-    return _dispatch.resolve("gradient_penalty", impl, grads)(grads, float(target))
+    fn = _dispatch.resolve("gradient_penalty", impl, grads, extra=dict(target=float(target)))
+    return fn(grads, float(target))
 
 
 def gp_interpolate(reals: torch.Tensor, fakes: torch.Tensor, u: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
@@ -45,7 +46,9 @@ def gp_interpolate(reals: torch.Tensor, fakes: torch.Tensor, u: torch.Tensor, *,
     if reals.shape != fakes.shape or u.ndim != 1 or u.shape[0] != reals.shape[0]:
         raise ValueError(f"gp_interpolate: reals {tuple(reals.shape)} and fakes {tuple(fakes.shape)} must match "
                          f"and u must be ({reals.shape[0]},), got {tuple(u.shape)}")
-    return _dispatch.resolve("gp_interpolate", impl, reals)(reals, fakes, u)
+    fn = _dispatch.resolve("gp_interpolate", impl, reals, extra=dict(fakes_dtype=str(fakes.dtype).replace("torch.", ""),
+                                                                     u_dtype=str(u.dtype).replace("torch.", "")))
+    return fn(reals, fakes, u)
 
 
 def gradient_penalty_ref(grads, target):

@@ -34,7 +34,7 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4, *, impl: str = "auto"
     if g < 1 or x.shape[0] % g:
         raise ValueError(f"minibatch_stddev: minibatch {x.shape[0]} must be divisible by the group size {g} "
                          "(official PGGAN requirement); pick a minibatch that is a multiple of it")
-    return _dispatch.resolve("minibatch_stddev", impl, x)(x, g)
+    return _dispatch.resolve("minibatch_stddev", impl, x, f"group={g}")(x, g)
 
 
 def minibatch_stddev_ref(x, group_size):

@@ -1,0 +1,514 @@
+"""Backend choice by checking and measuring where the code runs (the way cuDNN's benchmark mode and Triton's
+autotuner choose, except that a backend must first give the reference's answer).
+
+For each case (ops._choices: op, variant, dtype, layout, shape class) on a device:
+1. validate: every available backend runs the case on fresh random inputs, and its output, its first-order
+   gradients and, for the ops that promise them, its second-order gradients (in float64) must match `_ref` within
+   the tests' tolerances (ops._util.TOLERANCE). A backend that differs, raises, hangs or kills the process is
+   excluded for that case, with one warning naming op, case, backend and what was found;
+2. time forward + backward of the backends that passed: a warm-up, then the median of several runs, on
+   synchronised clocks (CUDA events on a GPU);
+3. choose the fastest, and write it to the device's tune cache (ops._choices), atomically and under a lock, so
+   that two processes tuning at once leave a valid file holding both.
+
+Steps 1 and 2 run in a child process (`python -m fastpggan.autotune`, fed the cases as JSON): an illegal memory
+access poisons a CUDA context, and a crash there cannot take the caller down. After a crash a new child goes on
+with the next backend. Nothing is measured while a CUDA graph is captured, torch.compile traces or an export
+runs: tuning then only reads what is cached.
+
+`tune_model(module, example_inputs)` tunes a user's own model: it records the cases one forward and backward
+runs, then tunes those. fastpggan.trainer tunes the cases of its whole schedule at start-up.
+"""
+import json
+import math
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import torch
+
+from . import ops
+from .ops import _choices, _dispatch
+from .ops._util import tolerance_ratio
+
+MARK = "@fastpggan-tune "   # prefix of the protocol lines the child writes on its stdout
+ITEM_TIMEOUT_S = 600.0      # a backend that takes longer than this on one case is treated as hung
+TIME_BUDGET_S = 0.25        # timing per backend and case, after the warm-up (at least MIN_RUNS runs)
+MIN_RUNS, MAX_RUNS = 5, 50
+
+
+@dataclass
+class Case:
+    """One op call's kind, with a representative shape (the key keeps only its shape class)."""
+    op: str
+    variant: str
+    shape: tuple
+    dtype: str
+    layout: str
+    device: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return _choices.case_key(self.op, self.variant, getattr(torch, self.dtype), self.layout, self.shape)
+
+    def to_json(self) -> dict:
+        return dict(op=self.op, variant=self.variant, shape=list(self.shape), dtype=self.dtype, layout=self.layout,
+                    device=self.device, extra=self.extra)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Case":
+        return cls(d["op"], d["variant"], tuple(d["shape"]), d["dtype"], d["layout"], d["device"],
+                   dict(d.get("extra") or {}))
+
+
+def cases_from_records(records: Iterable[dict], batch: Optional[int] = None) -> List[Case]:
+    """Distinct cases of `_dispatch.recording()` records, in order; `batch` replaces every shape's dim 0."""
+    out = {}
+    for r in records:
+        shape = tuple(r["shape"])
+        if batch is not None:
+            shape = (batch,) + shape[1:]
+        case = Case(r["op"], r["variant"], shape, r["dtype"], r["layout"], r["device"], r["extra"])
+        out.setdefault(case.key, case)
+    return list(out.values())
+
+
+# -- one case: its inputs, the call, the check and the clock -------------------------------------------------------
+
+@dataclass
+class Probe:
+    inputs: List[torch.Tensor]   # leaf tensors whose gradients are compared
+    counts: List[int]            # terms each input's gradient sums over (tolerance_ratio's count)
+    call: Callable               # call(impl) -> output
+    second_order: bool           # the op promises a differentiable backward
+
+
+def _tensor(shape, dtype, layout, device, gen, positive=False):
+    t = torch.rand(shape, generator=gen, device=device) + 0.5 if positive else \
+        torch.randn(shape, generator=gen, device=device)
+    t = t.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    if layout == "channels_last" and t.ndim == 4:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t.requires_grad_(True)
+
+
+def make_probe(case: Case, dtype: Optional[str] = None, seed: int = 0) -> Probe:
+    """Fresh random inputs of `case` (in `dtype` if given: the float64 second-order check) and its call."""
+    dt = dtype or case.dtype
+    gen = torch.Generator(device=case.device).manual_seed(seed)
+    t = lambda shape, d=dt, **kw: _tensor(shape, d, case.layout, case.device, gen, **kw)  # noqa: E731
+    shape, ex, numel = case.shape, case.extra, math.prod(case.shape)
+    if case.op == "bias_act":
+        flags = case.variant.split(",")
+        x = t(shape)
+        bias = t((shape[1],), dtype or ex.get("bias_dtype") or dt) if "bias" in flags else None
+        pn, slope = "pn" in flags, ex.get("slope", 1.0 if "linear" in flags else 0.2)
+        call = lambda impl: ops.bias_act(x, bias, gain=ex.get("gain", 0.7), negative_slope=slope,  # noqa: E731
+                                         pixel_norm=pn, impl=impl)
+        inputs = [x] + ([bias] if bias is not None else [])
+        return Probe(inputs, [1, numel // shape[1]], call, not pn)
+    if case.op == "fade_in":
+        up = case.variant == "up"
+        high = t(shape)
+        low = t(shape[:2] + ((shape[2] // 2, shape[3] // 2) if up else tuple(shape[2:])), dtype or ex.get("low_dtype")
+                or dt)
+        alpha = torch.tensor(0.37, device=case.device) if ex.get("alpha") == "tensor" else 0.37
+        return Probe([low, high], [4 if up else 1, 1], lambda impl: ops.fade_in(low, high, alpha, impl=impl), True)
+    if case.op == "minibatch_stddev":
+        group = int(case.variant.split("=")[1])
+        x = t(shape)
+        return Probe([x], [1], lambda impl: ops.minibatch_stddev(x, group, impl=impl), True)
+    if case.op == "gradient_penalty":
+        g = t(shape)
+        target = ex.get("target", 1.0)
+        return Probe([g], [1], lambda impl: ops.gradient_penalty(g, target=target, impl=impl), True)
+    if case.op == "gp_interpolate":
+        reals = t(shape)
+        fakes = t(shape, dtype or ex.get("fakes_dtype") or dt)
+        u = _tensor((shape[0],), dtype or ex.get("u_dtype") or "float32", "contiguous", case.device, gen,
+                    positive=True)
+        return Probe([reals, fakes, u], [1, 1, numel // shape[0]],
+                     lambda impl: ops.gp_interpolate(reals, fakes, u, impl=impl), True)
+    raise ValueError(f"fastpggan.autotune: no probe for op {case.op!r}")
+
+
+def _outputs_and_grads(probe, impl, create_graph=False, seed=1):
+    out = probe.call(impl)
+    gen = torch.Generator(device=out.device).manual_seed(seed)
+    dy = torch.randn(out.shape, generator=gen, device=out.device).to(out.dtype)
+    grads = torch.autograd.grad(out, probe.inputs, dy, create_graph=create_graph, allow_unused=True)
+    return out, [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, probe.inputs)]
+
+
+def _second_order(probe, impl):
+    _, grads = _outputs_and_grads(probe, impl, create_graph=True)
+    gen = torch.Generator(device=grads[0].device).manual_seed(2)
+    s = sum((g * torch.randn(g.shape, generator=gen, device=g.device).to(g.dtype)).sum()
+            for g in grads if g.requires_grad)
+    if not isinstance(s, torch.Tensor):
+        return [torch.zeros_like(x) for x in probe.inputs]
+    gg = torch.autograd.grad(s, probe.inputs, allow_unused=True)
+    return [g if g is not None else torch.zeros_like(x) for g, x in zip(gg, probe.inputs)]
+
+
+class Mismatch(Exception):
+    """A backend's answer differs from the reference's."""
+
+
+def validate(case: Case, impl: str, seed: int) -> float:
+    """Check `impl` against 'ref' on fresh inputs of `case`: the output, the first-order gradients, and the
+    second-order ones in float64 where the op promises them. Returns the worst error / tolerance (<= 1), or raises
+    Mismatch naming what differs."""
+    dtype = getattr(torch, case.dtype)
+    worst = 0.0
+    probe = make_probe(case, seed=seed)
+    (y0, g0), (y1, g1) = (_outputs_and_grads(probe, which) for which in ("ref", impl))
+    named = [("output", y1, y0, 1)] + [(f"gradient of input {i}", a, e, c)
+                                       for i, (a, e, c) in enumerate(zip(g1, g0, probe.counts))]
+    if probe.second_order:
+        probe64 = make_probe(case, dtype="float64", seed=seed)
+        s0, s1 = _second_order(probe64, "ref"), _second_order(probe64, impl)
+        named += [(f"second-order gradient of input {i}", a, e, c)
+                  for i, (a, e, c) in enumerate(zip(s1, s0, probe64.counts))]
+    for what, actual, expected, count in named:
+        tol_dtype = torch.float64 if what.startswith("second") else dtype
+        ratio = tolerance_ratio(actual, expected, tol_dtype, count)
+        if not ratio <= 1.0:
+            err = (actual.detach().double() - expected.detach().double()).abs()
+            detail = "non-finite values" if not bool(torch.isfinite(actual).all()) else \
+                f"max error {err.max().item():.3g}, {ratio:.3g}x the {str(tol_dtype).replace('torch.', '')} tolerance"
+            raise Mismatch(f"{what} differs from ref ({detail})")
+        worst = max(worst, ratio)
+    return worst
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_case(case: Case, impl: str, budget_s: float = TIME_BUDGET_S) -> float:
+    """Median seconds of forward + backward of `impl` on `case` after a warm-up (CUDA events on a GPU)."""
+    probe = make_probe(case, seed=3)
+    device = torch.device(case.device)
+    out = probe.call(impl)
+    dy = torch.randn_like(out)
+
+    def run():
+        torch.autograd.grad(probe.call(impl), probe.inputs, dy, allow_unused=True)
+
+    for _ in range(2):
+        run()
+    _sync(device)
+    times, start = [], time.perf_counter()
+    while len(times) < MIN_RUNS or (len(times) < MAX_RUNS and time.perf_counter() - start < budget_s):
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            run()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device, mib: int = 64) -> float:
+    """Bytes per second of a device-to-device copy (read + write), the roofline the op figures are compared to."""
+    device = torch.device(device)
+    src = torch.empty(mib * 2 ** 20 // 4, device=device).normal_()
+    dst = torch.empty_like(src)
+    for _ in range(2):
+        dst.copy_(src)
+    _sync(device)
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / statistics.median(times)
+
+
+def candidates(case: Case) -> List[str]:
+    """The backends that can run `case` here (ref first)."""
+    x = torch.empty(case.shape, dtype=getattr(torch, case.dtype), device=case.device)
+    if case.layout == "channels_last" and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return [i for i in ("ref", "triton", "ext") if _dispatch.unavailable(case.op, i, x) is None]
+
+
+# -- the child process -------------------------------------------------------------------------------------------
+
+def _emit(**msg):
+    sys.stdout.write(MARK + json.dumps(msg) + "\n")
+    sys.stdout.flush()
+
+
+def worker(job: dict) -> None:
+    """The child's side: validate, then time, each (case, backend) of `job`, reporting on stdout as it goes."""
+    torch.set_num_threads(job["threads"])
+    cases = [Case.from_json(c) for c in job["cases"]]
+    skip = {tuple(s) for s in job.get("skip", ())}
+    if job.get("bandwidth"):
+        _emit(bandwidth=copy_bandwidth(cases[0].device))
+    for i, case in enumerate(cases):
+        if i < job.get("start", 0):
+            continue
+        for impl in candidates(case):
+            if (i, impl) in skip:
+                continue
+            _emit(start=[i, impl])
+            try:
+                ratio = 0.0 if impl == "ref" else validate(case, impl, seed=job["seed"] + i)
+                seconds = time_case(case, impl)
+                _emit(done=[i, impl], ok=True, ratio=ratio, seconds=seconds)
+            except Mismatch as e:
+                _emit(done=[i, impl], ok=False, error=str(e))
+            except Exception as e:   # any error excludes the backend for this case
+                _emit(done=[i, impl], ok=False, error=f"raised {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                      if str(e) else f"raised {type(e).__name__}")
+
+
+def _read_lines(stream, q):
+    for line in stream:
+        q.put(line)
+    q.put(None)
+
+
+def measure(cases: Sequence[Case], seed: Optional[int] = None, timeout_s: float = ITEM_TIMEOUT_S) -> dict:
+    """Validate and time every available backend on each case, in child processes. Returns {"bandwidth": bytes/s,
+    "results": [{impl: {"ok", "ratio", "seconds"} or {"ok": False, "error"}} per case]}."""
+    results: List[Dict[str, dict]] = [{} for _ in cases]
+    seed = int(time.time_ns() % 2 ** 31) if seed is None else seed   # fresh inputs on every tuning
+    job = dict(cases=[c.to_json() for c in cases], threads=torch.get_num_threads(), seed=seed, bandwidth=True)
+    bandwidth, start, skip = None, 0, []
+    while start < len(cases):
+        job.update(start=start, skip=skip, bandwidth=bandwidth is None)
+        current, finished = _run_child(job, results, timeout_s)
+        if "bandwidth" in finished:
+            bandwidth = finished["bandwidth"]
+        if current is None:
+            break
+        i, impl, error = current   # the (case, backend) the child died on: excluded, and a new child goes on
+        results[i][impl] = dict(ok=False, error=error)
+        skip.append([i, impl])
+        start = i
+    return dict(bandwidth=bandwidth, results=results)
+
+
+def _run_child(job, results, timeout_s):
+    """One child over job['cases'][job['start']:]; fills `results`. Returns ((case, impl, why) it died on, or None,
+    {'bandwidth': ...} if it reported one)."""
+    info = {}
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "fastpggan.autotune"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+        proc.stdin.write(json.dumps(job))
+        proc.stdin.close()
+        lines = queue.Queue()
+        threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
+        current = None
+        while True:
+            try:
+                line = lines.get(timeout=timeout_s)
+            except queue.Empty:
+                proc.kill()
+                proc.wait()
+                return (*current, f"no answer within {timeout_s:g} s (hung)") if current else None, info
+            if line is None:
+                break
+            if not line.startswith(MARK):
+                continue
+            msg = json.loads(line[len(MARK):])
+            if "bandwidth" in msg:
+                info["bandwidth"] = msg["bandwidth"]
+            elif "start" in msg:
+                current = tuple(msg["start"])
+            elif "done" in msg:
+                i, impl = msg.pop("done")
+                results[i][impl] = msg
+                current = None
+        code = proc.wait()
+        if current is None and code == 0:
+            return None, info
+        err.seek(0)
+        tail = [ln.strip() for ln in err.read().splitlines() if ln.strip()]
+        why = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        why = f"the process {why}" + (f" ({tail[-1][:160]})" if tail else "")
+        if current is None:   # died between items (at start-up): nothing to blame, so stop here
+            raise RuntimeError(f"fastpggan.autotune: the tuning process failed: {why}")
+        return (*current, why), info
+
+
+# -- choosing and the cache --------------------------------------------------------------------------------------
+
+def measuring_forbidden() -> Optional[str]:
+    """Why nothing may be measured right now (a CUDA-graph capture, a torch.compile trace, an export), or None."""
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return "a CUDA graph is being captured"
+    if torch.compiler.is_compiling():
+        return "torch.compile is tracing"
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return "a model is being exported"
+    return None
+
+
+def _device_of(cases):
+    devices = {str(torch.device(c.device)) for c in cases}
+    if len(devices) != 1:
+        raise ValueError(f"fastpggan.autotune: tune one device at a time, got {sorted(devices)}")
+    return torch.device(devices.pop())
+
+
+def _write_cache(device, entries: dict, rebuild: bool) -> str:
+    """Merge `entries` into the device's cache file under an exclusive lock, and replace it atomically."""
+    import fcntl
+    path = _choices.cache_path(device)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # a bad file was reported when it was read
+            old = None if rebuild else _choices.read_file(path, device)
+        data = dict(format=_choices.FORMAT, format_version=_choices.FORMAT_VERSION,
+                    device=_choices.device_info(device), versions=_choices.versions(),
+                    choices={**(old or {}).get("choices", {}), **entries})
+        data["choices"] = dict(sorted(data["choices"].items()))
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    _dispatch.forget()
+    return path
+
+
+def tune_cases(cases: Sequence[Case], *, force: bool = False, measure_new: bool = True, log: Callable = print,
+               seed: Optional[int] = None, timeout_s: float = ITEM_TIMEOUT_S) -> dict:
+    """Choose a backend for each case: the cached choice, or (for cases not cached, or all with `force`) the
+    fastest backend that matches the reference, measured now and cached.
+
+    Args:
+        cases: the cases, all on one device.
+        force: measure again even the cases the cache holds.
+        measure_new: False measures nothing: the result then holds the cached choices only.
+        log: where the one-line warnings about rejected backends go (also issued as warnings).
+        seed: the inputs' seed (default: a fresh one per tuning).
+        timeout_s: how long one backend may take on one case before it counts as hung.
+
+    Returns:
+        {"device": device key, "choices": {case key: impl}, "entries": {case key: cache entry}, "measured": number
+        of cases measured now, "bandwidth": copy bytes/s measured now or None}. Entries hold per backend its time
+        (s), tolerance ratio, or the reason it was excluded.
+    """
+    if not cases:
+        return dict(device=None, choices={}, entries={}, measured=0, bandwidth=None)
+    device = _device_of(cases)
+    path = _choices.cache_path(device)
+    data = _choices.read_file(path, device)
+    cached = (data or {}).get("choices", {})
+    unique = {c.key: c for c in cases}
+    todo = [c for k, c in unique.items() if force or k not in cached] if measure_new else []
+    forbidden = measuring_forbidden()
+    if forbidden and todo:
+        warnings.warn(f"fastpggan.autotune: not measuring while {forbidden}; {len(todo)} case(s) keep the static "
+                      "backend order", stacklevel=2)
+        todo = []
+    entries, bandwidth = {}, None
+    if todo:
+        measured = measure(todo, seed=seed, timeout_s=timeout_s)
+        bandwidth = measured["bandwidth"]
+        for case, res in zip(todo, measured["results"]):
+            entries[case.key] = _entry(case, res, bandwidth, log)
+        _write_cache(device, entries, rebuild=data is None)
+    all_entries = {k: entries.get(k) or cached.get(k) for k in unique}
+    choices = {k: e["impl"] for k, e in all_entries.items() if e}
+    return dict(device=_choices.device_key(device), choices=choices, entries=all_entries, measured=len(todo),
+                bandwidth=bandwidth)
+
+
+def _entry(case, res, bandwidth, log):
+    ok = {impl: r for impl, r in res.items() if r.get("ok")}
+    for impl, r in res.items():
+        if not r.get("ok"):
+            msg = f"fastpggan.autotune: {case.op} on {case.key}: excluding impl='{impl}': {r['error']}"
+            log(f"warning: {msg[len('fastpggan.autotune: '):]}" if log is not print else msg)
+            warnings.warn(msg, stacklevel=3)
+    if ok:
+        impl = min(ok, key=lambda i: ok[i]["seconds"])
+    else:   # nothing passed, not even ref (which is not compared): keep ref, the oracle
+        impl = "ref"
+    entry = dict(impl=impl, shape=list(case.shape), bytes=traffic_bytes(case),
+                 seconds={i: r["seconds"] for i, r in ok.items()},
+                 tolerance_ratio={i: round(r["ratio"], 4) for i, r in ok.items() if i != "ref"},
+                 excluded={i: r["error"] for i, r in res.items() if not r.get("ok")},
+                 measured=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    if bandwidth:
+        entry["copy_bytes_per_s"] = bandwidth
+    return entry
+
+
+# tensors of the case's size that forward + backward must at least read or write: bias_act reads x, writes y,
+# reads dy and y, writes dx; the upsampling fade touches low (1/4 size) three times; and so on
+TRAFFIC = {"bias_act": 5, "minibatch_stddev": 5, "gradient_penalty": 3, "gp_interpolate": 6, "fade_in(up)": 4.5,
+           "fade_in(same)": 6}
+
+
+def traffic_bytes(case: Case) -> int:
+    """The least bytes forward + backward of `case` move (the numerator of its GB/s)."""
+    factor = TRAFFIC.get(f"{case.op}({case.variant})", TRAFFIC.get(case.op, 0))
+    return int(factor * math.prod(case.shape) * torch.empty((), dtype=getattr(torch, case.dtype)).element_size())
+
+
+# -- recording the cases of a model ------------------------------------------------------------------------------
+
+def record(fn: Callable, *args, **kwargs) -> List[dict]:
+    """The `_dispatch.recording()` records of every impl='auto' op call that fn(*args, **kwargs) makes (the calls
+    run the reference)."""
+    with _dispatch.recording() as calls:
+        fn(*args, **kwargs)
+    return calls
+
+
+def tune_model(module: torch.nn.Module, example_inputs: Sequence, *, backward: bool = True, force: bool = False,
+               log: Callable = print) -> dict:
+    """Tune the cases that `module(*example_inputs)` runs, ahead of use: drop-in fastpggan layers in a user's own
+    model then use the measured backends (impl='auto' reads the tune cache).
+
+    Args:
+        module: any nn.Module built on fastpggan ops or layers.
+        example_inputs: the positional inputs of one representative call (its batch size is the one tuned).
+        backward: also run a backward pass (the backward kernels are timed with each op either way; this records
+            the cases of ops that only the backward reaches).
+        force: measure again even the cases the cache holds.
+        log: where warnings about rejected backends go.
+
+    Returns:
+        tune_cases' result: {"device", "choices": {case key: impl}, "entries", "measured", "bandwidth"}.
+    """
+    def run():
+        out = module(*example_inputs)
+        if backward:
+            outs = [o for o in (out if isinstance(out, (tuple, list)) else [out])
+                    if isinstance(o, torch.Tensor) and o.requires_grad]
+            if outs:
+                torch.autograd.backward([o.float().sum() for o in outs])
+    cases = cases_from_records(record(run))
+    return tune_cases(cases, force=force, log=log)
+
+
+if __name__ == "__main__":   # the child process of measure()
+    worker(json.loads(sys.stdin.read()))

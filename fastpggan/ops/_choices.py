@@ -1,0 +1,145 @@
+"""Measured backend choices: the case an op call belongs to, the device it runs on, and the tune cache file.
+
+A *case* is one op call's kind: the op and its variant (what changes the kernel: pixel norm, a bias, the upsampling
+fade, the stddev group), the dtype, the memory layout and a shape class (the exact C, H, W and the batch rounded up
+to a power of two). Its key is one readable string, e.g. `bias_act(lrelu,bias,pn) bfloat16 channels_last
+n32x64x8x8`. fastpggan.autotune measures cases and writes the choices; this module only reads them.
+
+The cache is `$FASTPGGAN_CACHE/tune/<device key>.json`, one file per device model, holding the versions it was
+measured with. A file that cannot be read, or one from other versions, is ignored with one warning (the next tuning
+rewrites it).
+"""
+import json
+import os
+import platform
+import re
+import warnings
+from typing import Optional
+
+import torch
+
+from ..runtime import cache_root
+
+FORMAT = "fastpggan-tune"
+FORMAT_VERSION = 1
+
+_read = {}   # cache path -> {case key: impl} ({} when unreadable), read once per process
+_warned = set()
+
+
+def layout_of(x: torch.Tensor) -> str:
+    """'contiguous', 'channels_last' or 'strided'."""
+    if x.is_contiguous():
+        return "contiguous"
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    return "strided"
+
+
+def shape_class(shape) -> str:
+    """'n<batch rounded up to a power of two>x<the other dims>', e.g. n32x64x8x8."""
+    n = int(shape[0]) if len(shape) else 1
+    bucket = 1 << max(n - 1, 0).bit_length()
+    return "x".join([f"n{bucket}"] + [str(int(d)) for d in shape[1:]])
+
+
+def case_key(op: str, variant: str, dtype: torch.dtype, layout: str, shape) -> str:
+    return f"{op}({variant}) {str(dtype).replace('torch.', '')} {layout} {shape_class(shape)}"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_info(device) -> dict:
+    """What identifies a device for timing: its model (and compute capability), or the CPU model and threads."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"type": "cuda", "name": props.name, "capability": f"{props.major}.{props.minor}",
+                "memory_gib": round(props.total_memory / 2 ** 30)}
+    return {"type": device.type, "name": _cpu_name() if device.type == "cpu" else device.type,
+            "threads": torch.get_num_threads()}
+
+
+def versions() -> dict:
+    """The software a measurement holds for: torch (and its CUDA), Triton, fastpggan."""
+    from .. import __version__
+    try:
+        import triton
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = None
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton_version,
+            "fastpggan": __version__}
+
+
+def device_key(device) -> str:
+    """The cache file's name for a device: its model, capability or thread count, as a safe file name."""
+    info = device_info(device)
+    extra = f"sm{info['capability'].replace('.', '')}" if info["type"] == "cuda" else f"{info.get('threads', 1)}t"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{info['type']}-{info['name']}-{extra}").strip("_")
+
+
+def cache_path(device) -> str:
+    return os.path.join(cache_root(), "tune", device_key(device) + ".json")
+
+
+def check_file(data, device) -> Optional[str]:
+    """Why a parsed cache file cannot be used for `device` with this software, or None."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("choices"), dict):
+        return "it is not a fastpggan tune file"
+    if data.get("format_version") != FORMAT_VERSION:
+        return f"it has format version {data.get('format_version')!r}, this fastpggan writes {FORMAT_VERSION}"
+    now = versions()
+    if data.get("versions") != now:
+        old = data.get("versions") or {}
+        diff = ", ".join(f"{k} {old.get(k)} -> {v}" for k, v in now.items() if old.get(k) != v)
+        return f"it was measured with other versions ({diff})"
+    if data.get("device") != device_info(device):
+        return "it was measured on another device"
+    for key, entry in data["choices"].items():
+        if not (isinstance(entry, dict) and entry.get("impl") in ("ref", "triton", "ext")):
+            return f"its entry {key!r} names no backend"
+    return None
+
+
+def read_file(path: str, device) -> Optional[dict]:
+    """The parsed file if it is usable for `device`, else None (a missing file silently; anything else with one
+    warning per process)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        reason = check_file(data, device)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        reason = f"it cannot be read ({type(e).__name__}: {str(e)[:120]})"
+    if reason is None:
+        return data
+    if path not in _warned:
+        _warned.add(path)
+        warnings.warn(f"fastpggan: ignoring the tune cache {path}: {reason}; the static backend order applies until "
+                      "it is rebuilt (python -m fastpggan.tune)", stacklevel=3)
+    return None
+
+
+def cached_choices(device) -> dict:
+    """{case key: impl} from this device's cache file, read once per process ({} if none)."""
+    path = cache_path(device)
+    if path not in _read:
+        data = read_file(path, device)
+        _read[path] = {k: v["impl"] for k, v in data["choices"].items()} if data else {}
+    return _read[path]
+
+
+def forget_cached() -> None:
+    """Read the cache files again at the next lookup (after a tuning wrote one)."""
+    _read.clear()
