@@ -164,10 +164,10 @@ class Mismatch(Exception):
     """A backend's answer differs from the reference's."""
 
 
-def validate(case: Case, impl: str, seed: int) -> float:
+def validate(case: Case, impl: str, seed: int) -> dict:
     """Check `impl` against 'ref' on fresh inputs of `case`: the output, the first-order gradients, and the
-    second-order ones in float64 where the op promises them. Returns the worst error / tolerance (<= 1), or raises
-    Mismatch naming what differs."""
+    second-order ones in float64 where the op promises them. Returns {"ratio": the worst error / tolerance (<= 1),
+    "max_error": the output's largest absolute error}, or raises Mismatch naming what differs."""
     dtype = getattr(torch, case.dtype)
     worst = 0.0
     probe = make_probe(case, seed=seed)
@@ -188,7 +188,7 @@ def validate(case: Case, impl: str, seed: int) -> float:
                 f"max error {err.max().item():.3g}, {ratio:.3g}x the {str(tol_dtype).replace('torch.', '')} tolerance"
             raise Mismatch(f"{what} differs from ref ({detail})")
         worst = max(worst, ratio)
-    return worst
+    return dict(ratio=worst, max_error=(y1.detach().double() - y0.detach().double()).abs().max().item())
 
 
 def _sync(device):
@@ -272,9 +272,9 @@ def worker(job: dict) -> None:
                 continue
             _emit(start=[i, impl])
             try:
-                ratio = 0.0 if impl == "ref" else validate(case, impl, seed=job["seed"] + i)
-                seconds = time_case(case, impl)
-                _emit(done=[i, impl], ok=True, ratio=ratio, seconds=seconds)
+                checked = dict(ratio=0.0, max_error=0.0) if impl == "ref" else validate(case, impl, job["seed"] + i)
+                _emit(done=[i, impl], ok=True, seconds=time_case(case, impl) if job.get("time", True) else None,
+                      **checked)
             except Mismatch as e:
                 _emit(done=[i, impl], ok=False, error=str(e))
             except Exception as e:   # any error excludes the backend for this case
@@ -288,15 +288,17 @@ def _read_lines(stream, q):
     q.put(None)
 
 
-def measure(cases: Sequence[Case], seed: Optional[int] = None, timeout_s: float = ITEM_TIMEOUT_S) -> dict:
-    """Validate and time every available backend on each case, in child processes. Returns {"bandwidth": bytes/s,
-    "results": [{impl: {"ok", "ratio", "seconds"} or {"ok": False, "error"}} per case]}."""
+def measure(cases: Sequence[Case], seed: Optional[int] = None, timeout_s: float = ITEM_TIMEOUT_S,
+            timed: bool = True) -> dict:
+    """Validate and (if `timed`) time every available backend on each case, in child processes. Returns
+    {"bandwidth": copy bytes/s or None, "results": [{impl: {"ok": True, "ratio", "max_error", "seconds"} or
+    {"ok": False, "error"}} per case]}."""
     results: List[Dict[str, dict]] = [{} for _ in cases]
     seed = int(time.time_ns() % 2 ** 31) if seed is None else seed   # fresh inputs on every tuning
-    job = dict(cases=[c.to_json() for c in cases], threads=torch.get_num_threads(), seed=seed, bandwidth=True)
+    job = dict(cases=[c.to_json() for c in cases], threads=torch.get_num_threads(), seed=seed, time=timed)
     bandwidth, start, skip = None, 0, []
     while start < len(cases):
-        job.update(start=start, skip=skip, bandwidth=bandwidth is None)
+        job.update(start=start, skip=skip, bandwidth=timed and bandwidth is None)
         current, finished = _run_child(job, results, timeout_s)
         if "bandwidth" in finished:
             bandwidth = finished["bandwidth"]
@@ -373,8 +375,9 @@ def _device_of(cases):
     return torch.device(devices.pop())
 
 
-def _write_cache(device, entries: dict, rebuild: bool) -> str:
-    """Merge `entries` into the device's cache file under an exclusive lock, and replace it atomically."""
+def _write_cache(device, entries: dict) -> str:
+    """Merge `entries` into the device's cache file under an exclusive lock (a file that is not valid now is
+    rebuilt from `entries` alone), and replace it atomically."""
     import fcntl
     path = _choices.cache_path(device)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -382,7 +385,7 @@ def _write_cache(device, entries: dict, rebuild: bool) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # a bad file was reported when it was read
-            old = None if rebuild else _choices.read_file(path, device)
+            old = _choices.read_file(path, device)
         data = dict(format=_choices.FORMAT, format_version=_choices.FORMAT_VERSION,
                     device=_choices.device_info(device), versions=_choices.versions(),
                     choices={**(old or {}).get("choices", {}), **entries})
@@ -433,7 +436,7 @@ def tune_cases(cases: Sequence[Case], *, force: bool = False, measure_new: bool 
         bandwidth = measured["bandwidth"]
         for case, res in zip(todo, measured["results"]):
             entries[case.key] = _entry(case, res, bandwidth, log)
-        _write_cache(device, entries, rebuild=data is None)
+        _write_cache(device, entries)
     all_entries = {k: entries.get(k) or cached.get(k) for k in unique}
     choices = {k: e["impl"] for k, e in all_entries.items() if e}
     return dict(device=_choices.device_key(device), choices=choices, entries=all_entries, measured=len(todo),
@@ -454,6 +457,7 @@ def _entry(case, res, bandwidth, log):
     entry = dict(impl=impl, shape=list(case.shape), bytes=traffic_bytes(case),
                  seconds={i: r["seconds"] for i, r in ok.items()},
                  tolerance_ratio={i: round(r["ratio"], 4) for i, r in ok.items() if i != "ref"},
+                 max_error={i: r["max_error"] for i, r in ok.items() if i != "ref"},
                  excluded={i: r["error"] for i, r in res.items() if not r.get("ok")},
                  measured=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if bandwidth:

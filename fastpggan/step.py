@@ -58,6 +58,21 @@ class StepInputs:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
+def random_inputs(n: int, channels: int, res: int, latent_size: int, device: torch.device,
+                  generator: torch.Generator, mirror: bool = False, labels: bool = False) -> StepInputs:
+    """Inputs of one step from `generator` (random images, latents, GP factors; no flips, class 0): what
+    autotune records a stage's op calls with, and what the self-test times the step on."""
+    dev = torch.device(device)
+    flags = torch.zeros(n, dtype=torch.bool, device=dev) if mirror else None
+    classes = torch.zeros(n, dtype=torch.long, device=dev) if labels else None
+    return StepInputs(
+        reals=torch.randint(0, 256, (n, channels, res, res), generator=generator, device=dev, dtype=torch.uint8),
+        z_d=torch.randn(n, latent_size, generator=generator, device=dev),
+        u=torch.rand(n, generator=generator, device=dev),
+        z_g=torch.randn(n, latent_size, generator=generator, device=dev),
+        flip=flags, labels_d=classes, labels_g=classes)
+
+
 def make_optimizer(params: Iterable[torch.nn.Parameter], device: torch.device, lr: float = 1e-3,
                    capturable: bool = False) -> TFAdam:
     """Official Adam (config.py G_opt/D_opt: beta1 0, beta2 0.99, TF's eps 1e-8). capturable=True (CUDA graphs)

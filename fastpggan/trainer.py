@@ -34,6 +34,7 @@ from .step import (
     make_optimizer,
     optimizer_state,
     pick_cuda_graphs,
+    random_inputs,
     reset_optimizer_,
     set_lr,
 )
@@ -171,15 +172,8 @@ class Trainer:
             per = max(self.schedule.at(self.schedule.kimg_to_reach(r) * 1000).minibatch // self.ctx.world, 1)
             rows = min(self.train_step.batch_gpu or per, per)
             n = min(group, rows) if group > 1 else 1
-            c, latent = self.cfg["network"]["num_channels"], self.G.latent_size
-            inputs = StepInputs(
-                reals=torch.randint(0, 256, (n, c, r, r), generator=gen, device=self.device, dtype=torch.uint8),
-                z_d=torch.randn(n, latent, generator=gen, device=self.device),
-                u=torch.rand(n, generator=gen, device=self.device),
-                z_g=torch.randn(n, latent, generator=gen, device=self.device),
-                flip=torch.zeros(n, dtype=torch.bool, device=self.device) if self.cfg["mirror"] else None,
-                labels_d=torch.zeros(n, dtype=torch.long, device=self.device) if self.labels is not None else None,
-                labels_g=torch.zeros(n, dtype=torch.long, device=self.device) if self.labels is not None else None)
+            inputs = random_inputs(n, self.cfg["network"]["num_channels"], r, self.G.latent_size, self.device, gen,
+                                   mirror=self.cfg["mirror"], labels=self.labels is not None)
             records = []
             for alpha in ((1.0, 0.5) if r > 4 else (1.0,)):
                 records += autotune.record(self.train_step.run, inputs, r, self.train_step.alpha_arg(alpha),

@@ -1,0 +1,174 @@
+"""Tune the op backends for a training configuration: `python -m fastpggan.tune [--device D] [--resolution R]
+[--preset P] [--amp ...] [--channels-last] [--report FILE.md] [--force]`.
+
+It records the op calls of every stage of that configuration's training step (as the trainer does at start-up),
+validates every backend against the reference on each, times those that pass, caches the fastest
+(fastpggan.autotune) and prints a table: op, shape, dtype, layout, the time of each backend, GB/s and the
+fraction of the copy bandwidth measured in the same run, the error against `_ref`, and the choice. With no flags it
+tunes the bare command's configuration (`python -m fastpggan.train` on fashion-mnist, 32x32, 1 channel) on this
+device. On the CPU the candidates are the extension and ref (Triton only with TRITON_INTERPRET=1).
+
+`tune_model(module, example_inputs)` (from fastpggan.autotune) tunes a model of your own.
+"""
+import argparse
+import os
+import sys
+import time
+from typing import Callable, List, Optional
+
+import torch
+
+from . import train
+from .autotune import tune_cases, tune_model
+from .config import PRESET_NAMES, make_config, validate_config
+from .data import check_resolution
+from .errors import ArgumentParser, UserError, cli_entry, number
+from .ops import _choices
+from .runtime import pick_device
+from .trainer import Trainer
+
+__all__ = ["tune_model", "tune_cases", "tune_training", "format_table", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="python -m fastpggan.tune", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Validate, time and choose the op backends for a training configuration, cache "
+                                   "the choices for this device and print the table.")
+    a = p.add_argument
+    a("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
+    a("--resolution", type=int, default=32, help="final resolution of the configuration (a power of two >= 4)")
+    a("--channels", type=number(int, min=1, max=4), default=1, help="image channels (fashion-mnist: 1, RGB: 3)")
+    a("--preset", default="auto", choices=PRESET_NAMES, help="schedule preset, as for fastpggan.train")
+    a("--amp", nargs="?", const="on", default="auto", choices=["auto", "on", "bf16", "fp16", "off"],
+      help="mixed precision, as for fastpggan.train")
+    a("--channels-last", action="store_true", help="the networks in channels_last, as for fastpggan.train")
+    a("--batch-gpu", type=number(int, min=1), default=None, help="rows per forward pass, as for fastpggan.train")
+    a("--minibatch", default=None, help="minibatch per resolution, as for fastpggan.train")
+    a("--report", default=None, metavar="FILE.md", help="also write the table, device and versions as markdown")
+    a("--force", action="store_true", help="measure again the cases the tune cache already holds")
+    return p
+
+
+class _Shapes:
+    """What the trainer needs of a dataset to build a run's networks and step: only its shapes."""
+
+    def __init__(self, resolution: int, channels: int):
+        self.resolution, self.num_channels, self.num_classes, self.labels = resolution, channels, 0, None
+        self.name, self.meta = "tune", {"source_hash": None}
+
+    def __len__(self):
+        return 1
+
+
+def training_trainer(args: argparse.Namespace, device: torch.device, log: Callable = print,
+                     cuda_graphs: str = "off") -> Trainer:
+    """A Trainer (untrained, writing nothing) of the training configuration that `args` describe (this module's
+    flags; an `impl` attribute, if any, is passed on too)."""
+    train_args = train.build_parser().parse_args([])
+    for key in ("preset", "amp", "channels_last", "batch_gpu", "minibatch", "impl"):
+        if hasattr(args, key):
+            setattr(train_args, key, getattr(args, key))
+    check_resolution(args.resolution)
+    shapes = _Shapes(args.resolution, args.channels)
+    cfg = make_config(train_args, shapes, device)
+    validate_config(cfg, batch_gpu=args.batch_gpu)
+    return Trainer(cfg, shapes, device, run_dir=os.devnull, progress=False, log=log, batch_gpu=args.batch_gpu,
+                   channels_last=args.channels_last, cuda_graphs=cuda_graphs)
+
+
+def tune_training(args: argparse.Namespace, log: Callable = print) -> dict:
+    """Tune the cases of every stage of the configuration; returns tune_cases' result plus "stages": {resolution:
+    [case keys]}, "seconds" and "device"."""
+    device = pick_device(args.device)
+    trainer = training_trainer(args, device, log=lambda *a: None)
+    stages = trainer.training_cases()
+    t0 = time.time()
+    result = tune_cases([c for cs in stages.values() for c in cs], force=args.force, log=log)
+    result.update(stages={r: [c.key for c in cs] for r, cs in stages.items()}, seconds=time.time() - t0,
+                  torch_device=str(device))
+    return result
+
+
+def _us(seconds):
+    return f"{seconds * 1e6:.0f}" if seconds < 1e-2 else f"{seconds * 1e6:.3g}"
+
+
+def table_rows(result: dict) -> List[List[str]]:
+    """One row per case, under the first resolution that runs it: op, shape, dtype, layout, time per backend, GB/s,
+    % of copy, error, choice."""
+    rows, shown = [], set()
+    for res, keys in result["stages"].items():
+        for key in keys:
+            e = result["entries"].get(key)
+            if not e or key in shown:
+                continue
+            shown.add(key)
+            op, dtype, layout, _ = key.split(" ")
+            times = " ".join(f"{i} {_us(t)}" for i, t in sorted(e["seconds"].items(), key=lambda kv: kv[1]))
+            times += "".join(f" {i} excluded" for i in e.get("excluded", {}))
+            best = e["seconds"].get(e["impl"])
+            gbps = e["bytes"] / best / 1e9 if best else None
+            copy = e.get("copy_bytes_per_s")
+            err = max(e.get("max_error", {}).values(), default=None)
+            ratio = max(e.get("tolerance_ratio", {}).values(), default=None)
+            rows.append([str(res), op, "x".join(map(str, e["shape"])), dtype, layout, times,
+                         f"{gbps:.2f}" if gbps else "-", f"{100 * gbps * 1e9 / copy:.1f}%" if gbps and copy else "-",
+                         f"{err:.2g} ({ratio:.2f} tol)" if err is not None else "-", e["impl"]])
+    return rows
+
+
+HEADER = ["res", "op", "shape", "dtype", "layout", "time per backend (us, fwd+bwd)", "GB/s", "of copy",
+          "max err vs ref", "choice"]
+
+
+def format_table(result: dict, markdown: bool = False) -> str:
+    rows = table_rows(result)
+    if markdown:
+        return "\n".join(["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)] +
+                         ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(x) for x in col) for col in zip(HEADER, *rows)]
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in [HEADER] + rows)
+
+
+def summary(result: dict) -> str:
+    bw = result.get("bandwidth")
+    copy = f"copy bandwidth {bw / 1e9:.1f} GB/s (measured in this run); " if bw else ""
+    return (f"{result['measured']} case(s) measured in {result['seconds']:.1f} s, "
+            f"{len(result['entries']) - result['measured']} from the cache; {copy}"
+            f"cache: {_choices.cache_path(torch.device(result['torch_device']))}")
+
+
+def report_markdown(result: dict, argv: List[str]) -> str:
+    device = torch.device(result["torch_device"])
+    info, versions = _choices.device_info(device), _choices.versions()
+    return "\n".join([
+        f"# fastpggan tune: {info['name']}", "",
+        f"- command: `python -m fastpggan.tune {' '.join(argv)}`",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        f"- device: {info}", f"- versions: {versions}", f"- {summary(result)}",
+        "- time: median of forward + backward after a warm-up; GB/s: the least bytes the op must move, "
+        "over that time; error: the output's largest absolute error against `_ref` (and the worst ratio to the "
+        "tests' tolerance over output and gradients)", "",
+        format_table(result, markdown=True), ""])
+
+
+@cli_entry
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    result = tune_training(args, log=lambda line: print(line, file=sys.stderr))
+    print(format_table(result))
+    print(summary(result))
+    if args.report:
+        try:
+            tmp = f"{args.report}.tmp-{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(report_markdown(result, argv))
+            os.replace(tmp, args.report)
+        except OSError as e:
+            raise UserError(f"cannot write --report {args.report}: {e.strerror or e}") from None
+        print(f"wrote {args.report}")
+
+
+if __name__ == "__main__":
+    main()
