@@ -10,6 +10,8 @@ Variants, all in the same run so that every ratio has a cause:
   fast-<k>          (3) kernels k (triton or ext) + bf16 + channels_last + CUDA graphs
   and (3) with one part switched: -nographs, -fp32, -nocl, -fp16 (GradScaler), ref-bf16-cl-graphs (no kernels),
   -top4 / -fp16-top4 (low precision only in the 4 highest resolutions, fp16 clamped at +-256)
+  fast-auto / auto-*  impl='auto' with this step's op cases tuned first (fastpggan.autotune: each backend
+                    validated against ref, timed, the fastest per case), as the trainer does at start-up
 
 Per case extra_info holds: images per step, the step's FLOPs (torch.utils.flop_counter on one eager step: the
 convolutions and matmuls of forward, backward and the GP double backward), peak memory, and the measured bf16
@@ -24,8 +26,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from conftest import PGGAN_SHAPES, devices, matmul_peak_tflops, record, run_synced
+from fastpggan import autotune
 from fastpggan import step as step_mod
 from fastpggan.networks import Discriminator, Generator
+from fastpggan.ops import _dispatch
 
 # name: (impl, amp dtype, channels_last, cuda graphs); "-top4": low precision only in the 4 highest resolutions
 # (--amp-min-res res/8, the stylegan2-ada practice), fp32 below
@@ -41,11 +45,14 @@ CUDA_VARIANTS = {
     "fast-ext-fp16": ("ext", torch.float16, True, True),
     "fast-ext-top4": ("ext", torch.bfloat16, True, True),
     "fast-ext-fp16-top4": ("ext", torch.float16, True, True),
+    "fast-auto": ("auto", torch.bfloat16, True, True),
 }
 CPU_VARIANTS = {
     "ref-fp32": ("ref", None, False, False),
     "ext-fp32": ("ext", None, False, False),
     "ext-bf16": ("ext", torch.bfloat16, False, False),
+    "auto-fp32": ("auto", None, False, False),
+    "auto-bf16": ("auto", torch.bfloat16, False, False),
 }
 
 
@@ -123,6 +130,10 @@ def test_train_step(benchmark, device, res, batch, variant):
     flops = step_flops(device, res, batch)
     amp_min_res = max(res // 8, 4) if variant.endswith("-top4") else None
     runner, draw = build(device, res, batch, impl, amp, channels_last, graphs, amp_min_res=amp_min_res)
+    if impl == "auto":
+        eager = getattr(runner, "step_eager", runner)
+        records = autotune.record(eager.run, draw(), res, eager.alpha_arg(alpha), update=False)
+        _dispatch.use_choices(autotune.tune_cases(autotune.cases_from_records(records))["choices"])
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
     for _ in range(3):   # warm-up: cuDNN autotuning, Triton compilation, graph capture, allocator
@@ -140,3 +151,4 @@ def test_train_step(benchmark, device, res, batch, variant):
     if device == "cuda":
         benchmark.extra_info["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
         benchmark.extra_info["matmul_peak_tflops"] = matmul_peak_tflops()
+    _dispatch.use_choices(None)

@@ -315,11 +315,14 @@ def _run_child(job, results, timeout_s):
     """One child over job['cases'][job['start']:]; fills `results`. Returns ((case, impl, why) it died on, or None,
     {'bandwidth': ...} if it reported one)."""
     info = {}
-    with tempfile.TemporaryFile(mode="w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "fastpggan.autotune"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=err, text=True)
-        proc.stdin.write(json.dumps(job))
-        proc.stdin.close()
+    with tempfile.TemporaryFile(mode="w+") as err, \
+            subprocess.Popen([sys.executable, "-m", "fastpggan.autotune"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+        try:
+            proc.stdin.write(json.dumps(job))
+            proc.stdin.close()
+        except BrokenPipeError:   # it died before reading its job: its exit status and stderr say why, below
+            pass
         lines = queue.Queue()
         threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
         current = None
@@ -432,11 +435,18 @@ def tune_cases(cases: Sequence[Case], *, force: bool = False, measure_new: bool 
         todo = []
     entries, bandwidth = {}, None
     if todo:
-        measured = measure(todo, seed=seed, timeout_s=timeout_s)
+        try:
+            measured = measure(todo, seed=seed, timeout_s=timeout_s)
+        except (OSError, RuntimeError, ValueError) as e:   # 'auto' never errors: the static order stands in
+            msg = f"fastpggan.autotune: tuning failed ({str(e)[:300]}); {len(todo)} case(s) keep the static order"
+            log(f"warning: {msg[len('fastpggan.autotune: '):]}" if log is not print else msg)
+            warnings.warn(msg, stacklevel=2)
+            todo, measured = [], dict(bandwidth=None, results=[])
         bandwidth = measured["bandwidth"]
         for case, res in zip(todo, measured["results"]):
             entries[case.key] = _entry(case, res, bandwidth, log)
-        _write_cache(device, entries)
+        if entries:
+            _write_cache(device, entries)
     all_entries = {k: entries.get(k) or cached.get(k) for k in unique}
     choices = {k: e["impl"] for k, e in all_entries.items() if e}
     return dict(device=_choices.device_key(device), choices=choices, entries=all_entries, measured=len(todo),

@@ -205,6 +205,10 @@ class Trainer:
                              f"(cached in {os.path.dirname(autotune._choices.cache_path(self.device))})")
             result = distributed.broadcast_object(result, self.ctx)
             recorded = dict(device=autotune._choices.device_key(self.device), choices=result["choices"])
+        here = autotune._choices.device_key(self.device)
+        if recorded["choices"] and recorded.get("device") not in (None, here):
+            self.log(f"note: this run's backends were chosen on {recorded['device']}; it goes on with them on "
+                     f"{here} (a new run tunes for this device)")
         _dispatch.use_choices(recorded["choices"])
         self.cfg["backends"] = recorded
         for op in sorted({c.op for cs in cases.values() for c in cs}):

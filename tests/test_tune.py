@@ -8,6 +8,7 @@ tuner validates.
 """
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -35,6 +36,10 @@ def _tuning_on(monkeypatch):
     case; the first test keeps it in)."""
     monkeypatch.setenv("FASTPGGAN_TUNE", "1")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
+def read_json(path):
+    return json.loads(pathlib.Path(path).read_text())
 
 
 def case(op="bias_act", variant="lrelu,bias", shape=(4, 6, 8, 8), dtype="float32", layout="contiguous", **extra):
@@ -83,7 +88,7 @@ def test_tuning_validates_times_chooses_and_caches(monkeypatch):
         for impl in ("ext", "triton"):
             assert 0 <= entry["tolerance_ratio"][impl] <= 1
         assert not entry["excluded"]
-    data = json.load(open(_choices.cache_path("cpu")))
+    data = read_json(_choices.cache_path("cpu"))
     assert data["versions"] == _choices.versions() and data["device"] == _choices.device_info("cpu")
     assert {k: v["impl"] for k, v in data["choices"].items()} == result["choices"]
 
@@ -145,6 +150,18 @@ def test_a_hung_backend_is_excluded(tmp_path, monkeypatch):
     assert result["choices"][BIAS.key] == "ref"
 
 
+def test_a_tuner_that_cannot_start_leaves_the_static_order(tmp_path, monkeypatch):
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'cannot start' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(broken))
+    logged = []
+    with pytest.warns(UserWarning, match=r"tuning failed \(.*exited with status 3 \(cannot start\)\)"):
+        result = autotune.tune_cases([BIAS], log=logged.append)
+    assert result["measured"] == 0 and result["choices"] == {} and len(logged) == 1
+    assert not os.path.exists(_choices.cache_path("cpu"))
+
+
 @pytest.mark.parametrize("interpret,expected", [("1", "['ref', 'triton', 'ext']"), ("0", "['ref', 'ext']")])
 def test_triton_is_a_cpu_candidate_only_under_the_interpreter(interpret, expected):
     r = run_python("from fastpggan import autotune; from fastpggan.autotune import Case; "
@@ -159,7 +176,7 @@ def test_triton_is_a_cpu_candidate_only_under_the_interpreter(interpret, expecte
 def test_a_bad_cache_file_is_ignored_with_one_warning_and_rebuilt(damage, monkeypatch):
     autotune._write_cache(torch.device("cpu"), {BIAS.key: dict(impl="ref")})
     path = _choices.cache_path("cpu")
-    text = open(path).read()
+    text = pathlib.Path(path).read_text()
     data = json.loads(text)
     if damage == "garbage":
         text = "\x00\x01 not json"
@@ -173,7 +190,7 @@ def test_a_bad_cache_file_is_ignored_with_one_warning_and_rebuilt(damage, monkey
         else:
             data["choices"][BIAS.key]["impl"] = "cudnn"
         text = json.dumps(data)
-    open(path, "w").write(text)
+    pathlib.Path(path).write_text(text)
     _dispatch.forget()
     counts = spy(monkeypatch, "bias_act")
     with warnings.catch_warnings(record=True) as caught:
@@ -185,7 +202,7 @@ def test_a_bad_cache_file_is_ignored_with_one_warning_and_rebuilt(damage, monkey
     assert counts == {"ext": 3}                        # the static order, not the damaged file's 'ref'
     result = autotune.tune_cases([BIAS])
     assert result["measured"] == 1
-    rebuilt = json.load(open(path))
+    rebuilt = read_json(path)
     assert _choices.check_file(rebuilt, "cpu") is None and list(rebuilt["choices"]) == [BIAS.key]
 
 
@@ -201,7 +218,7 @@ def test_two_processes_tuning_at_once_leave_a_valid_file_with_both(tmp_path):
                               text=True) for v in ("lrelu,bias", "linear,nobias,pn")]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    data = json.load(open(_choices.cache_path("cpu")))
+    data = read_json(_choices.cache_path("cpu"))
     assert _choices.check_file(data, "cpu") is None
     assert set(data["choices"]) == {case(variant=v).key for v in ("lrelu,bias", "linear,nobias,pn")}
     assert not [f for f in os.listdir(os.path.dirname(_choices.cache_path("cpu"))) if ".tmp-" in f]
@@ -262,7 +279,7 @@ def _npz(tmp_path):
 def test_the_trainer_tunes_at_start_up_names_each_op_s_backend_and_records_them(tmp_path):
     lines = []
     trainer = train_quietly(tiny_train_args(_npz(tmp_path), tmp_path / "runs", "--kimg", "0.032"), log=lines.append)
-    cfg = json.load(open(tmp_path / "runs" / "run" / "config.json"))
+    cfg = read_json(tmp_path / "runs" / "run" / "config.json")
     choices = cfg["backends"]["choices"]
     assert choices and set(choices.values()) <= {"ref", "ext"}
     assert cfg["backends"]["device"] == _choices.device_key("cpu")
@@ -280,7 +297,7 @@ def test_the_trainer_tunes_at_start_up_names_each_op_s_backend_and_records_them(
 def test_a_resumed_run_keeps_its_choices_whatever_the_cache_says_now(tmp_path, monkeypatch):
     data = _npz(tmp_path)
     train_quietly(tiny_train_args(data, tmp_path / "runs", "--kimg", "0.032"))
-    recorded = json.load(open(tmp_path / "runs" / "run" / "config.json"))["backends"]["choices"]
+    recorded = read_json(tmp_path / "runs" / "run" / "config.json")["backends"]["choices"]
     flipped = {k: dict(impl="ext" if v == "ref" else "ref") for k, v in recorded.items()}
     autotune._write_cache(torch.device("cpu"), flipped)
     monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("a resumed run measured"))
@@ -299,7 +316,7 @@ def test_an_explicit_impl_tunes_nothing(tmp_path, monkeypatch):
     train_quietly(tiny_train_args(_npz(tmp_path), tmp_path / "runs", "--kimg", "0.016", "--impl", "ref"))
     monkeypatch.setenv("FASTPGGAN_IMPL", "ext")
     train_quietly(tiny_train_args(_npz(tmp_path), tmp_path / "runs2", "--kimg", "0.016"))
-    assert "backends" not in json.load(open(tmp_path / "runs2" / "run" / "config.json"))
+    assert "backends" not in read_json(tmp_path / "runs2" / "run" / "config.json")
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -323,8 +340,8 @@ def test_two_gloo_processes_use_rank_0_s_choices(tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
                         str(script), str(tmp_path), *args], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    c0, c1 = (json.load(open(tmp_path / f"choices-{i}.json")) for i in (0, 1))
-    assert c0 and c0 == c1 == json.load(open(tmp_path / "runs" / "run" / "config.json"))["backends"]["choices"]
+    c0, c1 = (read_json(tmp_path / f"choices-{i}.json") for i in (0, 1))
+    assert c0 and c0 == c1 == read_json(tmp_path / "runs" / "run" / "config.json")["backends"]["choices"]
 
 
 # -- library use ---------------------------------------------------------------------------------------------------
@@ -374,7 +391,7 @@ def test_selftest_passes_on_the_cpu_and_writes_its_reports(tmp_path):
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     (js,) = [f for f in os.listdir(tmp_path) if f.startswith("fastpggan-selftest-") and f.endswith(".json")]
-    report = json.load(open(tmp_path / js))
+    report = read_json(tmp_path / js)
     assert report["ok"] is True and report["checks"]["kernels"]["ok"] is True
     assert report["checks"]["kernels"]["passed"]["ext"] > 50
     assert report["checks"]["graph_equals_eager"]["ok"] is True

@@ -20,12 +20,14 @@ from . import _choices
 
 IMPLS = ("ref", "triton", "ext")
 
-# Fastest-first backends per op and device type, as measured by benchmarks/ (see README "Backends"); an op or
-# device not listed uses 'ref'. Changed only with a committed measurement.
+# The static order: fastest-first backends per op and device type for the cases that nothing tuned (README
+# "Choosing backends by measurement"), as measured by benchmarks/; an op or device not listed uses 'ref'. Changed
+# only with a committed measurement.
 AUTO_ORDER = {
     # CPU: the extension's C++ kernels; forward+backward at 4-32^2, fp32, vs ref: bias_act 2.2-2.9x, with pixel norm
     # 2.7-5.3x, fade_in 1.2-2.4x, minibatch_stddev 3.4x, gradient_penalty 1.1-1.8x
-    # (benchmarks/results/cpu-2core-20261122-ops.md). CUDA: ref until the fast backends are timed on a GPU.
+    # (benchmarks/results/cpu-2core-20261122-ops.md). CUDA: ref; a fast kernel runs on a GPU only once it has
+    # passed its check against ref there (fastpggan.autotune).
     "bias_act": {"cpu": ("ext", "ref"), "cuda": ("ref",)},
     "fade_in": {"cpu": ("ext", "ref"), "cuda": ("ref",)},
     "minibatch_stddev": {"cpu": ("ext", "ref"), "cuda": ("ref",)},

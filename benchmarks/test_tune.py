@@ -1,0 +1,22 @@
+"""The time tuning takes: validating, timing and choosing the backends of every op case of the bare command's CPU
+configuration (`python -m fastpggan.train` on fashion-mnist: 32x32, 1 channel, --preset auto), as the trainer
+does at start-up; `--amp` (bf16) and fp32. Each round measures every case again (force=True); the tune cache is
+a private folder. The issue's bound is 30 s on this project's 2-core CPU."""
+import argparse
+
+import pytest
+
+from fastpggan.tune import tune_training
+
+
+@pytest.mark.parametrize("amp", ["on", "off"])
+def test_tune_bare_command_cpu(benchmark, tmp_path, monkeypatch, amp):
+    monkeypatch.setenv("FASTPGGAN_CACHE", str(tmp_path))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")   # the CPU candidates a user has: ext and ref
+    args = argparse.Namespace(device="cpu", resolution=32, channels=1, preset="auto", amp=amp, channels_last=False,
+                              batch_gpu=None, minibatch=None, force=True)
+    benchmark.group = "tune the bare command (cpu)"
+    result = benchmark.pedantic(lambda: tune_training(args, log=lambda line: None), rounds=1, iterations=1)
+    benchmark.extra_info.update(cases=len(result["entries"]), measured=result["measured"],
+                                choices={k: e["impl"] for k, e in result["entries"].items()})
+    assert result["measured"] == len(result["entries"]) > 0
