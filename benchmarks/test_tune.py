@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 
+from conftest import record
 from fastpggan.tune import tune_training
 
 
@@ -17,6 +18,6 @@ def test_tune_bare_command_cpu(benchmark, tmp_path, monkeypatch, amp):
                               batch_gpu=None, minibatch=None, force=True)
     benchmark.group = "tune the bare command (cpu)"
     result = benchmark.pedantic(lambda: tune_training(args, log=lambda line: None), rounds=1, iterations=1)
-    benchmark.extra_info.update(cases=len(result["entries"]), measured=result["measured"],
-                                choices={k: e["impl"] for k, e in result["entries"].items()})
+    record(benchmark, "cpu", impl=f"tune, --amp {amp}", cases=len(result["entries"]), measured=result["measured"],
+           choices={k: e["impl"] for k, e in result["entries"].items()})
     assert result["measured"] == len(result["entries"]) > 0
