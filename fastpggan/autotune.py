@@ -38,6 +38,7 @@ import torch
 from . import ops
 from .ops import _choices, _dispatch
 from .ops._util import tolerance_ratio
+from .runtime import write_text_atomic
 
 MARK = "@fastpggan-tune "   # prefix of the protocol lines the child writes on its stdout
 ITEM_TIMEOUT_S = 600.0      # a backend that takes longer than this on one case is treated as hung
@@ -393,11 +394,7 @@ def _write_cache(device, entries: dict) -> str:
                     device=_choices.device_info(device), versions=_choices.versions(),
                     choices={**(old or {}).get("choices", {}), **entries})
         data["choices"] = dict(sorted(data["choices"].items()))
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(data, indent=1) + "\n")
     _dispatch.forget()
     return path
 
@@ -438,9 +435,7 @@ def tune_cases(cases: Sequence[Case], *, force: bool = False, measure_new: bool 
         try:
             measured = measure(todo, seed=seed, timeout_s=timeout_s)
         except (OSError, RuntimeError, ValueError) as e:   # 'auto' never errors: the static order stands in
-            msg = f"fastpggan.autotune: tuning failed ({str(e)[:300]}); {len(todo)} case(s) keep the static order"
-            log(f"warning: {msg[len('fastpggan.autotune: '):]}" if log is not print else msg)
-            warnings.warn(msg, stacklevel=2)
+            _warn(f"tuning failed ({str(e)[:300]}); {len(todo)} case(s) keep the static order", log)
             todo, measured = [], dict(bandwidth=None, results=[])
         bandwidth = measured["bandwidth"]
         for case, res in zip(todo, measured["results"]):
@@ -453,13 +448,19 @@ def tune_cases(cases: Sequence[Case], *, force: bool = False, measure_new: bool 
                 bandwidth=bandwidth)
 
 
+def _warn(what: str, log: Callable) -> None:
+    """One warning, and the same line in `log` (unless the log is plain print, which the warning already is)."""
+    msg = f"fastpggan.autotune: {what}"
+    if log is not print:
+        log(f"warning: {what}")
+    warnings.warn(msg, stacklevel=3)
+
+
 def _entry(case, res, bandwidth, log):
     ok = {impl: r for impl, r in res.items() if r.get("ok")}
     for impl, r in res.items():
         if not r.get("ok"):
-            msg = f"fastpggan.autotune: {case.op} on {case.key}: excluding impl='{impl}': {r['error']}"
-            log(f"warning: {msg[len('fastpggan.autotune: '):]}" if log is not print else msg)
-            warnings.warn(msg, stacklevel=3)
+            _warn(f"{case.op} on {case.key}: excluding impl='{impl}': {r['error']}", log)
     if ok:
         impl = min(ok, key=lambda i: ok[i]["seconds"])
     else:   # nothing passed, not even ref (which is not compared): keep ref, the oracle

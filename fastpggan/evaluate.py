@@ -16,7 +16,7 @@ from . import checkpoint as ckpt
 from .data import build_dataset
 from .errors import ArgumentParser, UserError, cli_entry, number
 from .metrics.suite import compute, generate_uint8, parse_metrics, sample_reals
-from .runtime import pick_device
+from .runtime import pick_device, write_text_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,10 +60,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> dict:
                   resolution=res, alpha=alpha, num=args.num, seed=args.seed, metrics=result,
                   seconds=round(time.time() - t0, 2))
     out = args.out or os.path.splitext(args.checkpoint)[0] + "-metrics.json"
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(record, indent=2))
     log(f"{json.dumps(result)} -> {out}")
     return record
 

@@ -11,6 +11,7 @@ import time
 from typing import Callable, Optional
 
 from .errors import UserError
+from .runtime import write_text_atomic
 
 LOCK = ".lock"
 
@@ -78,8 +79,5 @@ def rewind_log(run_dir: str, kimg: float, name: str = "log.jsonl") -> Optional[i
             else:
                 dropped += 1
     if dropped:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(kept))
     return dropped

@@ -1,4 +1,5 @@
-"""Where a run happens: the device, the log, and the cache folder. Shared by every command line and below.
+"""Where a run happens: the device, the log, the cache folder, and atomic text writes. Shared by every command
+line and below.
 
 Standard library and torch only; any module of the package may import it.
 """
@@ -14,6 +15,19 @@ def cache_root() -> str:
     """The cache folder of datasets, the extension's builds and FID statistics: $FASTPGGAN_CACHE, else
     ~/.cache/fastpggan."""
     return os.environ.get("FASTPGGAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastpggan")
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` through `path.tmp-PID` and os.replace: a reader, a kill or a full disk never sees
+    half a file (the temporary is removed if the write fails)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def pick_device(spec: str) -> torch.device:

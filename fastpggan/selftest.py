@@ -28,8 +28,8 @@ import torch
 from . import autotune
 from .autotune import Case
 from .errors import ArgumentParser, UserError, cli_entry
-from .ops import _choices
-from .runtime import pick_device
+from .ops import _choices, _dispatch
+from .runtime import pick_device, write_text_atomic
 from .step import CudaGraphStep, _Rerun, random_inputs
 from .tune import format_table, training_trainer, tune_training
 
@@ -163,17 +163,12 @@ def bench_steps(device: torch.device, log: Callable) -> dict:
             sec = (time.perf_counter() - t0) / steps
             rows.append(dict(variant=name, resolution=res, minibatch=n, ms_per_step=round(sec * 1e3, 3),
                              img_per_s=round(n / sec, 1)))
-        _choices_reset()
+        _dispatch.use_choices(None)   # the next variant runs without the fast one's frozen choices
     for row in rows:
         base = {r["variant"]: r["img_per_s"] for r in rows if r["resolution"] == row["resolution"]}
         row["speedup_vs_ref_fp32"] = round(row["img_per_s"] / base["ref-fp32"], 3)
         row["speedup_vs_ref_bf16_cl"] = round(row["img_per_s"] / base["ref-bf16-cl"], 3)
     return dict(rows=rows, steps=steps, args=vars(_bench_args(device, resolution=max(resolutions))))
-
-
-def _choices_reset():
-    from .ops import _dispatch
-    _dispatch.use_choices(None)
 
 
 def run_checks(device: torch.device, log: Callable = print) -> dict:
@@ -229,13 +224,6 @@ def markdown(report: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def _write(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m fastpggan.selftest", description="Check the kernels, the graphed step and "
                        "the step's speed on this device; write a JSON and a markdown report.")
@@ -255,8 +243,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     log(f"fastpggan self-test on {_choices.device_info(device)['name']} ({device}); this takes a few minutes")
     report = run_checks(device, log)
     stem = os.path.join(args.out, f"fastpggan-selftest-{_choices.device_key(device)}-{time.strftime('%Y%m%d')}")
-    _write(stem + ".json", json.dumps(report, indent=1, default=str) + "\n")
-    _write(stem + ".md", markdown(report, "python -m fastpggan.selftest " + " ".join(argv)))
+    write_text_atomic(stem + ".json", json.dumps(report, indent=1, default=str) + "\n")
+    write_text_atomic(stem + ".md", markdown(report, "python -m fastpggan.selftest " + " ".join(argv)))
     log(f"wrote {stem}.json and {stem}.md")
     if not report["ok"]:
         log("a correctness check FAILED: see the report; impl='auto' never picks a backend that failed its check")

@@ -192,7 +192,7 @@ class Trainer:
         env = os.environ.get("FASTPGGAN_IMPL", "auto").strip().lower() or "auto"
         if self.cfg["impl"] != "auto" or env != "auto":
             return None
-        cases = self.training_cases()
+        cases, here = self.training_cases(), autotune._choices.device_key(self.device)
         if recorded is None:
             result = None
             if self.ctx.main:
@@ -204,8 +204,7 @@ class Trainer:
                     self.log(f"tune: measured {result['measured']} op cases in {time.time() - t0:.1f} s "
                              f"(cached in {os.path.dirname(autotune._choices.cache_path(self.device))})")
             result = distributed.broadcast_object(result, self.ctx)
-            recorded = dict(device=autotune._choices.device_key(self.device), choices=result["choices"])
-        here = autotune._choices.device_key(self.device)
+            recorded = dict(device=here, choices=result["choices"])
         if recorded["choices"] and recorded.get("device") not in (None, here):
             self.log(f"note: this run's backends were chosen on {recorded['device']}; it goes on with them on "
                      f"{here} (a new run tunes for this device)")

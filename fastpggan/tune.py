@@ -24,7 +24,7 @@ from .config import PRESET_NAMES, make_config, validate_config
 from .data import check_resolution
 from .errors import ArgumentParser, UserError, cli_entry, number
 from .ops import _choices
-from .runtime import pick_device
+from .runtime import pick_device, write_text_atomic
 from .trainer import Trainer
 
 __all__ = ["tune_model", "tune_cases", "tune_training", "format_table", "main"]
@@ -161,10 +161,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(summary(result))
     if args.report:
         try:
-            tmp = f"{args.report}.tmp-{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write(report_markdown(result, argv))
-            os.replace(tmp, args.report)
+            write_text_atomic(args.report, report_markdown(result, argv))
         except OSError as e:
             raise UserError(f"cannot write --report {args.report}: {e.strerror or e}") from None
         print(f"wrote {args.report}")
