@@ -367,7 +367,7 @@ def measuring_forbidden() -> Optional[str]:
         return "a CUDA graph is being captured"
     if torch.compiler.is_compiling():
         return "torch.compile is tracing"
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if _dispatch.exporting():
         return "a model is being exported"
     return None
 

@@ -7,8 +7,12 @@ A checkpoint is a dict of plain types and tensors:
 
 `load(path)` checks all of it before anything is built: the config's network and progress are in range, the
 weights have the shapes that network has (compared on the meta device, so nothing is allocated), and G, D and
-G_ema are finite. `save` refuses non-finite weights too. `load_generator(path)` rebuilds the EMA generator for
-inference.
+G_ema are finite. `save` refuses non-finite weights too. `load_generator(path)` and `load_discriminator(path)`
+rebuild the networks for inference.
+
+A checkpoint converted from an official pickle (fastpggan.convert) has the networks, the config's `network` and
+`resolution`, its `progress` and a `source`, but no optimizer, RNG or sampler state: it is for inference and
+export, and cannot be resumed.
 """
 import glob
 import math
@@ -56,30 +60,35 @@ def save(state: dict, run_dir: str, nimg: int, keep: int = 3) -> str:
 
     Non-finite weights are refused, and a full disk is one UserError naming the last intact checkpoint; either
     way nothing partial is left."""
-    state = dict(state, format=FORMAT, version=VERSION)
     path = os.path.join(run_dir, f"checkpoint_{kimg_tag(nimg)}.pt")
     bad = nonfinite(state)
     if bad:
         raise NonFiniteWeights(f"not writing {path}: {bad} holds NaN or inf; the last checkpoint with finite "
                                f"weights is {latest(run_dir)}", bad)
+    write(state, path, disk_full_hint=f"the last intact checkpoint is {latest(run_dir)}; free space, then "
+                                      "continue with --resume latest")
+    if keep and keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            os.remove(old)
+    return path
+
+
+def write(state: dict, path: str, disk_full_hint: str = "free space and try again") -> None:
+    """torch.save `state` (stamped with this format and version) to `path` atomically: a temp file, fsync, then a
+    rename, so `path` is the old file or the whole new one. A full disk is one UserError ending in the hint."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        torch.save(state, tmp)
+        torch.save(dict(state, format=FORMAT, version=VERSION), tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         if not is_disk_full(e):
             raise
-        raise UserError(f"the disk is full: could not write {path}; the last intact checkpoint is "
-                        f"{latest(run_dir)}; free space, then continue with --resume latest") from None
+        raise UserError(f"the disk is full: could not write {path}; {disk_full_hint}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    if keep and keep > 0:
-        for old in list_checkpoints(run_dir)[:-keep]:
-            os.remove(old)
-    return path
 
 
 def list_checkpoints(run_dir: str) -> List[str]:
@@ -131,6 +140,8 @@ def check(state: dict, path: str) -> None:
             raise bad(f"network {key} is {v!r}, not an integer in [{lo}, {hi}]")
     if net["resolution"] & (net["resolution"] - 1) or net["num_channels"] == 2:
         raise bad(f"network resolution {net['resolution']} / channels {net['num_channels']} are impossible")
+    if type(net.get("fused_scale", True)) is not bool:
+        raise bad(f"network fused_scale is {net['fused_scale']!r}, not true or false")
     prog = state.get("progress")
     try:
         res, alpha, nimg = prog["resolution"], float(prog["alpha"]), prog["nimg"]
@@ -159,25 +170,48 @@ def check(state: dict, path: str) -> None:
 
 
 def build_networks(config: dict, impl: str = "auto") -> Tuple[torch.nn.Module, torch.nn.Module]:
-    """(G, D) with the architecture recorded in a checkpoint's config."""
+    """(G, D) with the architecture recorded in a checkpoint's config (fused_scale: True where not recorded, as
+    every checkpoint before it was)."""
     net = config["network"]
+    fused = net.get("fused_scale", True)
     G = Generator(resolution=net["resolution"], latent_size=net["latent_size"], num_channels=net["num_channels"],
-                  fmap_base=net["fmap_base"], fmap_max=net["fmap_max"], label_size=net["label_size"], impl=impl)
+                  fmap_base=net["fmap_base"], fmap_max=net["fmap_max"], label_size=net["label_size"],
+                  fused_scale=fused, impl=impl)
     D = Discriminator(resolution=net["resolution"], num_channels=net["num_channels"], fmap_base=net["fmap_base"],
                       fmap_max=net["fmap_max"], mbstd_group_size=net["mbstd_group_size"],
-                      label_size=net["label_size"], impl=impl)
+                      label_size=net["label_size"], fused_scale=fused, impl=impl)
     return G, D
 
 
 def load_generator(path: str, which: str = "G_ema", device="cpu", impl: str = "auto") -> Tuple[torch.nn.Module, dict]:
     """The generator (EMA by default) of a checkpoint, in eval mode, with the checkpoint's state dict.
 
+    Args:
+        path: a checkpoint of fastpggan.train or fastpggan.convert.
+        which: 'G_ema' (official Gs) or 'G'.
+        device: where to put the network.
+        impl: the ops backend of the network.
+
     Returns (G, state) where state["progress"] tells the resolution and alpha it was trained to.
     """
+    if which not in ("G_ema", "G"):
+        raise ValueError(f"which must be 'G_ema' or 'G', got {which!r}")
     state = load(path)
     G, _ = build_networks(state["config"], impl=impl)
+    return _loaded(G, state, which, path, device), state
+
+
+def load_discriminator(path: str, device="cpu", impl: str = "auto") -> Tuple[torch.nn.Module, dict]:
+    """The discriminator of a checkpoint, in eval mode: (D, state), D(images, alpha) -> (N, 1 + label_size) scores
+    then label logits. Args as for load_generator."""
+    state = load(path)
+    _, D = build_networks(state["config"], impl=impl)
+    return _loaded(D, state, "D", path, device), state
+
+
+def _loaded(net, state, part, path, device):
     try:
-        G.load_state_dict(state[which])
+        net.load_state_dict(state[part])
     except (KeyError, RuntimeError) as e:
         raise UserError(f"checkpoint '{path}' does not match its recorded network ({str(e).splitlines()[0]})") from None
-    return G.to(device).eval().requires_grad_(False), state
+    return net.to(device).eval().requires_grad_(False)

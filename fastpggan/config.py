@@ -151,7 +151,7 @@ def make_config(args: argparse.Namespace, dataset, device: torch.device) -> dict
         schedule["tick_kimg"] = tick
     network = dict(resolution=dataset.resolution, latent_size=s["latent_size"], num_channels=dataset.num_channels,
                    fmap_base=s["fmap_base"], fmap_max=s["fmap_max"], mbstd_group_size=s["mbstd_group_size"],
-                   label_size=dataset.num_classes if args.cond else 0)
+                   label_size=dataset.num_classes if args.cond else 0, fused_scale=bool(args.fused_scale))
     return dict(data=args.data, resolution=dataset.resolution, dataset_hash=dataset.meta["source_hash"],
                 preset=args.preset, seed=args.seed, amp=args.amp, amp_min_res=args.amp_min_res,
                 mirror=args.mirror, cond=args.cond,

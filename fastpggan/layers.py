@@ -40,24 +40,28 @@ class EqualizedConv2d(nn.Module):
         kernel_size: square kernel size; "same" padding.
         gain: the equalized-LR gain; the weight, stored N(0, 1), is scaled by gain / sqrt(in_ch * k * k) at run time.
         bias: add a per-channel bias (initialised to zero).
-        up: 2x nearest upsample + conv3x3, fused into one stride-2 transposed conv (official upscale2d_conv2d).
-        down: conv3x3 + 2x2 average pool, fused into one stride-2 conv with kernel x0.25 (official
-            conv2d_downscale2d).
+        up: 2x nearest upsample, then the conv3x3.
+        down: the conv3x3, then 2x2 average pooling.
+        fused_scale: with up, one stride-2 transposed conv with the summed 4x4 kernel (official upscale2d_conv2d),
+            the same function as upsample + conv; with down, one stride-2 conv with the summed kernel x0.25
+            (official conv2d_downscale2d), which pools *before* bias and activation. False: official
+            fused_scale=False, upscale2d then conv2d, or conv2d, bias, activation (and pixel norm) then downscale2d.
         act: 'lrelu' (slope 0.2) or 'linear'.
         pixel_norm: pixelwise feature normalization after the activation (paper Sec. 4.2).
         impl: the ops backend ('auto', 'ref', 'triton', 'ext').
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, *, gain: float = math.sqrt(2), bias: bool = True,
-                 up: bool = False, down: bool = False, act: str = "lrelu", pixel_norm: bool = False,
-                 impl: str = "auto"):
+                 up: bool = False, down: bool = False, fused_scale: bool = True, act: str = "lrelu",
+                 pixel_norm: bool = False, impl: str = "auto"):
         super().__init__()
         if up and down:
             raise ValueError("EqualizedConv2d: up and down are exclusive")
         if (up or down) and kernel_size != 3:
-            raise ValueError("EqualizedConv2d: the fused up/down variants are defined for kernel_size=3")
+            raise ValueError("EqualizedConv2d: the up/down variants are defined for kernel_size=3")
         self.in_ch, self.out_ch, self.kernel_size = in_ch, out_ch, kernel_size
         self.up, self.down, self.act, self.pixel_norm, self.impl = up, down, act, pixel_norm, impl
+        self.fused_scale = bool(fused_scale)
         self.negative_slope = _slope(act)
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
@@ -66,21 +70,25 @@ class EqualizedConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype)
         gain = self.scale
-        if self.up:
+        if self.up and self.fused_scale:
             # conv_transpose is the adjoint of correlation, so the kernel is flipped to equal upsample + conv2d(w).
             w4 = fused_kernel_4x4(w.flip(2, 3)).transpose(0, 1)
             y = F.conv_transpose2d(x, w4, stride=2, padding=1)
-        elif self.down:
+        elif self.down and self.fused_scale:
             y = F.conv2d(x, fused_kernel_4x4(w), stride=2, padding=1)
             gain = gain * 0.25
         else:
+            if self.up:
+                x = F.interpolate(x, scale_factor=2, mode="nearest")
             y = F.conv2d(x, w, padding=self.kernel_size // 2)
-        return ops.bias_act(y, self.bias, gain=gain, negative_slope=self.negative_slope,
-                            pixel_norm=self.pixel_norm, impl=self.impl)
+        y = ops.bias_act(y, self.bias, gain=gain, negative_slope=self.negative_slope, pixel_norm=self.pixel_norm,
+                         impl=self.impl)
+        return F.avg_pool2d(y, 2) if self.down and not self.fused_scale else y
 
     def extra_repr(self):
-        return (f"{self.in_ch}, {self.out_ch}, kernel_size={self.kernel_size}, up={self.up}, down={self.down}, "
-                f"act={self.act!r}, pixel_norm={self.pixel_norm}")
+        scale = f", fused_scale={self.fused_scale}" if self.up or self.down else ""
+        return (f"{self.in_ch}, {self.out_ch}, kernel_size={self.kernel_size}, up={self.up}, down={self.down}"
+                f"{scale}, act={self.act!r}, pixel_norm={self.pixel_norm}")
 
 
 class EqualizedLinear(nn.Module):

@@ -1,4 +1,4 @@
-"""PGGAN Generator and Discriminator (paper Table 2; official networks.py G_paper / D_paper, fused_scale=True).
+"""PGGAN Generator and Discriminator (paper Table 2; official networks.py G_paper / D_paper).
 
 nf(stage) = min(fmap_base / 2^stage, fmap_max); the block at resolution 2^k has nf(k-1) feature maps.
 Blocks are indexed by k - 2, so block 0 is 4x4. Both networks run at any power-of-two resolution up to
@@ -6,6 +6,11 @@ their maximum, and `alpha` in [0, 1] fades in the newest block (paper Fig. 2):
 
     G: lerp(upsample2x(toRGB_low(x_low)), toRGB_high(block(x_low)), alpha)
     D: lerp(fromRGB_low(avgpool2x(img)), block(fromRGB_high(img)), alpha)
+
+`fused_scale` has the official meaning (G_paper / D_paper's argument, default True): True runs G's upsample + conv
+and D's conv + downscale each as one stride-2 conv with the summed 4x4 kernel; False runs them apart, as the
+released networks do (official legacy.py imports them with fused_scale=False). For G both are the same function;
+for D they are not, since unfused D pools after the bias and LReLU (the order of paper Table 2).
 
 Mixed precision per resolution (`amp_min_res`, the stylegan2-ada practice): under an enabled autocast, only the
 layers at resolutions >= amp_min_res run in low precision; the lower ones run in fp32. In fp16 the outputs of
@@ -72,15 +77,16 @@ class Generator(nn.Module):
         num_channels: image channels.
         fmap_base, fmap_max: nf(stage) = min(fmap_base / 2^stage, fmap_max) feature maps per block.
         label_size: classes of a conditional G (one-hot labels concatenated to z), 0 for none.
+        fused_scale: official G_paper's fused_scale (see the module docstring).
         impl: the ops backend ('auto', 'ref', 'triton', 'ext').
     """
 
     def __init__(self, resolution: int = 1024, latent_size: int = 512, num_channels: int = 3, fmap_base: int = 8192,
-                 fmap_max: int = 512, label_size: int = 0, impl: str = "auto"):
+                 fmap_max: int = 512, label_size: int = 0, fused_scale: bool = True, impl: str = "auto"):
         super().__init__()
         self.resolution_log2 = _log2_res(resolution, 2 ** 30, "Generator")
         self.resolution, self.latent_size, self.num_channels = resolution, latent_size, num_channels
-        self.label_size, self.impl = label_size, impl
+        self.label_size, self.fused_scale, self.impl = label_size, bool(fused_scale), impl
         self.amp_min_res = None
         nf = _nf(fmap_base, fmap_max)
         c4 = nf(1)
@@ -92,7 +98,7 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList([EqualizedConv2d(c4, c4, 3, pixel_norm=True, impl=impl)])
         for k in range(3, self.resolution_log2 + 1):
             self.blocks.append(nn.Sequential(
-                EqualizedConv2d(nf(k - 2), nf(k - 1), 3, up=True, pixel_norm=True, impl=impl),
+                EqualizedConv2d(nf(k - 2), nf(k - 1), 3, up=True, fused_scale=fused_scale, pixel_norm=True, impl=impl),
                 EqualizedConv2d(nf(k - 1), nf(k - 1), 3, pixel_norm=True, impl=impl)))
         self.to_rgb = nn.ModuleList([EqualizedConv2d(nf(k - 1), num_channels, 1, gain=1.0, act="linear", impl=impl)
                                      for k in range(2, self.resolution_log2 + 1)])
@@ -132,14 +138,16 @@ class Discriminator(nn.Module):
         fmap_base, fmap_max: as for Generator.
         mbstd_group_size: minibatch-stddev group size at 4x4; 0 or 1 leaves the layer out.
         label_size: AC-GAN class logits after the score, 0 for none.
+        fused_scale: official D_paper's fused_scale; False pools after each block's second conv, bias and LReLU.
         impl: the ops backend ('auto', 'ref', 'triton', 'ext').
     """
 
     def __init__(self, resolution: int = 1024, num_channels: int = 3, fmap_base: int = 8192, fmap_max: int = 512,
-                 mbstd_group_size: int = 4, label_size: int = 0, impl: str = "auto"):
+                 mbstd_group_size: int = 4, label_size: int = 0, fused_scale: bool = True, impl: str = "auto"):
         super().__init__()
         self.resolution_log2 = _log2_res(resolution, 2 ** 30, "Discriminator")
         self.resolution, self.num_channels, self.label_size, self.impl = resolution, num_channels, label_size, impl
+        self.fused_scale = bool(fused_scale)
         self.amp_min_res = None
         nf = _nf(fmap_base, fmap_max)
         self.from_rgb = nn.ModuleList([EqualizedConv2d(num_channels, nf(k - 1), 1, impl=impl)
@@ -154,7 +162,7 @@ class Discriminator(nn.Module):
         for k in range(3, self.resolution_log2 + 1):
             self.blocks.append(nn.Sequential(
                 EqualizedConv2d(nf(k - 1), nf(k - 1), 3, impl=impl),
-                EqualizedConv2d(nf(k - 1), nf(k - 2), 3, down=True, impl=impl)))
+                EqualizedConv2d(nf(k - 1), nf(k - 2), 3, down=True, fused_scale=fused_scale, impl=impl)))
 
     def forward(self, images: torch.Tensor, alpha: Union[float, torch.Tensor] = 1.0) -> torch.Tensor:
         """Scores of (N, num_channels, R, R) images, R a power of two up to `resolution`; `alpha` fades in the

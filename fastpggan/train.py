@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--latent-size", type=number(int, min=1, max=1 << 16), default=None, help="official 512")
     n.add_argument("--mbstd-group", dest="mbstd_group_size", type=number(int, min=0), default=None,
                    help="minibatch-stddev group size, 0 or 1 turns it off (official: 4; 16 in preset v1)")
+    n.add_argument("--fused-scale", type=int, default=1, choices=[0, 1],
+                   help="official fused_scale: 1 = G's upsample+conv and D's conv+downscale as one stride-2 conv "
+                        "(official default); 0 = apart, D pooling after its LReLU (the released networks)")
     n.add_argument("--lambda-gp", type=number(min=0), default=10.0, help="WGAN-GP weight")
     n.add_argument("--drift", type=number(min=0), default=1e-3, help="epsilon-drift weight on D(real)^2")
     n.add_argument("--ema", type=number(min=0, max=1), default=None,
@@ -131,7 +134,7 @@ def describe(cfg, dataset, device, G, D, run_dir):
         f"{dataset.resolution}x{dataset.resolution}x{dataset.num_channels}"
         f"{', %d classes' % dataset.num_classes if dataset.num_classes else ''} on {device}",
         f"  preset {cfg['preset']}: fmap_base {net['fmap_base']}, fmap_max {net['fmap_max']}, "
-        f"latent {net['latent_size']}"
+        f"latent {net['latent_size']}{'' if net.get('fused_scale', True) else ', fused_scale 0'}"
         f" (G {pG:.2f}M, D {pD:.2f}M params)",
         f"  schedule: {s['lod_training_kimg']:g}+{s['lod_transition_kimg']:g} kimg per resolution, minibatch "
         f"{s['minibatch_base']} ({mb}), lr {s['lr_base']:g}, G EMA {cfg['ema']:g}/step, "
@@ -144,6 +147,9 @@ def describe(cfg, dataset, device, G, D, run_dir):
 def _resume_config(state, path, args, say):
     """The config a resumed run continues with: the recorded one, with the flags that may change applied."""
     cfg = dict(state["config"])
+    if "source" in cfg:
+        raise UserError(f"'{path}' was converted from an official pickle and has no training state (optimizer, "
+                        "random state, data order) to resume; use it with fastpggan.generate, evaluate or export")
     version = cfg.get("step_version", 1)
     if not isinstance(version, int) or version > STEP_VERSION:
         raise UserError(f"checkpoint '{path}' was written by a newer fastpggan (training step version "

@@ -9,6 +9,12 @@ from fastpggan.networks import Discriminator, Generator
 SMALL = dict(fmap_base=128, fmap_max=16)
 
 
+@pytest.fixture(params=[True, False], ids=["fused", "unfused"])
+def fused(request):
+    """Official fused_scale: every network test runs on both forms."""
+    return request.param
+
+
 def _count(net, skip_prefix, keep_index):
     """Parameters, counting only the final toRGB/fromRGB (index keep_index)."""
     return sum(p.numel() for n, p in net.named_parameters()
@@ -29,11 +35,11 @@ def test_table2_parameter_counts():
 
 
 @pytest.mark.parametrize("res", [4, 8, 16, 32, 64, 128, 256, 512, 1024])
-def test_shapes_at_every_resolution(res):
+def test_shapes_at_every_resolution(res, fused):
     torch.manual_seed(0)
     n = 2 if res < 256 else 1
-    G = Generator(resolution=1024, latent_size=8, num_channels=3, **SMALL)
-    D = Discriminator(resolution=1024, num_channels=3, **SMALL)
+    G = Generator(resolution=1024, latent_size=8, num_channels=3, fused_scale=fused, **SMALL)
+    D = Discriminator(resolution=1024, num_channels=3, fused_scale=fused, **SMALL)
     with torch.no_grad():
         img = G(torch.randn(n, 8), res=res, alpha=0.5)
         assert img.shape == (n, 3, res, res)
@@ -48,15 +54,15 @@ def test_full_width_shapes_at_1024():
 
 
 @pytest.mark.parametrize("r", [4, 8, 16])
-def test_generator_alpha0_is_smaller_net_upsampled(r):
-    G = Generator(resolution=32, latent_size=16, num_channels=3, **SMALL)
+def test_generator_alpha0_is_smaller_net_upsampled(r, fused):
+    G = Generator(resolution=32, latent_size=16, num_channels=3, fused_scale=fused, **SMALL)
     z = torch.randn(3, 16)
     with torch.no_grad():
         assert torch.equal(G(z, res=2 * r, alpha=0.0), ops.upsample2x_nearest(G(z, res=r)))
 
 
-def test_generator_alpha1_is_grown_net():
-    G = Generator(resolution=16, latent_size=16, num_channels=1, **SMALL)
+def test_generator_alpha1_is_grown_net(fused):
+    G = Generator(resolution=16, latent_size=16, num_channels=1, fused_scale=fused, **SMALL)
     z = torch.randn(3, 16)
     with torch.no_grad():
         assert torch.equal(G(z, res=16, alpha=torch.tensor(1.0)), G(z, res=16))
@@ -64,32 +70,32 @@ def test_generator_alpha1_is_grown_net():
 
 
 @pytest.mark.parametrize("r", [4, 8, 16])
-def test_discriminator_alpha0_is_smaller_net_on_pooled(r):
-    D = Discriminator(resolution=32, num_channels=3, **SMALL)
+def test_discriminator_alpha0_is_smaller_net_on_pooled(r, fused):
+    D = Discriminator(resolution=32, num_channels=3, fused_scale=fused, **SMALL)
     x = torch.randn(4, 3, 2 * r, 2 * r)
     with torch.no_grad():
         assert torch.equal(D(x, alpha=0.0), D(F.avg_pool2d(x, 2)))
         assert torch.equal(D(x, alpha=torch.tensor(1.0)), D(x))
 
 
-def test_alpha_interpolates_linearly():
-    G = Generator(resolution=8, latent_size=16, num_channels=3, **SMALL)
+def test_alpha_interpolates_linearly(fused):
+    G = Generator(resolution=8, latent_size=16, num_channels=3, fused_scale=fused, **SMALL)
     z = torch.randn(2, 16)
     with torch.no_grad():
         a, b, mid = G(z, 8, 0.0), G(z, 8, 1.0), G(z, 8, 0.25)
     torch.testing.assert_close(mid, 0.75 * a + 0.25 * b)
 
 
-def test_latents_are_pixel_normalized():
-    G = Generator(resolution=8, latent_size=16, num_channels=3, **SMALL)
+def test_latents_are_pixel_normalized(fused):
+    G = Generator(resolution=8, latent_size=16, num_channels=3, fused_scale=fused, **SMALL)
     z = torch.randn(2, 16)
     with torch.no_grad():
         torch.testing.assert_close(G(z), G(z * 7.5))
 
 
-def test_labels():
-    G = Generator(resolution=8, latent_size=16, num_channels=3, label_size=5, **SMALL)
-    D = Discriminator(resolution=8, num_channels=3, label_size=5, **SMALL)
+def test_labels(fused):
+    G = Generator(resolution=8, latent_size=16, num_channels=3, label_size=5, fused_scale=fused, **SMALL)
+    D = Discriminator(resolution=8, num_channels=3, label_size=5, fused_scale=fused, **SMALL)
     z = torch.randn(4, 16)
     labels = torch.tensor([0, 1, 4, 2])
     with torch.no_grad():
@@ -126,11 +132,13 @@ def _dtypes_by_module(net, run):
     return seen, out
 
 
-def test_amp_min_res_keeps_low_resolutions_fp32():
+def test_amp_min_res_keeps_low_resolutions_fp32(fused):
     """Under bf16 autocast with amp_min_res 16, the 4x4 and 8x8 layers of G and D run in fp32, 16x16 in bf16."""
     torch.manual_seed(0)
-    G = Generator(resolution=16, latent_size=16, num_channels=3, fmap_base=64, fmap_max=16, impl="ref")
-    D = Discriminator(resolution=16, num_channels=3, fmap_base=64, fmap_max=16, mbstd_group_size=2, impl="ref")
+    G = Generator(resolution=16, latent_size=16, num_channels=3, fmap_base=64, fmap_max=16, fused_scale=fused,
+                  impl="ref")
+    D = Discriminator(resolution=16, num_channels=3, fmap_base=64, fmap_max=16, mbstd_group_size=2, fused_scale=fused,
+                      impl="ref")
     G.amp_min_res = D.amp_min_res = 16
     z = torch.randn(4, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -162,3 +170,35 @@ def test_amp_min_res_clamps_fp16_outputs():
     assert unclamped.abs().max() > 1000
     assert clamped.abs().max() == 256
     torch.testing.assert_close(clamped, unclamped.clamp(-256, 256))
+
+
+def test_fused_scale_keeps_parameters_and_names():
+    """Both forms hold the same parameters under the same names (so the Table-2 counts hold for both)."""
+    for net in (Generator, Discriminator):
+        a, b = net(resolution=64, **SMALL), net(resolution=64, fused_scale=False, **SMALL)
+        assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+    G, D = Generator(fused_scale=False), Discriminator(fused_scale=False)
+    assert _count(G, "to_rgb.", 8) == _count(Generator(), "to_rgb.", 8)
+    assert _count(D, "from_rgb.", 8) == _count(Discriminator(), "from_rgb.", 8)
+
+
+def test_unfused_generator_is_the_fused_one_and_unfused_discriminator_is_not():
+    """G: upsample + conv == the summed-kernel transposed conv (fp32 rounding); D: pooling after the LReLU is another
+    function (official fused_scale=False), equal to the block written out by hand."""
+    torch.manual_seed(0)
+    kw = dict(resolution=32, num_channels=3, impl="ref", **SMALL)
+    Gf, Gu = Generator(latent_size=16, **kw), Generator(latent_size=16, fused_scale=False, **kw)
+    Df, Du = Discriminator(**kw), Discriminator(fused_scale=False, **kw)
+    for p in [*Gf.parameters(), *Df.parameters()]:
+        torch.nn.init.normal_(p)
+    Gu.load_state_dict(Gf.state_dict())
+    Du.load_state_dict(Df.state_dict())
+    z, x = torch.randn(4, 16), torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(Gu(z, 32, 0.5), Gf(z, 32, 0.5), rtol=1e-5, atol=1e-5)
+        assert (Du(x, 0.5) - Df(x, 0.5)).abs().max() > 1e-2
+        conv = Du.blocks[3][1]   # 32x32's second conv, unfused: conv3x3, bias, LReLU, then the 2x2 box filter
+        h = torch.randn(4, conv.in_ch, 32, 32)
+        want = F.avg_pool2d(F.leaky_relu(F.conv2d(h, conv.weight * conv.scale, padding=1) + conv.bias[:, None, None],
+                                         0.2), 2)
+        torch.testing.assert_close(conv(h), want, rtol=1e-5, atol=1e-5)

@@ -31,27 +31,43 @@ def _rel_err(ours, theirs):
     return max((ours[k] - v).abs().max().item() for k, v in theirs.items()) / m
 
 
+FIXTURES = {"pggan_rgb32_fused": dict(res=32, channels=3, labels=0, fused=True, lods=8),
+            "pggan_gray16_nonfused_cond3": dict(res=16, channels=1, labels=3, fused=False, lods=6)}
+
+
 @pytest.mark.parametrize("impl", ["ref", "auto"])
-def test_networks_equal_the_official_ones_at_every_lod(impl):
-    G, D, Gs = official.networks(official.fixture("pggan_rgb32_fused.pkl"), impl=impl)
-    z = np.load(official.fixture("pggan_rgb32_fused.npz"))
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_networks_equal_the_official_ones_at_every_lod(name, impl):
+    """Converted G, Gs (fp32 images) and D (scores and label logits) equal the official networks' outputs at every
+    lod the fixture holds, within 1e-4 of the largest magnitude (fastpggan reaches about 1e-6)."""
+    want_cfg = FIXTURES[name]
+    G, D, Gs = official.networks(official.fixture(f"{name}.pkl"), impl=impl)
+    assert (G.resolution, G.num_channels, G.label_size, D.fused_scale) == \
+        (want_cfg["res"], want_cfg["channels"], want_cfg["labels"], want_cfg["fused"])
+    z = np.load(official.fixture(f"{name}.npz"))
     latents, images = torch.from_numpy(z["latents"]), torch.from_numpy(z["images"])
-    assert len(z["lods"]) == 8
+    labels = torch.from_numpy(z["labels"]) if want_cfg["labels"] else None
+    assert len(z["lods"]) == want_cfg["lods"]
+    worst = 0.0
     for lod in z["lods"]:
-        res, alpha = _lod_phase(lod, 32)
+        res, alpha = _lod_phase(lod, want_cfg["res"])
         with torch.no_grad():
-            outs = dict(G=G(latents, res, alpha), Gs=Gs(latents, res, alpha),
-                        D=D(F.avg_pool2d(images, 32 // res) if res < 32 else images, alpha))
-        for name, y in outs.items():
-            want = torch.from_numpy(z[f"{name}_{lod:g}"])
-            assert y.shape == want.shape
+            outs = dict(G=G(latents, res, alpha, labels), Gs=Gs(latents, res, alpha, labels),
+                        D=D(F.avg_pool2d(images, want_cfg["res"] // res) if res < want_cfg["res"] else images, alpha))
+        for net, y in outs.items():
+            want = torch.from_numpy(z[f"{net}_{lod:g}"])
+            assert y.shape == want.shape, f"{net} at lod {lod:g}"
             err = ((y - want).abs().max() / want.abs().max()).item()
-            assert err < 5e-5, f"{name} at lod {lod:g}: {err:.2e}"
+            worst = max(worst, err)
+            assert err < 1e-4, f"{net} at lod {lod:g}: {err:.2e}"
+    # Gs is G plus noise in these fixtures: a converter that swapped them would be far off
+    assert (Gs(latents, labels=labels) - G(latents, labels=labels)).abs().max() > 1e-3
+    print(f"{name} ({impl}): largest error {worst:.1e}")
 
 
-def _official_state(z, prefix, which):
+def _official_state(z, prefix, which, net):
     vars_ = {k[len(prefix) + len(which) + 2:]: z[k] for k in z.files if k.startswith(f"{prefix}/{which}/")}
-    return (official.discriminator_state if which == "D" else official.generator_state)(vars_, 4)
+    return official.state(vars_, net, which)
 
 
 def _run_official_iterations(impl, amp_dtype=None, **step_kw):
@@ -82,9 +98,9 @@ def _run_official_iterations(impl, amp_dtype=None, **step_kw):
             out[(lod, it)] = dict(
                 loss_D=abs(loss_D - float(z[f"{p}/loss_D"])) / abs(float(z[f"{p}/loss_D"])),
                 loss_G=abs(loss_G - float(z[f"{p}/loss_G"])) / abs(float(z[f"{p}/loss_G"])),
-                G=_rel_err(G.state_dict(), _official_state(z, p, "G")),
-                D=_rel_err(D.state_dict(), _official_state(z, p, "D")),
-                Gs=_rel_err(Gs.state_dict(), _official_state(z, p, "Gs")))
+                G=_rel_err(G.state_dict(), _official_state(z, p, "G", G)),
+                D=_rel_err(D.state_dict(), _official_state(z, p, "D", D)),
+                Gs=_rel_err(Gs.state_dict(), _official_state(z, p, "Gs", Gs)))
     return out
 
 

@@ -49,8 +49,9 @@ def test_keep_last_k(tiny_npz, tmp_path):
     assert names == ["checkpoint_000000.064.pt", "checkpoint_000000.080.pt"]
 
 
-@pytest.mark.parametrize("extra", [[], ["--mirror", "--cond"], ["--amp", "fp16", "--channels-last"]],
-                         ids=["plain", "mirror-cond", "fp16-channels_last"])
+@pytest.mark.parametrize("extra", [[], ["--mirror", "--cond"], ["--amp", "fp16", "--channels-last"],
+                                   ["--fused-scale", "0", "--cond"]],
+                         ids=["plain", "mirror-cond", "fp16-channels_last", "unfused-cond"])
 def test_resume_is_bit_exact(tiny_npz, tmp_path, extra):
     straight = tiny_train_args(tiny_npz, tmp_path / "a", *extra)
     _train(straight)
@@ -62,9 +63,11 @@ def test_resume_is_bit_exact(tiny_npz, tmp_path, extra):
     mid = ckpt.latest(str(tmp_path / "b" / "run"))
     assert torch.load(mid, weights_only=True)["progress"]["nimg"] == 40
     run_flags = [a for a in extra if a == "--channels-last"]   # how to run is not part of the checkpoint
-    _train(["--resume", mid, "--kimg", "0.08", "--no-progress", "--device", "cpu", *run_flags])
+    t = _train(["--resume", mid, "--kimg", "0.08", "--no-progress", "--device", "cpu", *run_flags])
+    assert t.D.fused_scale is t.G.fused_scale is ("--fused-scale" not in extra)
     resumed = torch.load(ckpt.latest(str(tmp_path / "b" / "run")), weights_only=True)
     assert full["scaler"] == resumed["scaler"]
+    assert resumed["config"]["network"]["fused_scale"] is ("--fused-scale" not in extra)
     if "fp16" in extra:   # one GradScaler per network, saved and restored
         assert set(full["scaler"]) == {"D", "G"} and full["scaler"]["D"]["scale"] > 0
 

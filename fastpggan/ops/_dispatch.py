@@ -10,6 +10,8 @@ missing.
   (`use_choices`, the trainer's), else this device's tune cache, else the static AUTO_ORDER. It falls back to
   the next backend with one warning per op, backend and reason, and never errors. It never measures anything
   itself (fastpggan.autotune does, when asked), so a CUDA-graph capture, torch.compile trace or export only reads.
+- While a model is exported (torch.export, torch.onnx.export, torch.jit.trace), 'auto' runs 'ref', FASTPGGAN_IMPL
+  notwithstanding, so that the exported graph holds only standard operators. torch.compile keeps the fast ops.
 """
 import contextlib
 import os
@@ -115,6 +117,13 @@ def recording():
         _orders.clear()
 
 
+def exporting() -> bool:
+    """Whether torch.export, torch.onnx.export or torch.jit.trace is tracing the model now."""
+    import torch
+    is_exporting = getattr(torch.compiler, "is_exporting", None)   # torch >= 2.5
+    return bool(torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or (is_exporting and is_exporting()))
+
+
 def _auto_order(op, variant, dtype, shape, layout, device):
     memo = (op, variant, dtype, shape, layout, device, os.environ.get("FASTPGGAN_CACHE"))
     order = _orders.get(memo)
@@ -144,6 +153,8 @@ def resolve(op, impl, x, variant="", extra=None):
     the kernel besides x (the case key's part in parentheses); `extra` is what a recording keeps to rebuild the
     call's other inputs."""
     _check_impl(impl, "impl")
+    if impl == "auto" and exporting():
+        return _registry[op]["ref"][0]
     if impl == "auto":
         env = os.environ.get("FASTPGGAN_IMPL", "auto").strip().lower() or "auto"
         _check_impl(env, "FASTPGGAN_IMPL")
