@@ -81,6 +81,16 @@ class Schedule:
         steps = int(math.log2(resolution)) - int(math.log2(self.initial_resolution))
         return steps * (self.lod_training_kimg + self.lod_transition_kimg)
 
+    def kimg_at_lod(self, lod: float) -> float:
+        """The first kimg at which `at` gives `lod` (clipped to the schedule's range): where a run that starts from
+        networks trained to that lod picks up (train --init)."""
+        top = int(math.log2(self.max_resolution)) - int(math.floor(math.log2(self.initial_resolution)))
+        d = min(max(top - lod, 0.0), float(top))
+        p = int(math.floor(d))
+        frac = d - p
+        return p * (self.lod_training_kimg + self.lod_transition_kimg) + \
+            (self.lod_training_kimg + frac * self.lod_transition_kimg if frac > 0 else 0.0)
+
     def images_per_resolution(self, nimg: int, total_nimg: int) -> dict:
         """{resolution: images} that training from `nimg` to `total_nimg` spends at each resolution (a fade-in
         counts at the resolution fading in, where its steps run)."""

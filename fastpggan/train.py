@@ -5,6 +5,7 @@ configuration is built in fastpggan.config and the loop runs in fastpggan.traine
 """
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Callable, Optional
@@ -20,6 +21,7 @@ from .metrics import suite
 from .ops import impl_unavailable
 from .rundir import RunLock, remove_partial_writes, rewind_log
 from .runtime import silent
+from .schedule import Schedule
 from .step import STEP_VERSION
 from .trainer import Terminated, Trainer
 
@@ -53,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
            "CUDA runs")
     a("--resume", default=None, metavar="PATH|latest", help="continue exactly from a checkpoint, or from the newest "
       "one of the run (--name) or of the newest run under --out")
+    a("--init", default=None, metavar="PATH", help="start a new run from a checkpoint's networks (an official "
+      "network converted by fastpggan.convert, or another run's): its G, D, G_ema and network settings, fresh "
+      "optimizer state, at the point of this run's schedule where the checkpoint's lod is")
     a("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
     a("--mirror", action="store_true", help="random horizontal flips of the reals (per sample)")
     a("--cond", action="store_true", help="condition G and D on the dataset's class labels (AC-GAN terms)")
@@ -184,6 +189,42 @@ def _check_dataset_matches(dataset, cfg, path):
                         f"was conditioned on {net['label_size']}; resume with the data it started with")
 
 
+def _init_config(args, cfg, dataset):
+    """--init: the checkpoint's state and the nimg to start at; cfg takes the checkpoint's network. Network flags
+    that contradict it, and data of another shape or class count, are refused in one line."""
+    state = ckpt.load(args.init)
+    net = dict(state["config"]["network"], fused_scale=state["config"]["network"].get("fused_scale", True))
+    given = vars(build_parser().parse_args([]))
+    for key in ("fmap_base", "fmap_max", "latent_size", "fused_scale"):
+        value = getattr(args, key)
+        if value != given[key] and (bool(value) if key == "fused_scale" else value) != net[key]:
+            raise UserError(f"--{key.replace('_', '-')} {value} contradicts the network of --init '{args.init}' "
+                            f"({key} {net[key]}); a run started with --init keeps that network")
+    if args.mbstd_group_size is not None:
+        if (args.mbstd_group_size > 1) != (net["mbstd_group_size"] > 1):
+            raise UserError(f"--mbstd-group {args.mbstd_group_size} would add or remove the minibatch-stddev input "
+                            f"of the network of --init '{args.init}' (group {net['mbstd_group_size']})")
+        net["mbstd_group_size"] = args.mbstd_group_size
+    r, c = net["resolution"], net["num_channels"]
+    if (dataset.resolution, dataset.num_channels) != (r, c):
+        raise UserError(f"the network of --init '{args.init}' is {r}x{r} with {c} channel(s), the data "
+                        f"'{args.data}' {dataset.resolution}x{dataset.resolution} with {dataset.num_channels}; "
+                        f"use data of that shape (--resolution {r} scales it)")
+    if net["label_size"] != cfg["network"]["label_size"]:
+        raise UserError(f"the network of --init '{args.init}' is conditioned on {net['label_size']} classes; pass "
+                        f"--cond with data of {net['label_size']} classes" if net["label_size"] else
+                        f"the network of --init '{args.init}' is unconditional; leave out --cond")
+    cfg["network"] = net
+    prog = state["progress"]
+    lod = math.log2(r / prog["resolution"]) + 1.0 - float(prog["alpha"])
+    kimg = Schedule(**cfg["schedule"]).kimg_at_lod(lod)
+    if cfg["total_kimg"] <= kimg:
+        raise UserError(f"the run ends at {cfg['total_kimg']:g} kimg, before its schedule reaches lod {lod:g} of the "
+                        f"network of --init (at {kimg:g} kimg); pass a larger --kimg")
+    cfg["init"] = dict(checkpoint=os.path.abspath(args.init), lod=lod, kimg=kimg)
+    return state, int(round(kimg * 1000))
+
+
 def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
     """Train as the parsed command line says (a new run, or --resume); returns the Trainer at the end."""
     ctx, device = distributed.init(args.device)
@@ -193,7 +234,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
     check_resolution(args.resolution)
     if args.amp_min_res is not None:
         check_resolution(args.amp_min_res, what="--amp-min-res")
-    state = path = None
+    state = path = init = None
     if not ctx.main:
         distributed.barrier(ctx)   # rank 0 builds the dataset cache first
     if args.resume:
@@ -210,6 +251,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
         dataset = build_dataset(args.data, resolution=args.resolution, strict=args.strict, cache_dir=args.cache_dir,
                                 progress=not args.no_progress, log=log)
         cfg = make_config(args, dataset, device)
+        init = _init_config(args, cfg, dataset) if args.init else None
         run_dir = _unique_run_dir(args.out, args.name or f"{dataset.name}-{dataset.resolution}") if ctx.main else None
     if ctx.main:
         distributed.barrier(ctx)
@@ -230,13 +272,13 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
         lock = RunLock(run_dir)
         remove_partial_writes(run_dir, log)
     try:
-        return _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log)
+        return _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log, init)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log):
+def _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log, init=None):
     try:
         trainer = Trainer(cfg, dataset, device, run_dir, progress=not args.no_progress, log=log, metrics=metrics,
                           dist_ctx=ctx, batch_gpu=args.batch_gpu, channels_last=args.channels_last,
@@ -265,6 +307,10 @@ def _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log):
             rewind_log(run_dir, trainer.nimg / 1000)
         log(f"resumed from {path} at kimg {trainer.nimg / 1000:g}")
     else:
+        if init is not None:
+            trainer.start_from(*init)
+            log(f"init: G, D and G_ema from {args.init} (lod {cfg['init']['lod']:g}); starting at kimg "
+                f"{cfg['init']['kimg']:g} with fresh optimizer state")
         trainer.choose_backends()   # before the first step, so before any CUDA-graph capture
         if ctx.main:
             with open(os.path.join(run_dir, "config.json"), "w") as f:

@@ -156,6 +156,13 @@ class Trainer:
             raise UserError(f"checkpoint '{path}' is incompatible with this run "
                             f"({str(e).splitlines()[0][:200]})") from None
 
+    def start_from(self, state: dict, nimg: int) -> None:
+        """Begin this new run with another checkpoint's G, D and G_ema (train --init) at `nimg` of the schedule; the
+        optimizers, sampler and random state stay fresh."""
+        for net, part in ((self.G, "G"), (self.D, "D"), (self.G_ema, "G_ema")):
+            net.load_state_dict(state[part])
+        self.nimg = self.tick_start_nimg = self.last_metric_nimg = int(nimg)
+
     def _phase_info(self):
         ph = self.schedule.at(self.nimg)
         return dict(kimg=ph.kimg, resolution=ph.resolution, alpha=ph.alpha, lod=ph.lod)

@@ -188,3 +188,58 @@ def test_a_converted_checkpoint_cannot_be_resumed(tmp_path):
     convert.main([official.fixture("pggan_rgb32_fused.pkl"), str(dst)])
     r = cli("train", "--resume", dst, "--device", "cpu", "--no-progress", cwd=tmp_path)
     one_line_error(r, "converted from an official pickle", "no training state")
+
+
+def _gray16_cond3(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "gray.npz"
+    np.savez(path, images=rng.integers(0, 256, size=(48, 16, 16), dtype=np.uint8), labels=rng.integers(0, 3, 48))
+    return str(path)
+
+
+def _init_args(data, tmp_path, init, *extra):
+    return ["--data", data, "--out", str(tmp_path), "--name", "run", "--init", str(init), "--minibatch", "8",
+            "--lod-training-kimg", "0.016", "--lod-transition-kimg", "0.016", "--tick-kimg", "0.008",
+            "--snap-ticks", "1", "--keep", "0", "--no-progress", "--device", "cpu", *extra]
+
+
+@pytest.mark.parametrize("lod", [0.0, 1.5])
+def test_training_goes_on_from_a_converted_network(tmp_path, lod):
+    """train --init: the official networks' weights and settings (unfused, conditional), fresh optimizer state,
+    starting where the run's schedule has the pickle's lod; the first steps move the weights from there."""
+    from conftest import train_quietly
+    states = _states("pggan_gray16_nonfused_cond3")
+    for st in states:
+        st["variables"] = [(k, np.float32(lod) if k == "lod" else v) for k, v in st["variables"]]
+    init = tmp_path / "net.pt"
+    convert.main([_write_pickle(tmp_path / "net.pkl", states), str(init)])
+    start = ckpt.load(str(init))
+    t = train_quietly(_init_args(_gray16_cond3(tmp_path), tmp_path, init, "--cond", "--kimg", "0.096"))
+    want_kimg = {0.0: 0.064, 1.5: 0.024}[lod]   # (2 phases of 0.032) + half a transition for lod 1.5
+    assert t.cfg["init"]["kimg"] == pytest.approx(want_kimg) and t.cfg["init"]["lod"] == lod
+    assert t.D.fused_scale is False and t.G.label_size == 3 and t.cfg["network"]["latent_size"] == 16
+    first = ckpt.list_checkpoints(str(tmp_path / "run"))[0]
+    state = torch.load(first, weights_only=True)
+    assert state["progress"]["nimg"] == round(want_kimg * 1000) + 8   # a tick is one minibatch of 8
+    for part in ("G", "D", "G_ema"):
+        moved = max((state[part][k] - v).abs().max().item() for k, v in start[part].items())
+        assert 0 < moved < 0.1, (part, moved)   # a few Adam steps of lr 0.001 from the converted weights
+    assert state["opt_G"]["state"] and "source" not in state["config"]
+
+
+def test_init_refuses_what_does_not_fit(tmp_path):
+    init = tmp_path / "net.pt"
+    convert.main([official.fixture("pggan_gray16_nonfused_cond3.pkl"), str(init)])
+    data = _gray16_cond3(tmp_path)
+    rgb = tmp_path / "rgb.npy"
+    np.save(rgb, np.zeros((8, 16, 16, 3), np.uint8))
+
+    def refused(*args, fragment):
+        r = cli("train", *_init_args(*args), cwd=tmp_path)
+        one_line_error(r, fragment)
+        assert not (tmp_path / "run").exists()
+    refused(data, tmp_path, init, fragment="conditioned on 3 classes; pass --cond")
+    refused(str(rgb), tmp_path, init, fragment="16x16 with 1 channel(s)")
+    refused(data, tmp_path, init, "--cond", "--fmap-max", "32", fragment="--fmap-max 32 contradicts")
+    refused(data, tmp_path, init, "--cond", "--kimg", "0.01", fragment="pass a larger --kimg")
+    refused(data, tmp_path, tmp_path / "missing.pt", "--cond", fragment="does not exist")
