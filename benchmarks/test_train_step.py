@@ -9,7 +9,8 @@ Variants, all in the same run so that every ratio has a cause:
   ref-bf16-cl       (2) the best plain PyTorch gives: bf16 autocast + channels_last, eager
   fast-<k>          (3) kernels k (triton or ext) + bf16 + channels_last + CUDA graphs
   and (3) with one part switched: -nographs, -fp32, -nocl, -fp16 (GradScaler), ref-bf16-cl-graphs (no kernels),
-  -top4 / -fp16-top4 (low precision only in the 4 highest resolutions, fp16 clamped at +-256)
+  -top4 / -fp16-top4 (low precision only in the 4 highest resolutions, fp16 clamped at +-256), -unfused
+                    (fused_scale=False networks, --fused-scale 0: G upsamples then convolves, D pools after)
   fast-auto / auto-*  impl='auto' with this step's op cases tuned first (fastpggan.autotune: each backend
                     validated against ref, timed, the fastest per case), as the trainer does at start-up
 
@@ -46,10 +47,12 @@ CUDA_VARIANTS = {
     "fast-ext-top4": ("ext", torch.bfloat16, True, True),
     "fast-ext-fp16-top4": ("ext", torch.float16, True, True),
     "fast-auto": ("auto", torch.bfloat16, True, True),
+    "fast-ext-unfused": ("ext", torch.bfloat16, True, True),
 }
 CPU_VARIANTS = {
     "ref-fp32": ("ref", None, False, False),
     "ext-fp32": ("ext", None, False, False),
+    "ext-fp32-unfused": ("ext", None, False, False),
     "ext-bf16": ("ext", torch.bfloat16, False, False),
     "auto-fp32": ("auto", None, False, False),
     "auto-bf16": ("auto", torch.bfloat16, False, False),
@@ -67,17 +70,17 @@ def _cases():
     return out
 
 
-def build(device, res, batch, impl, amp, channels_last, graphs, seed=0, amp_min_res=None):
+def build(device, res, batch, impl, amp, channels_last, graphs, seed=0, amp_min_res=None, fused_scale=True):
     """Table-2 G, D, G_ema and their optimizers at `res`, wrapped in the trainer's step; -> (runner, draw_inputs)."""
     dev = torch.device(device)
     torch.manual_seed(seed)
-    G = Generator(resolution=res, impl=impl).to(dev)
-    D = Discriminator(resolution=res, impl=impl).to(dev)
+    G = Generator(resolution=res, fused_scale=fused_scale, impl=impl).to(dev)
+    D = Discriminator(resolution=res, fused_scale=fused_scale, impl=impl).to(dev)
     G.amp_min_res = D.amp_min_res = amp_min_res
     if channels_last:
         G.to(memory_format=torch.channels_last)
         D.to(memory_format=torch.channels_last)
-    G_ema = Generator(resolution=res, impl=impl).to(dev).requires_grad_(False)
+    G_ema = Generator(resolution=res, fused_scale=fused_scale, impl=impl).to(dev).requires_grad_(False)
     G_ema.load_state_dict(G.state_dict())
     opt_G = step_mod.make_optimizer(G.parameters(), dev, capturable=graphs)
     opt_D = step_mod.make_optimizer(D.parameters(), dev, capturable=graphs)
@@ -111,11 +114,12 @@ class _FlopCount(TorchDispatchMode):
 _flops = {}
 
 
-def step_flops(device, res, batch):
-    """FLOPs of one eager fp32 step (D step with the GP double backward, G step)."""
-    key = (device, res, batch)
+def step_flops(device, res, batch, fused_scale=True):
+    """FLOPs of one eager fp32 step (D step with the GP double backward, G step); unfused up/down convs run a 3x3
+    kernel at the higher resolution, 9/4 the FLOPs of the fused stride-2 4x4 one."""
+    key = (device, res, batch, fused_scale)
     if key not in _flops:
-        runner, draw = build(device, res, batch, "ref", None, False, False, seed=1)
+        runner, draw = build(device, res, batch, "ref", None, False, False, seed=1, fused_scale=fused_scale)
         inputs = draw()
         with _FlopCount() as counter:
             runner.step(inputs, res, 0.5 if res > 4 else 1.0)
@@ -127,9 +131,11 @@ def step_flops(device, res, batch):
 def test_train_step(benchmark, device, res, batch, variant):
     impl, amp, channels_last, graphs = (CUDA_VARIANTS if device == "cuda" else CPU_VARIANTS)[variant]
     alpha = 0.5 if res > 4 else 1.0
-    flops = step_flops(device, res, batch)
+    fused_scale = not variant.endswith("-unfused")
+    flops = step_flops(device, res, batch, fused_scale)
     amp_min_res = max(res // 8, 4) if variant.endswith("-top4") else None
-    runner, draw = build(device, res, batch, impl, amp, channels_last, graphs, amp_min_res=amp_min_res)
+    runner, draw = build(device, res, batch, impl, amp, channels_last, graphs, amp_min_res=amp_min_res,
+                         fused_scale=fused_scale)
     if impl == "auto":
         eager = getattr(runner, "step_eager", runner)
         records = autotune.record(eager.run, draw(), res, eager.alpha_arg(alpha), update=False)
@@ -146,7 +152,7 @@ def test_train_step(benchmark, device, res, batch, variant):
     benchmark.group = f"train step {device} {res}"
     record(benchmark, device, impl=variant, res=res, batch=batch, images=batch, alpha=alpha, flops=flops,
            kernels=impl, amp=str(amp).replace("torch.", ""), amp_min_res=amp_min_res, channels_last=channels_last,
-           cuda_graphs=graphs)
+           cuda_graphs=graphs, fused_scale=fused_scale)
     run_synced(benchmark, lambda: runner.step(draw(), res, alpha), device)
     if device == "cuda":
         benchmark.extra_info["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)

@@ -30,8 +30,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> str:
     parent = os.path.dirname(os.path.abspath(args.dst))
     if not os.path.isdir(parent):
         raise UserError(f"the folder of '{args.dst}' does not exist")
-    state = convert(args.src)
-    ckpt.check(state, args.src)   # what checkpoint.load will check, before anything is written
+    state = convert(args.src)   # checked as checkpoint.load checks, before anything is written
     ckpt.write(state, args.dst)
     net, prog = state["config"]["network"], state["progress"]
     label = f"{net['label_size']} classes" if net["label_size"] else "unconditional"

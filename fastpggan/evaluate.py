@@ -21,7 +21,7 @@ from .runtime import pick_device, write_text_atomic
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m fastpggan.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by fastpggan.train")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by fastpggan.train or fastpggan.convert")
     p.add_argument("--data", required=True, help="the dataset to compare with (as for fastpggan.train --data)")
     p.add_argument("--metrics", default="swd,msssim", help="comma list of swd, msssim, fid (default swd,msssim)")
     p.add_argument("--num", type=number(int, min=2), default=10000,

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m fastpggan.generate",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Generate images from a fastpggan checkpoint (through G_ema).")
-    p.add_argument("--checkpoint", required=True, help="checkpoint_<kimg>.pt written by fastpggan.train")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint_<kimg>.pt written by fastpggan.train, or fastpggan.convert's")
     p.add_argument("--seeds", default="0-15", help="latent seeds, e.g. '0-15' or '3,7,42'")
     p.add_argument("--out", default="generated", help="output folder")
     p.add_argument("--singles", action="store_true", help="also write one PNG per seed")

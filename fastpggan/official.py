@@ -86,6 +86,9 @@ def read_pickle(path: str) -> Tuple[dict, dict, dict]:
         with open(path, "rb") as f:
             nets = _RestrictedUnpickler(f).load()
     except _Refused as e:
+        if str(e) == "network.Network":
+            raise OfficialPickleError(f"'{path}' is a Theano-era network; import it with the official legacy.py "
+                                      "and save it again first") from None
         raise OfficialPickleError(
             f"'{path}' is not an official PGGAN network pickle: it needs {e}, and only tfutil.Network and numpy "
             "arrays may be loaded from one (nothing it names was run; StyleGAN and stylegan2-ada pickles are other "
@@ -94,9 +97,6 @@ def read_pickle(path: str) -> Tuple[dict, dict, dict]:
             MemoryError, UnicodeDecodeError, OverflowError) as e:
         what = "truncated" if isinstance(e, EOFError) else f"corrupt ({type(e).__name__}: {str(e)[:120]})"
         raise OfficialPickleError(f"'{path}' is {what}: not a readable official PGGAN pickle") from None
-    if isinstance(nets, _Network) and isinstance(getattr(nets, "state", None), dict) and \
-            "build_func_spec" in nets.state:
-        raise OfficialPickleError(f"'{path}' is a Theano-era network; import it with the official legacy.py first")
     if not (isinstance(nets, tuple) and len(nets) == 3 and all(isinstance(n, _Network) for n in nets)):
         raise OfficialPickleError(f"'{path}' is not an official PGGAN snapshot: it does not hold the tuple (G, D, Gs) "
                                   "of tfutil.Network that official train.py writes")
@@ -143,14 +143,19 @@ def network_config(states: Tuple[dict, dict, dict], path: str = "official pickle
         if g[key] != d[key]:
             raise OfficialPickleError(f"'{path}': G has {key}={g[key]!r} and D {key}={d[key]!r}; a snapshot's "
                                       "networks agree on it")
-    res = g["resolution"]
-    if not isinstance(res, int) or res < 4 or res & (res - 1):
-        raise OfficialPickleError(f"'{path}': resolution {res!r} is not a power of two >= 4")
-    latent = g["latent_size"] if g["latent_size"] is not None else min(int(g["fmap_base"]), g["fmap_max"])
-    net = dict(resolution=res, latent_size=int(latent), num_channels=int(g["num_channels"]),
-               fmap_base=int(g["fmap_base"]), fmap_max=int(g["fmap_max"]),
-               mbstd_group_size=int(d["mbstd_group_size"]), label_size=int(g["label_size"]),
-               fused_scale=bool(d["fused_scale"]))
+    given = {k: g[k] for k in ("resolution", "num_channels", "fmap_base", "fmap_max", "label_size", "latent_size")
+             if g[k] is not None}
+    given["mbstd_group_size"] = d["mbstd_group_size"]
+    ints = {}
+    for key, value in given.items():
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise OfficialPickleError(f"'{path}': {key}={value!r} is not an integer")
+        ints[key] = int(value)
+    ints.setdefault("latent_size", min(ints["fmap_base"], ints["fmap_max"]))   # official latent_size=None: nf(0)
+    res = ints["resolution"]
+    if res < 4 or res & (res - 1):
+        raise OfficialPickleError(f"'{path}': resolution {res} is not a power of two >= 4")
+    net = dict(ints, fused_scale=bool(d["fused_scale"]))
     if net["num_channels"] not in (1, 3):
         raise OfficialPickleError(f"'{path}': {net['num_channels']} image channels; fastpggan builds 1 or 3")
     return net
@@ -245,14 +250,20 @@ def lod_phase(lod: float, resolution: int) -> Tuple[int, float]:
     return resolution >> f, 1.0 - (lod - f)
 
 
-def convert(path: str, impl: str = "auto") -> dict:
+def convert(path: str) -> dict:
     """A fastpggan checkpoint state (for checkpoint.write) from an official pickle: G, D, G_ema (= official Gs),
-    config {'network', 'resolution', 'source'} and progress {'resolution', 'alpha', 'lod', 'nimg': 0}."""
+    config {'network', 'resolution', 'source'} and progress {'resolution', 'alpha', 'lod', 'nimg': 0}, checked as
+    checkpoint.load checks a checkpoint.
+
+    Args:
+        path: the official pickle.
+    """
     states = read_pickle(path)
     net = network_config(states, path)
     cfg = dict(network=net, resolution=net["resolution"],
                source=dict(kind="official PGGAN pickle", file=os.path.basename(path), sha256=_sha256(path)))
-    G, D = ckpt.build_networks(cfg, impl=impl)
+    with torch.device("meta"):   # shapes only: nothing is allocated, whatever the pickle says the network is
+        G, D = ckpt.build_networks(cfg)
     out = dict(config=cfg)
     for role, part, st in (("G", "G", states[0]), ("D", "D", states[1]), ("Gs", "G_ema", states[2])):
         fused = bool(st["kwargs"].get("fused_scale", True))
@@ -269,6 +280,7 @@ def convert(path: str, impl: str = "auto") -> dict:
     bad = ckpt.nonfinite(out)
     if bad:
         raise OfficialPickleError(f"'{path}': {bad} holds NaN or inf")
+    ckpt.check(out, path)   # what checkpoint.load will check
     return out
 
 

@@ -189,10 +189,9 @@ def _check_dataset_matches(dataset, cfg, path):
                         f"was conditioned on {net['label_size']}; resume with the data it started with")
 
 
-def _init_config(args, cfg, dataset):
-    """--init: the checkpoint's state and the nimg to start at; cfg takes the checkpoint's network. Network flags
+def _init_config(args, state, cfg, dataset):
+    """--init: (the checkpoint's state, the nimg to start at); cfg takes the checkpoint's network. Network flags
     that contradict it, and data of another shape or class count, are refused in one line."""
-    state = ckpt.load(args.init)
     net = dict(state["config"]["network"], fused_scale=state["config"]["network"].get("fused_scale", True))
     given = vars(build_parser().parse_args([]))
     for key in ("fmap_base", "fmap_max", "latent_size", "fused_scale"):
@@ -248,10 +247,12 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
         _check_dataset_matches(dataset, cfg, path)
         run_dir = os.path.dirname(os.path.abspath(path))
     else:
+        init = ckpt.load(args.init) if args.init else None   # a bad checkpoint is refused before any data is read
         dataset = build_dataset(args.data, resolution=args.resolution, strict=args.strict, cache_dir=args.cache_dir,
                                 progress=not args.no_progress, log=log)
         cfg = make_config(args, dataset, device)
-        init = _init_config(args, cfg, dataset) if args.init else None
+        if init is not None:
+            init = _init_config(args, init, cfg, dataset)
         run_dir = _unique_run_dir(args.out, args.name or f"{dataset.name}-{dataset.resolution}") if ctx.main else None
     if ctx.main:
         distributed.barrier(ctx)

@@ -19,7 +19,7 @@ def fixture(name):
 
 def networks(path, impl="ref"):
     """(G, D, Gs) fastpggan networks with the weights of an official pickle, through fastpggan.official.convert."""
-    state = official.convert(path, impl=impl)
+    state = official.convert(path)
     G, D = ckpt.build_networks(state["config"], impl=impl)
     Gs, _ = ckpt.build_networks(state["config"], impl=impl)
     for net, part in ((G, "G"), (D, "D"), (Gs, "G_ema")):

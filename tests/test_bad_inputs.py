@@ -331,6 +331,7 @@ def _shape(s):
     (lambda s: s["config"]["network"].update(resolution=1 << 40), "network resolution"),
     (lambda s: s["config"]["network"].update(latent_size="8"), "network latent_size is '8'"),
     (lambda s: s["config"]["network"].update(fmap_max=64), "does not match its recorded network"),
+    (lambda s: s["config"]["network"].update(fused_scale="yes"), "network fused_scale is 'yes'"),
     (lambda s: s["progress"].update(resolution=1 << 40), "its progress"),
     (lambda s: s["progress"].update(alpha=float("nan")), "its progress"),
     (lambda s: s.pop("config"), "it has no network config"),
@@ -342,9 +343,11 @@ def test_tampered_or_non_finite_checkpoints_are_refused_by_every_command(tmp_pat
     tiny_npz(tmp_path / "d.npz")
     for module, args in (("generate", ["--checkpoint", bad, "--out", "out"]),
                          ("evaluate", ["--checkpoint", bad, "--data", "d.npz", "--out", "out.json"]),
+                         ("export", ["--checkpoint", bad, "--onnx", "out.onnx"]),
+                         ("train", ["--init", bad, "--data", "d.npz", "--out", "runs"]),
                          ("train", ["--resume", bad, "--out", "runs"])):
         one_line_error(cli(module, *args, cwd=tmp_path), fragment)
-    assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "out.json")
+    assert not any(os.path.exists(tmp_path / p) for p in ("out", "out.json", "out.onnx", "runs"))
     assert ckpt.list_checkpoints(str(tmp_path)) == []   # no new checkpoint next to the bad one
 
 

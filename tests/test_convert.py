@@ -168,8 +168,10 @@ def test_bad_pickles_are_one_line_errors(tmp_path):
     (lambda s: [st["static_kwargs"].update(resolution=32) for st in (s[0], s[2])],
      ["G has resolution=32 and D resolution=16"]),
     (lambda s: s[2]["static_kwargs"].update(latent_size=8), ["Gs was built with other settings than G"]),
+    (lambda s: [st["static_kwargs"].update(resolution=1 << 24, fmap_max=1 << 24, fmap_base=1 << 30) for st in s],
+     ["G variable '4x4/Dense/weight' has shape (19, 256)"]),   # judged on shapes alone: nothing allocated
     (lambda s: _set_var(s, 1, "4x4/Conv/bias", np.full(16, np.nan, np.float32)), ["NaN or inf"]),
-], ids=["batchnorm", "not-D_paper", "no-pixelnorm", "shape", "missing", "extra", "disagree", "Gs", "nan"])
+], ids=["batchnorm", "not-D_paper", "no-pixelnorm", "shape", "missing", "extra", "disagree", "Gs", "huge", "nan"])
 def test_pickles_fastpggan_cannot_reproduce_are_refused(tmp_path, edit, fragments):
     _refused(tmp_path, _changed(tmp_path, edit), "changed.pkl", *fragments)
 
