@@ -5,6 +5,7 @@ The ONNX file is made by torch.onnx.export (the torch.export-based exporter, one
 soft (official G_paper's labels_in); output `images` (N, C, R, R) in about [-1, 1]; N is dynamic. While exporting,
 the ops' 'auto' backend runs the reference ops (fastpggan.ops), so the graph holds only standard ONNX operators.
 Before the file is kept, onnxruntime runs it at batch 1 and 5 against PyTorch, where onnxruntime is installed.
+The export runs on the CPU.
 `--torchscript OUT.pt` writes a torch.jit.trace of the same module too.
 """
 import argparse
@@ -152,19 +153,21 @@ def run(args: argparse.Namespace, log: Callable = print) -> list:
     module = FixedGenerator(G, res, alpha).eval()
     what = f"{args.which} at {res}x{res}, alpha {alpha:g}"
     if args.onnx:
-        export_onnx(module, args.onnx, args.opset)
+        tmp = f"{args.onnx}.tmp-{os.getpid()}.onnx"   # checked before it replaces anything
         try:
-            err = check_onnx(module, args.onnx)
-        except Exception:
-            os.remove(args.onnx)
-            raise
-        if err is not None and err > TOLERANCE:
-            os.remove(args.onnx)
-            raise RuntimeError(f"onnxruntime's images differ from PyTorch's by {err:.1e} (relative; bound "
-                               f"{TOLERANCE:g}); nothing was written")
-        log(f"wrote {args.onnx}: {what}; inputs {', '.join(i for i in ('latents', 'labels')[:1 + bool(G.label_size)])}"
-            f", output images; " + ("onnxruntime not installed, not checked" if err is None else
-                                    f"onnxruntime equals PyTorch at batch 1 and 5 within {err:.1e}"))
+            export_onnx(module, tmp, args.opset)
+            err = check_onnx(module, tmp)
+            if err is not None and err > TOLERANCE:
+                raise RuntimeError(f"onnxruntime's images differ from PyTorch's by {err:.1e} (relative; bound "
+                                   f"{TOLERANCE:g}); nothing was written")
+            os.replace(tmp, args.onnx)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        inputs = "latents, labels" if G.label_size else "latents"
+        log(f"wrote {args.onnx}: {what}; inputs {inputs}, output images; " +
+            ("onnxruntime not installed, not checked" if err is None else
+             f"onnxruntime equals PyTorch at batch 1 and 5 within {err:.1e}"))
     if args.torchscript:
         export_torchscript(module, args.torchscript)
         log(f"wrote {args.torchscript}: {what} (torch.jit.trace)")
