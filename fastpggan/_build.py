@@ -5,12 +5,18 @@ in fastpggan.ops._ext. Standard library only at import; torch is imported by the
   pick the wrapper's folder): CUDA_HOME / CUDA_PATH, the folder a wrapper execs, /usr/local/cuda*, /opt/cuda.
 - Headers the toolkit may lack (cusparse.h on this project's machines) are taken from the `nvidia` wheels that
   torch's CUDA builds install (site-packages/nvidia/cu*/include).
+- With no GPU visible, the CUDA kernels are compiled for DEFAULT_ARCHS: machine code for every NVIDIA
+  generation CUDA 13 compiles for, and PTX of the newest, which the driver compiles for later GPUs. What a
+  built library holds is read back from its fatbinary (`fatbin_archs`), and `cuda_mismatch` says whether it
+  runs on a GPU, so that fastpggan.ops._ext never launches a kernel that has no image for the device.
 """
 import glob
 import hashlib
 import os
 import re
 import shutil
+import struct
+from typing import Optional, Tuple
 
 SOURCES_CPU = ("ops_cpu.cpp",)
 SOURCES_CUDA = ("ops_cuda.cu",)
@@ -93,14 +99,81 @@ def use_cuda_home(torch, home):
     cpp.CUDA_HOME = home
 
 
+# Turing (T4, RTX 20), Ampere (A100; A10, RTX 30), Ada (L4, RTX 40), Hopper (H100), Blackwell (B200; RTX 50), and
+# PTX of the newest. CUDA 13, which torch's cu13x builds use, compiles for sm_75 and up only: on an sm_70 (V100)
+# the CUDA kernels are refused by the load check and 'auto' runs the other backends.
+DEFAULT_ARCHS = "7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+
+
 def arch_list(torch):
-    """TORCH_CUDA_ARCH_LIST to compile for: the user's setting, else the visible GPUs, else Hopper (sm_90)."""
+    """TORCH_CUDA_ARCH_LIST to compile for: the user's setting, else the visible GPUs, else DEFAULT_ARCHS."""
     if os.environ.get("TORCH_CUDA_ARCH_LIST"):
         return os.environ["TORCH_CUDA_ARCH_LIST"]
     if torch.cuda.is_available():
         caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
         return ";".join(f"{a}.{b}" for a, b in caps)
-    return "9.0"
+    return DEFAULT_ARCHS
+
+
+_FATBIN_MAGIC = 0xBA55ED50
+_ELF_SASS, _ELF_PTX = 2, 1
+
+
+def _elf_section(data: bytes, name: bytes) -> Optional[bytes]:
+    """The bytes of section `name` of a 64-bit little-endian ELF file, or None."""
+    if data[:6] != b"\x7fELF\x02\x01":
+        return None
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names_at = headers[shstrndx][4]
+    for sh_name, _type, _flags, _addr, offset, size in headers:
+        end = data.index(b"\0", names_at + sh_name)
+        if data[names_at + sh_name:end] == name:
+            return data[offset:offset + size]
+    return None
+
+
+def fatbin_archs(path: str) -> Optional[dict]:
+    """{'sass': {90, ...}, 'ptx': {120, ...}}: the compute capabilities (major*10 + minor) a library's CUDA
+    fatbinary holds machine code and PTX for, read from its .nv_fatbin section; None when it has none (a
+    CPU-only build). A fatbinary is a run of blobs (magic, version, header size, payload size), each a list of
+    entries whose 64- or 80-byte header holds the kind (1 PTX, 2 ELF) at byte 0 and the arch at byte 28; the
+    tests hold this reading to cuobjdump's."""
+    with open(path, "rb") as f:
+        section = _elf_section(f.read(), b".nv_fatbin")
+    if section is None:
+        return None
+    out = {"sass": set(), "ptx": set()}
+    pos = 0
+    while pos + 16 <= len(section):
+        magic, _version, header, size = struct.unpack_from("<IHHQ", section, pos)
+        if magic != _FATBIN_MAGIC:
+            pos += 8   # blobs are 8-byte aligned, with padding between them
+            continue
+        entry, end = pos + header, pos + header + size
+        while entry + 32 <= end:
+            kind, _, entry_header, payload = struct.unpack_from("<HHIQ", section, entry)
+            arch, = struct.unpack_from("<I", section, entry + 28)
+            if kind in (_ELF_SASS, _ELF_PTX):
+                out["sass" if kind == _ELF_SASS else "ptx"].add(arch)
+            entry += entry_header + payload
+        pos = end
+    return out
+
+
+def cuda_mismatch(archs: Optional[dict], capability: Tuple[int, int]) -> Optional[str]:
+    """Why a library holding `archs` (fatbin_archs) cannot run its CUDA kernels on a GPU of `capability`, or
+    None if it can: machine code for sm_XY runs on X.Y' with Y' >= Y of the same major version, and PTX for
+    compute_XY is compiled by the driver for any X.Y' >= X.Y."""
+    cap = capability[0] * 10 + capability[1]
+    if archs and (any(a // 10 == cap // 10 and a <= cap for a in archs["sass"]) or any(p <= cap for p in archs["ptx"])):
+        return None
+
+    def names(kind):
+        return ", ".join(f"{a // 10}.{a % 10}" for a in sorted(archs[kind])) if archs and archs[kind] else "none"
+    return (f"its CUDA kernels hold machine code for {names('sass')} and PTX for {names('ptx')}, none of which runs "
+            f"on this GPU of compute capability {capability[0]}.{capability[1]}")
 
 
 def sources(with_cuda):

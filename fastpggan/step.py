@@ -290,9 +290,12 @@ class _Rerun:
         self.fn()
 
 
-def _cuda_capture(fn, device):
+def _cuda_capture(fn, stream):
+    """One CUDA graph of fn(), captured on `stream`: the side stream the warm-up ran on, so that capture sees the
+    stream state (and the allocator's per-stream pools) the warm-up left (torch.cuda.graph's own stream works on
+    CUDA and has failed on ROCm)."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=stream):
         fn()
     return graph
 
@@ -302,7 +305,7 @@ class CudaGraphStep:
 
     Capture (once per key): warm-up steps on a side stream (cuDNN autotuning, Triton compilation, the extension's
     lazy build, the GradScaler's and Adam's lazy state), then the training state is put back exactly as it was,
-    then one capture of D step + EMA + G step with TFAdam (lr and t on the device). The inputs are copied into static
+    then one capture of D step + EMA + G step with TFAdam (lr and t on the device), on that same side stream. The inputs are copied into static
     buffers before each replay; alpha and lr are device tensors updated in place. If capture fails, one warning
     is logged and every later step runs eagerly.
     """
@@ -312,11 +315,18 @@ class CudaGraphStep:
     def __init__(self, step: TrainStep, log: Callable = print, capture: Optional[Callable] = None):
         self.step_eager = step
         self.log = log
-        self.capture = capture or (lambda fn: _cuda_capture(fn, step.device))
+        self.capture = capture or (lambda fn: _cuda_capture(fn, self.side_stream()))
+        self._side = None
         self.key = self.graph = None
         self.static = {}
         self.out = torch.zeros(2, device=step.device)
         self.failed = False
+
+    def side_stream(self):
+        """The stream the warm-up and the capture run on (one per CudaGraphStep, made on first use)."""
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.step_eager.device)
+        return self._side
 
     # the networks', optimizers' and scalers' values, to undo the warm-up steps
     def _state_tensors(self):
@@ -367,7 +377,7 @@ class CudaGraphStep:
         self._fill(inputs, alpha)
         try:
             if s.device.type == "cuda":
-                side = torch.cuda.Stream(s.device)
+                side = self.side_stream()
                 side.wait_stream(torch.cuda.current_stream(s.device))
                 with torch.cuda.stream(side):
                     for _ in range(self.WARMUP_STEPS):

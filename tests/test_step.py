@@ -200,6 +200,26 @@ def test_graph_wrapper_buffers_and_warmup_leave_results_unchanged(tiny_npz, tmp_
     assert sa["scaler"] == sb["scaler"]
 
 
+def test_capture_runs_on_the_warm_up_side_stream(monkeypatch):
+    """CudaGraphStep's capture goes on the one side stream its warm-up used, not torch.cuda.graph's own (the
+    pattern that failed on ROCm). Simulated: torch.cuda's stream and graph objects are stand-ins that record."""
+    import contextlib
+    made, captured = [], []
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: made.append(object()) or made[-1])
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: "graph")
+
+    @contextlib.contextmanager
+    def graph(g, stream=None, **kw):
+        captured.append(stream)
+        yield
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    runner = step_mod.CudaGraphStep(_tiny_step(None)[0], log=lambda *a: None)
+    warm = runner.side_stream()
+    ran = []
+    assert runner.capture(lambda: ran.append(1)) == "graph" and ran == [1]
+    assert captured == [warm] and made == [warm] and runner.side_stream() is warm
+
+
 def test_capture_failure_warns_once_and_trains_eagerly(tiny_npz, tmp_path, monkeypatch):
     _graphed_run(monkeypatch, tiny_train_args(tiny_npz, tmp_path / "eager"), None)
     lines = []

@@ -6,11 +6,19 @@ the hash covers the sources, the torch version and the CUDA arch list. cpp_exten
 concurrent first uses build once. If CUDA kernels cannot be built, a CPU-only build is tried. Importing
 fastpggan never triggers any of this; the first impl='ext' or 'auto' call that can use the extension does.
 
+The CUDA kernels must hold an image for the GPU (_build.fatbin_archs, _build.cuda_mismatch). When the first use
+finds CUDA already initialized (the usual case: the first call is on a CUDA tensor), a prebuilt library that
+cannot run on a visible GPU is not loaded: the first-use build compiles for the visible GPUs instead, and if that
+build fails, the prebuilt library is loaded for its CPU kernels. Either way `ext_unavailable` checks each CUDA
+tensor's device against what the loaded library holds, so impl='ext' never reaches a launch that would fail: an
+explicit 'ext' raises BackendUnavailable saying why, and 'auto' falls back with one warning.
+
 Set FASTPGGAN_NO_EXT=1 to never load or build it, FASTPGGAN_EXT_CUDA=0 to build it without CUDA kernels.
 """
 import importlib.util
 import os
 import threading
+from typing import Optional
 
 import torch
 
@@ -19,7 +27,8 @@ from ..runtime import cache_root
 
 NAMESPACE = "fastpggan_ext"
 _lock = threading.Lock()
-_state = {}  # "error": str | None once tried; "cuda": bool (CUDA kernels present)
+_state = {}  # "error": str | None once tried; "cuda": bool (CUDA kernels present); "archs": the loaded fatbinary's
+_caps = {}   # CUDA device index -> why the loaded kernels cannot run there, or None
 _on_load = []  # callbacks that wire autograd/fake for the ext ops once the library is loaded
 
 
@@ -59,6 +68,7 @@ def _summary(err):
 
 
 def _jit_build(with_cuda):
+    """Build (or find built) and load the library; returns its path."""
     from torch.utils import cpp_extension
     archs = _build.arch_list(torch) if with_cuda else None
     key = _build.build_key(torch, with_cuda, archs)
@@ -73,6 +83,7 @@ def _jit_build(with_cuda):
                            extra_ldflags=_build.LINK_FLAGS,
                            extra_include_paths=_build.extra_include_dirs(), with_cuda=with_cuda,
                            is_python_module=False, verbose=False)
+        return os.path.join(build_dir, f"fastpggan_C_{key}.so")
     finally:
         if archs and old_archs is None:
             os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
@@ -80,13 +91,31 @@ def _jit_build(with_cuda):
             os.environ["TORCH_CUDA_ARCH_LIST"] = old_archs
 
 
+def _visible_mismatch(path):
+    """Why the library at `path` cannot run on a visible GPU, when CUDA is initialized already (asking would
+    initialize it, which a CPU-only user of the extension should not pay for); else None."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    archs = _build.fatbin_archs(path)
+    if archs is None:
+        return None   # a CPU-only library: no CUDA kernel to mismatch
+    for i in range(torch.cuda.device_count()):
+        why = _build.cuda_mismatch(archs, torch.cuda.get_device_capability(i))
+        if why:
+            return why
+    return None
+
+
 def _load():
+    """None once a library is loaded (its path in _state["path"]), else why none could be."""
     if os.environ.get("FASTPGGAN_NO_EXT") == "1":
         return "disabled by FASTPGGAN_NO_EXT=1"
     path = _prebuilt()
-    if path is not None:
+    stale = _visible_mismatch(path) if path is not None else None
+    if path is not None and stale is None:
         try:
             torch.ops.load_library(path)
+            _state["path"] = path
             return None
         except OSError:
             pass  # built against another torch: rebuild below
@@ -99,18 +128,42 @@ def _load():
     if home is not None:
         _build.use_cuda_home(torch, home)
         try:
-            _jit_build(with_cuda=True)
+            _state["path"] = _jit_build(with_cuda=True)
             return None
         except Exception as e:  # compiler or toolkit failure: a CPU-only build may still work
             errors.append(f"CUDA build failed: {_summary(e)}")
+    if stale is not None:
+        # the prebuilt library's CPU kernels still work; ext_unavailable refuses its CUDA kernels on this GPU
+        torch.ops.load_library(path)
+        _state["path"] = path
+        return None
     try:
-        _jit_build(with_cuda=False)
+        _state["path"] = _jit_build(with_cuda=False)
         return None
     except Exception as e:
         errors.append(f"C++ build failed: {_summary(e)}")
     return ("the fastpggan._C extension could not be built (" + "; ".join(errors) + "). Install a C++ compiler "
             "(g++) and ninja, or run `pip install --no-build-isolation -e .` to see the full log; impl='ref' works "
             "without it")
+
+
+def cuda_unavailable(device) -> Optional[str]:
+    """Why the loaded library's CUDA kernels cannot run on `device` (a CUDA device), or None. Checked once per
+    device, from the library's fatbinary, before any launch."""
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    if index not in _caps:
+        path = _state.get("path")
+        try:
+            archs = _build.fatbin_archs(path) if path else None
+        except OSError:   # the library file is gone: what it holds cannot be told, so nothing is launched
+            archs = None
+        why = _build.cuda_mismatch(archs, torch.cuda.get_device_capability(index))
+        _caps[index] = None if why is None else (
+            f"the fastpggan._C library {os.path.basename(path or '?')} cannot run on cuda:{index}: {why}; rebuild "
+            f"it for this GPU with `TORCH_CUDA_ARCH_LIST={'.'.join(map(str, torch.cuda.get_device_capability(index)))}"
+            " pip install --no-build-isolation -e .` (a CUDA toolkit is needed), or use impl='triton' or 'ref'")
+    return _caps[index]
 
 
 def load_error():
@@ -135,6 +188,10 @@ def ext_unavailable(x):
     if x.device.type == "cuda" and not _state.get("cuda"):
         return ("the extension was built without CUDA kernels (no CUDA toolkit at build time); set CUDA_HOME to the "
                 "toolkit folder and rebuild")
+    if x.device.type == "cuda":
+        why = cuda_unavailable(x.device)
+        if why:
+            return why
     if x.device.type not in ("cpu", "cuda"):
         return f"the extension has no kernels for {x.device.type} tensors"
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
