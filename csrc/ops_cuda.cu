@@ -43,22 +43,132 @@ __device__ acc_t block_sum(acc_t v) {
 #define FASTPGGAN_GRID_LOOP(i, n) \
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(blockDim.x) * gridDim.x)
 
-// ---- bias_act -------------------------------------------------------------------------------------------------
+// ---- vectorized elementwise machinery ------------------------------------------------------------------------
+// Elements per 16-byte access: 4 fp32, 8 fp16/bf16, 2 fp64. A kernel instantiated with V = kVec<T> moves 16 bytes
+// per load and store instruction (LDG.E.128 / STG.E.128); V = 1 is the scalar form for misaligned or odd-sized
+// tensors. Offsets inside a row or chunk are 32-bit; a row's or chunk's start is one 64-bit multiply. No kernel
+// divides per element.
+template <typename T>
+constexpr int kVec = 16 / int(sizeof(T));
+constexpr int kItems = 4;  // vectors per thread per grid-stride step of the flat kernels
 
-template <typename scalar_t, typename acc_t>
-__global__ void bias_act_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ b, scalar_t* __restrict__ y,
-                                int64_t numel, int64_t C, int64_t c_stride, acc_t gain, acc_t slope) {
-  FASTPGGAN_GRID_LOOP(i, numel) {
-    acc_t v = acc_t(x[i]) * gain;
-    if (b) v += b[(i / c_stride) % C];
-    y[i] = scalar_t(lrelu(v, slope));
+template <typename T, int V>
+__device__ __forceinline__ void load_vec(const T* p, T (&out)[V]) {
+  if constexpr (V * sizeof(T) == 16) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    memcpy(out, &raw, 16);
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) out[k] = p[k];
   }
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename T, int V>
+__device__ __forceinline__ void store_vec(T* p, const T (&in)[V]) {
+  if constexpr (V * sizeof(T) == 16) {
+    uint4 raw;
+    memcpy(&raw, in, 16);
+    *reinterpret_cast<uint4*>(p) = raw;
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) p[k] = in[k];
+  }
+}
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+inline int pow2_at_least(int64_t n, int cap) {
+  int p = 1;
+  while (p < n && p < cap) p *= 2;
+  return p;
+}
+
+// A rows x cols row-major problem: blockDim (tx, ty) with tx threads along a row (vectors of V) and ty rows per
+// block; grid x over rows (up to 2^31 - 1 blocks), grid y over a row's chunks (<= 65535).
+struct Grid2D {
+  dim3 grid, block;
+};
+
+inline Grid2D grid_2d(int64_t rows, int64_t cols, int V) {
+  TORCH_CHECK(rows < (int64_t(1) << 31) && cols < (int64_t(1) << 30), "fastpggan_ext: tensor too large (", rows,
+              " x ", cols, ")");
+  const int64_t vecs = (cols + V - 1) / V;
+  const int tx = pow2_at_least(vecs, kThreads), ty = kThreads / tx;
+  const int64_t gx = (rows + ty - 1) / ty, gy = std::min<int64_t>((vecs + int64_t(tx) * kItems - 1) / (int64_t(tx) * kItems), 65535);
+  return {dim3(static_cast<unsigned>(gx), static_cast<unsigned>(std::max<int64_t>(gy, 1))), dim3(tx, ty)};
+}
+
+// A flat problem of n elements in chunks of kThreads * V * kItems: grid x over chunks.
+inline int flat_blocks(int64_t n, int V) {
+  const int64_t chunk = int64_t(kThreads) * V * kItems;
+  return static_cast<int>(std::min<int64_t>((n + chunk - 1) / chunk, (int64_t(1) << 31) - 1));
+}
+
+// Calls f(offset, count) for this thread's vectors of a flat problem: count == V for a whole vector, fewer for
+// the scalar tail at the end of the tensor. 64-bit chunk start, 32-bit offsets within it.
+template <int V, typename F>
+__device__ __forceinline__ void for_each_flat_vector(int64_t n, F f) {
+  const int64_t chunk = int64_t(kThreads) * V * kItems;
+  for (int64_t start = blockIdx.x * chunk; start < n; start += int64_t(gridDim.x) * chunk) {
+    const int64_t left = n - start;
+#pragma unroll
+    for (int it = 0; it < kItems; ++it) {
+      const int off = (it * kThreads + int(threadIdx.x)) * V;
+      if (off < left) f(start + off, left - off >= V ? V : int(left - off));
+    }
+  }
+}
+
+template <typename T>
+inline bool vectorizable(int64_t cols, std::initializer_list<const void*> ptrs) {
+  if (cols % kVec<T> != 0) return false;
+  for (auto p : ptrs)
+    if (!aligned16(p)) return false;
+  return true;
+}
+
+// ---- bias_act -------------------------------------------------------------------------------------------------
+
+// bias_act without pixel norm as rows x cols: NCHW rows are (n, c) planes of H*W pixels, the bias one per row
+// (PER_ROW); channels_last rows are pixels of C channels, the bias one per column. b may be null (no bias).
+template <typename scalar_t, typename acc_t, int V, bool PER_ROW>
+__global__ void bias_act_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ b, scalar_t* __restrict__ y,
+                                int rows, int cols, int C, acc_t gain, acc_t slope) {
+  const int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  const int64_t base = int64_t(row) * cols;
+  const acc_t row_bias = (PER_ROW && b) ? b[row % C] : acc_t(0);
+  for (int j = (blockIdx.y * blockDim.x + threadIdx.x) * V; j < cols; j += gridDim.y * blockDim.x * V) {
+    scalar_t in[V], out[V];
+    load_vec<scalar_t, V>(x + base + j, in);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const acc_t bias = PER_ROW ? row_bias : (b ? b[j + k] : acc_t(0));
+      out[k] = scalar_t(lrelu(acc_t(in[k]) * gain + bias, slope));
+    }
+    store_vec<scalar_t, V>(y + base + j, out);
+  }
+}
+
+// dx = dy * (y > 0 ? gain : slope * gain), flat.
+template <typename scalar_t, typename acc_t, int V>
 __global__ void bias_act_grad_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ y,
                                      scalar_t* __restrict__ dx, int64_t numel, acc_t gain, acc_t neg) {
-  FASTPGGAN_GRID_LOOP(i, numel) { dx[i] = scalar_t(acc_t(dy[i]) * (acc_t(y[i]) > acc_t(0) ? gain : neg)); }
+  for_each_flat_vector<V>(numel, [&](int64_t i, int count) {
+    scalar_t d[V], v[V], out[V];
+    if (count == V) {
+      load_vec<scalar_t, V>(dy + i, d);
+      load_vec<scalar_t, V>(y + i, v);
+    } else {
+      for (int k = 0; k < count; ++k) d[k] = dy[i + k], v[k] = y[i + k];
+    }
+#pragma unroll
+    for (int k = 0; k < V; ++k) out[k] = scalar_t(acc_t(d[k]) * (acc_t(v[k]) > acc_t(0) ? gain : neg));
+    if (count == V)
+      store_vec<scalar_t, V>(dx + i, out);
+    else
+      for (int k = 0; k < count; ++k) dx[i + k] = out[k];
+  });
 }
 
 // Pixel norm, NCHW: one thread per pixel walks the channels; neighbouring threads read neighbouring pixels.
@@ -135,6 +245,11 @@ __global__ void pn_bwd_cl_kernel(const scalar_t* __restrict__ dy, const scalar_t
   }
 }
 
+// The bias in the accumulation dtype, or an undefined tensor for none (the kernels take a null pointer).
+inline at::Tensor bias_acc(const c10::optional<at::Tensor>& bias, const at::Tensor& x) {
+  return bias.has_value() ? bias->to(acc_type(x)).contiguous() : at::Tensor();
+}
+
 at::Tensor bias_act_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>& bias, double gain, double slope) {
   check_bias_act(x_in, bias, "bias_act");
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -142,13 +257,31 @@ at::Tensor bias_act_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>
   auto y = fresh(at::empty_like(x));
   auto g = geometry(x);
   if (x.numel() == 0) return y;
-  auto b = bias_in_acc(bias, x);
+  auto b = bias_acc(bias, x);
+  const bool per_row = !g.channels_last;
+  const int64_t rows = per_row ? x.size(0) * g.C : g.P, cols = per_row ? g.HW : g.C;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    bias_act_kernel<scalar_t, acc_t><<<blocks_for(x.numel()), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), b.defined() ? b.const_data_ptr<acc_t>() : nullptr, y.mutable_data_ptr<scalar_t>(),
-        x.numel(), g.C, g.channels_last ? 1 : g.HW, acc_t(gain), acc_t(slope));
+    constexpr int V = kVec<scalar_t>;
+    const bool vec = vectorizable<scalar_t>(cols, {x.const_data_ptr(), y.const_data_ptr()});
+    const auto l = grid_2d(rows, cols, vec ? V : 1);
+    const acc_t* bp = b.defined() ? b.const_data_ptr<acc_t>() : nullptr;
+    const auto* xp = x.const_data_ptr<scalar_t>();
+    auto* yp = y.mutable_data_ptr<scalar_t>();
+    const int r = int(rows), c = int(cols), C = int(g.C);
+    if (per_row && vec)
+      bias_act_kernel<scalar_t, acc_t, V, true><<<l.grid, l.block, 0, stream>>>(xp, bp, yp, r, c, C, acc_t(gain),
+                                                                               acc_t(slope));
+    else if (per_row)
+      bias_act_kernel<scalar_t, acc_t, 1, true><<<l.grid, l.block, 0, stream>>>(xp, bp, yp, r, c, C, acc_t(gain),
+                                                                               acc_t(slope));
+    else if (vec)
+      bias_act_kernel<scalar_t, acc_t, V, false><<<l.grid, l.block, 0, stream>>>(xp, bp, yp, r, c, C, acc_t(gain),
+                                                                                acc_t(slope));
+    else
+      bias_act_kernel<scalar_t, acc_t, 1, false><<<l.grid, l.block, 0, stream>>>(xp, bp, yp, r, c, C, acc_t(gain),
+                                                                                acc_t(slope));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
@@ -164,9 +297,15 @@ at::Tensor bias_act_grad_cuda(const at::Tensor& dy_in, const at::Tensor& y_in, d
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bias_act_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    bias_act_grad_kernel<scalar_t, acc_t><<<blocks_for(y.numel()), kThreads, 0, stream>>>(
-        dy.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), y.numel(),
-        acc_t(gain), acc_t(slope * gain));
+    constexpr int V = kVec<scalar_t>;
+    const auto *dyp = dy.const_data_ptr<scalar_t>(), *yp = y.const_data_ptr<scalar_t>();
+    auto* dxp = dx.mutable_data_ptr<scalar_t>();
+    if (vectorizable<scalar_t>(0, {dyp, yp, dxp}))
+      bias_act_grad_kernel<scalar_t, acc_t, V><<<flat_blocks(y.numel(), V), kThreads, 0, stream>>>(
+          dyp, yp, dxp, y.numel(), acc_t(gain), acc_t(slope * gain));
+    else
+      bias_act_grad_kernel<scalar_t, acc_t, 1><<<flat_blocks(y.numel(), 1), kThreads, 0, stream>>>(
+          dyp, yp, dxp, y.numel(), acc_t(gain), acc_t(slope * gain));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return dx;
@@ -181,7 +320,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_pn_cuda(const at::Tensor& x_in, cons
   auto g = geometry(x);
   auto r = fresh(at::empty({g.P}, x.options().dtype(acc_type(x))));
   if (x.numel() == 0) return {y, r};
-  auto b = bias_in_acc(bias, x);
+  auto b = bias_acc(bias, x);
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_pn", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -389,25 +528,40 @@ __global__ void gp_finish_kernel(const acc_t* __restrict__ partial, acc_t* __res
   }
 }
 
-template <typename scalar_t, typename acc_t>
+// Per-sample rows of D elements: dg = coef[n] * g with coef = dgp 2 (r - target) / r (0 where r = 0).
+template <typename scalar_t, typename acc_t, int V>
 __global__ void gp_grad_kernel(const acc_t* __restrict__ dgp, const scalar_t* __restrict__ g,
-                               const acc_t* __restrict__ r, scalar_t* __restrict__ dg, int64_t numel, int64_t D,
+                               const acc_t* __restrict__ r, scalar_t* __restrict__ dg, int rows, int cols,
                                acc_t target) {
-  FASTPGGAN_GRID_LOOP(i, numel) {
-    const int64_t n = i / D;
-    const acc_t rn = r[n];
-    const acc_t coef = rn > acc_t(0) ? dgp[n] * acc_t(2) * (rn - target) / rn : acc_t(0);
-    dg[i] = scalar_t(coef * acc_t(g[i]));
+  const int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  const int64_t base = int64_t(row) * cols;
+  const acc_t rn = r[row];
+  const acc_t coef = rn > acc_t(0) ? dgp[row] * acc_t(2) * (rn - target) / rn : acc_t(0);
+  for (int j = (blockIdx.y * blockDim.x + threadIdx.x) * V; j < cols; j += gridDim.y * blockDim.x * V) {
+    scalar_t in[V], out[V];
+    load_vec<scalar_t, V>(g + base + j, in);
+#pragma unroll
+    for (int k = 0; k < V; ++k) out[k] = scalar_t(coef * acc_t(in[k]));
+    store_vec<scalar_t, V>(dg + base + j, out);
   }
 }
 
-template <typename scalar_t, typename acc_t>
+// Per-sample rows: out = real + u[n] (fake - real).
+template <typename scalar_t, typename acc_t, int V>
 __global__ void gp_interpolate_kernel(const scalar_t* __restrict__ real, const scalar_t* __restrict__ fake,
-                                      const acc_t* __restrict__ u, scalar_t* __restrict__ out, int64_t numel,
-                                      int64_t D) {
-  FASTPGGAN_GRID_LOOP(i, numel) {
-    const acc_t a = acc_t(real[i]);
-    out[i] = scalar_t(a + u[i / D] * (acc_t(fake[i]) - a));
+                                      const acc_t* __restrict__ u, scalar_t* __restrict__ out, int rows, int cols) {
+  const int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  const int64_t base = int64_t(row) * cols;
+  const acc_t un = u[row];
+  for (int j = (blockIdx.y * blockDim.x + threadIdx.x) * V; j < cols; j += gridDim.y * blockDim.x * V) {
+    scalar_t a[V], f[V], o[V];
+    load_vec<scalar_t, V>(real + base + j, a);
+    load_vec<scalar_t, V>(fake + base + j, f);
+#pragma unroll
+    for (int k = 0; k < V; ++k) o[k] = scalar_t(acc_t(a[k]) + un * (acc_t(f[k]) - acc_t(a[k])));
+    store_vec<scalar_t, V>(out + base + j, o);
   }
 }
 
@@ -448,9 +602,17 @@ at::Tensor gradient_penalty_grad_cuda(const at::Tensor& dgp_in, const at::Tensor
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gradient_penalty_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    gp_grad_kernel<scalar_t, acc_t><<<blocks_for(g.numel()), kThreads, 0, stream>>>(
-        dgp.const_data_ptr<acc_t>(), g.const_data_ptr<scalar_t>(), r.const_data_ptr<acc_t>(),
-        dg.mutable_data_ptr<scalar_t>(), g.numel(), D, acc_t(target));
+    constexpr int V = kVec<scalar_t>;
+    const auto* gp_ = g.const_data_ptr<scalar_t>();
+    auto* dgp_ = dg.mutable_data_ptr<scalar_t>();
+    const bool vec = vectorizable<scalar_t>(D, {gp_, dgp_});
+    const auto l = grid_2d(N, D, vec ? V : 1);
+    if (vec)
+      gp_grad_kernel<scalar_t, acc_t, V><<<l.grid, l.block, 0, stream>>>(
+          dgp.const_data_ptr<acc_t>(), gp_, r.const_data_ptr<acc_t>(), dgp_, int(N), int(D), acc_t(target));
+    else
+      gp_grad_kernel<scalar_t, acc_t, 1><<<l.grid, l.block, 0, stream>>>(
+          dgp.const_data_ptr<acc_t>(), gp_, r.const_data_ptr<acc_t>(), dgp_, int(N), int(D), acc_t(target));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return dg;
@@ -469,9 +631,17 @@ at::Tensor gp_interpolate_cuda(const at::Tensor& real_in, const at::Tensor& fake
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "gp_interpolate", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    gp_interpolate_kernel<scalar_t, acc_t><<<blocks_for(real.numel()), kThreads, 0, stream>>>(
-        real.const_data_ptr<scalar_t>(), fake.const_data_ptr<scalar_t>(), u.const_data_ptr<acc_t>(),
-        out.mutable_data_ptr<scalar_t>(), real.numel(), D);
+    constexpr int V = kVec<scalar_t>;
+    const auto *rp = real.const_data_ptr<scalar_t>(), *fp = fake.const_data_ptr<scalar_t>();
+    auto* op = out.mutable_data_ptr<scalar_t>();
+    const bool vec = vectorizable<scalar_t>(D, {rp, fp, op});
+    const auto l = grid_2d(N, D, vec ? V : 1);
+    if (vec)
+      gp_interpolate_kernel<scalar_t, acc_t, V><<<l.grid, l.block, 0, stream>>>(rp, fp, u.const_data_ptr<acc_t>(), op,
+                                                                              int(N), int(D));
+    else
+      gp_interpolate_kernel<scalar_t, acc_t, 1><<<l.grid, l.block, 0, stream>>>(rp, fp, u.const_data_ptr<acc_t>(), op,
+                                                                              int(N), int(D));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -485,6 +655,53 @@ __device__ __forceinline__ acc_t fade_weight(acc_t alpha, const acc_t* alpha_t) 
   return alpha_t ? alpha_t[0] : alpha;
 }
 
+// Same-size fade, flat: y = (1 - a) low + a high; its gradient dlow = (1 - a) dy, dhigh = a dy.
+template <typename scalar_t, typename acc_t, int V>
+__global__ void fade_same_fwd_kernel(const scalar_t* __restrict__ low, const scalar_t* __restrict__ high,
+                                     scalar_t* __restrict__ y, int64_t numel, acc_t alpha, const acc_t* alpha_t) {
+  const acc_t a = fade_weight(alpha, alpha_t);
+  for_each_flat_vector<V>(numel, [&](int64_t i, int count) {
+    scalar_t l[V], h[V], out[V];
+    if (count == V) {
+      load_vec<scalar_t, V>(low + i, l);
+      load_vec<scalar_t, V>(high + i, h);
+    } else {
+      for (int k = 0; k < count; ++k) l[k] = low[i + k], h[k] = high[i + k];
+    }
+#pragma unroll
+    for (int k = 0; k < V; ++k) out[k] = scalar_t((acc_t(1) - a) * acc_t(l[k]) + a * acc_t(h[k]));
+    if (count == V)
+      store_vec<scalar_t, V>(y + i, out);
+    else
+      for (int k = 0; k < count; ++k) y[i + k] = out[k];
+  });
+}
+
+template <typename scalar_t, typename acc_t, int V>
+__global__ void fade_same_bwd_kernel(const scalar_t* __restrict__ dy, scalar_t* __restrict__ dlow,
+                                     scalar_t* __restrict__ dhigh, int64_t numel, acc_t alpha, const acc_t* alpha_t) {
+  const acc_t a = fade_weight(alpha, alpha_t);
+  for_each_flat_vector<V>(numel, [&](int64_t i, int count) {
+    scalar_t d[V], dl[V], dh[V];
+    if (count == V)
+      load_vec<scalar_t, V>(dy + i, d);
+    else
+      for (int k = 0; k < count; ++k) d[k] = dy[i + k];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      dl[k] = scalar_t((acc_t(1) - a) * acc_t(d[k]));
+      dh[k] = scalar_t(a * acc_t(d[k]));
+    }
+    if (count == V) {
+      store_vec<scalar_t, V>(dlow + i, dl);
+      store_vec<scalar_t, V>(dhigh + i, dh);
+    } else {
+      for (int k = 0; k < count; ++k) dlow[i + k] = dl[k], dhigh[i + k] = dh[k];
+    }
+  });
+}
+
+// Upsampling fade (low at half size), one thread per element of high.
 template <typename scalar_t, typename acc_t>
 __global__ void fade_fwd_kernel(const scalar_t* __restrict__ low, const scalar_t* __restrict__ high,
                                 scalar_t* __restrict__ y, int64_t numel, int64_t C, int64_t H, int64_t W, bool up,
@@ -547,8 +764,23 @@ at::Tensor fade_in_cuda(const at::Tensor& low_in, const at::Tensor& high_in, dou
   if (high.numel() == 0) return y;
   auto at_ = alpha_t.has_value() ? alpha_t->to(high.device(), acc_type(high)).contiguous() : at::Tensor();
   auto stream = at::cuda::getCurrentCUDAStream();
+  const bool up = low.size(3) != high.size(3);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, high.scalar_type(), "fade_in", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    constexpr int V = kVec<scalar_t>;
+    const acc_t* ap = at_.defined() ? at_.const_data_ptr<acc_t>() : nullptr;
+    const auto *lp = low.const_data_ptr<scalar_t>(), *hp = high.const_data_ptr<scalar_t>();
+    auto* yp = y.mutable_data_ptr<scalar_t>();
+    if (!up && vectorizable<scalar_t>(0, {lp, hp, yp})) {
+      fade_same_fwd_kernel<scalar_t, acc_t, V><<<flat_blocks(high.numel(), V), kThreads, 0, stream>>>(
+          lp, hp, yp, high.numel(), acc_t(alpha), ap);
+      return;
+    }
+    if (!up) {
+      fade_same_fwd_kernel<scalar_t, acc_t, 1><<<flat_blocks(high.numel(), 1), kThreads, 0, stream>>>(
+          lp, hp, yp, high.numel(), acc_t(alpha), ap);
+      return;
+    }
     fade_fwd_kernel<scalar_t, acc_t><<<blocks_for(high.numel()), kThreads, 0, stream>>>(
         low.const_data_ptr<scalar_t>(), high.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), high.numel(),
         high.size(1), high.size(2), high.size(3), low.size(3) != high.size(3), is_channels_last(high), acc_t(alpha),
@@ -569,8 +801,23 @@ std::tuple<at::Tensor, at::Tensor> fade_in_grad_cuda(const at::Tensor& dy_in, at
   if (dy.numel() == 0) return {dlow, dhigh};
   auto at_ = alpha_t.has_value() ? alpha_t->to(dy.device(), acc_type(dy)).contiguous() : at::Tensor();
   auto stream = at::cuda::getCurrentCUDAStream();
+  const bool up = low_size[3] != dy.size(3);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "fade_in_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    constexpr int V = kVec<scalar_t>;
+    const acc_t* ap = at_.defined() ? at_.const_data_ptr<acc_t>() : nullptr;
+    const auto* dyp = dy.const_data_ptr<scalar_t>();
+    auto *dlp = dlow.mutable_data_ptr<scalar_t>(), *dhp = dhigh.mutable_data_ptr<scalar_t>();
+    if (!up && vectorizable<scalar_t>(0, {dyp, dlp, dhp})) {
+      fade_same_bwd_kernel<scalar_t, acc_t, V><<<flat_blocks(dy.numel(), V), kThreads, 0, stream>>>(
+          dyp, dlp, dhp, dy.numel(), acc_t(alpha), ap);
+      return;
+    }
+    if (!up) {
+      fade_same_bwd_kernel<scalar_t, acc_t, 1><<<flat_blocks(dy.numel(), 1), kThreads, 0, stream>>>(
+          dyp, dlp, dhp, dy.numel(), acc_t(alpha), ap);
+      return;
+    }
     fade_bwd_kernel<scalar_t, acc_t><<<blocks_for(dlow.numel()), kThreads, 0, stream>>>(
         dy.const_data_ptr<scalar_t>(), dlow.mutable_data_ptr<scalar_t>(), dhigh.mutable_data_ptr<scalar_t>(),
         dlow.numel(), dy.size(1), dy.size(2), dy.size(3), low_size[3] != dy.size(3), is_channels_last(dy),

@@ -305,9 +305,9 @@ class CudaGraphStep:
 
     Capture (once per key): warm-up steps on a side stream (cuDNN autotuning, Triton compilation, the extension's
     lazy build, the GradScaler's and Adam's lazy state), then the training state is put back exactly as it was,
-    then one capture of D step + EMA + G step with TFAdam (lr and t on the device), on that same side stream. The inputs are copied into static
-    buffers before each replay; alpha and lr are device tensors updated in place. If capture fails, one warning
-    is logged and every later step runs eagerly.
+    then one capture of D step + EMA + G step with TFAdam (lr and t on the device), on that same side stream. The
+    inputs are copied into static buffers before each replay; alpha and lr are device tensors updated in place. If
+    capture fails, one warning is logged and every later step runs eagerly.
     """
 
     WARMUP_STEPS = 2

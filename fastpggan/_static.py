@@ -1,0 +1,120 @@
+"""What the compiled CUDA kernels of fastpggan._C are, read from the compiled code itself (no GPU needed).
+
+`compile_cubin(arch)` compiles csrc/ops_cuda.cu for one architecture with the extension's flags and ptxas' report;
+`kernels(cubin, ptxas_report)` gives, for every kernel: registers, spill bytes, static shared memory, the number of
+128-bit global loads and stores in its SASS, the 64-bit integer division routines it calls, and its theoretical
+occupancy at the launch block size. tests/test_cuda_static.py holds the kernels to the design with it, and
+benchmarks/static_report.py writes it out (benchmarks/results/static-sm90-<date>.md).
+"""
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+from typing import Dict, List, Optional
+
+from . import _build
+
+BLOCK_THREADS = 256   # every kernel of ops_cuda.cu launches 256 threads per block (kThreads)
+# sm_90 (H100) per SM: 65536 registers, 2048 threads, 32 blocks, 228 KiB shared memory (1 KiB reserved per block);
+# registers are allocated per warp in units of 256
+SM90 = dict(regs=65536, threads=2048, blocks=32, smem=233472, smem_reserved=1024, reg_unit=256)
+INT64_DIVISION = re.compile(r"__cuda_sm\d+_(?:div|rem)_[su]64")
+
+
+@dataclasses.dataclass
+class Kernel:
+    name: str                  # demangled, without the namespace
+    registers: int
+    spill_bytes: int           # spill stores + spill loads
+    shared_bytes: int
+    ld128: int                 # 128-bit global loads in the SASS
+    st128: int
+    int64_division: List[str]  # 64-bit integer division/remainder routines it calls
+
+    @property
+    def occupancy(self) -> float:
+        """Theoretical occupancy on sm_90 at BLOCK_THREADS threads per block: resident warps / 64."""
+        warps = BLOCK_THREADS // 32
+        per_warp = -(-self.registers * 32 // SM90["reg_unit"]) * SM90["reg_unit"]
+        by_regs = SM90["regs"] // (per_warp * warps) if self.registers else SM90["blocks"]
+        by_smem = SM90["smem"] // (self.shared_bytes + SM90["smem_reserved"])
+        blocks = min(by_regs, by_smem, SM90["blocks"], SM90["threads"] // BLOCK_THREADS)
+        return blocks * warps / (SM90["threads"] // 32)
+
+
+def tools_dir() -> Optional[str]:
+    """Triton's copies of cuobjdump and nvdisasm, or None."""
+    try:
+        import triton
+    except ImportError:
+        return None
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    return path if os.path.exists(os.path.join(path, "nvdisasm")) else None
+
+
+def compile_cubin(arch: str, out_dir: str) -> tuple:
+    """Compile ops_cuda.cu to `out_dir`/ops_cuda.<arch>.cubin with the extension's flags; returns (cubin path,
+    ptxas' -v report). Needs a CUDA toolkit; raises RuntimeError with the compiler's message if it fails."""
+    import sysconfig
+
+    import torch.utils.cpp_extension as cpp
+    home = _build.find_cuda_home()
+    if home is None:
+        raise RuntimeError("no CUDA toolkit (nvcc) found")
+    _build.use_cuda_home(__import__("torch"), home)
+    includes = cpp.include_paths(device_type="cuda") + _build.extra_include_dirs() + \
+        [_build.csrc_dir(), sysconfig.get_paths()["include"]]
+    cubin = os.path.join(out_dir, f"ops_cuda.{arch}.cubin")
+    cmd = [os.path.join(home, "bin", "nvcc"), "-cubin", f"-arch={arch}", "-std=c++20", *_build.NVCC_FLAGS,
+           *cpp.COMMON_NVCC_FLAGS, "-DTORCH_EXTENSION_NAME=_C", "-Xptxas", "-v", *[f"-I{i}" for i in includes],
+           os.path.join(_build.csrc_dir(), "ops_cuda.cu"), "-o", cubin]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"nvcc failed: {p.stderr[-2000:]}")
+    return cubin, p.stderr
+
+
+def _demangle(names):
+    p = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True)
+    out = p.stdout.splitlines() if p.returncode == 0 else names
+    return [re.sub(r"^void |fastpggan::|\(anonymous namespace\)::", "", n) for n in out]
+
+
+def kernels(cubin: str, ptxas_report: str) -> Dict[str, Kernel]:
+    """{demangled kernel name: Kernel} of a cubin compiled by compile_cubin."""
+    tools = tools_dir()
+    if tools is None:
+        raise RuntimeError("nvdisasm is not installed (it comes with Triton)")
+    info = {}
+    for block in ptxas_report.split("Compiling entry function '")[1:]:
+        mangled = block.split("'", 1)[0]
+        regs = re.search(r"Used (\d+) registers", block)
+        spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", block)
+        smem = re.search(r"(\d+) bytes smem", block)
+        info[mangled] = (int(regs.group(1)) if regs else 0,
+                         int(spill.group(1)) + int(spill.group(2)) if spill else 0, int(smem.group(1)) if smem else 0)
+    text = subprocess.run([os.path.join(tools, "nvdisasm"), "-c", cubin], capture_output=True, text=True,
+                          check=True).stdout
+    bodies = {}
+    for part in re.split(r"\n\s*\.text\.", text)[1:]:
+        mangled = part.split(":", 1)[0].strip()
+        bodies[mangled] = part
+    names = sorted(info)
+    out = {}
+    for mangled, pretty in zip(names, _demangle(names)):
+        body = bodies.get(mangled, "")
+        regs, spill, smem = info[mangled]
+        out[pretty] = Kernel(pretty, regs, spill, smem, len(re.findall(r"\bLDG\.E[.A-Z0-9]*\.128\b", body)),
+                             len(re.findall(r"\bSTG\.E[.A-Z0-9]*\.128\b", body)),
+                             sorted(set(m.group(0) for m in INT64_DIVISION.finditer(body))))
+    return out
+
+
+if __name__ == "__main__":   # python -m fastpggan._static [arch]: the table, for a quick look
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        table = kernels(*compile_cubin(sys.argv[1] if len(sys.argv) > 1 else "sm_90", d))
+    for k in table.values():
+        print(f"{k.registers:3d} regs {k.spill_bytes:4d} spill {k.occupancy:4.0%} ld128 {k.ld128:2d} "
+              f"st128 {k.st128:2d} {'div64 ' if k.int64_division else ''}{k.name}")
