@@ -701,56 +701,112 @@ __global__ void fade_same_bwd_kernel(const scalar_t* __restrict__ dy, scalar_t* 
   });
 }
 
-// Upsampling fade (low at half size), one thread per element of high.
-template <typename scalar_t, typename acc_t>
-__global__ void fade_fwd_kernel(const scalar_t* __restrict__ low, const scalar_t* __restrict__ high,
-                                scalar_t* __restrict__ y, int64_t numel, int64_t C, int64_t H, int64_t W, bool up,
-                                bool channels_last, acc_t alpha, const acc_t* alpha_t) {
+// Upsampling fade (low at half size, nearest upsampling). NCHW: rows are the N*C*H rows of high, and high row R
+// reads low row R >> 1 (H is even), high column w low column w >> 1. channels_last: rows are high's pixels, C
+// contiguous values each; pixel (n, h, w) reads low pixel (n, h >> 1, w >> 1), found with one 32-bit division per
+// thread. The backward walks low rows (NCHW: the high row pair 2L, 2L + 1; channels_last: the 2x2 pixels).
+template <typename scalar_t, typename acc_t, int V>
+__global__ void fade_up_fwd_nchw_kernel(const scalar_t* __restrict__ low, const scalar_t* __restrict__ high,
+                                        scalar_t* __restrict__ y, int rows, int W, acc_t alpha, const acc_t* alpha_t) {
+  const int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
   const acc_t a = fade_weight(alpha, alpha_t);
-  FASTPGGAN_GRID_LOOP(i, numel) {
-    int64_t src = i;
-    if (up && channels_last) {
-      const int64_t c = i % C, w = (i / C) % W, h = (i / (C * W)) % H, n = i / (C * W * H);
-      src = ((n * (H / 2) + h / 2) * (W / 2) + w / 2) * C + c;
-    } else if (up) {
-      const int64_t w = i % W, h = (i / W) % H, nc = i / (W * H);
-      src = (nc * (H / 2) + h / 2) * (W / 2) + w / 2;
-    }
-    y[i] = scalar_t((acc_t(1) - a) * acc_t(low[src]) + a * acc_t(high[i]));
+  const int64_t hbase = int64_t(row) * W, lbase = int64_t(row >> 1) * (W >> 1);
+  for (int j = (blockIdx.y * blockDim.x + threadIdx.x) * V; j < W; j += gridDim.y * blockDim.x * V) {
+    scalar_t h[V], o[V];
+    load_vec<scalar_t, V>(high + hbase + j, h);
+#pragma unroll
+    for (int k = 0; k < V; ++k)
+      o[k] = scalar_t((acc_t(1) - a) * acc_t(low[lbase + ((j + k) >> 1)]) + a * acc_t(h[k]));
+    store_vec<scalar_t, V>(y + hbase + j, o);
   }
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void fade_bwd_kernel(const scalar_t* __restrict__ dy, scalar_t* __restrict__ dlow,
-                                scalar_t* __restrict__ dhigh, int64_t numel_low, int64_t C, int64_t H, int64_t W,
-                                bool up, bool channels_last, acc_t alpha, const acc_t* alpha_t) {
+template <typename scalar_t, typename acc_t, int V>
+__global__ void fade_up_fwd_cl_kernel(const scalar_t* __restrict__ low, const scalar_t* __restrict__ high,
+                                      scalar_t* __restrict__ y, int rows, int W, int C, acc_t alpha,
+                                      const acc_t* alpha_t) {
+  const int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
   const acc_t a = fade_weight(alpha, alpha_t);
-  FASTPGGAN_GRID_LOOP(j, numel_low) {
-    if (!up) {
-      const acc_t d = acc_t(dy[j]);
-      dhigh[j] = scalar_t(a * d);
-      dlow[j] = scalar_t((acc_t(1) - a) * d);
-      continue;
-    }
-    const int64_t Hl = H / 2, Wl = W / 2;
-    int64_t top, step;
-    if (channels_last) {
-      const int64_t c = j % C, wl = (j / C) % Wl, hl = (j / (C * Wl)) % Hl, n = j / (C * Wl * Hl);
-      top = ((n * H + 2 * hl) * W + 2 * wl) * C + c;
-      step = C;
+  const int prow = row / W, w = row - prow * W;   // pixel row n*H + h, column w
+  const int64_t hbase = int64_t(row) * C, lbase = (int64_t(prow >> 1) * (W >> 1) + (w >> 1)) * C;
+  for (int j = (blockIdx.y * blockDim.x + threadIdx.x) * V; j < C; j += gridDim.y * blockDim.x * V) {
+    scalar_t h[V], l[V], o[V];
+    load_vec<scalar_t, V>(high + hbase + j, h);
+    load_vec<scalar_t, V>(low + lbase + j, l);
+#pragma unroll
+    for (int k = 0; k < V; ++k) o[k] = scalar_t((acc_t(1) - a) * acc_t(l[k]) + a * acc_t(h[k]));
+    store_vec<scalar_t, V>(y + hbase + j, o);
+  }
+}
+
+// VL low columns per thread, so 2 VL high columns of each row of the pair (16 bytes when VEC).
+template <typename scalar_t, typename acc_t, int VL, bool VEC>
+__global__ void fade_up_bwd_nchw_kernel(const scalar_t* __restrict__ dy, scalar_t* __restrict__ dlow,
+                                        scalar_t* __restrict__ dhigh, int rows, int Wl, acc_t alpha,
+                                        const acc_t* alpha_t) {
+  constexpr int VH = 2 * VL;
+  const int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  const acc_t a = fade_weight(alpha, alpha_t);
+  const int64_t lbase = int64_t(row) * Wl, top = int64_t(row) * 4 * Wl, bottom = top + 2 * Wl;
+  for (int jl = (blockIdx.y * blockDim.x + threadIdx.x) * VL; jl < Wl; jl += gridDim.y * blockDim.x * VL) {
+    const int jh = 2 * jl;
+    scalar_t d0[VH], d1[VH], o0[VH], o1[VH];
+    if (VEC) {
+      load_vec<scalar_t, VH>(dy + top + jh, d0);
+      load_vec<scalar_t, VH>(dy + bottom + jh, d1);
     } else {
-      const int64_t wl = j % Wl, hl = (j / Wl) % Hl, nc = j / (Wl * Hl);
-      top = (nc * H + 2 * hl) * W + 2 * wl;
-      step = 1;
+#pragma unroll
+      for (int k = 0; k < VH; ++k) d0[k] = dy[top + jh + k], d1[k] = dy[bottom + jh + k];
     }
-    const int64_t o[4] = {top, top + step, top + W * step, top + W * step + step};
-    acc_t sum = 0;
-    for (int k = 0; k < 4; ++k) {
-      const acc_t d = acc_t(dy[o[k]]);
-      dhigh[o[k]] = scalar_t(a * d);
-      sum += d;
+#pragma unroll
+    for (int k = 0; k < VH; ++k) o0[k] = scalar_t(a * acc_t(d0[k])), o1[k] = scalar_t(a * acc_t(d1[k]));
+    if (VEC) {
+      store_vec<scalar_t, VH>(dhigh + top + jh, o0);
+      store_vec<scalar_t, VH>(dhigh + bottom + jh, o1);
+    } else {
+#pragma unroll
+      for (int k = 0; k < VH; ++k) dhigh[top + jh + k] = o0[k], dhigh[bottom + jh + k] = o1[k];
     }
-    dlow[j] = scalar_t((acc_t(1) - a) * sum);
+#pragma unroll
+    for (int k = 0; k < VL; ++k)
+      dlow[lbase + jl + k] = scalar_t((acc_t(1) - a) * (acc_t(d0[2 * k]) + acc_t(d0[2 * k + 1]) +
+                                                         acc_t(d1[2 * k]) + acc_t(d1[2 * k + 1])));
+  }
+}
+
+template <typename scalar_t, typename acc_t, int V>
+__global__ void fade_up_bwd_cl_kernel(const scalar_t* __restrict__ dy, scalar_t* __restrict__ dlow,
+                                      scalar_t* __restrict__ dhigh, int rows, int Wl, int C, acc_t alpha,
+                                      const acc_t* alpha_t) {
+  const int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  const acc_t a = fade_weight(alpha, alpha_t);
+  const int lrow = row / Wl, wl = row - lrow * Wl;   // low pixel row n*Hl + hl, column wl
+  const int64_t W = 2 * int64_t(Wl), p00 = int64_t(lrow) * 2 * W + 2 * wl;
+  const int64_t off[4] = {p00 * C, (p00 + 1) * C, (p00 + W) * C, (p00 + W + 1) * C};
+  const int64_t lbase = int64_t(row) * C;
+  for (int j = (blockIdx.y * blockDim.x + threadIdx.x) * V; j < C; j += gridDim.y * blockDim.x * V) {
+    acc_t sum[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) sum[k] = acc_t(0);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      scalar_t d[V], o[V];
+      load_vec<scalar_t, V>(dy + off[q] + j, d);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        sum[k] += acc_t(d[k]);
+        o[k] = scalar_t(a * acc_t(d[k]));
+      }
+      store_vec<scalar_t, V>(dhigh + off[q] + j, o);
+    }
+    scalar_t l[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) l[k] = scalar_t((acc_t(1) - a) * sum[k]);
+    store_vec<scalar_t, V>(dlow + lbase + j, l);
   }
 }
 
@@ -781,10 +837,26 @@ at::Tensor fade_in_cuda(const at::Tensor& low_in, const at::Tensor& high_in, dou
           lp, hp, yp, high.numel(), acc_t(alpha), ap);
       return;
     }
-    fade_fwd_kernel<scalar_t, acc_t><<<blocks_for(high.numel()), kThreads, 0, stream>>>(
-        low.const_data_ptr<scalar_t>(), high.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), high.numel(),
-        high.size(1), high.size(2), high.size(3), low.size(3) != high.size(3), is_channels_last(high), acc_t(alpha),
-        at_.defined() ? at_.const_data_ptr<acc_t>() : nullptr);
+    const int64_t H = high.size(2), W = high.size(3), C = high.size(1);
+    if (is_channels_last(high)) {
+      const bool vec = vectorizable<scalar_t>(C, {lp, hp, yp});
+      const auto l = grid_2d(high.size(0) * H * W, C, vec ? V : 1);
+      if (vec)
+        fade_up_fwd_cl_kernel<scalar_t, acc_t, V><<<l.grid, l.block, 0, stream>>>(
+            lp, hp, yp, int(high.size(0) * H * W), int(W), int(C), acc_t(alpha), ap);
+      else
+        fade_up_fwd_cl_kernel<scalar_t, acc_t, 1><<<l.grid, l.block, 0, stream>>>(
+            lp, hp, yp, int(high.size(0) * H * W), int(W), int(C), acc_t(alpha), ap);
+    } else {
+      const bool vec = vectorizable<scalar_t>(W, {hp, yp});
+      const auto l = grid_2d(high.size(0) * C * H, W, vec ? V : 1);
+      if (vec)
+        fade_up_fwd_nchw_kernel<scalar_t, acc_t, V><<<l.grid, l.block, 0, stream>>>(
+            lp, hp, yp, int(high.size(0) * C * H), int(W), acc_t(alpha), ap);
+      else
+        fade_up_fwd_nchw_kernel<scalar_t, acc_t, 1><<<l.grid, l.block, 0, stream>>>(
+            lp, hp, yp, int(high.size(0) * C * H), int(W), acc_t(alpha), ap);
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
@@ -818,10 +890,27 @@ std::tuple<at::Tensor, at::Tensor> fade_in_grad_cuda(const at::Tensor& dy_in, at
           dyp, dlp, dhp, dy.numel(), acc_t(alpha), ap);
       return;
     }
-    fade_bwd_kernel<scalar_t, acc_t><<<blocks_for(dlow.numel()), kThreads, 0, stream>>>(
-        dy.const_data_ptr<scalar_t>(), dlow.mutable_data_ptr<scalar_t>(), dhigh.mutable_data_ptr<scalar_t>(),
-        dlow.numel(), dy.size(1), dy.size(2), dy.size(3), low_size[3] != dy.size(3), is_channels_last(dy),
-        acc_t(alpha), at_.defined() ? at_.const_data_ptr<acc_t>() : nullptr);
+    const int64_t N = dy.size(0), C = dy.size(1), Hl = low_size[2], Wl = low_size[3];
+    if (is_channels_last(dy)) {
+      const bool vec = vectorizable<scalar_t>(C, {dyp, dlp, dhp});
+      const auto l = grid_2d(N * Hl * Wl, C, vec ? V : 1);
+      if (vec)
+        fade_up_bwd_cl_kernel<scalar_t, acc_t, V><<<l.grid, l.block, 0, stream>>>(
+            dyp, dlp, dhp, int(N * Hl * Wl), int(Wl), int(C), acc_t(alpha), ap);
+      else
+        fade_up_bwd_cl_kernel<scalar_t, acc_t, 1><<<l.grid, l.block, 0, stream>>>(
+            dyp, dlp, dhp, int(N * Hl * Wl), int(Wl), int(C), acc_t(alpha), ap);
+    } else {
+      constexpr int VL = V / 2;   // V >= 2 for every dtype: 16 bytes of high per row of the pair
+      const bool vec = vectorizable<scalar_t>(2 * Wl, {dyp, dhp});
+      const auto l = grid_2d(N * C * Hl, Wl, vec ? VL : 1);
+      if (vec)
+        fade_up_bwd_nchw_kernel<scalar_t, acc_t, VL, true><<<l.grid, l.block, 0, stream>>>(
+            dyp, dlp, dhp, int(N * C * Hl), int(Wl), acc_t(alpha), ap);
+      else
+        fade_up_bwd_nchw_kernel<scalar_t, acc_t, 1, false><<<l.grid, l.block, 0, stream>>>(
+            dyp, dlp, dhp, int(N * C * Hl), int(Wl), acc_t(alpha), ap);
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {dlow, dhigh};

@@ -18,8 +18,9 @@ FINAL_BLOCK = 1024
 
 @triton.jit
 def _sumsq_kernel(g_ptr, part_ptr, D, S, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    s = tl.program_id(1)
+    # grid (chunks, samples): the large dimension on axis 0 (limit 2^31 - 1; axis 1's is 65535)
+    n = tl.program_id(1).to(tl.int64)
+    s = tl.program_id(0)
     i = s.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     v = tl.load(g_ptr + n * D + i, mask=i < D, other=0).to(ACC)
     tl.store(part_ptr + n * S + s, tl.sum(v * v, axis=0))
@@ -39,8 +40,8 @@ def _finish_kernel(part_ptr, gp_ptr, r_ptr, S, target, ACC: tl.constexpr, BLOCK:
 
 @triton.jit
 def _bwd_kernel(dgp_ptr, g_ptr, r_ptr, dg_ptr, D, target, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    i = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    n = tl.program_id(1).to(tl.int64)
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     r = tl.load(r_ptr + n).to(ACC)
     coef = tl.where(r > 0, tl.load(dgp_ptr + n).to(ACC) * 2 * (r - target) / tl.where(r > 0, r, 1), 0)
     v = tl.load(g_ptr + n * D + i, mask=i < D, other=0).to(ACC)
@@ -59,7 +60,7 @@ def gradient_penalty(g, target):
     s = max(1, cdiv(d, ELEMENTWISE_BLOCK))
     part = empty((n, s), dtype=accumulator_dtype(g.dtype), device=g.device)
     if d:
-        _sumsq_kernel[(n, s)](g, part, d, s, ACC=acc_dtype(g), BLOCK=ELEMENTWISE_BLOCK)
+        _sumsq_kernel[(s, n)](g, part, d, s, ACC=acc_dtype(g), BLOCK=ELEMENTWISE_BLOCK)
     else:
         part.zero_()
     _finish_kernel[(n,)](part, gp, r, s, float(target), ACC=acc_dtype(g), BLOCK=FINAL_BLOCK)
@@ -75,7 +76,7 @@ def gradient_penalty_grad(dgp, g, r, target):
     d = g[0].numel() if n else 0
     if n == 0 or d == 0:
         return dg
-    _bwd_kernel[(n, cdiv(d, ELEMENTWISE_BLOCK))](dgp, g, r, dg, d, float(target), ACC=acc_dtype(g),
+    _bwd_kernel[(cdiv(d, ELEMENTWISE_BLOCK), n)](dgp, g, r, dg, d, float(target), ACC=acc_dtype(g),
                                                 BLOCK=ELEMENTWISE_BLOCK)
     return dg
 

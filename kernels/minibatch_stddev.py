@@ -67,10 +67,11 @@ def _concat_kernel(x_ptr, s_ptr, out_ptr, numel, M, C, HW, CHANNELS_LAST: tl.con
 
 
 @triton.jit
-def _bwd_kernel(dout_ptr, x_ptr, dx_ptr, M, G, C, HW, eps, CHANNELS_LAST: tl.constexpr, ACC: tl.constexpr,
+def _bwd_kernel(dout_ptr, x_ptr, dx_ptr, M, G, C, HW, F, eps, CHANNELS_LAST: tl.constexpr, ACC: tl.constexpr,
                 BLOCK: tl.constexpr, BLOCK_HW: tl.constexpr):
-    m = tl.program_id(0)
-    F = C * HW
+    # grid (feature blocks, groups): the large dimension on axis 0, whose limit is 2^31 - 1 (axis 1's is 65535).
+    # F = C * HW comes from the host (an int64 argument once it passes int32).
+    m = tl.program_id(1)
     ds = tl.zeros([BLOCK_HW], ACC)
     for g in range(0, G):
         n = (g * M + m).to(tl.int64)
@@ -81,8 +82,8 @@ def _bwd_kernel(dout_ptr, x_ptr, dx_ptr, M, G, C, HW, eps, CHANNELS_LAST: tl.con
             else:
                 off = n * (C + 1) * HW + C * HW + hw
             ds += tl.load(dout_ptr + off, mask=hw < HW, other=0).to(ACC)
-    coef = tl.sum(ds, axis=0) / (F * G)
-    f = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    coef = tl.sum(ds, axis=0) / F / G   # not / (F * G): that product overflows int32 at 2^31
+    f = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     fm = f < F
     mean, sd = _group_moments(x_ptr, m, M, G, F, f, fm, eps, ACC, BLOCK)
     for g in range(0, G):
@@ -125,7 +126,7 @@ def minibatch_stddev_grad(dout, x, group_size):
     if x.numel() == 0:
         return dx
     m = n // group_size
-    _bwd_kernel[(m, cdiv(c * h * w, STATS_BLOCK))](
-        dout, x, dx, m, group_size, c, h * w, EPS, CHANNELS_LAST=is_channels_last(x), ACC=acc_dtype(x),
+    _bwd_kernel[(cdiv(c * h * w, STATS_BLOCK), m)](
+        dout, x, dx, m, group_size, c, h * w, c * h * w, EPS, CHANNELS_LAST=is_channels_last(x), ACC=acc_dtype(x),
         BLOCK=STATS_BLOCK, BLOCK_HW=min(256, triton.next_power_of_2(h * w)))
     return dx

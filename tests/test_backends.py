@@ -104,6 +104,21 @@ def test_bias_act_matches_ref(fast, shape, channels_last, pn):
     assert y1.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+def test_pixel_norm_with_more_channels_than_a_tile_holds(fast, channels_last):
+    """C = 2500 > MAX_TILE_CHANNELS (1024): the Triton kernels loop over channel chunks (a whole-C tile spills)."""
+    from fastpggan.kernels._common import MAX_TILE_CHANNELS
+    c = 2500
+    assert c > 2 * MAX_TILE_CHANNELS and c % MAX_TILE_CHANNELS   # three chunks, the last one partial
+    x = rand(2, c, 3, 3, channels_last=channels_last, grad=True)
+    b = rand(c, grad=True)
+    (y0, (gx0, gb0)), (y1, (gx1, gb1)) = both(fast, lambda which: ops.bias_act(
+        x, b, gain=0.7, negative_slope=0.2, pixel_norm=True, impl=which), (x, b))
+    close(y1, y0, torch.float32)
+    close(gx1, gx0, torch.float32)
+    close(gb1, gb0, torch.float32, count=18)
+
+
 @pytest.mark.parametrize("shape", [(16, 512), (5, 17), (1, 3), (2, 1)], ids=str)
 @pytest.mark.parametrize("slope,pn,bias", [(0.2, False, True), (1.0, False, True), (0.2, True, True),
                                            (1.0, True, False), (0.0, False, True)])

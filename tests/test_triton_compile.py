@@ -21,9 +21,9 @@ from fastpggan.kernels import bias_act, fade_in, gradient_penalty, minibatch_std
 
 FLOATS = {"gain", "slope", "eps", "alpha", "target"}
 ACC_POINTERS = {"r_ptr", "s_ptr", "part_ptr", "gp_ptr", "alpha_ptr", "b_ptr", "dgp_ptr", "u_ptr"}
-BOOLS = {"HAS_BIAS", "MASK_FROM_REF", "UP", "CHANNELS_LAST", "ALPHA_PTR", "INT64"}
+BOOLS = {"HAS_BIAS", "MASK_FROM_REF", "UP", "CHANNELS_LAST", "ALPHA_PTR", "INT64", "CHUNKED"}
 BLOCKS = {"BLOCK": 1024, "BLOCK_HW": 16}
-TILES = [{"BLOCK_P": 8, "BLOCK_C": 512}, {"BLOCK_P": 256, "BLOCK_C": 16}]
+TILES = [{"BLOCK_P": 8, "BLOCK_C": 512}, {"BLOCK_P": 256, "BLOCK_C": 16}, {"BLOCK_P": 8, "BLOCK_C": 1024}]
 KERNELS = [bias_act._bias_act_kernel, bias_act._pixel_norm_fwd_kernel, bias_act._pixel_norm_bwd_kernel,
            fade_in._fade_in_fwd_kernel, fade_in._fade_in_bwd_kernel, minibatch_stddev._stats_kernel,
            minibatch_stddev._concat_kernel, minibatch_stddev._bwd_kernel, gradient_penalty._sumsq_kernel,

@@ -150,16 +150,8 @@ def _call(k, x, bias, gain, negative_slope, pixel_norm):
     return k.bias_act(x, bias, gain, negative_slope)
 
 
-def _triton_channel_limit(x):
-    from fastpggan.kernels._common import MAX_CHANNELS
-    if x.shape[1] > MAX_CHANNELS:
-        return f"the Triton pixel-norm tile holds at most {MAX_CHANNELS} channels, got {x.shape[1]}"
-    return None
-
-
 register_backends(
     "bias_act", ref=bias_act_ref, kernels="bias_act", autograd=_autograd, call=_call,
-    triton_limit=_triton_channel_limit,
     kernel_ops={
         "bias_act": KernelOp("(Tensor x, Tensor? bias, float gain, float slope) -> Tensor", _fake_like_x),
         "bias_act_grad": KernelOp("(Tensor dy, Tensor y, float gain, float slope) -> Tensor", _fake_like_y),
