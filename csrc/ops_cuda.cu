@@ -40,14 +40,11 @@ __device__ acc_t block_sum(acc_t v) {
   return total;
 }
 
-#define FASTPGGAN_GRID_LOOP(i, n) \
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(blockDim.x) * gridDim.x)
-
 // ---- vectorized elementwise machinery ------------------------------------------------------------------------
 // Elements per 16-byte access: 4 fp32, 8 fp16/bf16, 2 fp64. A kernel instantiated with V = kVec<T> moves 16 bytes
 // per load and store instruction (LDG.E.128 / STG.E.128); V = 1 is the scalar form for misaligned or odd-sized
 // tensors. Offsets inside a row or chunk are 32-bit; a row's or chunk's start is one 64-bit multiply. No kernel
-// divides per element.
+// divides a 64-bit index (tests/test_cuda_static.py reads that from the compiled code).
 template <typename T>
 constexpr int kVec = 16 / int(sizeof(T));
 constexpr int kItems = 4;  // vectors per thread per grid-stride step of the flat kernels
@@ -171,78 +168,162 @@ __global__ void bias_act_grad_kernel(const scalar_t* __restrict__ dy, const scal
   });
 }
 
-// Pixel norm, NCHW: one thread per pixel walks the channels; neighbouring threads read neighbouring pixels.
-template <typename scalar_t, typename acc_t>
-__global__ void pn_fwd_nchw_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ b,
-                                   scalar_t* __restrict__ y, acc_t* __restrict__ r, int64_t P, int64_t HW, int64_t C,
-                                   acc_t gain, acc_t slope) {
-  FASTPGGAN_GRID_LOOP(p, P) {
-    const int64_t base = (p / HW) * C * HW + p % HW;
-    acc_t ss = 0;
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t a = lrelu(acc_t(x[base + c * HW]) * gain + (b ? b[c] : acc_t(0)), slope);
-      ss += a * a;
-    }
-    const acc_t rr = rsqrt(ss / acc_t(C) + acc_t(kPixelNormEps));
-    r[p] = rr;
-    for (int64_t c = 0; c < C; ++c)
-      y[base + c * HW] = scalar_t(lrelu(acc_t(x[base + c * HW]) * gain + (b ? b[c] : acc_t(0)), slope) * rr);
+// Pixel norm, NCHW (H*W > 1): a block is a tile of TP pixels of one sample (threadIdx.x, coalesced along the
+// plane) by TC channel lanes (threadIdx.y, each taking every TC-th channel), TP * TC = 256. The per-pixel sums
+// are reduced over the channel lanes in shared memory in a fixed order, so the 4x4-16x16 stages run 256 threads
+// per 32 pixels, not one. Two passes over the channels: the sum, then the output (the re-read hits L2).
+template <typename acc_t>
+__device__ __forceinline__ acc_t tile_channel_sum(acc_t v, acc_t* red) {
+  const int tx = threadIdx.x, ty = threadIdx.y, tp = blockDim.x;
+  red[ty * tp + tx] = v;
+  __syncthreads();
+  for (int s = blockDim.y / 2; s > 0; s >>= 1) {
+    if (ty < s) red[ty * tp + tx] += red[(ty + s) * tp + tx];
+    __syncthreads();
   }
+  const acc_t total = red[tx];
+  __syncthreads();   // red is reused by the next call
+  return total;
 }
 
-// Pixel norm, channels_last: one warp per pixel, lanes stride over its contiguous channels.
 template <typename scalar_t, typename acc_t>
-__global__ void pn_fwd_cl_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ b,
-                                 scalar_t* __restrict__ y, acc_t* __restrict__ r, int64_t P, int64_t C, acc_t gain,
-                                 acc_t slope) {
-  const int lane = threadIdx.x % 32;
-  for (int64_t p = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; p < P;
-       p += int64_t(blockDim.x) * gridDim.x / 32) {
-    const scalar_t* xp = x + p * C;
-    acc_t ss = 0;
-    for (int64_t c = lane; c < C; c += 32) {
-      const acc_t a = lrelu(acc_t(xp[c]) * gain + (b ? b[c] : acc_t(0)), slope);
+__global__ void pn_fwd_nchw_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ b,
+                                   scalar_t* __restrict__ y, acc_t* __restrict__ r, int HW, int C, int tiles,
+                                   acc_t gain, acc_t slope) {
+  __shared__ acc_t red[kThreads];
+  const int n = blockIdx.x / tiles, hw = (blockIdx.x - n * tiles) * blockDim.x + threadIdx.x;
+  const bool valid = hw < HW;
+  const int64_t base = int64_t(n) * C * HW + hw;
+  acc_t ss = 0;
+  if (valid)
+    for (int c = threadIdx.y; c < C; c += blockDim.y) {
+      const acc_t a = lrelu(acc_t(x[base + int64_t(c) * HW]) * gain + (b ? b[c] : acc_t(0)), slope);
       ss += a * a;
     }
-    const acc_t rr = rsqrt(warp_sum(ss) / acc_t(C) + acc_t(kPixelNormEps));
-    if (lane == 0) r[p] = rr;
-    for (int64_t c = lane; c < C; c += 32) y[p * C + c] = scalar_t(lrelu(acc_t(xp[c]) * gain + (b ? b[c] : acc_t(0)), slope) * rr);
+  const acc_t rr = rsqrt(tile_channel_sum(ss, red) / acc_t(C) + acc_t(kPixelNormEps));
+  if (!valid) return;
+  if (threadIdx.y == 0) r[int64_t(n) * HW + hw] = rr;
+  for (int c = threadIdx.y; c < C; c += blockDim.y) {
+    const int64_t i = base + int64_t(c) * HW;
+    y[i] = scalar_t(lrelu(acc_t(x[i]) * gain + (b ? b[c] : acc_t(0)), slope) * rr);
   }
 }
 
 template <typename scalar_t, typename acc_t>
 __global__ void pn_bwd_nchw_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ y,
-                                   const acc_t* __restrict__ r, scalar_t* __restrict__ dx, int64_t P, int64_t HW,
-                                   int64_t C, acc_t gain, acc_t neg) {
-  FASTPGGAN_GRID_LOOP(p, P) {
-    const int64_t base = (p / HW) * C * HW + p % HW;
-    acc_t dot = 0;
-    for (int64_t c = 0; c < C; ++c) dot += acc_t(dy[base + c * HW]) * acc_t(y[base + c * HW]);
-    dot /= acc_t(C);
-    const acc_t rr = r[p];
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t yv = acc_t(y[base + c * HW]);
-      dx[base + c * HW] = scalar_t(rr * (acc_t(dy[base + c * HW]) - yv * dot) * (yv > acc_t(0) ? gain : neg));
+                                   const acc_t* __restrict__ r, scalar_t* __restrict__ dx, int HW, int C, int tiles,
+                                   acc_t gain, acc_t neg) {
+  __shared__ acc_t red[kThreads];
+  const int n = blockIdx.x / tiles, hw = (blockIdx.x - n * tiles) * blockDim.x + threadIdx.x;
+  const bool valid = hw < HW;
+  const int64_t base = int64_t(n) * C * HW + hw;
+  acc_t dot = 0;
+  if (valid)
+    for (int c = threadIdx.y; c < C; c += blockDim.y) {
+      const int64_t i = base + int64_t(c) * HW;
+      dot += acc_t(dy[i]) * acc_t(y[i]);
     }
+  dot = tile_channel_sum(dot, red) / acc_t(C);
+  if (!valid) return;
+  const acc_t rr = r[int64_t(n) * HW + hw];
+  for (int c = threadIdx.y; c < C; c += blockDim.y) {
+    const int64_t i = base + int64_t(c) * HW;
+    const acc_t yv = acc_t(y[i]);
+    dx[i] = scalar_t(rr * (acc_t(dy[i]) - yv * dot) * (yv > acc_t(0) ? gain : neg));
   }
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void pn_bwd_cl_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ y,
-                                 const acc_t* __restrict__ r, scalar_t* __restrict__ dx, int64_t P, int64_t C,
-                                 acc_t gain, acc_t neg) {
-  const int lane = threadIdx.x % 32;
-  for (int64_t p = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; p < P;
-       p += int64_t(blockDim.x) * gridDim.x / 32) {
-    acc_t dot = 0;
-    for (int64_t c = lane; c < C; c += 32) dot += acc_t(dy[p * C + c]) * acc_t(y[p * C + c]);
-    dot = warp_sum(dot) / acc_t(C);
-    const acc_t rr = r[p];
-    for (int64_t c = lane; c < C; c += 32) {
-      const acc_t yv = acc_t(y[p * C + c]);
-      dx[p * C + c] = scalar_t(rr * (acc_t(dy[p * C + c]) - yv * dot) * (yv > acc_t(0) ? gain : neg));
+// Pixel norm over contiguous channels (channels_last, or a dense (N, C) layer): rows of C values, L lanes per row
+// (threadIdx.x, L = the power of two covering C / V, at most 32), 256 / L rows per block (threadIdx.y), so a warp
+// holds 32 / L rows: at C = 16 in bf16 two lanes per pixel, sixteen pixels per warp. Lanes reduce with shuffles
+// within their group of L; every lane reaches them (no early return before).
+template <typename acc_t>
+__device__ __forceinline__ acc_t lane_group_sum(acc_t v) {
+  for (int o = blockDim.x / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <typename scalar_t, typename acc_t, int V>
+__global__ void pn_fwd_rows_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ b,
+                                   scalar_t* __restrict__ y, acc_t* __restrict__ r, int rows, int C, acc_t gain,
+                                   acc_t slope) {
+  const int row = blockIdx.x * blockDim.y + threadIdx.y;
+  const bool valid = row < rows;
+  const int64_t base = int64_t(valid ? row : 0) * C;
+  acc_t ss = 0;
+  if (valid)
+    for (int j = threadIdx.x * V; j < C; j += blockDim.x * V) {
+      scalar_t in[V];
+      load_vec<scalar_t, V>(x + base + j, in);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const acc_t a = lrelu(acc_t(in[k]) * gain + (b ? b[j + k] : acc_t(0)), slope);
+        ss += a * a;
+      }
     }
+  const acc_t rr = rsqrt(lane_group_sum(ss) / acc_t(C) + acc_t(kPixelNormEps));
+  if (!valid) return;
+  if (threadIdx.x == 0) r[row] = rr;
+  for (int j = threadIdx.x * V; j < C; j += blockDim.x * V) {
+    scalar_t in[V], out[V];
+    load_vec<scalar_t, V>(x + base + j, in);
+#pragma unroll
+    for (int k = 0; k < V; ++k) out[k] = scalar_t(lrelu(acc_t(in[k]) * gain + (b ? b[j + k] : acc_t(0)), slope) * rr);
+    store_vec<scalar_t, V>(y + base + j, out);
   }
+}
+
+template <typename scalar_t, typename acc_t, int V>
+__global__ void pn_bwd_rows_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ y,
+                                   const acc_t* __restrict__ r, scalar_t* __restrict__ dx, int rows, int C,
+                                   acc_t gain, acc_t neg) {
+  const int row = blockIdx.x * blockDim.y + threadIdx.y;
+  const bool valid = row < rows;
+  const int64_t base = int64_t(valid ? row : 0) * C;
+  acc_t dot = 0;
+  if (valid)
+    for (int j = threadIdx.x * V; j < C; j += blockDim.x * V) {
+      scalar_t d[V], v[V];
+      load_vec<scalar_t, V>(dy + base + j, d);
+      load_vec<scalar_t, V>(y + base + j, v);
+#pragma unroll
+      for (int k = 0; k < V; ++k) dot += acc_t(d[k]) * acc_t(v[k]);
+    }
+  dot = lane_group_sum(dot) / acc_t(C);
+  if (!valid) return;
+  const acc_t rr = r[row];
+  for (int j = threadIdx.x * V; j < C; j += blockDim.x * V) {
+    scalar_t d[V], v[V], out[V];
+    load_vec<scalar_t, V>(dy + base + j, d);
+    load_vec<scalar_t, V>(y + base + j, v);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const acc_t yv = acc_t(v[k]);
+      out[k] = scalar_t(rr * (acc_t(d[k]) - yv * dot) * (yv > acc_t(0) ? gain : neg));
+    }
+    store_vec<scalar_t, V>(dx + base + j, out);
+  }
+}
+
+// Launch shapes of the two pixel-norm forms.
+struct PixelNormLaunch {
+  bool rows;       // the contiguous-channel form
+  dim3 grid, block;
+  int tiles;       // NCHW: tiles per sample
+};
+
+inline PixelNormLaunch pixel_norm_launch(const Geometry& g, int64_t N, int V) {
+  TORCH_CHECK(g.P < (int64_t(1) << 31) && g.C < (int64_t(1) << 30) && g.HW < (int64_t(1) << 30),
+              "fastpggan_ext: pixel norm tensor too large");
+  if (g.channels_last || g.HW == 1) {
+    const int lanes = std::min(32, pow2_at_least((g.C + V - 1) / V, 32));
+    const int per_block = kThreads / lanes;
+    return {true, dim3(static_cast<unsigned>((g.P + per_block - 1) / per_block)), dim3(lanes, per_block), 0};
+  }
+  const int tp = std::min(32, pow2_at_least(g.HW, 32));
+  const int tiles = static_cast<int>((g.HW + tp - 1) / tp);
+  TORCH_CHECK(N * tiles < (int64_t(1) << 31), "fastpggan_ext: pixel norm tensor too large");
+  return {false, dim3(static_cast<unsigned>(N * tiles)), dim3(tp, kThreads / tp), tiles};
 }
 
 // The bias in the accumulation dtype, or an undefined tensor for none (the kernels take a null pointer).
@@ -324,15 +405,22 @@ std::tuple<at::Tensor, at::Tensor> bias_act_pn_cuda(const at::Tensor& x_in, cons
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_pn", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    constexpr int V = kVec<scalar_t>;
     const acc_t* bp = b.defined() ? b.const_data_ptr<acc_t>() : nullptr;
-    if (g.channels_last)
-      pn_fwd_cl_kernel<scalar_t, acc_t><<<blocks_for(g.P * 32), kThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), r.mutable_data_ptr<acc_t>(), g.P, g.C,
-          acc_t(gain), acc_t(slope));
+    const auto* xp = x.const_data_ptr<scalar_t>();
+    auto* yp = y.mutable_data_ptr<scalar_t>();
+    auto* rp = r.mutable_data_ptr<acc_t>();
+    const bool vec = vectorizable<scalar_t>(g.C, {xp, yp});
+    const auto l = pixel_norm_launch(g, x.size(0), vec ? V : 1);
+    if (!l.rows)
+      pn_fwd_nchw_kernel<scalar_t, acc_t><<<l.grid, l.block, 0, stream>>>(xp, bp, yp, rp, int(g.HW), int(g.C),
+                                                                        l.tiles, acc_t(gain), acc_t(slope));
+    else if (vec)
+      pn_fwd_rows_kernel<scalar_t, acc_t, V><<<l.grid, l.block, 0, stream>>>(xp, bp, yp, rp, int(g.P), int(g.C),
+                                                                           acc_t(gain), acc_t(slope));
     else
-      pn_fwd_nchw_kernel<scalar_t, acc_t><<<blocks_for(g.P), kThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), r.mutable_data_ptr<acc_t>(), g.P, g.HW,
-          g.C, acc_t(gain), acc_t(slope));
+      pn_fwd_rows_kernel<scalar_t, acc_t, 1><<<l.grid, l.block, 0, stream>>>(xp, bp, yp, rp, int(g.P), int(g.C),
+                                                                           acc_t(gain), acc_t(slope));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {y, r};
@@ -351,102 +439,138 @@ at::Tensor bias_act_pn_grad_cuda(const at::Tensor& dy_in, const at::Tensor& y_in
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bias_act_pn_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    if (g.channels_last)
-      pn_bwd_cl_kernel<scalar_t, acc_t><<<blocks_for(g.P * 32), kThreads, 0, stream>>>(
-          dy.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), r.const_data_ptr<acc_t>(),
-          dx.mutable_data_ptr<scalar_t>(), g.P, g.C, acc_t(gain), acc_t(slope * gain));
+    constexpr int V = kVec<scalar_t>;
+    const auto *dyp = dy.const_data_ptr<scalar_t>(), *yp = y.const_data_ptr<scalar_t>();
+    const auto* rp = r.const_data_ptr<acc_t>();
+    auto* dxp = dx.mutable_data_ptr<scalar_t>();
+    const bool vec = vectorizable<scalar_t>(g.C, {dyp, yp, dxp});
+    const auto l = pixel_norm_launch(g, y.size(0), vec ? V : 1);
+    if (!l.rows)
+      pn_bwd_nchw_kernel<scalar_t, acc_t><<<l.grid, l.block, 0, stream>>>(dyp, yp, rp, dxp, int(g.HW), int(g.C),
+                                                                        l.tiles, acc_t(gain), acc_t(slope * gain));
+    else if (vec)
+      pn_bwd_rows_kernel<scalar_t, acc_t, V><<<l.grid, l.block, 0, stream>>>(dyp, yp, rp, dxp, int(g.P), int(g.C),
+                                                                           acc_t(gain), acc_t(slope * gain));
     else
-      pn_bwd_nchw_kernel<scalar_t, acc_t><<<blocks_for(g.P), kThreads, 0, stream>>>(
-          dy.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), r.const_data_ptr<acc_t>(),
-          dx.mutable_data_ptr<scalar_t>(), g.P, g.HW, g.C, acc_t(gain), acc_t(slope * gain));
+      pn_bwd_rows_kernel<scalar_t, acc_t, 1><<<l.grid, l.block, 0, stream>>>(dyp, yp, rp, dxp, int(g.P), int(g.C),
+                                                                           acc_t(gain), acc_t(slope * gain));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return dx;
 }
 
 // ---- minibatch stddev -------------------------------------------------------------------------------------------
+// F = C*H*W features per sample, M = N / G groups, sample n = g*M + m in group m. The statistics are split across
+// blocks: grid (feature chunks of kThreads, groups), each block writing one partial sum of the per-feature stds,
+// then one thread per group adds its partials in chunk order (deterministic, no atomics).
 
 template <typename scalar_t, typename acc_t>
-__device__ void group_moments(const scalar_t* x, int64_t m, int64_t M, int64_t G, int64_t F, int64_t f, acc_t& mean,
-                              acc_t& sd) {
+__device__ __forceinline__ void group_moments(const scalar_t* x, int m, int M, int G, int64_t F, int64_t f,
+                                              acc_t& mean, acc_t& sd) {
   mean = 0;
-  for (int64_t g = 0; g < G; ++g) mean += acc_t(x[(g * M + m) * F + f]);
+  for (int g = 0; g < G; ++g) mean += acc_t(x[int64_t(g * M + m) * F + f]);
   mean /= acc_t(G);
   acc_t var = 0;
-  for (int64_t g = 0; g < G; ++g) {
-    const acc_t d = acc_t(x[(g * M + m) * F + f]) - mean;
+  for (int g = 0; g < G; ++g) {
+    const acc_t d = acc_t(x[int64_t(g * M + m) * F + f]) - mean;
     var += d * d;
   }
   sd = sqrt(var / acc_t(G) + acc_t(kStddevEps));
 }
 
-// One block per group: s[m] = mean_f std_g.
 template <typename scalar_t, typename acc_t>
-__global__ void mbstd_stats_kernel(const scalar_t* __restrict__ x, acc_t* __restrict__ s, int64_t M, int64_t G,
-                                   int64_t F) {
-  const int64_t m = blockIdx.x;
-  acc_t total = 0;
-  for (int64_t f = threadIdx.x; f < F; f += blockDim.x) {
-    acc_t mean, sd;
+__global__ void mbstd_partial_kernel(const scalar_t* __restrict__ x, acc_t* __restrict__ partial, int M, int G,
+                                     int64_t F) {
+  const int m = blockIdx.y;
+  const int64_t f = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  acc_t sd = 0;
+  if (f < F) {
+    acc_t mean;
     group_moments(x, m, M, G, F, f, mean, sd);
-    total += sd;
   }
-  total = block_sum(total);
-  if (threadIdx.x == 0) s[m] = total / acc_t(F);
+  sd = block_sum(sd);
+  if (threadIdx.x == 0) partial[int64_t(m) * gridDim.x + blockIdx.x] = sd;
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void mbstd_concat_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ s,
-                                    scalar_t* __restrict__ out, int64_t numel, int64_t M, int64_t C, int64_t HW,
-                                    bool channels_last) {
-  FASTPGGAN_GRID_LOOP(i, numel) {
-    int64_t n, src;
-    bool is_x;
-    if (channels_last) {
-      const int64_t c = i % (C + 1), pix = i / (C + 1);
-      n = pix / HW;
-      is_x = c < C;
-      src = pix * C + c;
-    } else {
-      const int64_t rem = i % ((C + 1) * HW);
-      n = i / ((C + 1) * HW);
-      is_x = rem < C * HW;
-      src = n * C * HW + rem;
-    }
-    out[i] = is_x ? x[src] : scalar_t(s[n % M]);
-  }
-}
-
-// One block per group: ds[m] = sum over the group and pixels of dout's extra map.
-template <typename scalar_t, typename acc_t>
-__global__ void mbstd_ds_kernel(const scalar_t* __restrict__ dout, acc_t* __restrict__ ds, int64_t M, int64_t G,
-                                int64_t C, int64_t HW, bool channels_last) {
-  const int64_t m = blockIdx.x;
+template <typename acc_t>
+__global__ void mbstd_finish_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ s, int M, int chunks,
+                                    int64_t F) {
+  const int m = blockIdx.x * blockDim.x + threadIdx.x;
+  if (m >= M) return;
   acc_t total = 0;
-  for (int64_t k = threadIdx.x; k < G * HW; k += blockDim.x) {
-    const int64_t n = (k / HW) * M + m, p = k % HW;
-    total += acc_t(channels_last ? dout[(n * HW + p) * (C + 1) + C] : dout[n * (C + 1) * HW + C * HW + p]);
+  for (int k = 0; k < chunks; ++k) total += partial[int64_t(m) * chunks + k];
+  s[m] = total / acc_t(F);
+}
+
+// NCHW: rows are out's N*(C+1) planes of HW; plane c < C copies x's plane, plane C is s[n % M].
+template <typename scalar_t, typename acc_t, int V>
+__global__ void mbstd_concat_nchw_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ s,
+                                         scalar_t* __restrict__ out, int rows, int HW, int C, int M) {
+  const int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  const int n = row / (C + 1), c = row - n * (C + 1);
+  const int64_t obase = int64_t(row) * HW, xbase = (int64_t(n) * C + c) * HW;
+  const scalar_t fill = scalar_t(s[n % M]);
+  for (int j = (blockIdx.y * blockDim.x + threadIdx.x) * V; j < HW; j += gridDim.y * blockDim.x * V) {
+    scalar_t v[V];
+    if (c < C) {
+      load_vec<scalar_t, V>(x + xbase + j, v);
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k) v[k] = fill;
+    }
+    store_vec<scalar_t, V>(out + obase + j, v);
+  }
+}
+
+// channels_last: rows are the N*HW pixels, C values in and C+1 out.
+template <typename scalar_t, typename acc_t>
+__global__ void mbstd_concat_cl_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ s,
+                                       scalar_t* __restrict__ out, int rows, int HW, int C, int M) {
+  const int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  const int n = row / HW;
+  const int64_t obase = int64_t(row) * (C + 1), xbase = int64_t(row) * C;
+  for (int j = blockIdx.y * blockDim.x + threadIdx.x; j <= C; j += gridDim.y * blockDim.x)
+    out[obase + j] = j < C ? x[xbase + j] : scalar_t(s[n % M]);
+}
+
+// One block per group: ds[m] = sum over the group's members and pixels of dout's extra map (G*HW values).
+template <typename scalar_t, typename acc_t>
+__global__ void mbstd_ds_kernel(const scalar_t* __restrict__ dout, acc_t* __restrict__ ds, int M, int G, int C,
+                                int HW, bool channels_last) {
+  const int m = blockIdx.x;
+  acc_t total = 0;
+  for (int g = 0; g < G; ++g) {
+    const int64_t n = int64_t(g) * M + m;
+    for (int p = threadIdx.x; p < HW; p += blockDim.x)
+      total += acc_t(channels_last ? dout[(n * HW + p) * (C + 1) + C] : dout[(n * (C + 1) + C) * HW + p]);
   }
   total = block_sum(total);
   if (threadIdx.x == 0) ds[m] = total;
 }
 
-// One thread per (group, feature): dx = dout_x + ds[m] (x - mean) / (F G std) for every member.
+// grid (feature chunks, groups), one thread per feature: dx = dout_x + ds[m] (x - mean) / (F G std) for every
+// member. channels_last features are in memory order (hw*C + c): one 32-bit division finds dout's pixel.
 template <typename scalar_t, typename acc_t>
 __global__ void mbstd_dx_kernel(const scalar_t* __restrict__ dout, const scalar_t* __restrict__ x,
-                                const acc_t* __restrict__ ds, scalar_t* __restrict__ dx, int64_t M, int64_t G,
-                                int64_t C, int64_t HW, bool channels_last) {
-  const int64_t F = C * HW;
-  FASTPGGAN_GRID_LOOP(k, M * F) {
-    const int64_t m = k / F, f = k % F;
-    acc_t mean, sd;
-    group_moments(x, m, M, G, F, f, mean, sd);
-    const acc_t coef = ds[m] / (acc_t(F * G) * sd);
-    for (int64_t g = 0; g < G; ++g) {
-      const int64_t n = g * M + m;
-      const int64_t d = channels_last ? (n * HW + f / C) * (C + 1) + f % C : n * (C + 1) * HW + f;
-      dx[n * F + f] = scalar_t(acc_t(dout[d]) + coef * (acc_t(x[n * F + f]) - mean));
-    }
+                                const acc_t* __restrict__ ds, scalar_t* __restrict__ dx, int M, int G, int C, int HW,
+                                bool channels_last) {
+  const int m = blockIdx.y;
+  const int f = blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t F = int64_t(C) * HW;
+  if (f >= F) return;
+  acc_t mean, sd;
+  group_moments(x, m, M, G, F, f, mean, sd);
+  const acc_t coef = ds[m] / (acc_t(F) * acc_t(G) * sd);
+  int64_t dout_f = f;   // NCHW: out's first C*HW values of a sample are x's
+  if (channels_last) {
+    const int hw = f / C;
+    dout_f = int64_t(hw) * (C + 1) + (f - hw * C);
+  }
+  for (int g = 0; g < G; ++g) {
+    const int64_t n = int64_t(g) * M + m;
+    dx[n * F + f] = scalar_t(acc_t(dout[n * (F + HW) + dout_f]) + coef * (acc_t(x[n * F + f]) - mean));
   }
 }
 
@@ -457,15 +581,40 @@ at::Tensor minibatch_stddev_cuda(const at::Tensor& x_in, int64_t group_size) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), F = C * HW, M = N / group_size;
   auto out = fresh(empty_in_layout_of(x, {N, C + 1, x.size(2), x.size(3)}, x.scalar_type()));
   if (out.numel() == 0) return out;
+  TORCH_CHECK(F < (int64_t(1) << 31) && M <= 65535 && N * (C + 1) < (int64_t(1) << 31),
+              "fastpggan_ext::minibatch_stddev: tensor too large");
   auto s = at::full({M}, std::sqrt(kStddevEps), x.options().dtype(acc_type(x)));
+  const int64_t chunks = (F + kThreads - 1) / kThreads;
+  auto partial = at::empty({M, std::max<int64_t>(chunks, 1)}, x.options().dtype(acc_type(x)));
   auto stream = at::cuda::getCurrentCUDAStream();
+  const bool cl = is_channels_last(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    if (F) mbstd_stats_kernel<scalar_t, acc_t><<<static_cast<unsigned>(M), kThreads, 0, stream>>>(x.const_data_ptr<scalar_t>(),
-                                                                             s.mutable_data_ptr<acc_t>(), M, group_size, F);
-    mbstd_concat_kernel<scalar_t, acc_t><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), s.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), out.numel(), M, C,
-        HW, is_channels_last(x));
+    constexpr int V = kVec<scalar_t>;
+    const auto* xp = x.const_data_ptr<scalar_t>();
+    auto* op = out.mutable_data_ptr<scalar_t>();
+    if (F) {
+      mbstd_partial_kernel<scalar_t, acc_t><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(M)), kThreads,
+                                             0, stream>>>(xp, partial.mutable_data_ptr<acc_t>(), int(M),
+                                                          int(group_size), F);
+      mbstd_finish_kernel<acc_t><<<blocks_for(M), kThreads, 0, stream>>>(
+          partial.const_data_ptr<acc_t>(), s.mutable_data_ptr<acc_t>(), int(M), int(chunks), F);
+    }
+    const auto* sp = s.const_data_ptr<acc_t>();
+    if (cl) {
+      const auto l = grid_2d(N * HW, C + 1, 1);
+      mbstd_concat_cl_kernel<scalar_t, acc_t><<<l.grid, l.block, 0, stream>>>(xp, sp, op, int(N * HW), int(HW),
+                                                                              int(C), int(M));
+    } else {
+      const bool vec = vectorizable<scalar_t>(HW, {xp, op});
+      const auto l = grid_2d(N * (C + 1), HW, vec ? V : 1);
+      if (vec)
+        mbstd_concat_nchw_kernel<scalar_t, acc_t, V><<<l.grid, l.block, 0, stream>>>(
+            xp, sp, op, int(N * (C + 1)), int(HW), int(C), int(M));
+      else
+        mbstd_concat_nchw_kernel<scalar_t, acc_t, 1><<<l.grid, l.block, 0, stream>>>(
+            xp, sp, op, int(N * (C + 1)), int(HW), int(C), int(M));
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -476,22 +625,23 @@ at::Tensor minibatch_stddev_grad_cuda(const at::Tensor& dout_in, const at::Tenso
   const auto in = prepare_minibatch_stddev_grad(dout_in, x_in, group_size);
   const auto& x = in.x;
   const auto& dout = in.dout;
-  const auto N = in.N;
   const auto C = in.C;
   const auto HW = in.HW;
   const auto M = in.M;
   auto dx = fresh(at::empty_like(x));
   if (x.numel() == 0) return dx;
+  TORCH_CHECK(C * HW < (int64_t(1) << 31) && M <= 65535, "fastpggan_ext::minibatch_stddev_grad: tensor too large");
   auto ds = fresh(at::empty({M}, x.options().dtype(acc_type(x))));
   auto stream = at::cuda::getCurrentCUDAStream();
   const bool cl = is_channels_last(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    mbstd_ds_kernel<scalar_t, acc_t><<<static_cast<unsigned>(M), kThreads, 0, stream>>>(dout.const_data_ptr<scalar_t>(),
-                                                                   ds.mutable_data_ptr<acc_t>(), M, group_size, C, HW, cl);
-    mbstd_dx_kernel<scalar_t, acc_t><<<blocks_for(M * C * HW), kThreads, 0, stream>>>(
+    mbstd_ds_kernel<scalar_t, acc_t><<<static_cast<unsigned>(M), kThreads, 0, stream>>>(
+        dout.const_data_ptr<scalar_t>(), ds.mutable_data_ptr<acc_t>(), int(M), int(group_size), int(C), int(HW), cl);
+    mbstd_dx_kernel<scalar_t, acc_t><<<dim3(static_cast<unsigned>((C * HW + kThreads - 1) / kThreads),
+                                            static_cast<unsigned>(M)), kThreads, 0, stream>>>(
         dout.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), ds.const_data_ptr<acc_t>(),
-        dx.mutable_data_ptr<scalar_t>(), M, group_size, C, HW, cl);
+        dx.mutable_data_ptr<scalar_t>(), int(M), int(group_size), int(C), int(HW), cl);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return dx;
@@ -501,31 +651,34 @@ at::Tensor minibatch_stddev_grad_cuda(const at::Tensor& dout_in, const at::Tenso
 
 constexpr int64_t kChunk = 16384;  // elements per partial sum
 
-// grid (chunks, N): partial[n, chunk] = sum of squares; deterministic (no atomics).
+// grid (chunks, N): partial[n, chunk] = sum of squares; deterministic (no atomics). 32-bit loop counters: a
+// 64-bit one makes the compiler divide to count the trips.
 template <typename scalar_t, typename acc_t>
 __global__ void gp_partial_kernel(const scalar_t* __restrict__ g, acc_t* __restrict__ partial, int64_t D,
-                                  int64_t chunks) {
-  const int64_t n = blockIdx.y, chunk = blockIdx.x;
-  const int64_t lo = chunk * kChunk, hi = min(D, lo + kChunk);
+                                  int chunks) {
+  const int n = blockIdx.y, chunk = blockIdx.x;
+  const int64_t lo = int64_t(chunk) * kChunk;
+  const int len = static_cast<int>(min(D - lo, kChunk));
+  const scalar_t* gp = g + int64_t(n) * D + lo;
   acc_t ss = 0;
-  for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-    const acc_t v = acc_t(g[n * D + i]);
+  for (int i = threadIdx.x; i < len; i += blockDim.x) {
+    const acc_t v = acc_t(gp[i]);
     ss += v * v;
   }
   ss = block_sum(ss);
-  if (threadIdx.x == 0) partial[n * chunks + chunk] = ss;
+  if (threadIdx.x == 0) partial[int64_t(n) * chunks + chunk] = ss;
 }
 
 template <typename acc_t>
 __global__ void gp_finish_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ gp, acc_t* __restrict__ r,
-                                 int64_t N, int64_t chunks, acc_t target) {
-  FASTPGGAN_GRID_LOOP(n, N) {
-    acc_t ss = 0;
-    for (int64_t k = 0; k < chunks; ++k) ss += partial[n * chunks + k];
-    const acc_t norm = sqrt(ss);
-    r[n] = norm;
-    gp[n] = (norm - target) * (norm - target);
-  }
+                                 int N, int chunks, acc_t target) {
+  const int n = blockIdx.x * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  acc_t ss = 0;
+  for (int k = 0; k < chunks; ++k) ss += partial[int64_t(n) * chunks + k];
+  const acc_t norm = sqrt(ss);
+  r[n] = norm;
+  gp[n] = (norm - target) * (norm - target);
 }
 
 // Per-sample rows of D elements: dg = coef[n] * g with coef = dgp 2 (r - target) / r (0 where r = 0).
@@ -574,15 +727,18 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_cuda(const at::Tensor& g_in,
   auto r = fresh(at::empty({N}, g.options().dtype(acc_type(g))));
   if (N == 0) return {gp, r};
   const int64_t chunks = std::max<int64_t>(1, (D + kChunk - 1) / kChunk);
+  TORCH_CHECK(N <= 65535 && chunks < (int64_t(1) << 31), "fastpggan_ext::gradient_penalty: tensor too large");
   auto partial = at::zeros({N, chunks}, g.options().dtype(acc_type(g)));
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gradient_penalty", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    if (D) gp_partial_kernel<scalar_t, acc_t><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(N)), kThreads, 0, stream>>>(
-        g.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), D, chunks);
+    if (D)
+      gp_partial_kernel<scalar_t, acc_t><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(N)), kThreads, 0,
+                                           stream>>>(g.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), D,
+                                                     int(chunks));
     gp_finish_kernel<acc_t><<<blocks_for(N), kThreads, 0, stream>>>(
-        partial.const_data_ptr<acc_t>(), gp.mutable_data_ptr<acc_t>(), r.mutable_data_ptr<acc_t>(), N, chunks,
-        acc_t(target));
+        partial.const_data_ptr<acc_t>(), gp.mutable_data_ptr<acc_t>(), r.mutable_data_ptr<acc_t>(), int(N),
+        int(chunks), acc_t(target));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {gp, r};

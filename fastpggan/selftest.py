@@ -38,14 +38,16 @@ LAYOUTS = ("contiguous", "channels_last")
 
 
 def kernel_cases(device: torch.device) -> List[Case]:
-    """Each op and variant at odd shapes (C not a power of two, N=1, 4x4 up), per dtype and layout."""
+    """Each op and variant at odd shapes (C not a power of two, N=1, 4x4 up), per dtype and layout, so that both
+    forms of every CUDA kernel run: the 16-byte vector form (C = 16 channels_last: two or four lanes per pixel;
+    4x4 and 8x8 planes) and the scalar one (C = 3 and 17, 9x9 and 5x5 planes)."""
     dev, out = str(device), []
     big = device.type == "cuda"
     for dtype in DTYPES:
         for layout in LAYOUTS:
             c = lambda op, variant, shape, **extra: out.append(  # noqa: E731
                 Case(op, variant, tuple(shape), dtype, layout, dev, extra))
-            for shape in [(1, 3, 4, 4), (5, 17, 9, 9)] + ([(16, 512, 32, 32)] if big else []):
+            for shape in [(1, 3, 4, 4), (5, 17, 9, 9), (2, 16, 8, 8)] + ([(16, 512, 32, 32)] if big else []):
                 for variant in ("lrelu,bias", "lrelu,bias,pn", "linear,nobias,pn", "linear,bias"):
                     c("bias_act", variant, shape, gain=0.43, slope=0.2 if "lrelu" in variant else 1.0,
                       bias_dtype="float32")
@@ -55,6 +57,7 @@ def kernel_cases(device: torch.device) -> List[Case]:
                 c("gp_interpolate", "", shape, fakes_dtype=dtype, u_dtype="float32")
             for n, group in [(8, 4), (6, 3), (1, 1)] + ([(64, 4)] if big else []):
                 c("minibatch_stddev", f"group={group}", (n, 17, 5, 5))
+            c("minibatch_stddev", "group=4", (8, 16, 4, 4))
             if layout == "contiguous":   # dense layers and latents
                 for variant in ("lrelu,bias", "linear,nobias,pn", "lrelu,bias,pn"):
                     c("bias_act", variant, (3, 17), gain=1.7, slope=0.2 if "lrelu" in variant else 1.0,
