@@ -35,12 +35,42 @@ class Kernel:
     @property
     def occupancy(self) -> float:
         """Theoretical occupancy on sm_90 at BLOCK_THREADS threads per block: resident warps / 64."""
-        warps = BLOCK_THREADS // 32
-        per_warp = -(-self.registers * 32 // SM90["reg_unit"]) * SM90["reg_unit"]
-        by_regs = SM90["regs"] // (per_warp * warps) if self.registers else SM90["blocks"]
-        by_smem = SM90["smem"] // (self.shared_bytes + SM90["smem_reserved"])
-        blocks = min(by_regs, by_smem, SM90["blocks"], SM90["threads"] // BLOCK_THREADS)
-        return blocks * warps / (SM90["threads"] // 32)
+        return occupancy(self.registers, self.shared_bytes, BLOCK_THREADS)
+
+
+def occupancy(registers: int, shared_bytes: int, threads: int) -> float:
+    """Theoretical occupancy on sm_90 of a kernel using `registers` per thread and `shared_bytes` per block at
+    `threads` per block: resident warps / 64."""
+    warps = -(-threads // 32)
+    per_warp = -(-registers * 32 // SM90["reg_unit"]) * SM90["reg_unit"]
+    by_regs = SM90["regs"] // (per_warp * warps) if registers else SM90["blocks"]
+    by_smem = SM90["smem"] // (shared_bytes + SM90["smem_reserved"])
+    blocks = min(by_regs, by_smem, SM90["blocks"], SM90["threads"] // (warps * 32))
+    return blocks * warps / (SM90["threads"] // 32)
+
+
+def cubin_facts(cubin: str) -> Dict[str, dict]:
+    """{mangled function: dict(registers, stack, local, shared, ld128, st128, int64_division)} of a cubin file, from
+    cuobjdump's resource usage and nvdisasm's SASS (what the Triton test reads of Triton's cubins)."""
+    tools = tools_dir()
+    if tools is None:
+        raise RuntimeError("cuobjdump/nvdisasm are not installed (they come with Triton)")
+    usage = subprocess.run([os.path.join(tools, "cuobjdump"), "--dump-resource-usage", cubin], capture_output=True,
+                           text=True, check=True).stdout
+    out = {}
+    for name, line in re.findall(r"Function (\S+):\n\s*(REG:.*)", usage):
+        fields = dict(re.findall(r"(\w+):(\d+)", line))
+        out[name] = dict(registers=int(fields.get("REG", 0)), stack=int(fields.get("STACK", 0)),
+                         local=int(fields.get("LOCAL", 0)), shared=int(fields.get("SHARED", 0)))
+    text = subprocess.run([os.path.join(tools, "nvdisasm"), "-c", cubin], capture_output=True, text=True,
+                          check=True).stdout
+    for part in re.split(r"\n\s*\.text\.", text)[1:]:
+        name = part.split(":", 1)[0].strip()
+        if name in out:
+            out[name].update(ld128=len(re.findall(r"\bLDG\.E[.A-Z0-9]*\.128\b", part)),
+                             st128=len(re.findall(r"\bSTG\.E[.A-Z0-9]*\.128\b", part)),
+                             int64_division=sorted(set(m.group(0) for m in INT64_DIVISION.finditer(part))))
+    return out
 
 
 def tools_dir() -> Optional[str]:

@@ -164,18 +164,27 @@ def _pixel_norm_bwd_kernel(dy_ptr, y_ptr, r_ptr, dx_ptr, P, HW, C, s_c, s_p, s_n
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=m)
 
 
+def tile_warps(block_p, block_c):
+    """Warps for a [block_p, block_c] tile: 16 elements a thread at most (more takes over 64 registers, under 50 %
+    occupancy on sm_90; tests/test_triton_compile.py reads it from the compiled code)."""
+    return max(1, min(8, block_p * block_c // (16 * 32)))
+
+
 def _tile(x):
-    """Tile [block_p pixels, block_c channels]: all channels up to MAX_TILE_CHANNELS (beyond, the kernels loop over
-    chunks of that many: a wider tile spills on sm_90); NCHW reads block_p contiguous values per channel, so at
-    least one 32-byte sector of them."""
+    """Tile [block_p pixels, block_c channels] and its warps: all channels up to MAX_TILE_CHANNELS; beyond, the
+    kernels loop over chunks of block_c channels (a whole-channel tile spills on sm_90), with the tile kept at
+    TILE_ELEMENTS. NCHW reads block_p contiguous values per channel, so at least one 32-byte sector of them.
+    Returns (C, H*W, channel stride, pixel stride, sample stride, block_p, block_c, warps, chunked)."""
     c, hw, s_c, s_p, s_n = _channel_geometry(x)
     block_c = min(pow2(c), MAX_TILE_CHANNELS)
     block_p = max(1, TILE_ELEMENTS // block_c)
     if s_p == 1:
         block_p = max(block_p, 32 // x.element_size())
     block_p = min(block_p, pow2(x.numel() // max(c, 1)))
-    warps = 8 if block_p * block_c >= 8192 else 4
-    return c, hw, s_c, s_p, s_n, block_p, block_c, warps, block_c < c
+    chunked = block_c < c
+    if chunked:
+        block_c = min(MAX_TILE_CHANNELS, max(16, TILE_ELEMENTS // block_p))
+    return c, hw, s_c, s_p, s_n, block_p, block_c, tile_warps(block_p, block_c), chunked
 
 
 def bias_act_pn(x, bias, gain, slope):

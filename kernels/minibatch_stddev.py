@@ -17,6 +17,7 @@ from ._tensors import accumulator_dtype, dense, is_channels_last, like_layout
 
 EPS = 1e-8
 STATS_BLOCK = 1024
+BWD_BLOCK = 512   # 1024 features per program take 108 registers a thread (25 % occupancy on sm_90)
 
 
 @triton.jit
@@ -83,7 +84,7 @@ def _bwd_kernel(dout_ptr, x_ptr, dx_ptr, M, G, C, HW, F, eps, CHANNELS_LAST: tl.
                 off = n * (C + 1) * HW + C * HW + hw
             ds += tl.load(dout_ptr + off, mask=hw < HW, other=0).to(ACC)
     coef = tl.sum(ds, axis=0) / F / G   # not / (F * G): that product overflows int32 at 2^31
-    f = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    f = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)   # int32 (F < 2^31): f // C needs no 64-bit division
     fm = f < F
     mean, sd = _group_moments(x_ptr, m, M, G, F, f, fm, eps, ACC, BLOCK)
     for g in range(0, G):
@@ -126,7 +127,9 @@ def minibatch_stddev_grad(dout, x, group_size):
     if x.numel() == 0:
         return dx
     m = n // group_size
-    _bwd_kernel[(cdiv(c * h * w, STATS_BLOCK), m)](
+    if c * h * w >= 2 ** 31:
+        raise ValueError("minibatch_stddev: more than 2^31 - 1 features per sample")
+    _bwd_kernel[(cdiv(c * h * w, BWD_BLOCK), m)](
         dout, x, dx, m, group_size, c, h * w, c * h * w, EPS, CHANNELS_LAST=is_channels_last(x), ACC=acc_dtype(x),
-        BLOCK=STATS_BLOCK, BLOCK_HW=min(256, triton.next_power_of_2(h * w)))
+        BLOCK=BWD_BLOCK, BLOCK_HW=min(256, triton.next_power_of_2(h * w)))
     return dx
