@@ -3,7 +3,8 @@
     s[m] = mean_f sqrt(mean_g (x[g*M+m, f] - mean_g x[., f])^2 + 1e-8),      f over (c, h, w)
     out  = cat([x, s[n % M] as one constant map], dim=1)
 
-Forward: one launch for the statistics (one program per group, deterministic), one that writes out.
+Forward: the statistics in partial sums over feature chunks (grid chunks x groups, so that a small minibatch
+still fills the GPU), finished per group in a fixed order (deterministic), then one launch that writes out.
 Backward: one launch, dx = dout[:, :C] + ds[m] * (x - mean) / (F * G * std), ds[m] the sum of dout's extra map
 over the group. The statistic is a mean over all f, so each sample's elements are visited in memory order and
 NCHW-contiguous and channels_last inputs take the same statistics kernel.
@@ -17,6 +18,7 @@ from ._tensors import accumulator_dtype, dense, is_channels_last, like_layout
 
 EPS = 1e-8
 STATS_BLOCK = 1024
+FINISH_BLOCK = 128
 BWD_BLOCK = 512   # 1024 features per program take 108 registers a thread (25 % occupancy on sm_90)
 
 
@@ -35,14 +37,24 @@ def _group_moments(x_ptr, m, M, G, F, f, fm, eps, ACC: tl.constexpr, BLOCK: tl.c
 
 
 @triton.jit
-def _stats_kernel(x_ptr, s_ptr, M, G, F, eps, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _stats_kernel(x_ptr, part_ptr, M, G, F, eps, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """grid (feature chunks, groups): part[m, chunk] = the chunk's sum of per-feature stds (the large dimension on
+    axis 0); _finish_kernel adds a group's chunks in order, so the result is deterministic."""
+    chunk = tl.program_id(0)
+    m = tl.program_id(1)
+    f = chunk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    fm = f < F
+    _, sd = _group_moments(x_ptr, m, M, G, F, f, fm, eps, ACC, BLOCK)
+    tl.store(part_ptr + m.to(tl.int64) * tl.num_programs(0) + chunk, tl.sum(tl.where(fm, sd, 0), axis=0))
+
+
+@triton.jit
+def _finish_kernel(part_ptr, s_ptr, chunks, F, ACC: tl.constexpr, BLOCK: tl.constexpr):
     m = tl.program_id(0)
     total = tl.zeros([BLOCK], ACC)
-    for f0 in range(0, F, BLOCK):
-        f = f0 + tl.arange(0, BLOCK)
-        fm = f < F
-        _, sd = _group_moments(x_ptr, m, M, G, F, f, fm, eps, ACC, BLOCK)
-        total += tl.where(fm, sd, 0)
+    for c0 in range(0, chunks, BLOCK):
+        c = c0 + tl.arange(0, BLOCK)
+        total += tl.load(part_ptr + m.to(tl.int64) * chunks + c, mask=c < chunks, other=0)
     tl.store(s_ptr + m, tl.sum(total, axis=0) / F)
 
 
@@ -109,7 +121,10 @@ def minibatch_stddev(x, group_size):
         return out
     s = empty((m,), dtype=accumulator_dtype(x.dtype), device=x.device)
     if x.numel():
-        _stats_kernel[(m,)](x, s, m, group_size, c * h * w, EPS, ACC=acc_dtype(x), BLOCK=STATS_BLOCK)
+        chunks = cdiv(c * h * w, STATS_BLOCK)
+        part = empty((m, chunks), dtype=accumulator_dtype(x.dtype), device=x.device)
+        _stats_kernel[(chunks, m)](x, part, m, group_size, c * h * w, EPS, ACC=acc_dtype(x), BLOCK=STATS_BLOCK)
+        _finish_kernel[(m,)](part, s, chunks, c * h * w, ACC=acc_dtype(x), BLOCK=FINISH_BLOCK)
     else:
         s.fill_(EPS ** 0.5)
     _concat_kernel[(cdiv(out.numel(), ELEMENTWISE_BLOCK),)](

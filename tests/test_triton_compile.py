@@ -31,8 +31,9 @@ BLOCKS = {"BLOCK": 1024, "BLOCK_HW": 16}
 TILES = [{"BLOCK_P": 8, "BLOCK_C": 512}, {"BLOCK_P": 256, "BLOCK_C": 16}, {"BLOCK_P": 8, "BLOCK_C": 1024}]
 KERNELS = [bias_act._bias_act_kernel, bias_act._pixel_norm_fwd_kernel, bias_act._pixel_norm_bwd_kernel,
            fade_in._fade_in_fwd_kernel, fade_in._fade_in_bwd_kernel, minibatch_stddev._stats_kernel,
-           minibatch_stddev._concat_kernel, minibatch_stddev._bwd_kernel, gradient_penalty._sumsq_kernel,
-           gradient_penalty._finish_kernel, gradient_penalty._bwd_kernel, gradient_penalty._interpolate_kernel]
+           minibatch_stddev._finish_kernel, minibatch_stddev._concat_kernel, minibatch_stddev._bwd_kernel,
+           gradient_penalty._sumsq_kernel, gradient_penalty._finish_kernel, gradient_penalty._bwd_kernel,
+           gradient_penalty._interpolate_kernel]
 # The pixel-norm tile the launcher picks for each v2-1gpu stage (resolution: minibatch, feature maps), per dtype
 # and layout (the tile and warps depend on C, the layout and the element size).
 STAGES = {4: (128, 512), 8: (128, 512), 16: (128, 512), 32: (64, 512), 64: (32, 256), 128: (16, 128), 256: (8, 64),
@@ -102,8 +103,10 @@ for fn in KERNELS:
                 constexprs = dict(zip(bools, flags))
                 constexprs.update(ACC=tl.float64 if dtype == "fp64" else tl.float32, **tile)
                 constexprs.update({k: v for k, v in BLOCKS.items() if k in names})
-                if fn is minibatch_stddev._bwd_kernel:
-                    constexprs["BLOCK"] = minibatch_stddev.BWD_BLOCK   # what its launcher uses
+                if fn is minibatch_stddev._bwd_kernel:   # what their launchers use
+                    constexprs["BLOCK"] = minibatch_stddev.BWD_BLOCK
+                if fn is minibatch_stddev._finish_kernel:
+                    constexprs["BLOCK"] = minibatch_stddev.FINISH_BLOCK
                 sig = {}
                 for n in names:
                     if n in constexpr_names:
