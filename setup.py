@@ -1,8 +1,9 @@
 """The build of the C++/CUDA extension fastpggan._C; the project itself is declared in pyproject.toml.
 
 The C++/CUDA extension fastpggan._C is built here when torch is importable at build time, which needs
-`pip install --no-build-isolation ...` (pip's isolated build env has no torch): a CUDAExtension for sm_90 (or
-the visible GPUs, or TORCH_CUDA_ARCH_LIST) when a CUDA toolkit and a CUDA torch exist, else a CPU-only
+`pip install --no-build-isolation ...` (pip's isolated build env has no torch): a CUDAExtension for the visible
+GPUs, else _build.DEFAULT_ARCHS (sm_75 to sm_120 + PTX), or TORCH_CUDA_ARCH_LIST, when a CUDA toolkit and a CUDA
+torch exist, else a CPU-only
 CppExtension, always with ninja. The build is optional: if it fails, or is skipped (FASTPGGAN_NO_EXT=1 or no
 torch), fastpggan installs anyway and builds the extension on first use (fastpggan/ops/_ext.py).
 """
