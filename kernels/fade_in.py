@@ -1,7 +1,9 @@
 """fade_in kernels: y = (1 - a) * up2x(low) + a * high in one pass, and its backward in one pass.
 
 The backward runs over low's elements: each reads its 2x2 block of dy, writes d_high = a * dy there and
-d_low = (1 - a) * sum(block). Without the upsample (low and high the same size) both are elementwise.
+d_low = (1 - a) * sum(block). In NCHW it runs over low's rows instead: each takes high's row pair 2L, 2L + 1 as
+two contiguous rows (vector loads and stores) and sums adjacent columns for d_low. Without the upsample (low and
+high the same size) both are elementwise.
 `alpha` is a float, or a 1-element device tensor read by the kernel (so CUDA graphs can update it in place).
 Both tensors are NCHW-contiguous or both channels_last.
 """
@@ -90,6 +92,36 @@ def _fade_in_bwd_kernel(dy_ptr, dlow_ptr, dhigh_ptr, alpha, alpha_ptr, numel_low
         tl.store(dlow_ptr + j, ((1 - a) * d).to(dlow_ptr.dtype.element_ty), mask=inb)
 
 
+@triton.jit
+def _fade_in_bwd_rows_kernel(dy_ptr, dlow_ptr, dhigh_ptr, alpha, alpha_ptr, rows, W, ALPHA_PTR: tl.constexpr,
+                             INT64: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+    """NCHW upsampling backward over `rows` low rows (n, c, hl): high rows 2L and 2L + 1, W wide."""
+    r = program_start(BLOCK_R, INT64) + tl.arange(0, BLOCK_R)
+    a = _alpha(alpha, alpha_ptr, ALPHA_PTR, ACC)
+    ty = dhigh_ptr.dtype.element_ty
+    for w0 in range(0, W, BLOCK_W):
+        w = w0 + tl.arange(0, BLOCK_W)
+        m = (r < rows)[:, None] & (w < W)[None, :]
+        top = (2 * r * W)[:, None] + w[None, :]
+        d0 = tl.load(dy_ptr + top, mask=m, other=0).to(ACC)
+        d1 = tl.load(dy_ptr + top + W, mask=m, other=0).to(ACC)
+        tl.store(dhigh_ptr + top, (a * d0).to(ty), mask=m)
+        tl.store(dhigh_ptr + top + W, (a * d1).to(ty), mask=m)
+        pairs = tl.sum(tl.reshape(d0 + d1, [BLOCK_R, BLOCK_W // 2, 2]), axis=2)
+        wl = w0 // 2 + tl.arange(0, BLOCK_W // 2)
+        ml = (r < rows)[:, None] & (wl < W // 2)[None, :]
+        tl.store(dlow_ptr + (r * (W // 2))[:, None] + wl[None, :], ((1 - a) * pairs).to(dlow_ptr.dtype.element_ty),
+                 mask=ml)
+
+
+def rows_tile(w):
+    """(BLOCK_R, BLOCK_W, warps) of _fade_in_bwd_rows_kernel for high rows w wide: about 1024 high elements per row
+    of the pair. Where w is a multiple of 16 the JIT knows the rows are aligned and moves 16 bytes per access with 4
+    warps; otherwise the code is scalar and 8 warps keep it under 64 registers."""
+    block_w = min(triton.next_power_of_2(w), 1024)
+    return max(1, 1024 // block_w), block_w, 4 if w % 16 == 0 else 8
+
+
 def fade_in(low, high, alpha, alpha_t=None):
     """(1 - a) * up2x(low) + a * high, a = alpha_t[0] if alpha_t is given else alpha. Output in high's layout."""
     high = dense(high)
@@ -115,6 +147,14 @@ def fade_in_grad(dy, low_shape, alpha, alpha_t=None):
     dlow = empty(low_shape, dtype=dy.dtype, device=dy.device,
                  memory_format=torch.channels_last if cl else torch.contiguous_format)
     if dy.numel() == 0:
+        return dlow, dhigh
+    if up and not cl:
+        rows = dlow.numel() // (w // 2)
+        block_r, block_w, warps = rows_tile(w)
+        _fade_in_bwd_rows_kernel[(cdiv(rows, block_r),)](
+            dy, dlow, dhigh, float(alpha), alpha_t if alpha_t is not None else dy, rows, w,
+            ALPHA_PTR=alpha_t is not None, INT64=needs_int64(dy), ACC=acc_dtype(dy), BLOCK_R=block_r,
+            BLOCK_W=block_w, num_warps=warps)
         return dlow, dhigh
     _fade_in_bwd_kernel[(cdiv(dlow.numel(), ELEMENTWISE_BLOCK),)](
         dy, dlow, dhigh, float(alpha), alpha_t if alpha_t is not None else dy, dlow.numel(), c, h, w,

@@ -33,7 +33,7 @@ KERNELS = [bias_act._bias_act_kernel, bias_act._pixel_norm_fwd_kernel, bias_act.
            fade_in._fade_in_fwd_kernel, fade_in._fade_in_bwd_kernel, minibatch_stddev._stats_kernel,
            minibatch_stddev._finish_kernel, minibatch_stddev._concat_kernel, minibatch_stddev._bwd_kernel,
            gradient_penalty._sumsq_kernel, gradient_penalty._finish_kernel, gradient_penalty._bwd_kernel,
-           gradient_penalty._interpolate_kernel]
+           gradient_penalty._interpolate_kernel, fade_in._fade_in_bwd_rows_kernel]
 # The pixel-norm tile the launcher picks for each v2-1gpu stage (resolution: minibatch, feature maps), per dtype
 # and layout (the tile and warps depend on C, the layout and the element size).
 STAGES = {4: (128, 512), 8: (128, 512), 16: (128, 512), 32: (64, 512), 64: (32, 256), 128: (16, 128), 256: (8, 64),
@@ -53,10 +53,12 @@ OCCUPANCY_FLOOR = 0.5
 # (kernel, rule) -> why it may break the rule; the list may only shrink (an entry no longer broken fails the test)
 FP64_ONLY = "in fp64 only, which is gradcheck's dtype and never a training one"
 EXCEPTIONS = {("minibatch_stddev._stats_kernel fp64", "occupancy"): FP64_ONLY,
-              ("minibatch_stddev._bwd_kernel fp64", "occupancy"): FP64_ONLY}
+              ("minibatch_stddev._bwd_kernel fp64", "occupancy"): FP64_ONLY,
+              ("fade_in._fade_in_bwd_kernel fp64", "occupancy"): FP64_ONLY,
+              ("fade_in._fade_in_bwd_rows_kernel fp64", "occupancy"): FP64_ONLY}
 seen_exceptions = set()
 target = GPUTarget("cuda", 90, 32)
-count, failures, vector_io = 0, [], {}
+count, failures, vector_io, row_tiles = 0, [], {}, set()
 tmp = tempfile.mkdtemp()
 
 
@@ -87,19 +89,25 @@ for fn in KERNELS:
     bools = [n for n in constexpr_names if n in BOOLS]
     for dtype in ("fp32", "bf16", "fp16", "fp64"):
         tiles = [{}]
+        if "BLOCK_W" in names:   # the upsampling backward's row tile at every stage's width
+            tiles = [dict(BLOCK_R=r, BLOCK_W=w, num_warps=nw, stage=True, W16=res % 16 == 0)
+                     for res in STAGES if res >= 8 for r, w, nw in [fade_in.rows_tile(res)]]
         if "BLOCK_C" in names:
             tiles = [dict(t, num_warps=bias_act.tile_warps(t["BLOCK_P"], t["BLOCK_C"])) for t in TILES]
             tiles += [dict(BLOCK_P=p, BLOCK_C=c, num_warps=w, CHUNKED=ch, stage=True)
                       for p, c, w, ch in sorted(stage_tiles.get(dtype, ()))]
-        # every boolean variant in fp32; the other dtypes (fp64 is what gradcheck runs) with all flags on
-        variants = itertools.product((False, True), repeat=len(bools)) if dtype == "fp32" else [(True,) * len(bools)]
+        # every boolean variant in fp32; the other dtypes (fp64 is what gradcheck runs) with every flag on but
+        # INT64 (the variant PGGAN's tensors run)
+        launched_flags = tuple(b != "INT64" for b in bools)
+        variants = itertools.product((False, True), repeat=len(bools)) if dtype == "fp32" else [launched_flags]
         for flags in variants:
             for tile in tiles:
                 tile = dict(tile)
                 warps = tile.pop("num_warps", getattr(sys.modules[fn.__module__], "NUM_WARPS", {}).get(fn.__name__, 4))
                 stage = tile.pop("stage", False)
-                if stage and not all(f for b, f in zip(bools, flags) if b != "CHUNKED"):
-                    continue   # a stage's tile with every other flag on (CHUNKED as the launcher sets it)
+                w16 = tile.pop("W16", False)   # the JIT specialises W on divisibility by 16 at run time
+                if stage and any(f != lf for b, f, lf in zip(bools, flags, launched_flags) if b != "CHUNKED"):
+                    continue   # a stage's tile as launched (CHUNKED as the launcher sets it)
                 constexprs = dict(zip(bools, flags))
                 constexprs.update(ACC=tl.float64 if dtype == "fp64" else tl.float32, **tile)
                 constexprs.update({k: v for k, v in BLOCKS.items() if k in names})
@@ -119,18 +127,21 @@ for fn in KERNELS:
                 # torch allocations are 16-byte aligned and PGGAN's sizes multiples of 16; the JIT specialises
                 # on both at run time, so say so here too
                 attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-                         if n.endswith("_ptr") or n == "numel"}
+                         if n.endswith("_ptr") or n == "numel" or (n == "W" and w16)}
                 try:
                     k = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=target,
                                        options={"num_warps": warps})
                     count += 1
                     ptx = k.asm["ptx"]
-                    vector_io.setdefault((fn.__name__, dtype), ("ld.global.v4" in ptx, "st.global.v4" in ptx))
+                    if fn is not fade_in._fade_in_bwd_rows_kernel or w16:
+                        vector_io.setdefault((fn.__name__, dtype), ("ld.global.v4" in ptx, "st.global.v4" in ptx))
                     key = f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
                     # the rules hold for what the launchers run at PGGAN's sizes: not the INT64 variants (tensors
                     # of 2^31 elements or more, whose 64-bit offsets must be divided), and the chunked pixel norm
                     # only at the chunk width it is launched with
                     launched = not constexprs.get("INT64") and ("BLOCK_C" not in constexprs or stage)
+                    if fn is fade_in._fade_in_bwd_rows_kernel:
+                        row_tiles.add(tuple(constexprs[b] for b in ("BLOCK_R", "BLOCK_W")))
                     if launched:
                         check_compiled(k, f"{key} {dtype} {constexprs} warps={warps}", f"{key} {dtype}")
                 except Exception as e:
@@ -141,10 +152,13 @@ for key, rule in sorted(seen_exceptions):
 stale = set(EXCEPTIONS) - seen_exceptions
 for key, rule in sorted(stale):
     failures.append(f"{key} {rule}: listed as an exception but no longer broken; take it off the list")
-# the plain elementwise epilogue must read and write 16 bytes per instruction
-for dtype in ("fp32", "bf16"):
-    if vector_io.get(("_bias_act_kernel", dtype)) != (True, True):
-        failures.append(f"_bias_act_kernel {dtype}: no 16-byte vector loads/stores in the PTX")
+if len(row_tiles) < 5:
+    failures.append(f"the upsampling backward's row kernel was compiled for {len(row_tiles)} tiles only")
+# the plain elementwise epilogue and the row-pair fade backward must read and write 16 bytes per instruction
+for name in ("_bias_act_kernel", "_fade_in_bwd_rows_kernel"):
+    for dtype in ("fp32", "bf16"):
+        if vector_io.get((name, dtype)) != (True, True):
+            failures.append(f"{name} {dtype}: no 16-byte vector loads/stores in the PTX")
 for f in failures:
     print("FAILED", f)
 sys.exit(1 if failures else 0)
