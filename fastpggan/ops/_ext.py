@@ -27,7 +27,7 @@ from ..runtime import cache_root
 
 NAMESPACE = "fastpggan_ext"
 _lock = threading.Lock()
-_state = {}  # "error": str | None once tried; "cuda": bool (CUDA kernels present); "archs": the loaded fatbinary's
+_state = {}  # "error": str | None once tried; "cuda": bool (CUDA kernels present); "path": the loaded library
 _caps = {}   # CUDA device index -> why the loaded kernels cannot run there, or None
 _on_load = []  # callbacks that wire autograd/fake for the ext ops once the library is loaded
 
