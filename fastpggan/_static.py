@@ -112,10 +112,8 @@ def _demangle(names):
 
 
 def kernels(cubin: str, ptxas_report: str) -> Dict[str, Kernel]:
-    """{demangled kernel name: Kernel} of a cubin compiled by compile_cubin."""
-    tools = tools_dir()
-    if tools is None:
-        raise RuntimeError("nvdisasm is not installed (it comes with Triton)")
+    """{demangled kernel name: Kernel} of a cubin compiled by compile_cubin: registers, spills and shared memory
+    from ptxas' report, the SASS facts from cubin_facts."""
     info = {}
     for block in ptxas_report.split("Compiling entry function '")[1:]:
         mangled = block.split("'", 1)[0]
@@ -124,20 +122,14 @@ def kernels(cubin: str, ptxas_report: str) -> Dict[str, Kernel]:
         smem = re.search(r"(\d+) bytes smem", block)
         info[mangled] = (int(regs.group(1)) if regs else 0,
                          int(spill.group(1)) + int(spill.group(2)) if spill else 0, int(smem.group(1)) if smem else 0)
-    text = subprocess.run([os.path.join(tools, "nvdisasm"), "-c", cubin], capture_output=True, text=True,
-                          check=True).stdout
-    bodies = {}
-    for part in re.split(r"\n\s*\.text\.", text)[1:]:
-        mangled = part.split(":", 1)[0].strip()
-        bodies[mangled] = part
+    sass = cubin_facts(cubin)
     names = sorted(info)
     out = {}
     for mangled, pretty in zip(names, _demangle(names)):
-        body = bodies.get(mangled, "")
         regs, spill, smem = info[mangled]
-        out[pretty] = Kernel(pretty, regs, spill, smem, len(re.findall(r"\bLDG\.E[.A-Z0-9]*\.128\b", body)),
-                             len(re.findall(r"\bSTG\.E[.A-Z0-9]*\.128\b", body)),
-                             sorted(set(m.group(0) for m in INT64_DIVISION.finditer(body))))
+        facts = sass.get(mangled, {})
+        out[pretty] = Kernel(pretty, regs, spill, smem, facts.get("ld128", 0), facts.get("st128", 0),
+                             facts.get("int64_division", []))
     return out
 
 

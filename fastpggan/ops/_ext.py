@@ -158,11 +158,12 @@ def cuda_unavailable(device) -> Optional[str]:
             archs = _build.fatbin_archs(path) if path else None
         except OSError:   # the library file is gone: what it holds cannot be told, so nothing is launched
             archs = None
-        why = _build.cuda_mismatch(archs, torch.cuda.get_device_capability(index))
+        cap = torch.cuda.get_device_capability(index)
+        why = _build.cuda_mismatch(archs, cap)
         _caps[index] = None if why is None else (
             f"the fastpggan._C library {os.path.basename(path or '?')} cannot run on cuda:{index}: {why}; rebuild "
-            f"it for this GPU with `TORCH_CUDA_ARCH_LIST={'.'.join(map(str, torch.cuda.get_device_capability(index)))}"
-            " pip install --no-build-isolation -e .` (a CUDA toolkit is needed), or use impl='triton' or 'ref'")
+            f"it for this GPU with `TORCH_CUDA_ARCH_LIST={cap[0]}.{cap[1]} pip install --no-build-isolation -e .` "
+            "(a CUDA toolkit is needed), or use impl='triton' or 'ref'")
     return _caps[index]
 
 
