@@ -228,7 +228,10 @@ def state_dict(variables: Dict[str, np.ndarray], net: torch.nn.Module, role: str
                                       f"{2 ** log2r} official {'G' if is_g else 'D'}_paper with its settings lacks")
         module, to_torch = place(k, layer, int(rgb_lod or 0))
         key = f"{module}.{what}" if module != "dense" else "dense.weight" if what == "weight" else "dense_bias"
-        w = np.asarray(w, dtype=np.float32)
+        try:
+            w = np.asarray(w, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise OfficialPickleError(f"'{path}': {role} variable '{name}' is not an array of numbers") from None
         t = torch.from_numpy(np.ascontiguousarray(to_torch(w) if what == "weight" else w))
         if tuple(t.shape) != want.get(key):
             shape = want.get(key)

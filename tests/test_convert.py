@@ -171,7 +171,9 @@ def test_bad_pickles_are_one_line_errors(tmp_path):
     (lambda s: [st["static_kwargs"].update(resolution=1 << 24, fmap_max=1 << 24, fmap_base=1 << 30) for st in s],
      ["G variable '4x4/Dense/weight' has shape (19, 256)"]),   # judged on shapes alone: nothing allocated
     (lambda s: _set_var(s, 1, "4x4/Conv/bias", np.full(16, np.nan, np.float32)), ["NaN or inf"]),
-], ids=["batchnorm", "not-D_paper", "no-pixelnorm", "shape", "missing", "extra", "disagree", "Gs", "huge", "nan"])
+    (lambda s: _set_var(s, 1, "4x4/Conv/bias", np.array(["x"] * 16)), ["'4x4/Conv/bias' is not an array of numbers"]),
+], ids=["batchnorm", "not-D_paper", "no-pixelnorm", "shape", "missing", "extra", "disagree", "Gs", "huge", "nan",
+        "text"])
 def test_pickles_fastpggan_cannot_reproduce_are_refused(tmp_path, edit, fragments):
     _refused(tmp_path, _changed(tmp_path, edit), "changed.pkl", *fragments)
 
