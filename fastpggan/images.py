@@ -1,13 +1,19 @@
 """Images in and out: decoded pictures to uint8 arrays for the datasets, and G's [-1, 1] output to uint8, PIL
 images and PNG grids. numpy, torch and Pillow (imported when first needed) only; any module may import it.
 """
+import io
 import math
 import os
+import warnings
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# Bounds on untrusted image files (README "Robustness"), read at call time so that tests can lower them.
+MAX_FILE_BYTES = 1 << 28    # 256 MiB: an encoded image bigger than this is not a training image
+MAX_IMAGE_PIXELS = 1 << 28  # 16384^2 decoded pixels (Pillow's own bound, set explicitly)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -96,3 +102,24 @@ def to_square_array(img, channels: int, resolution: int) -> Optional[np.ndarray]
         img = img.resize((resolution, resolution), Image.LANCZOS)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def too_big(size: int) -> str:
+    return f"{size} bytes, over the bound of {MAX_FILE_BYTES} bytes for one image"
+
+
+def decode(data: bytes):
+    """Encoded image bytes as a loaded PIL image, within the bounds: at most MAX_FILE_BYTES encoded and
+    MAX_IMAGE_PIXELS decoded, the latter checked from the header before any pixel is decoded. Raises ValueError
+    (or Pillow's errors) for what is out of bounds or undecodable."""
+    from PIL import Image
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(too_big(len(data)))
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():   # Pillow only warns between 1x and 2x its bound: make that an error too
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+    if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{img.size[0]}x{img.size[1]} pixels, over the bound of {MAX_IMAGE_PIXELS}")
+    img.load()
+    return img

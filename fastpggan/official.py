@@ -18,7 +18,6 @@ checked against the variables' shapes. The weights are mapped to fastpggan's lay
 import hashlib
 import math
 import os
-import pickle
 import re
 from typing import Dict, Tuple
 
@@ -27,6 +26,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .errors import UserError
+from .formats import safe_pickle
 
 
 class OfficialPickleError(UserError):
@@ -40,27 +40,8 @@ class _Network:
         self.state = state
 
 
-# Official pickles hold numpy arrays (numpy 1 writes numpy.core, numpy 2 numpy._core), dtypes and scalars.
-_multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-_NUMPY = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-          **{(m, f): getattr(_multiarray, f) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
-             for f in ("_reconstruct", "scalar")}}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) == ("tfutil", "Network"):
-            return _Network
-        if (module, name) in _NUMPY:
-            return _NUMPY[(module, name)]
-        raise _Refused(f"{module}.{name}")
-
-    def persistent_load(self, pid):
-        raise _Refused(f"persistent id {str(pid)[:80]!r}")
-
-
-class _Refused(pickle.UnpicklingError):
-    pass
+# Official pickles hold numpy arrays, dtypes and scalars, and the class ('tfutil', 'Network').
+_ALLOWED = {("tfutil", "Network"): _Network, **safe_pickle.NUMPY_ARRAYS}
 
 
 # G_paper / D_paper defaults (official networks.py), and the settings fastpggan builds: anything else is refused.
@@ -84,8 +65,8 @@ def read_pickle(path: str) -> Tuple[dict, dict, dict]:
         raise OfficialPickleError(f"'{path}' does not exist")
     try:
         with open(path, "rb") as f:
-            nets = _RestrictedUnpickler(f).load()
-    except _Refused as e:
+            nets = safe_pickle.load(f, _ALLOWED)
+    except safe_pickle.Refused as e:
         if str(e) == "network.Network":
             raise OfficialPickleError(f"'{path}' is a Theano-era network; import it with the official legacy.py "
                                       "and save it again first") from None
@@ -93,8 +74,7 @@ def read_pickle(path: str) -> Tuple[dict, dict, dict]:
             f"'{path}' is not an official PGGAN network pickle: it needs {e}, and only tfutil.Network and numpy "
             "arrays may be loaded from one (nothing it names was run; StyleGAN and stylegan2-ada pickles are other "
             "networks)") from None
-    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError, AttributeError,
-            MemoryError, UnicodeDecodeError, OverflowError) as e:
+    except safe_pickle.LOAD_ERRORS as e:
         what = "truncated" if isinstance(e, EOFError) else f"corrupt ({type(e).__name__}: {str(e)[:120]})"
         raise OfficialPickleError(f"'{path}' is {what}: not a readable official PGGAN pickle") from None
     if not (isinstance(nets, tuple) and len(nets) == 3 and all(isinstance(n, _Network) for n in nets)):

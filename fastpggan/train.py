@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--impl", default="auto", choices=["auto", "ref", "triton", "ext"], help="op backend")
     o = p.add_argument_group("other")
     o.add_argument("--strict", action="store_true", help="reject corrupt or too-small images instead of skipping them")
+    o.add_argument("--max-images", type=number(int, min=1), default=None,
+                   help="train on the first N images of the data only (LSUN categories hold millions)")
     o.add_argument("--cache-dir", default=None, help="dataset cache (default $FASTPGGAN_CACHE or ~/.cache/fastpggan)")
     o.add_argument("--grid", type=number(int, min=1, max=1024), default=None,
                    help="images in each fakes_<kimg>.png grid")
@@ -241,15 +243,17 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
         state = ckpt.load(path)
         cfg = _resume_config(state, path, args, log)
         dataset = build_dataset(cfg["data"], resolution=cfg["resolution"], strict=cfg["strict"],
-                                cache_dir=args.cache_dir, progress=not args.no_progress, log=log)
+                                max_images=cfg.get("max_images"), cache_dir=args.cache_dir,
+                                progress=not args.no_progress, log=log)
         if dataset.meta["source_hash"] != cfg["dataset_hash"]:
             log(f"warning: the data '{cfg['data']}' changed since this run started; resuming with the new data")
         _check_dataset_matches(dataset, cfg, path)
         run_dir = os.path.dirname(os.path.abspath(path))
     else:
         init = ckpt.load(args.init) if args.init else None   # a bad checkpoint is refused before any data is read
-        dataset = build_dataset(args.data, resolution=args.resolution, strict=args.strict, cache_dir=args.cache_dir,
-                                progress=not args.no_progress, log=log)
+        dataset = build_dataset(args.data, resolution=args.resolution, strict=args.strict,
+                                max_images=args.max_images, cache_dir=args.cache_dir, progress=not args.no_progress,
+                                log=log)
         cfg = make_config(args, dataset, device)
         if init is not None:
             init = _init_config(args, init, cfg, dataset)

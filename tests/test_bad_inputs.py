@@ -184,8 +184,8 @@ def test_header_bomb_and_oversized_files_are_skipped_as_corrupt(tmp_path, monkey
     ds = cached(tmp_path)
     assert np.array_equal(ds.level(8), imgs.transpose(0, 3, 1, 2))
     # the byte bound on one file, in this process with the bound lowered: a file over it is never read whole
-    from fastpggan import data
-    monkeypatch.setattr(data, "MAX_FILE_BYTES", 100)
+    from fastpggan import data, images
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", 100)
     from fastpggan.errors import UserError
     with pytest.raises(UserError, match="bytes, over the bound of 100 bytes for one image"):
         data.build_dataset(str(tmp_path / "d"), cache_dir=str(tmp_path / "c2"), progress=False)
