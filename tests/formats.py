@@ -27,10 +27,10 @@ class Made(NamedTuple):
     labels: Optional[np.ndarray]
 
 
-# ---- official TFRecords (the genuine ones are in ../shared; this writer makes variations of them)
+# ---- official TFRecords (the genuine ones are in tests/fixtures/official; this writer makes variations of them)
 
 def tfrecords(tmp_path, name="rgb16_cond3") -> Made:
-    """A copy of an official dataset of ../shared/fixtures/official/tfrecords (written by the official exporter)."""
+    """A copy of an official dataset of tests/fixtures/official/tfrecords (written by the official exporter)."""
     dst = os.path.join(str(tmp_path), name)
     shutil.copytree(fixture(f"tfrecords/{name}"), dst)
     exp = np.load(fixture(f"tfrecords/{name}_expected.npz"))

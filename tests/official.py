@@ -1,19 +1,20 @@
-"""Test helper: the fixtures of ../shared/fixtures/official, and their networks through fastpggan.official."""
+"""Test helper: the official fixtures of tests/fixtures/official (see its README), and their networks through
+fastpggan.official."""
 import json
 import os
 
 from fastpggan import checkpoint as ckpt
 from fastpggan import official
 
-OFFICIAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "official")
+OFFICIAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "official")
 
 
 def fixture(name):
-    """Path of a file in ../shared/fixtures/official; fails (never skips) where the folder is missing."""
+    """Path of a file in tests/fixtures/official; fails (never skips) where it is missing."""
     path = os.path.normpath(os.path.join(OFFICIAL, name))
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: these tests need the official fixtures in ../shared/fixtures/"
-                                "official (a checkout of this repository next to the project's shared folder)")
+        raise FileNotFoundError(f"{path} is missing: the official fixtures are part of the repository "
+                                "(tests/fixtures/official); restore them from git")
     return path
 
 

@@ -1,7 +1,7 @@
 """The dataset formats people have, as --data: official TFRecords, LSUN lmdb, CIFAR-10 batches, MNIST idx files.
 
 Each is read into the cache and compared with what the official dataset_tool.py would have given: the genuine
-official TFRecords of ../shared/fixtures/official/tfrecords level by level, and for the others the official
+official TFRecords of tests/fixtures/official/tfrecords level by level, and for the others the official
 create_* function's steps written out here with numpy and Pillow.
 """
 import os

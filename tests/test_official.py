@@ -1,4 +1,4 @@
-"""fastpggan held to the official PGGAN code's own outputs (../shared/fixtures/official, see its README):
+"""fastpggan held to the official PGGAN code's own outputs (tests/fixtures/official, see its README):
 the networks at every lod, and fastpggan's TrainStep on three official training iterations at each lod.
 
 Tolerances: fp32 G and D weights within 1e-4 of the largest magnitude in each network (a per-tensor bound
