@@ -27,6 +27,11 @@ def _isolated(tmp_path, monkeypatch):
     _dispatch.use_choices(None)
 
 
+def slow(*values, id=None):
+    """One parametrize case for the full suite only: the quick suite (`-m "not slow"`) runs the others."""
+    return pytest.param(*values, marks=pytest.mark.slow, id=id)
+
+
 def run_python(code, timeout=900, **env):
     """Run `code` in a fresh Python with extra environment variables; returns the CompletedProcess."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -23,6 +23,10 @@ import torch
 from fastpggan import checkpoint as ckpt
 from fastpggan.data import ImageDataset
 
+# The whole battery is in the full suite only: the quick suite's bad-input case of each command line is in that
+# command's own test file.
+pytestmark = pytest.mark.slow
+
 # a run of a few seconds: 4x4 -> 8x8 at tiny widths, a checkpoint every 4-image tick
 FAST = ["--fmap-base", "32", "--fmap-max", "8", "--latent-size", "8", "--minibatch", "4", "--lod-training-kimg",
         "0.004", "--lod-transition-kimg", "0.004", "--tick-kimg", "0.004", "--snap-ticks", "1", "--kimg", "0.012",

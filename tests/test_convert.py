@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import official
+from conftest import slow
 from fastpggan import checkpoint as ckpt
 from fastpggan import convert, generate
 from fastpggan import official as off
@@ -140,6 +141,7 @@ def _set_var(states, role_index, name, value):
     st["variables"] = [(k, value if k == name else v) for k, v in st["variables"]]
 
 
+@pytest.mark.slow
 def test_bad_pickles_are_one_line_errors(tmp_path):
     good = official.fixture("pggan_gray16_nonfused_cond3.pkl")
     _refused(tmp_path, tmp_path / "missing.pkl", "missing.pkl", "does not exist")
@@ -157,27 +159,29 @@ def test_bad_pickles_are_one_line_errors(tmp_path):
 
 @pytest.mark.parametrize("edit,fragments", [
     (lambda s: s[0]["static_kwargs"].update(use_batchnorm=True), ["use_batchnorm=True"]),
-    (lambda s: s[1].update(build_func_name="D_stylegan"), ["'D_stylegan'", "D_paper"]),
-    (lambda s: [st["static_kwargs"].update(use_pixelnorm=False) for st in (s[0], s[2])], ["use_pixelnorm=False"]),
-    (lambda s: _set_var(s, 0, "8x8/Conv1/weight", np.zeros((3, 3, 16, 8), np.float32)),
+    slow(lambda s: s[1].update(build_func_name="D_stylegan"), ["'D_stylegan'", "D_paper"]),
+    slow(lambda s: [st["static_kwargs"].update(use_pixelnorm=False) for st in (s[0], s[2])], ["use_pixelnorm=False"]),
+    slow(lambda s: _set_var(s, 0, "8x8/Conv1/weight", np.zeros((3, 3, 16, 8), np.float32)),
      ["G variable '8x8/Conv1/weight' has shape (3, 3, 16, 8)", "needs (3, 3, 16, 16)"]),
-    (lambda s: s[1].update(variables=[(k, v) for k, v in s[1]["variables"] if k != "4x4/Dense1/bias"]),
+    slow(lambda s: s[1].update(variables=[(k, v) for k, v in s[1]["variables"] if k != "4x4/Dense1/bias"]),
      ["D lacks 1 variable"]),
-    (lambda s: s[1]["variables"].append(("32x32/Conv0/weight", np.zeros((3, 3, 16, 16), np.float32))),
+    slow(lambda s: s[1]["variables"].append(("32x32/Conv0/weight", np.zeros((3, 3, 16, 16), np.float32))),
      ["'32x32/Conv0/weight'"]),
-    (lambda s: [st["static_kwargs"].update(resolution=32) for st in (s[0], s[2])],
+    slow(lambda s: [st["static_kwargs"].update(resolution=32) for st in (s[0], s[2])],
      ["G has resolution=32 and D resolution=16"]),
-    (lambda s: s[2]["static_kwargs"].update(latent_size=8), ["Gs was built with other settings than G"]),
-    (lambda s: [st["static_kwargs"].update(resolution=1 << 24, fmap_max=1 << 24, fmap_base=1 << 30) for st in s],
+    slow(lambda s: s[2]["static_kwargs"].update(latent_size=8), ["Gs was built with other settings than G"]),
+    slow(lambda s: [st["static_kwargs"].update(resolution=1 << 24, fmap_max=1 << 24, fmap_base=1 << 30) for st in s],
      ["G variable '4x4/Dense/weight' has shape (19, 256)"]),   # judged on shapes alone: nothing allocated
-    (lambda s: _set_var(s, 1, "4x4/Conv/bias", np.full(16, np.nan, np.float32)), ["NaN or inf"]),
-    (lambda s: _set_var(s, 1, "4x4/Conv/bias", np.array(["x"] * 16)), ["'4x4/Conv/bias' is not an array of numbers"]),
+    slow(lambda s: _set_var(s, 1, "4x4/Conv/bias", np.full(16, np.nan, np.float32)), ["NaN or inf"]),
+    slow(lambda s: _set_var(s, 1, "4x4/Conv/bias", np.array(["x"] * 16)),
+         ["'4x4/Conv/bias' is not an array of numbers"]),
 ], ids=["batchnorm", "not-D_paper", "no-pixelnorm", "shape", "missing", "extra", "disagree", "Gs", "huge", "nan",
         "text"])
 def test_pickles_fastpggan_cannot_reproduce_are_refused(tmp_path, edit, fragments):
     _refused(tmp_path, _changed(tmp_path, edit), "changed.pkl", *fragments)
 
 
+@pytest.mark.slow
 def test_existing_destination_needs_force(tmp_path):
     src = official.fixture("pggan_rgb32_fused.pkl")
     (tmp_path / "out.pt").write_bytes(b"keep me")
@@ -187,6 +191,7 @@ def test_existing_destination_needs_force(tmp_path):
     assert ckpt.load(str(tmp_path / "out.pt"))["config"]["network"]["resolution"] == 32
 
 
+@pytest.mark.slow
 def test_a_converted_checkpoint_cannot_be_resumed(tmp_path):
     dst = tmp_path / "net.pt"
     convert.main([official.fixture("pggan_rgb32_fused.pkl"), str(dst)])
@@ -231,6 +236,7 @@ def test_training_goes_on_from_a_converted_network(tmp_path, lod):
     assert state["opt_G"]["state"] and "source" not in state["config"]
 
 
+@pytest.mark.slow
 def test_init_refuses_what_does_not_fit(tmp_path):
     init = tmp_path / "net.pt"
     convert.main([official.fixture("pggan_gray16_nonfused_cond3.pkl"), str(init)])

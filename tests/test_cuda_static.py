@@ -8,8 +8,9 @@ import pytest
 
 from fastpggan import _build, _static
 
-pytestmark = pytest.mark.skipif(_build.find_cuda_home() is None or _static.tools_dir() is None,
-                                reason="no CUDA toolkit (nvcc) or no nvdisasm (Triton) on this machine")
+pytestmark = [pytest.mark.slow,  # compiles ops_cuda.cu for sm_90
+              pytest.mark.skipif(_build.find_cuda_home() is None or _static.tools_dir() is None,
+                                 reason="no CUDA toolkit (nvcc) or no nvdisasm (Triton) on this machine")]
 
 # The kernels that stream tensors: their instantiations with V = 16 bytes / element size must use 128-bit
 # accesses (each also has a V = 1 form for misaligned or odd-sized tensors).

@@ -138,6 +138,7 @@ def test_builtin_fashion_mnist():
 
 @pytest.mark.skipif(not os.path.exists(builtin_data.EMOJI_FONT),
                     reason="apt package fonts-noto-color-emoji not installed")
+@pytest.mark.slow
 def test_builtin_emoji():
     pytest.importorskip("fontTools", reason="fonttools is in the [demo] extra")
     ds = build_dataset("emoji", resolution=16, progress=False)

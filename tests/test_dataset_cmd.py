@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import slow
 from fastpggan import dataset
 from fastpggan.data import build_dataset
 from formats import FORMATS, every_format
@@ -96,11 +97,11 @@ def test_export_refuses_to_overwrite_and_force_replaces(tmp_path):
 
 @pytest.mark.parametrize("argv, msg", [
     (["grid", "{data}", "--out", "{tmp}/nope/g.png"], "the folder of"),
-    (["grid", "{data}", "--out", "{tmp}/g.png", "--res", "64"], "has no 64x64 copy"),
-    (["export", "{data}", "--to", "{tmp}/o.npz", "--res", "6"], "--res must be a power of two"),
-    (["info", "{tmp}/missing"], "does not exist"),
-    (["info", "{data}", "--max-images", "0"], "--max-images"),
-    (["bogus", "{data}"], "invalid choice"),
+    slow(["grid", "{data}", "--out", "{tmp}/g.png", "--res", "64"], "has no 64x64 copy"),
+    slow(["export", "{data}", "--to", "{tmp}/o.npz", "--res", "6"], "--res must be a power of two"),
+    slow(["info", "{tmp}/missing"], "does not exist"),
+    slow(["info", "{data}", "--max-images", "0"], "--max-images"),
+    slow(["bogus", "{data}"], "invalid choice"),
 ])
 def test_errors_are_one_line(tmp_path, argv, msg):
     made = every_format(tmp_path / "d", "npz")
@@ -111,6 +112,7 @@ def test_errors_are_one_line(tmp_path, argv, msg):
     assert p.returncode == 2 and len(err) == 1 and msg in err[0], p.stderr
 
 
+@pytest.mark.slow
 def test_info_json_is_one_line_for_scripts(tmp_path):
     made = every_format(tmp_path / "d", "mnist")
     p = subprocess.run([sys.executable, "-m", "fastpggan.dataset", "info", made.path, "--json", "--no-progress"],

@@ -67,11 +67,13 @@ def runs(tmp_path_factory):
     return tmp, data, env, two
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_parameters_of_one(runs):
     tmp, _, _, _ = runs
     _assert_same_state(_final(tmp / "one" / "run"), _final(tmp / "two" / "run"))
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes(runs):
     tmp, _, _, two = runs
     one_files = sorted(p.name for p in (tmp / "one" / "run").iterdir() if not p.name.startswith("events."))
@@ -87,6 +89,7 @@ def test_only_rank_0_writes(runs):
     assert metric_recs and all(r["num"] == 16 and 0 <= r["metrics"]["msssim"] <= 1 for r in metric_recs)
 
 
+@pytest.mark.slow
 def test_resume_with_a_different_world_size(runs):
     tmp, data, env, _ = runs
     half = _torchrun(2, _args(data, tmp / "half", "--kimg", "0.048"), env)
@@ -149,6 +152,7 @@ def _rank_pid(rank):
     raise AssertionError(f"could not find rank {rank}")
 
 
+@pytest.mark.slow
 def test_a_rank_that_dies_stops_the_run_and_the_checkpoint_stays_intact(tmp_path):
     proc, run_dir = _start_long_run(tmp_path)
     os.kill(_rank_pid(1), signal.SIGKILL)
@@ -162,6 +166,7 @@ def test_a_rank_that_dies_stops_the_run_and_the_checkpoint_stays_intact(tmp_path
         err[-3000:]
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_one_rank_stops_every_rank_with_a_checkpoint(tmp_path):
     proc, run_dir = _start_long_run(tmp_path)
     before = ckpt.list_checkpoints(str(run_dir))[-1]

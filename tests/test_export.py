@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import official
+from conftest import slow
 from fastpggan import checkpoint as ckpt
 from fastpggan import convert, export, ops
 from fastpggan.networks import Generator
@@ -41,7 +42,7 @@ def _rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-@pytest.mark.parametrize("name,labels", [("pggan_rgb32_fused", 0), ("pggan_gray16_nonfused_cond3", 3)])
+@pytest.mark.parametrize("name,labels", [("pggan_rgb32_fused", 0), slow("pggan_gray16_nonfused_cond3", 3)])
 def test_onnx_and_torchscript_equal_pytorch_at_batch_1_and_5(converted, tmp_path, name, labels):
     onnx_path, ts_path = tmp_path / "g.onnx", tmp_path / "g.pt"
     export.main(["--checkpoint", converted[name], "--onnx", str(onnx_path), "--torchscript", str(ts_path)])
@@ -77,7 +78,7 @@ def test_res_alpha_and_which(converted, tmp_path):
     assert got.shape == (3, 3, 8, 8) and _rel(torch.from_numpy(got), want) <= TOLERANCE
 
 
-@pytest.mark.parametrize("env", ["auto", "ext"])
+@pytest.mark.parametrize("env", ["auto", slow("ext")])
 def test_auto_runs_standard_ops_under_torch_export_and_onnx_export(tmp_path, monkeypatch, env):
     """Called directly on our modules, with FASTPGGAN_IMPL unset or even 'ext': torch.export's graph holds no
     fastpggan op, and torch.onnx.export succeeds. Outside an export, 'auto' on this CPU does pick the extension."""
@@ -98,9 +99,14 @@ def test_auto_runs_standard_ops_under_torch_export_and_onnx_export(tmp_path, mon
         assert _rel(torch.from_numpy(got), G(z)) <= TOLERANCE
 
 
-def test_export_errors_are_one_line_and_write_nothing(converted, tmp_path):
+def test_export_of_a_missing_checkpoint_is_one_line_and_writes_nothing(tmp_path):
     r = cli("export", "--checkpoint", "missing.pt", "--onnx", "out.onnx", cwd=tmp_path)
     one_line_error(r, "missing.pt", "does not exist")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_export_errors_are_one_line_and_write_nothing(converted, tmp_path):
     one_line_error(cli("export", "--checkpoint", converted["pggan_rgb32_fused"], cwd=tmp_path), "--onnx")
     one_line_error(cli("export", "--checkpoint", converted["pggan_rgb32_fused"], "--onnx", "out.onnx", "--res", "64",
                        cwd=tmp_path), "--res must be a power of two between 4 and 32")
@@ -113,6 +119,7 @@ def test_export_errors_are_one_line_and_write_nothing(converted, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["keep.onnx"]
 
 
+@pytest.mark.slow
 def test_onnx_check_catches_a_wrong_file(converted, tmp_path):
     """check_onnx is what keeps a wrong export from being kept: a file of another network fails it."""
     G, _ = ckpt.load_generator(converted["pggan_rgb32_fused"], impl="ref")

@@ -135,12 +135,14 @@ def _simulate(scenario):
     return dict(line.split(" ", 1) for line in p.stdout.splitlines() if " " in line)
 
 
+@pytest.mark.slow
 def test_a_library_for_sm90_on_an_sm80_gpu_is_rebuilt_for_it():
     out = _simulate("rebuild")
     assert out["BUILT"] == "[(True, '8.0')]"   # the first-use build, for the visible GPU
     assert out["PATH"] == "False" and out["WHY"] == "None" and out["RESOLVED"] == "ext"
 
 
+@pytest.mark.slow
 def test_without_a_toolkit_its_cuda_kernels_are_refused_and_never_launched():
     out = _simulate("fallback")
     assert out["BUILT"] == "[(True, '8.0')]" and out["PATH"] == "True"   # the CPU kernels stay usable

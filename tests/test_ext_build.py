@@ -40,6 +40,7 @@ print('ok')
     assert p.returncode == 0 and "ok" in p.stdout, (p.stdout + p.stderr)[-3000:]
 
 
+@pytest.mark.slow
 def test_concurrent_first_uses_build_once_and_both_work(tmp_path):
     """Two processes that find no built extension JIT-build it into the same cache folder at the same time."""
     code = r"""
@@ -71,6 +72,7 @@ def test_bad_inputs_get_a_clear_message():
         _ext.op("gradient_penalty")(torch.ones(2, 3, dtype=torch.int64), 1.0)
 
 
+@pytest.mark.slow
 def test_import_never_builds_and_no_ext_env_disables_it():
     code = r"""
 import fastpggan, fastpggan.ops, fastpggan.networks

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import slow
 from fastpggan import builtin_data, images
 from fastpggan.data import build_dataset, downsample_box
 from fastpggan.errors import UserError
@@ -84,6 +85,7 @@ def test_tfrecords_resolution_and_max_images(tmp_path):
         build_dataset(made.path, resolution=32, progress=False)
 
 
+@pytest.mark.slow
 def test_tfrecords_truncated_one_line_exit_2(tmp_path):
     made = tfrecords(tmp_path)
     path = os.path.join(made.path, "rgb16_cond3-r03.tfrecords")
@@ -104,7 +106,7 @@ def test_tfrecords_truncated_one_line_exit_2(tmp_path):
     assert not os.path.exists(tmp_path / "r")
 
 
-@pytest.mark.parametrize("where", ["length", "length crc", "data", "data crc"])
+@pytest.mark.parametrize("where", ["length", slow("length crc"), slow("data"), slow("data crc")])
 def test_tfrecords_flipped_byte_one_line_exit_2(tmp_path, where):
     made = tfrecords(tmp_path)
     path = os.path.join(made.path, "rgb16_cond3-r04.tfrecords")
@@ -205,7 +207,7 @@ def test_cifar10_training_batches_in_order(tmp_path, archive):
     assert np.array_equal(ds.level(32), made.images) and np.array_equal(ds.labels, made.labels)
 
 
-@pytest.mark.parametrize("archive", [False, True], ids=["folder", "tar.gz"])
+@pytest.mark.parametrize("archive", [False, slow(True)], ids=["folder", "tar.gz"])
 def test_cifar10_malicious_batch_is_refused_and_never_run(tmp_path, archive):
     marker = str(tmp_path / "pwned")
     payload = malicious_batch(marker)
@@ -264,10 +266,10 @@ def test_mnist_idx_padded_as_create_mnist(tmp_path, gz, dotted):
 
 @pytest.mark.parametrize("make, msg", [
     (lambda a: idx_bytes(a)[:-7], "truncated"),
-    (lambda a: idx_bytes(a) + b"x", "longer than its header"),
-    (lambda a: b"\x00\x01" + idx_bytes(a)[2:], "not an idx file"),
-    (lambda a: idx_bytes(a)[:3] + b"\x02" + idx_bytes(a)[4:], "2 dimensions, expected 3"),
-    (lambda a: idx_bytes(a)[:2] + b"\x0d" + idx_bytes(a)[3:], "type 0x0d"),
+    slow(lambda a: idx_bytes(a) + b"x", "longer than its header"),
+    slow(lambda a: b"\x00\x01" + idx_bytes(a)[2:], "not an idx file"),
+    slow(lambda a: idx_bytes(a)[:3] + b"\x02" + idx_bytes(a)[4:], "2 dimensions, expected 3"),
+    slow(lambda a: idx_bytes(a)[:2] + b"\x0d" + idx_bytes(a)[3:], "type 0x0d"),
 ])
 def test_mnist_idx_damaged(tmp_path, make, msg):
     made = mnist(tmp_path, gz=False)

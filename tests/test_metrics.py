@@ -33,6 +33,7 @@ def swd_results():
     return out
 
 
+@pytest.mark.slow
 def test_swd_levels_and_self_distance_is_small(swd_results):
     s = swd_results["self"]
     assert set(s) == {32, 16, "avg"} and s["avg"] == pytest.approx((s[32] + s[16]) / 2)
@@ -40,11 +41,13 @@ def test_swd_levels_and_self_distance_is_small(swd_results):
     assert s["avg"] < 0.6 * swd_results[1.0][0]["avg"]
 
 
+@pytest.mark.slow
 def test_swd_grows_with_the_perturbation(swd_results):
     assert swd_results["self"]["avg"] < swd_results[1.0][0]["avg"] < swd_results[3.0][0]["avg"]
     assert swd_results[1.0][0][32] < swd_results[3.0][0][32]
 
 
+@pytest.mark.slow
 def test_swd_is_symmetric(swd_results):
     for strength in (1.0, 3.0):
         ab, ba = swd_results[strength]
@@ -130,6 +133,13 @@ def test_fid_without_weights_says_what_to_install(monkeypatch):
 
 # --- the evaluate CLI and metrics during training ---------------------------------------------------------------
 
+def test_evaluate_of_a_missing_checkpoint_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--checkpoint", str(tmp_path / "missing.pt"), "--data", "x.npz", "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
@@ -142,6 +152,7 @@ def tiny_run(tmp_path_factory):
     return data, tmp / "out" / "run"
 
 
+@pytest.mark.slow  # tiny_run trains for about 11 s
 def test_training_logs_metrics_at_the_current_resolution(tiny_run):
     _, run_dir = tiny_run
     recs = [json.loads(line) for line in open(run_dir / "log.jsonl")]
@@ -157,6 +168,7 @@ def test_training_logs_metrics_at_the_current_resolution(tiny_run):
     assert any(r["res"] == 16 for r in metric_recs)
 
 
+@pytest.mark.slow  # tiny_run trains for about 11 s
 def test_evaluate_cli_writes_json(tiny_run, tmp_path):
     data, run_dir = tiny_run
     ckpts = sorted(run_dir.glob("checkpoint_*.pt"))
@@ -168,6 +180,7 @@ def test_evaluate_cli_writes_json(tiny_run, tmp_path):
     assert rec["metrics"]["swd"]["avg"] > 0 and 0 <= rec["metrics"]["msssim"] <= 1
 
 
+@pytest.mark.slow  # tiny_run trains for about 11 s
 def test_evaluate_cli_user_errors(tiny_run, capsys):
     data, run_dir = tiny_run
     ckpt = str(sorted(run_dir.glob("checkpoint_*.pt"))[-1])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import checkpoint_tensors, tiny_train_args, train_quietly
+from conftest import checkpoint_tensors, slow, tiny_train_args, train_quietly
 from fastpggan import checkpoint as ckpt
 from fastpggan import config, losses, trainer
 from fastpggan import step as step_mod
@@ -93,7 +93,7 @@ class _NoHostReads(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("impl", ["ref", "ext", "triton"])
-@pytest.mark.parametrize("amp", [None, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("amp", [None, slow(torch.bfloat16), slow(torch.float16)], ids=["fp32", "bf16", "fp16"])
 def test_step_reads_nothing_back_to_the_host(amp, impl):
     """The CPU counterpart of the GPU sync-debug test: the whole step, GradScaler and fused Adam included,
     reads no tensor value on the host, in every backend and precision."""
@@ -177,7 +177,7 @@ def _graphed_run(monkeypatch, args, capture, log=lambda *a: None):
     return _train(args, log=log)
 
 
-@pytest.mark.parametrize("extra", [[], ["--mirror", "--cond", "--amp", "fp16", "--batch-gpu", "4"]],
+@pytest.mark.parametrize("extra", [[], slow(["--mirror", "--cond", "--amp", "fp16", "--batch-gpu", "4"])],
                          ids=["plain", "mirror-cond-fp16-chunks"])
 def test_graph_wrapper_buffers_and_warmup_leave_results_unchanged(tiny_npz, tmp_path, monkeypatch, extra):
     """Static inputs, alpha filled in place, the warm-up undone, one build per (res, minibatch, fading) key:

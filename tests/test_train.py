@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import checkpoint_tensors, tiny_train_args, train_quietly
+from conftest import checkpoint_tensors, slow, tiny_train_args, train_quietly
 from fastpggan import checkpoint as ckpt
 from fastpggan import config, losses, train, trainer
 from fastpggan import step as step_mod
@@ -282,10 +282,10 @@ def _cli(*args, cwd):
 
 @pytest.mark.parametrize("args,msg", [
     (["--data", "no/such/folder"], "error: data path 'no/such/folder' does not exist"),
-    (["--data", "digits", "--resolution", "24"], "error: resolution must be a power of two"),
-    (["--data", "digits", "--resolution", "2"], "error: resolution must be a power of two"),
-    (["--resume", "latest"], "error: --resume latest: no checkpoint found"),
-    (["--data", "digits", "--amp-min-res", "12"], "error: --amp-min-res must be a power of two"),
+    slow(["--data", "digits", "--resolution", "24"], "error: resolution must be a power of two"),
+    slow(["--data", "digits", "--resolution", "2"], "error: resolution must be a power of two"),
+    slow(["--resume", "latest"], "error: --resume latest: no checkpoint found"),
+    slow(["--data", "digits", "--amp-min-res", "12"], "error: --amp-min-res must be a power of two"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, msg):
     r = _cli(*args, "--no-progress", cwd=tmp_path)
@@ -295,6 +295,7 @@ def test_cli_errors_are_one_line(tmp_path, args, msg):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_too_small_images_strict(tmp_path):
     from PIL import Image
     (tmp_path / "d").mkdir()
@@ -304,6 +305,7 @@ def test_cli_too_small_images_strict(tmp_path):
     assert r.returncode == 2 and "smaller than 32x32" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_help_documents_flags(tmp_path):
     r = _cli("--help", cwd=tmp_path)
     assert r.returncode == 0

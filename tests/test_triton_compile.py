@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # about 90 s of ahead-of-time compiles
+
 SCRIPT = r'''
 import itertools, os, sys, tempfile
 import torch

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_python, tiny_train_args, train_quietly
+from conftest import run_python, slow, tiny_train_args, train_quietly
 from fastpggan import autotune, ops
 from fastpggan import checkpoint as ckpt
 from fastpggan.autotune import Case
@@ -128,6 +128,7 @@ def test_a_wrong_backend_is_never_chosen(tmp_path, monkeypatch):
     assert len(logged) == 1 and "\n" not in logged[0]
 
 
+@pytest.mark.slow
 def test_a_raising_backend_is_excluded(tmp_path, monkeypatch):
     broken_ext(tmp_path, monkeypatch, "raise RuntimeError('deliberately broken')")
     with pytest.warns(UserWarning, match="excluding impl='ext': raised RuntimeError: deliberately broken"):
@@ -135,6 +136,7 @@ def test_a_raising_backend_is_excluded(tmp_path, monkeypatch):
     assert result["choices"][BIAS.key] == "ref"
 
 
+@pytest.mark.slow
 def test_a_backend_that_crashes_the_child_is_excluded_and_tuning_goes_on(tmp_path, monkeypatch):
     broken_ext(tmp_path, monkeypatch, "os.kill(os.getpid(), signal.SIGSEGV)")
     with pytest.warns(UserWarning, match="excluding impl='ext': the process killed by signal 11"):
@@ -143,6 +145,7 @@ def test_a_backend_that_crashes_the_child_is_excluded_and_tuning_goes_on(tmp_pat
     assert set(result["entries"][FADE.key]["seconds"]) == {"ref", "ext"}   # a new child measured the next case
 
 
+@pytest.mark.slow
 def test_a_hung_backend_is_excluded(tmp_path, monkeypatch):
     broken_ext(tmp_path, monkeypatch, "import time; time.sleep(600)")
     with pytest.warns(UserWarning, match="excluding impl='ext': no answer within 20 s"):
@@ -162,7 +165,7 @@ def test_a_tuner_that_cannot_start_leaves_the_static_order(tmp_path, monkeypatch
     assert not os.path.exists(_choices.cache_path("cpu"))
 
 
-@pytest.mark.parametrize("interpret,expected", [("1", "['ref', 'triton', 'ext']"), ("0", "['ref', 'ext']")])
+@pytest.mark.parametrize("interpret,expected", [("1", "['ref', 'triton', 'ext']"), slow("0", "['ref', 'ext']")])
 def test_triton_is_a_cpu_candidate_only_under_the_interpreter(interpret, expected):
     r = run_python("from fastpggan import autotune; from fastpggan.autotune import Case; "
                    "print(autotune.candidates(Case('bias_act', 'lrelu,bias', (4, 6, 8, 8), 'float32', "
@@ -172,6 +175,7 @@ def test_triton_is_a_cpu_candidate_only_under_the_interpreter(interpret, expecte
 
 # -- the cache file --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "other version", "other device", "no backend"])
 def test_a_bad_cache_file_is_ignored_with_one_warning_and_rebuilt(damage, monkeypatch):
     autotune._write_cache(torch.device("cpu"), {BIAS.key: dict(impl="ref")})
@@ -206,6 +210,7 @@ def test_a_bad_cache_file_is_ignored_with_one_warning_and_rebuilt(damage, monkey
     assert _choices.check_file(rebuilt, "cpu") is None and list(rebuilt["choices"]) == [BIAS.key]
 
 
+@pytest.mark.slow
 def test_two_processes_tuning_at_once_leave_a_valid_file_with_both(tmp_path):
     code = textwrap.dedent("""
         import sys
@@ -294,6 +299,7 @@ def test_the_trainer_tunes_at_start_up_names_each_op_s_backend_and_records_them(
     assert ckpt.load(ckpt.latest(str(tmp_path / "runs" / "run")))["config"]["backends"]["choices"] == choices
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_its_choices_whatever_the_cache_says_now(tmp_path, monkeypatch):
     data = _npz(tmp_path)
     train_quietly(tiny_train_args(data, tmp_path / "runs", "--kimg", "0.032"))
@@ -319,6 +325,7 @@ def test_an_explicit_impl_tunes_nothing(tmp_path, monkeypatch):
     assert "backends" not in read_json(tmp_path / "runs2" / "run" / "config.json")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="this torch build has no gloo backend")
 def test_two_gloo_processes_use_rank_0_s_choices(tmp_path):
@@ -363,6 +370,7 @@ def test_tune_model_tunes_a_user_s_own_model_and_auto_then_uses_it(monkeypatch):
 
 # -- command lines -----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_tune_command_prints_the_table_and_writes_the_report(tmp_path):
     report = tmp_path / "tune.md"
     cmd = [sys.executable, "-m", "fastpggan.tune", "--resolution", "8", "--device", "cpu", "--report", str(report)]
@@ -386,6 +394,14 @@ def test_tune_command_errors_are_one_line():
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+def test_selftest_command_errors_are_one_line():
+    r = subprocess.run([sys.executable, "-m", "fastpggan.selftest", "--bogus"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--bogus" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
 def test_selftest_passes_on_the_cpu_and_writes_its_reports(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fastpggan.selftest", "--out", str(tmp_path)], capture_output=True,
                        text=True, timeout=600)
@@ -400,6 +416,7 @@ def test_selftest_passes_on_the_cpu_and_writes_its_reports(tmp_path):
     assert os.path.exists(tmp_path / js.replace(".json", ".md"))
 
 
+@pytest.mark.slow
 def test_selftest_fails_with_status_1_on_a_wrong_kernel(tmp_path, monkeypatch):
     broken_ext(tmp_path, monkeypatch, "return ops.bias_act_ref(x, bias, gain, slope) + 0.01")
     r = subprocess.run([sys.executable, "-m", "fastpggan.selftest", "--out", str(tmp_path)], capture_output=True,
