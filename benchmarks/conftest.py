@@ -102,3 +102,37 @@ def record(benchmark, device, **info):
     bw = device_bandwidth_gbs(device)
     if bw is not None and "bytes" in info:
         benchmark.extra_info["bandwidth_gbs"] = bw
+
+
+# --- CI's smoke run: every case once, at its smallest shape ---------------------------------------------------
+
+SHAPE_PARAMS = ("res", "batch")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--smoke", action="store_true",
+                     help="keep only the smallest resolution of each case (CI: with --benchmark-disable, each once)")
+
+
+def _case_and_res(item):
+    params = dict(item.callspec.params) if hasattr(item, "callspec") else {}
+    res = params.get("res")
+    rest = tuple(sorted((k, repr(v)) for k, v in params.items() if k not in SHAPE_PARAMS))
+    return (item.originalname, rest), res
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--smoke"):
+        return
+    smallest = {}
+    for item in items:
+        case, res = _case_and_res(item)
+        if res is not None:
+            smallest[case] = min(res, smallest.get(case, res))
+    keep, drop = [], []
+    for item in items:
+        case, res = _case_and_res(item)
+        (drop if res is not None and res != smallest[case] else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
