@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "tail.h"
 
 namespace fastpggan {
 namespace {
@@ -70,6 +71,23 @@ __device__ __forceinline__ void store_vec(T* p, const T (&in)[V]) {
 #pragma unroll
     for (int k = 0; k < V; ++k) p[k] = in[k];
   }
+}
+
+// A whole vector (count == V) in one 16-byte access, or the tensor's last count < V elements lane by lane.
+template <typename T, int V>
+__device__ __forceinline__ void load_part(const T* p, int count, T (&out)[V]) {
+  if (count == V)
+    load_vec<T, V>(p, out);
+  else
+    load_tail<T, V>(p, count, out);
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store_part(T* p, int count, const T (&in)[V]) {
+  if (count == V)
+    store_vec<T, V>(p, in);
+  else
+    store_tail<T, V>(p, count, in);
 }
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -153,18 +171,11 @@ __global__ void bias_act_grad_kernel(const scalar_t* __restrict__ dy, const scal
                                      scalar_t* __restrict__ dx, int64_t numel, acc_t gain, acc_t neg) {
   for_each_flat_vector<V>(numel, [&](int64_t i, int count) {
     scalar_t d[V], v[V], out[V];
-    if (count == V) {
-      load_vec<scalar_t, V>(dy + i, d);
-      load_vec<scalar_t, V>(y + i, v);
-    } else {
-      for (int k = 0; k < count; ++k) d[k] = dy[i + k], v[k] = y[i + k];
-    }
+    load_part<scalar_t, V>(dy + i, count, d);
+    load_part<scalar_t, V>(y + i, count, v);
 #pragma unroll
     for (int k = 0; k < V; ++k) out[k] = scalar_t(acc_t(d[k]) * (acc_t(v[k]) > acc_t(0) ? gain : neg));
-    if (count == V)
-      store_vec<scalar_t, V>(dx + i, out);
-    else
-      for (int k = 0; k < count; ++k) dx[i + k] = out[k];
+    store_part<scalar_t, V>(dx + i, count, out);
   });
 }
 
@@ -818,18 +829,11 @@ __global__ void fade_same_fwd_kernel(const scalar_t* __restrict__ low, const sca
   const acc_t a = fade_weight(alpha, alpha_t);
   for_each_flat_vector<V>(numel, [&](int64_t i, int count) {
     scalar_t l[V], h[V], out[V];
-    if (count == V) {
-      load_vec<scalar_t, V>(low + i, l);
-      load_vec<scalar_t, V>(high + i, h);
-    } else {
-      for (int k = 0; k < count; ++k) l[k] = low[i + k], h[k] = high[i + k];
-    }
+    load_part<scalar_t, V>(low + i, count, l);
+    load_part<scalar_t, V>(high + i, count, h);
 #pragma unroll
     for (int k = 0; k < V; ++k) out[k] = scalar_t((acc_t(1) - a) * acc_t(l[k]) + a * acc_t(h[k]));
-    if (count == V)
-      store_vec<scalar_t, V>(y + i, out);
-    else
-      for (int k = 0; k < count; ++k) y[i + k] = out[k];
+    store_part<scalar_t, V>(y + i, count, out);
   });
 }
 
@@ -839,21 +843,14 @@ __global__ void fade_same_bwd_kernel(const scalar_t* __restrict__ dy, scalar_t* 
   const acc_t a = fade_weight(alpha, alpha_t);
   for_each_flat_vector<V>(numel, [&](int64_t i, int count) {
     scalar_t d[V], dl[V], dh[V];
-    if (count == V)
-      load_vec<scalar_t, V>(dy + i, d);
-    else
-      for (int k = 0; k < count; ++k) d[k] = dy[i + k];
+    load_part<scalar_t, V>(dy + i, count, d);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       dl[k] = scalar_t((acc_t(1) - a) * acc_t(d[k]));
       dh[k] = scalar_t(a * acc_t(d[k]));
     }
-    if (count == V) {
-      store_vec<scalar_t, V>(dlow + i, dl);
-      store_vec<scalar_t, V>(dhigh + i, dh);
-    } else {
-      for (int k = 0; k < count; ++k) dlow[i + k] = dl[k], dhigh[i + k] = dh[k];
-    }
+    store_part<scalar_t, V>(dlow + i, count, dl);
+    store_part<scalar_t, V>(dhigh + i, count, dh);
   });
 }
 

@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 SOURCES_CPU = ("ops_cpu.cpp",)
 SOURCES_CUDA = ("ops_cuda.cu",)
-HEADERS = ("common.h",)
+HEADERS = ("common.h", "tail.h")
 # -fopenmp: at::parallel_for is inline OpenMP code, serial unless the extension itself is built with OpenMP (and
 # `omp simd` lets the reductions vectorize). -fno-trapping-math: without it GCC will not turn the LReLU select
 # into a vector blend (it must not evaluate v * slope where the branch would not); nothing here uses FP traps.
