@@ -124,6 +124,9 @@ inline int flat_blocks(int64_t n, int V) {
 template <int V, typename F>
 __device__ __forceinline__ void for_each_flat_vector(int64_t n, F f) {
   const int64_t chunk = int64_t(kThreads) * V * kItems;
+  // Not unrolled: to unroll a loop with a 64-bit counter the compiler counts its trips with a 64-bit division
+  // (__cuda_sm20_div_u64 in the V = 1 kernels at sm_100 and sm_120).
+#pragma unroll 1
   for (int64_t start = blockIdx.x * chunk; start < n; start += int64_t(gridDim.x) * chunk) {
     const int64_t left = n - start;
 #pragma unroll

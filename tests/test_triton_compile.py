@@ -1,8 +1,8 @@
 """Every Triton kernel compiles to sm_90 (Hopper) machine code, for every constexpr variant the launchers use and
 the pixel-norm tile of every v2-1gpu stage, under the rules the CUDA kernels are held to (test_cuda_static.py),
-read from the compiled cubin (fastpggan._static.cubin_facts): no spills, no 64-bit integer division routine, a
-theoretical occupancy of at least 50 % at the launch's warps and shared memory, and 16 bytes per load and store
-in the elementwise epilogue.
+read from the compiled cubin (fastpggan._static.cubin_facts): nothing in local memory (no stack frame, no local
+bytes, no LDL/STL in the SASS), no 64-bit integer division routine, a theoretical occupancy of at least 50 % at the
+launch's warps and shared memory, and 16 bytes per load and store in the elementwise epilogue.
 
 The interpreter tests check the kernels' arithmetic but not that the compiler accepts them: some constructs
 run in the interpreter and fail to compile. Triton compiles ahead of time without a GPU (it ships ptxas), so
@@ -72,8 +72,9 @@ def check_compiled(k, what, key):
     shared = max(facts["shared"], getattr(k.metadata, "shared", 0))
     occ = _static.occupancy(facts["registers"], shared, k.metadata.num_warps * 32)
     broken = []
-    if facts["local"] or facts["stack"]:
-        broken.append(("spills", f"{facts['local']} bytes local, {facts['stack']} stack"))
+    if facts["local"] or facts["stack"] or facts["ldl"] or facts["stl"]:
+        broken.append(("local memory", f"{facts['local']} bytes local, {facts['stack']} stack, "
+                                       f"{facts['ldl']} LDL, {facts['stl']} STL"))
     if facts["int64_division"]:
         broken.append(("div64", f"calls {facts['int64_division']}"))
     if occ < OCCUPANCY_FLOOR:
