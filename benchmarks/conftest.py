@@ -106,7 +106,7 @@ def record(benchmark, device, **info):
 
 # --- CI's smoke run: every case once, at its smallest shape ---------------------------------------------------
 
-SHAPE_PARAMS = ("res", "batch")
+SHAPE_PARAMS = ("res", "batch", "case")   # test_ops: the op case holds the shape
 
 
 def pytest_addoption(parser):

@@ -31,12 +31,12 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-from . import ops
-from .ops import _choices, _dispatch
+from .ops import _choices, _dispatch, _spec
+from .ops._spec import Probe
 from .ops._util import tolerance_ratio
 from .runtime import write_text_atomic
 
@@ -48,21 +48,26 @@ MIN_RUNS, MAX_RUNS = 5, 50
 
 @dataclass
 class Case:
-    """One op call's kind, with a representative shape (the key keeps only its shape class)."""
+    """One op call's kind, with a representative shape (the key keeps only its shape class). `variant` is the op's
+    variant type (ops: OpSpec.variant); its text, as in a case key, is parsed on construction."""
     op: str
-    variant: str
+    variant: Any
     shape: tuple
     dtype: str
     layout: str
     device: str
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if isinstance(self.variant, str):
+            self.variant = _spec.spec(self.op).parse_variant(self.variant)
+
     @property
     def key(self) -> str:
         return _choices.case_key(self.op, self.variant, getattr(torch, self.dtype), self.layout, self.shape)
 
     def to_json(self) -> dict:
-        return dict(op=self.op, variant=self.variant, shape=list(self.shape), dtype=self.dtype, layout=self.layout,
+        return dict(op=self.op, variant=str(self.variant), shape=list(self.shape), dtype=self.dtype, layout=self.layout,
                     device=self.device, extra=self.extra)
 
     @classmethod
@@ -85,61 +90,11 @@ def cases_from_records(records: Iterable[dict], batch: Optional[int] = None) -> 
 
 # -- one case: its inputs, the call, the check and the clock -------------------------------------------------------
 
-@dataclass
-class Probe:
-    inputs: List[torch.Tensor]   # leaf tensors whose gradients are compared
-    counts: List[int]            # terms each input's gradient sums over (tolerance_ratio's count)
-    call: Callable               # call(impl) -> output
-    second_order: bool           # the op promises a differentiable backward
-
-
-def _tensor(shape, dtype, layout, device, gen, positive=False):
-    t = torch.rand(shape, generator=gen, device=device) + 0.5 if positive else \
-        torch.randn(shape, generator=gen, device=device)
-    t = t.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    if layout == "channels_last" and t.ndim == 4:
-        t = t.contiguous(memory_format=torch.channels_last)
-    return t.requires_grad_(True)
-
-
 def make_probe(case: Case, dtype: Optional[str] = None, seed: int = 0) -> Probe:
-    """Fresh random inputs of `case` (in `dtype` if given: the float64 second-order check) and its call."""
-    dt = dtype or case.dtype
-    gen = torch.Generator(device=case.device).manual_seed(seed)
-    t = lambda shape, d=dt, **kw: _tensor(shape, d, case.layout, case.device, gen, **kw)  # noqa: E731
-    shape, ex, numel = case.shape, case.extra, math.prod(case.shape)
-    if case.op == "bias_act":
-        flags = case.variant.split(",")
-        x = t(shape)
-        bias = t((shape[1],), dtype or ex.get("bias_dtype") or dt) if "bias" in flags else None
-        pn, slope = "pn" in flags, ex.get("slope", 1.0 if "linear" in flags else 0.2)
-        call = lambda impl: ops.bias_act(x, bias, gain=ex.get("gain", 0.7), negative_slope=slope,  # noqa: E731
-                                         pixel_norm=pn, impl=impl)
-        inputs = [x] + ([bias] if bias is not None else [])
-        return Probe(inputs, [1, numel // shape[1]], call, not pn)
-    if case.op == "fade_in":
-        up = case.variant == "up"
-        high = t(shape)
-        low = t(shape[:2] + ((shape[2] // 2, shape[3] // 2) if up else tuple(shape[2:])), dtype or ex.get("low_dtype")
-                or dt)
-        alpha = torch.tensor(0.37, device=case.device) if ex.get("alpha") == "tensor" else 0.37
-        return Probe([low, high], [4 if up else 1, 1], lambda impl: ops.fade_in(low, high, alpha, impl=impl), True)
-    if case.op == "minibatch_stddev":
-        group = int(case.variant.split("=")[1])
-        x = t(shape)
-        return Probe([x], [1], lambda impl: ops.minibatch_stddev(x, group, impl=impl), True)
-    if case.op == "gradient_penalty":
-        g = t(shape)
-        target = ex.get("target", 1.0)
-        return Probe([g], [1], lambda impl: ops.gradient_penalty(g, target=target, impl=impl), True)
-    if case.op == "gp_interpolate":
-        reals = t(shape)
-        fakes = t(shape, dtype or ex.get("fakes_dtype") or dt)
-        u = _tensor((shape[0],), dtype or ex.get("u_dtype") or "float32", "contiguous", case.device, gen,
-                    positive=True)
-        return Probe([reals, fakes, u], [1, 1, numel // shape[0]],
-                     lambda impl: ops.gp_interpolate(reals, fakes, u, impl=impl), True)
-    raise ValueError(f"fastpggan.autotune: no probe for op {case.op!r}")
+    """Fresh random inputs of `case` (in `dtype` if given: the float64 second-order check) and its call, from the
+    op's declaration."""
+    inputs = _spec.Inputs(case.dtype, case.layout, case.device, seed, dtype)
+    return _spec.spec(case.op).probe(case.variant, tuple(case.shape), case.extra, inputs)
 
 
 def _outputs_and_grads(probe, impl, create_graph=False, seed=1):
@@ -261,6 +216,8 @@ def _emit(**msg):
 def worker(job: dict) -> None:
     """The child's side: validate, then time, each (case, backend) of `job`, reporting on stdout as it goes."""
     torch.set_num_threads(job["threads"])
+    for name, path in job.get("modules", {}).items():   # ops declared outside fastpggan
+        _import_declaring_module(name, path)
     cases = [Case.from_json(c) for c in job["cases"]]
     skip = {tuple(s) for s in job.get("skip", ())}
     if job.get("bandwidth"):
@@ -283,6 +240,28 @@ def worker(job: dict) -> None:
                       if str(e) else f"raised {type(e).__name__}")
 
 
+def _declaring_modules(cases) -> Dict[str, str]:
+    """{module: file} of the ops in `cases` declared outside fastpggan, for the child to import."""
+    out = {}
+    for op in {c.op for c in cases}:
+        name = _spec.spec(op).ref.__module__
+        module = sys.modules.get(name)
+        if not name.startswith("fastpggan.") and getattr(module, "__file__", None):
+            out[name] = module.__file__
+    return out
+
+
+def _import_declaring_module(name: str, path: str) -> None:
+    import importlib.util
+    if name in sys.modules:
+        return
+    sys.path.insert(0, os.path.dirname(path))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
 def _read_lines(stream, q):
     for line in stream:
         q.put(line)
@@ -296,7 +275,8 @@ def measure(cases: Sequence[Case], seed: Optional[int] = None, timeout_s: float 
     {"ok": False, "error"}} per case]}."""
     results: List[Dict[str, dict]] = [{} for _ in cases]
     seed = int(time.time_ns() % 2 ** 31) if seed is None else seed   # fresh inputs on every tuning
-    job = dict(cases=[c.to_json() for c in cases], threads=torch.get_num_threads(), seed=seed, time=timed)
+    job = dict(cases=[c.to_json() for c in cases], threads=torch.get_num_threads(), seed=seed, time=timed,
+               modules=_declaring_modules(cases))
     bandwidth, start, skip = None, 0, []
     while start < len(cases):
         job.update(start=start, skip=skip, bandwidth=timed and bandwidth is None)
@@ -476,16 +456,11 @@ def _entry(case, res, bandwidth, log):
     return entry
 
 
-# tensors of the case's size that forward + backward must at least read or write: bias_act reads x, writes y,
-# reads dy and y, writes dx; the upsampling fade touches low (1/4 size) three times; and so on
-TRAFFIC = {"bias_act": 5, "minibatch_stddev": 5, "gradient_penalty": 3, "gp_interpolate": 6, "fade_in(up)": 4.5,
-           "fade_in(same)": 6}
-
-
-def traffic_bytes(case: Case) -> int:
-    """The least bytes forward + backward of `case` move (the numerator of its GB/s)."""
-    factor = TRAFFIC.get(f"{case.op}({case.variant})", TRAFFIC.get(case.op, 0))
-    return int(factor * math.prod(case.shape) * torch.empty((), dtype=getattr(torch, case.dtype)).element_size())
+def traffic_bytes(case: Case, backward: bool = True) -> int:
+    """The least bytes forward (+ backward) of `case` move, from the op's declaration (the numerator of its GB/s)."""
+    forward, both = _spec.spec(case.op).traffic(case.variant)
+    elements = math.prod(case.shape) * torch.empty((), dtype=getattr(torch, case.dtype)).element_size()
+    return int((both if backward else forward) * elements)
 
 
 # -- recording the cases of a model ------------------------------------------------------------------------------

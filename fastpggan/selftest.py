@@ -21,14 +21,14 @@ import os
 import sys
 import time
 from types import SimpleNamespace
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
 from . import autotune
 from .autotune import Case
 from .errors import ArgumentParser, UserError, cli_entry
-from .ops import _choices, _dispatch
+from .ops import _choices, _dispatch, _spec
 from .runtime import pick_device, write_text_atomic
 from .step import CudaGraphStep, _Rerun, random_inputs
 from .tune import format_table, training_trainer, tune_training
@@ -37,36 +37,22 @@ DTYPES = ("float32", "bfloat16", "float16")
 LAYOUTS = ("contiguous", "channels_last")
 
 
-def kernel_cases(device: torch.device) -> List[Case]:
-    """Each op and variant at odd shapes (C not a power of two, N=1, 4x4 up), per dtype and layout, so that both
-    forms of every CUDA kernel run: the 16-byte vector form (C = 16 channels_last: two or four lanes per pixel;
-    4x4 and 8x8 planes) and the scalar one (C = 3 and 17, 9x9 and 5x5 planes)."""
-    dev, out = str(device), []
-    big = device.type == "cuda"
-    for dtype in DTYPES:
-        for layout in LAYOUTS:
-            c = lambda op, variant, shape, **extra: out.append(  # noqa: E731
-                Case(op, variant, tuple(shape), dtype, layout, dev, extra))
-            for shape in [(1, 3, 4, 4), (5, 17, 9, 9), (2, 16, 8, 8)] + ([(16, 512, 32, 32)] if big else []):
-                for variant in ("lrelu,bias", "lrelu,bias,pn", "linear,nobias,pn", "linear,bias"):
-                    c("bias_act", variant, shape, gain=0.43, slope=0.2 if "lrelu" in variant else 1.0,
-                      bias_dtype="float32")
-                c("fade_in", "up", (shape[0], shape[1], 8, 8), low_dtype=dtype, alpha="tensor")
-                c("fade_in", "same", shape, low_dtype=dtype, alpha="float")
-                c("gradient_penalty", "", shape, target=2.0)
-                c("gp_interpolate", "", shape, fakes_dtype=dtype, u_dtype="float32")
-            for n, group in [(8, 4), (6, 3), (1, 1)] + ([(64, 4)] if big else []):
-                c("minibatch_stddev", f"group={group}", (n, 17, 5, 5))
-            c("minibatch_stddev", "group=4", (8, 16, 4, 4))
-            if layout == "contiguous":   # dense layers and latents
-                for variant in ("lrelu,bias", "linear,nobias,pn", "lrelu,bias,pn"):
-                    c("bias_act", variant, (3, 17), gain=1.7, slope=0.2 if "lrelu" in variant else 1.0,
-                      bias_dtype="float32")
+def kernel_cases(device: torch.device, ops: Optional[Sequence[str]] = None) -> List[Case]:
+    """Every declared op's self-test cases (OpSpec.check_cases: odd shapes, C not a power of two, N=1, 4x4 up, both
+    forms of every CUDA kernel) per dtype and layout; `ops` keeps only those ops."""
+    dev, out, big = str(device), [], device.type == "cuda"
+    for spec in _spec.all_specs():
+        if ops is not None and spec.name not in ops:
+            continue
+        for dtype in DTYPES:
+            for layout in LAYOUTS:
+                out += [Case(spec.name, variant, tuple(shape), dtype, layout, dev, dict(extra))
+                        for variant, shape, extra in spec.check_cases(dtype, layout, big)]
     return out
 
 
-def check_kernels(device: torch.device, log: Callable) -> dict:
-    cases = kernel_cases(device)
+def check_kernels(device: torch.device, log: Callable, ops: Optional[Sequence[str]] = None) -> dict:
+    cases = kernel_cases(device, ops)
     t0 = time.time()
     results = autotune.measure(cases, timed=False)["results"]
     failures, passed = [], {}

@@ -155,3 +155,25 @@ def test_cuda_translation_unit_was_compiled_and_linked_for_sm90():
     if readelf.returncode != 0:
         pytest.skip("readelf is not available to inspect the library")
     assert ".nv_fatbin" in readelf.stdout
+
+
+def test_the_built_library_is_stale_only_when_a_source_or_header_is_newer(tmp_path, monkeypatch):
+    """An edit to csrc/README.md must not send every extension user through a JIT rebuild; a .cpp, .cu or .h edit
+    must."""
+    src = tmp_path / "csrc"
+    src.mkdir()
+    for name in _build.SOURCES_CPU + _build.SOURCES_CUDA + _build.HEADERS + ("README.md",):
+        (src / name).write_text("x")
+        os.utime(src / name, (1000, 1000))
+    lib = tmp_path / "_C.so"
+    lib.write_text("x")
+    os.utime(lib, (2000, 2000))
+    monkeypatch.setattr(_build, "csrc_dir", lambda: str(src))
+    monkeypatch.setattr(_ext.importlib.util, "find_spec", lambda name: type("Spec", (), {"origin": str(lib)}))
+    assert _ext._prebuilt() == str(lib)
+    os.utime(src / "README.md", (3000, 3000))
+    assert _ext._prebuilt() == str(lib)
+    for name in ("tail.h", "ops_cuda.cu"):
+        os.utime(src / name, (3000, 3000))
+        assert _ext._prebuilt() is None, name
+        os.utime(src / name, (1000, 1000))

@@ -19,6 +19,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from . import _dispatch, _ext
+from ._spec import OpSpec
 from ._util import triton_unavailable
 
 
@@ -33,13 +34,13 @@ class KernelOp:
 Autograd = Callable[[SimpleNamespace], Dict[str, Tuple[Callable, Callable]]]
 
 
-def register_backends(op: str, *, ref: Callable, kernels: str, kernel_ops: Dict[str, KernelOp], autograd: Autograd,
+def register_backends(spec: OpSpec, *, kernels: str, kernel_ops: Dict[str, KernelOp], autograd: Autograd,
                       call: Callable, triton_limit: Optional[Callable] = None) -> None:
-    """Register `op`'s three backends with the dispatcher, and both fast backends' kernel ops with torch.
+    """Declare an op (`spec`: its oracle, variants, probe, cases, traffic and static order) and register its three
+    backends with the dispatcher, and both fast backends' kernel ops with torch.
 
     Args:
-        op: the op's name in the dispatcher (`_dispatch.resolve(op, impl, x)`).
-        ref: the plain-PyTorch oracle, impl='ref'.
+        spec: the op's declaration; `spec.ref` is impl='ref'.
         kernels: the module of fastpggan.kernels with one function per kernel op, named as the op.
         kernel_ops: {name: KernelOp} of every kernel op the fast backends run.
         autograd: given one backend's ops (a namespace of callables by name), the (setup_context, backward) pair
@@ -47,7 +48,8 @@ def register_backends(op: str, *, ref: Callable, kernels: str, kernel_ops: Dict[
         call: call(ops, *args) runs the op on one backend's ops, with the arguments the public function passes.
         triton_limit: an extra check x -> None or a reason, for a limit of the Triton kernels only.
     """
-    _dispatch.register(op, "ref", ref)
+    _dispatch.declare(spec)
+    op = spec.name
 
     module = functools.cache(lambda: importlib.import_module(f"fastpggan.kernels.{kernels}"))
     triton_names = {name: f"fastpggan::{name}_triton" for name in kernel_ops}

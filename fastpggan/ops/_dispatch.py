@@ -18,25 +18,13 @@ import os
 import warnings
 from typing import Optional
 
-from . import _choices
+from . import _choices, _spec
 
 IMPLS = ("ref", "triton", "ext")
 
-# The static order: fastest-first backends per op and device type for the cases that nothing tuned (README
-# "Choosing backends by measurement"), as measured by benchmarks/; an op or device not listed uses 'ref'. Changed
-# only with a committed measurement.
-AUTO_ORDER = {
-    # CPU: the extension's C++ kernels; forward+backward at 4-32^2, fp32, vs ref: bias_act 2.2-2.9x, with pixel norm
-    # 2.7-5.3x, fade_in 1.2-2.4x, minibatch_stddev 3.4x, gradient_penalty 1.1-1.8x
-    # (benchmarks/results/cpu-2core-20261122-ops.md). CUDA: ref; a fast kernel runs on a GPU only once it has
-    # passed its check against ref there (fastpggan.autotune).
-    "bias_act": {"cpu": ("ext", "ref"), "cuda": ("ref",)},
-    "fade_in": {"cpu": ("ext", "ref"), "cuda": ("ref",)},
-    "minibatch_stddev": {"cpu": ("ext", "ref"), "cuda": ("ref",)},
-    "gradient_penalty": {"cpu": ("ext", "ref"), "cuda": ("ref",)},
-    # torch.lerp is already one pass; per-call overhead makes ext no faster on the CPU
-    "gp_interpolate": {"cpu": ("ref",), "cuda": ("ref",)},
-}
+# The static order: fastest-first backends per op and device type for the cases that nothing tuned, from each
+# op's declaration (OpSpec.auto_order, with the measurement it comes from); an op or device not listed uses 'ref'.
+AUTO_ORDER = {}
 
 _registry = {}  # op name -> {impl: (fn, unavailable)}
 _warned = set()
@@ -48,6 +36,24 @@ _recorder = []      # [list] while recording() is active
 
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot run this op here."""
+
+
+def declare(spec: _spec.OpSpec, backends: Optional[dict] = None) -> None:
+    """Declare an op (its OpSpec) and register its 'ref' backend (spec.ref), and the other `backends`: {impl: fn or
+    (fn, unavailable)}. Backends may also follow with `register`."""
+    _spec.add(spec)
+    AUTO_ORDER[spec.name] = {device: tuple(order) for device, order in spec.auto_order.items()}
+    register(spec.name, "ref", spec.ref)
+    for impl, backend in (backends or {}).items():
+        register(spec.name, impl, *(backend if isinstance(backend, tuple) else (backend,)))
+
+
+def undeclare(op: str) -> None:
+    """Remove an op declared with `declare` and all its backends (tests declare toy ops for a while)."""
+    _spec.remove(op)
+    AUTO_ORDER.pop(op, None)
+    _registry.pop(op, None)
+    _orders.clear()
 
 
 def register(op, impl, fn, unavailable=lambda x: None):
@@ -125,7 +131,7 @@ def exporting() -> bool:
 
 
 def _auto_order(op, variant, dtype, shape, layout, device):
-    memo = (op, variant, dtype, shape, layout, device, os.environ.get("FASTPGGAN_CACHE"))
+    memo = (op, str(variant), dtype, shape, layout, device, os.environ.get("FASTPGGAN_CACHE"))
     order = _orders.get(memo)
     if order is None:
         order = AUTO_ORDER.get(op, {}).get(device.type, ("ref",))
@@ -139,7 +145,7 @@ def _auto_order(op, variant, dtype, shape, layout, device):
     return order
 
 
-def auto_backend(op: str, variant: str, shape, dtype, layout: str, device) -> str:
+def auto_backend(op: str, variant, shape, dtype, layout: str, device) -> str:
     """The backend impl='auto' runs for this case here (without FASTPGGAN_IMPL)."""
     import torch
     dtype, device = (getattr(torch, dtype) if isinstance(dtype, str) else dtype), torch.device(device)
@@ -148,10 +154,10 @@ def auto_backend(op: str, variant: str, shape, dtype, layout: str, device) -> st
     return next((i for i in tuple(order) + ("ref",) if _missing(op, i, probe) is None), "ref")
 
 
-def resolve(op, impl, x, variant="", extra=None):
-    """Return the function that runs `op` on tensor `x` for the requested `impl`. `variant` names what selects
-    the kernel besides x (the case key's part in parentheses); `extra` is what a recording keeps to rebuild the
-    call's other inputs."""
+def resolve(op, impl, x, variant=_spec.NoVariant(), extra=None):
+    """Return the function that runs `op` on tensor `x` for the requested `impl`. `variant` (the op's variant type)
+    is what selects the kernel besides x (the case key's part in parentheses); `extra` is what a recording keeps to
+    rebuild the call's other inputs."""
     _check_impl(impl, "impl")
     if impl == "auto" and exporting():
         return _registry[op]["ref"][0]

@@ -44,13 +44,15 @@ def on_load(fn):
 
 
 def _prebuilt():
-    """Path of the library setup.py built, if it exists and is newer than every source."""
+    """Path of the library setup.py built, if it exists and is newer than every source and header (not csrc/'s
+    README, whose edits change no code)."""
     spec = importlib.util.find_spec("fastpggan._C")
     if spec is None or not spec.origin or not os.path.exists(spec.origin):
         return None
     src = _build.csrc_dir()
     if src is not None:
-        newest = max(os.path.getmtime(os.path.join(src, f)) for f in os.listdir(src))
+        files = [os.path.join(src, f) for f in _build.SOURCES_CPU + _build.SOURCES_CUDA + _build.HEADERS]
+        newest = max(os.path.getmtime(f) for f in files if os.path.exists(f))
         if newest > os.path.getmtime(spec.origin):
             return None  # a source checkout edited since the build: rebuild through the JIT path
     return spec.origin

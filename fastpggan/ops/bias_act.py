@@ -7,6 +7,7 @@ The channel axis is dim 1 of a tensor of 2 or more dims. fp16/bf16 inputs are co
 so the pixel-norm statistics are always fp32. `gain` carries the equalized-LR scale gain/sqrt(fan_in), which is
 linear and so commutes with the convolution before it (paper Sec. 4.1, "equalized learning rate").
 """
+import dataclasses
 from typing import Optional
 
 import torch
@@ -16,9 +17,30 @@ from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of
 
 from . import _dispatch
 from ._backends import KernelOp, register_backends
+from ._spec import Inputs, OpSpec, Probe, Variant, dtype_name, odd_shapes
 from ._util import upcast
 
 PIXEL_NORM_EPS = 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class BiasActVariant(Variant):
+    """What selects a bias_act kernel besides x; its text is e.g. 'lrelu,bias,pn'."""
+    linear: bool = False       # negative_slope == 1: no activation
+    bias: bool = True
+    pixel_norm: bool = False
+
+    def __str__(self) -> str:
+        return ",".join(["linear" if self.linear else "lrelu", "bias" if self.bias else "nobias"] +
+                        (["pn"] if self.pixel_norm else []))
+
+    @classmethod
+    def parse(cls, text: str) -> "BiasActVariant":
+        parts = text.split(",")
+        if len(parts) not in (2, 3) or parts[0] not in ("lrelu", "linear") or parts[1] not in ("bias", "nobias") \
+                or parts[2:] not in ([], ["pn"]):
+            raise ValueError(f"bias_act variant must be like 'lrelu,bias' or 'linear,nobias,pn', got {text!r}")
+        return cls(parts[0] == "linear", parts[1] == "bias", parts[2:] == ["pn"])
 
 
 def bias_act(x: torch.Tensor, bias: Optional[torch.Tensor] = None, *, gain: float = 1.0,
@@ -41,15 +63,10 @@ def bias_act(x: torch.Tensor, bias: Optional[torch.Tensor] = None, *, gain: floa
         raise ValueError(f"bias_act expects a tensor with a channel axis at dim 1, got shape {tuple(x.shape)}")
     if bias is not None and (bias.ndim != 1 or bias.shape[0] != x.shape[1]):
         raise ValueError(f"bias must have shape ({x.shape[1]},), got {tuple(bias.shape)}")
-    variant = ",".join(["linear" if negative_slope == 1.0 else "lrelu", "nobias" if bias is None else "bias"] +
-                       (["pn"] if pixel_norm else []))
+    variant = BiasActVariant(negative_slope == 1.0, bias is not None, bool(pixel_norm))
     fn = _dispatch.resolve("bias_act", impl, x, variant, extra=dict(
-        gain=float(gain), slope=float(negative_slope), bias_dtype=None if bias is None else _dtype_name(bias)))
+        gain=float(gain), slope=float(negative_slope), bias_dtype=None if bias is None else dtype_name(bias)))
     return fn(x, bias, float(gain), float(negative_slope), bool(pixel_norm))
-
-
-def _dtype_name(t):
-    return str(t.dtype).replace("torch.", "")
 
 
 def bias_act_ref(x, bias=None, gain=1.0, negative_slope=0.2, pixel_norm=False):
@@ -150,8 +167,43 @@ def _call(k, x, bias, gain, negative_slope, pixel_norm):
     return k.bias_act(x, bias, gain, negative_slope)
 
 
+def _probe(v: BiasActVariant, shape, extra, inputs: Inputs) -> Probe:
+    x = inputs.tensor(shape)
+    bias = inputs.tensor((shape[1],), extra.get("bias_dtype")) if v.bias else None
+    gain, slope = extra.get("gain", 0.7), extra.get("slope", 1.0 if v.linear else 0.2)
+    call = lambda impl: bias_act(x, bias, gain=gain, negative_slope=slope, pixel_norm=v.pixel_norm,  # noqa: E731
+                                 impl=impl)
+    return Probe([x] + ([bias] if bias is not None else []), [1, x.numel() // shape[1]], call, not v.pixel_norm)
+
+
+def _check_cases(dtype, layout, big):
+    out = []
+    for shape in odd_shapes(big):
+        for text in ("lrelu,bias", "lrelu,bias,pn", "linear,nobias,pn", "linear,bias"):
+            v = BiasActVariant.parse(text)
+            out.append((v, shape, dict(gain=0.43, slope=1.0 if v.linear else 0.2, bias_dtype="float32")))
+    if layout == "contiguous":   # dense layers and latents
+        for text in ("lrelu,bias", "linear,nobias,pn", "lrelu,bias,pn"):
+            v = BiasActVariant.parse(text)
+            out.append((v, (3, 17), dict(gain=1.7, slope=1.0 if v.linear else 0.2, bias_dtype="float32")))
+    return out
+
+
+def _bench_cases(shapes):
+    return [(label, res, BiasActVariant(pixel_norm=pn), (n, c, res, res), dict(gain=0.05, bias_dtype="float32"))
+            for label, pn in (("bias_act", False), ("bias_act+pixelnorm", True)) for res, (n, c) in shapes.items()]
+
+
 register_backends(
-    "bias_act", ref=bias_act_ref, kernels="bias_act", autograd=_autograd, call=_call,
+    OpSpec(
+        "bias_act", bias_act_ref, BiasActVariant, _probe, _check_cases, _bench_cases,
+        # forward reads x and writes y; the backward reads dy and y and writes dx (bias and statistics ignored)
+        traffic=lambda v: (2, 5),
+        # forward + backward at 4-32^2, fp32, vs ref: 2.2-2.9x, with pixel norm 2.7-5.3x. CUDA: ref; a fast kernel
+        # runs on a GPU only once it has passed its check against ref there (fastpggan.autotune).
+        auto_order={"cpu": ("ext", "ref"), "cuda": ("ref",)},
+        auto_order_source="benchmarks/results/cpu-2core-20261122-ops.md"),
+    kernels="bias_act", autograd=_autograd, call=_call,
     kernel_ops={
         "bias_act": KernelOp("(Tensor x, Tensor? bias, float gain, float slope) -> Tensor", _fake_like_x),
         "bias_act_grad": KernelOp("(Tensor dy, Tensor y, float gain, float slope) -> Tensor", _fake_like_y),

@@ -5,6 +5,7 @@
 `low` is at high's resolution or half of it. Written as (1-a)*u + a*h rather than lerp, so that alpha=0 gives
 exactly u and alpha=1 gives exactly h: the grown network then equals the smaller one bit for bit.
 """
+import dataclasses
 from typing import Union
 
 import torch
@@ -14,6 +15,22 @@ from fastpggan.kernels._tensors import empty_in_layout_of
 
 from . import _dispatch
 from ._backends import KernelOp, register_backends
+from ._spec import Inputs, OpSpec, Probe, Variant, dtype_name, odd_shapes
+
+
+@dataclasses.dataclass(frozen=True)
+class FadeVariant(Variant):
+    """'up' when low is half of high's size (the upsampling kernel), 'same' when the sizes are equal."""
+    up: bool
+
+    def __str__(self) -> str:
+        return "up" if self.up else "same"
+
+    @classmethod
+    def parse(cls, text: str) -> "FadeVariant":
+        if text not in ("up", "same"):
+            raise ValueError(f"fade_in variant must be 'up' or 'same', got {text!r}")
+        return cls(text == "up")
 
 
 def fade_in(low: torch.Tensor, high: torch.Tensor, alpha: Union[float, torch.Tensor], *,
@@ -38,8 +55,8 @@ def fade_in(low: torch.Tensor, high: torch.Tensor, alpha: Union[float, torch.Ten
         raise ValueError(f"fade_in: low {tuple(lh)} must be high's size {tuple(hh)} or half of it")
     if isinstance(alpha, torch.Tensor) and alpha.ndim != 0:
         raise ValueError("fade_in: alpha must be a float or a 0-d tensor")
-    fn = _dispatch.resolve("fade_in", impl, high, "same" if lh == hh else "up",
-                           extra=dict(low_dtype=str(low.dtype).replace("torch.", ""),
+    fn = _dispatch.resolve("fade_in", impl, high, FadeVariant(lh != hh),
+                           extra=dict(low_dtype=dtype_name(low),
                                       alpha="tensor" if isinstance(alpha, torch.Tensor) else "float"))
     return fn(low, high, alpha)
 
@@ -110,8 +127,40 @@ def _call(k, low, high, alpha):
     return k.fade_in(low.to(high.dtype), high, float(alpha), None)
 
 
+def _probe(v: FadeVariant, shape, extra, inputs: Inputs) -> Probe:
+    high = inputs.tensor(shape)
+    low = inputs.tensor(tuple(shape[:2]) + ((shape[2] // 2, shape[3] // 2) if v.up else tuple(shape[2:])),
+                        extra.get("low_dtype"))
+    alpha = torch.tensor(0.37, device=high.device) if extra.get("alpha") == "tensor" else 0.37
+    return Probe([low, high], [4 if v.up else 1, 1], lambda impl: fade_in(low, high, alpha, impl=impl), True)
+
+
+def _check_cases(dtype, layout, big):
+    out = []
+    for n, c, h, w in odd_shapes(big):
+        out.append((FadeVariant(True), (n, c, 8, 8), dict(low_dtype=dtype, alpha="tensor")))
+        out.append((FadeVariant(False), (n, c, h, w), dict(low_dtype=dtype, alpha="float")))
+    return out
+
+
+def _bench_cases(shapes):
+    """G's RGB output fade at each resolution, and D's feature fade (at half the resolution, same size)."""
+    return [("fade_in G rgb", res, FadeVariant(True), (n, 3, res, res), {}) for res, (n, _) in shapes.items()
+            if res >= 8] + \
+        [("fade_in D features", res, FadeVariant(False), (n, shapes[res // 2][1], res // 2, res // 2), {})
+         for res, (n, _) in shapes.items() if res >= 8 and res // 2 in shapes]
+
+
 register_backends(
-    "fade_in", ref=fade_in_ref, kernels="fade_in", autograd=_autograd, call=_call,
+    OpSpec(
+        "fade_in", fade_in_ref, FadeVariant, _probe, _check_cases, _bench_cases,
+        # forward reads low and high and writes y, the backward reads dy and writes dlow and dhigh; the upsampling
+        # fade's low is a quarter of the size
+        traffic=lambda v: (2.25, 4.5) if v.up else (3, 6),
+        # forward + backward at 4-32^2, fp32, vs ref: 1.2-2.4x on the CPU; CUDA: ref until checked on the GPU
+        auto_order={"cpu": ("ext", "ref"), "cuda": ("ref",)},
+        auto_order_source="benchmarks/results/cpu-2core-20261122-ops.md"),
+    kernels="fade_in", autograd=_autograd, call=_call,
     kernel_ops={
         "fade_in": KernelOp("(Tensor low, Tensor high, float alpha, Tensor? alpha_t) -> Tensor", _fake),
         "fade_in_grad": KernelOp("(Tensor dy, int[] low_size, float alpha, Tensor? alpha_t) -> (Tensor, Tensor)",

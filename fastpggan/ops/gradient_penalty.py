@@ -11,6 +11,7 @@ from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of
 
 from . import _dispatch
 from ._backends import KernelOp, register_backends
+from ._spec import Inputs, NoVariant, OpSpec, Probe, dtype_name, odd_shapes
 from ._util import upcast
 
 
@@ -46,8 +47,8 @@ def gp_interpolate(reals: torch.Tensor, fakes: torch.Tensor, u: torch.Tensor, *,
     if reals.shape != fakes.shape or u.ndim != 1 or u.shape[0] != reals.shape[0]:
         raise ValueError(f"gp_interpolate: reals {tuple(reals.shape)} and fakes {tuple(fakes.shape)} must match "
                          f"and u must be ({reals.shape[0]},), got {tuple(u.shape)}")
-    fn = _dispatch.resolve("gp_interpolate", impl, reals, extra=dict(fakes_dtype=str(fakes.dtype).replace("torch.", ""),
-                                                                     u_dtype=str(u.dtype).replace("torch.", "")))
+    fn = _dispatch.resolve("gp_interpolate", impl, reals,
+                           extra=dict(fakes_dtype=dtype_name(fakes), u_dtype=dtype_name(u)))
     return fn(reals, fakes, u)
 
 
@@ -130,8 +131,29 @@ def _call(k, grads, target):
     return k.gradient_penalty(grads, float(target))[0]
 
 
+def _probe(v, shape, extra, inputs: Inputs) -> Probe:
+    g = inputs.tensor(shape)
+    target = extra.get("target", 1.0)
+    return Probe([g], [1], lambda impl: gradient_penalty(g, target=target, impl=impl), True)
+
+
+def _images(shapes):
+    """(res, N, 3, res, res): the images D sees at each stage."""
+    return [(res, (n, 3, res, res)) for res, (n, _) in shapes.items()]
+
+
 register_backends(
-    "gradient_penalty", ref=gradient_penalty_ref, kernels="gradient_penalty", autograd=_autograd, call=_call,
+    OpSpec(
+        "gradient_penalty", gradient_penalty_ref, NoVariant, _probe,
+        check_cases=lambda dtype, layout, big: [(NoVariant(), shape, dict(target=2.0)) for shape in odd_shapes(big)],
+        bench_cases=lambda shapes: [("gradient_penalty", res, NoVariant(), shape, {})
+                                    for res, shape in _images(shapes)],
+        # forward reads g; the backward reads g again and writes dg
+        traffic=lambda v: (1, 3),
+        # forward + backward at 4-32^2, fp32, vs ref: 1.1-1.8x on the CPU; CUDA: ref until checked on the GPU
+        auto_order={"cpu": ("ext", "ref"), "cuda": ("ref",)},
+        auto_order_source="benchmarks/results/cpu-2core-20261122-ops.md"),
+    kernels="gradient_penalty", autograd=_autograd, call=_call,
     kernel_ops={
         "gradient_penalty": KernelOp("(Tensor grads, float target) -> (Tensor, Tensor)", _fake),
         "gradient_penalty_grad": KernelOp("(Tensor dgp, Tensor grads, Tensor r, float target) -> Tensor", _fake_grad),
@@ -157,8 +179,27 @@ def _interpolate_autograd(k):
     return {"gp_interpolate": (setup, backward)}
 
 
+def _interpolate_probe(v, shape, extra, inputs: Inputs) -> Probe:
+    reals = inputs.tensor(shape)
+    fakes = inputs.tensor(shape, extra.get("fakes_dtype"))
+    u = inputs.tensor((shape[0],), extra.get("u_dtype") or "float32", positive=True, layout="contiguous")
+    return Probe([reals, fakes, u], [1, 1, reals.numel() // shape[0]],
+                 lambda impl: gp_interpolate(reals, fakes, u, impl=impl), True)
+
+
 register_backends(
-    "gp_interpolate", ref=gp_interpolate_ref, kernels="gradient_penalty", autograd=_interpolate_autograd,
+    OpSpec(
+        "gp_interpolate", gp_interpolate_ref, NoVariant, _interpolate_probe,
+        check_cases=lambda dtype, layout, big: [(NoVariant(), shape, dict(fakes_dtype=dtype, u_dtype="float32"))
+                                                for shape in odd_shapes(big)],
+        bench_cases=lambda shapes: [("gp_interpolate", res, NoVariant(), shape, dict(u_dtype="float32"))
+                                    for res, shape in _images(shapes)],
+        # forward reads reals and fakes and writes the sample; the backward reads dy and writes both gradients
+        traffic=lambda v: (3, 6),
+        # torch.lerp is already one pass; per-call overhead makes ext no faster on the CPU
+        auto_order={"cpu": ("ref",), "cuda": ("ref",)},
+        auto_order_source="benchmarks/results/cpu-2core-20261122-ops.md"),
+    kernels="gradient_penalty", autograd=_interpolate_autograd,
     call=lambda k, reals, fakes, u: k.gp_interpolate(reals, fakes, u),
     kernel_ops={"gp_interpolate": KernelOp("(Tensor real, Tensor fake, Tensor u) -> Tensor",
                                            lambda real, fake, u: empty_in_layout_of(real))})
