@@ -18,7 +18,6 @@ import torch
 
 from conftest import PGGAN_SHAPES, devices, record, run_synced
 from fastpggan import autotune, ops
-from fastpggan.ops import _spec
 
 IMPLS = ["ref", "triton", "ext"]
 CPU_RESOLUTIONS = (4, 8, 32)
@@ -28,7 +27,7 @@ def _cases():
     cases = []
     for dev in devices():
         device = dev.values[0]
-        for spec in _spec.all_specs():
+        for spec in ops.backends.declared():
             for label, res, variant, shape, extra in spec.bench_cases(PGGAN_SHAPES):
                 if device == "cpu" and res not in CPU_RESOLUTIONS:
                     continue

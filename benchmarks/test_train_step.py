@@ -30,7 +30,7 @@ from conftest import PGGAN_SHAPES, devices, matmul_peak_tflops, record, run_sync
 from fastpggan import autotune
 from fastpggan import step as step_mod
 from fastpggan.networks import Discriminator, Generator
-from fastpggan.ops import _dispatch
+from fastpggan.ops import backends
 
 # name: (impl, amp dtype, channels_last, cuda graphs); "-top4": low precision only in the 4 highest resolutions
 # (--amp-min-res res/8, the stylegan2-ada practice), fp32 below
@@ -139,7 +139,7 @@ def test_train_step(benchmark, device, res, batch, variant):
     if impl == "auto":
         eager = getattr(runner, "step_eager", runner)
         records = autotune.record(eager.run, draw(), res, eager.alpha_arg(alpha), update=False)
-        _dispatch.use_choices(autotune.tune_cases(autotune.cases_from_records(records))["choices"])
+        backends.use_choices(autotune.tune_cases(autotune.cases_from_records(records))["choices"])
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
     for _ in range(3):   # warm-up: cuDNN autotuning, Triton compilation, graph capture, allocator
@@ -157,4 +157,4 @@ def test_train_step(benchmark, device, res, batch, variant):
     if device == "cuda":
         benchmark.extra_info["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
         benchmark.extra_info["matmul_peak_tflops"] = matmul_peak_tflops()
-    _dispatch.use_choices(None)
+    backends.use_choices(None)

@@ -1,14 +1,14 @@
 """Backend choice by checking and measuring where the code runs (the way cuDNN's benchmark mode and Triton's
 autotuner choose, except that a backend must first give the reference's answer).
 
-For each case (ops._choices: op, variant, dtype, layout, shape class) on a device:
+For each case (ops.tune_cache: op, variant, dtype, layout, shape class) on a device:
 1. validate: every available backend runs the case on fresh random inputs, and its output, its first-order
    gradients and, for the ops that promise them, its second-order gradients (in float64) must match `_ref` within
-   the tests' tolerances (ops._util.TOLERANCE). A backend that differs, raises, hangs or kills the process is
+   the tests' tolerances (ops.TOLERANCE). A backend that differs, raises, hangs or kills the process is
    excluded for that case, with one warning naming op, case, backend and what was found;
 2. time forward + backward of the backends that passed: a warm-up, then the median of several runs, on
    synchronised clocks (CUDA events on a GPU);
-3. choose the fastest, and write it to the device's tune cache (ops._choices), atomically and under a lock, so
+3. choose the fastest, and write it to the device's tune cache (ops.tune_cache), atomically and under a lock, so
    that two processes tuning at once leave a valid file holding both.
 
 Steps 1 and 2 run in a child process (`python -m fastpggan.autotune`, fed the cases as JSON): an illegal memory
@@ -35,10 +35,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-from .ops import _choices, _dispatch, _spec
-from .ops._spec import Probe
-from .ops._util import tolerance_ratio
-from .runtime import write_text_atomic
+from .ops import backends, opspec, tolerance_ratio, tune_cache
+from .ops.opspec import Probe
 
 MARK = "@fastpggan-tune "   # prefix of the protocol lines the child writes on its stdout
 ITEM_TIMEOUT_S = 600.0      # a backend that takes longer than this on one case is treated as hung
@@ -60,11 +58,11 @@ class Case:
 
     def __post_init__(self):
         if isinstance(self.variant, str):
-            self.variant = _spec.spec(self.op).parse_variant(self.variant)
+            self.variant = backends.op_spec(self.op).parse_variant(self.variant)
 
     @property
     def key(self) -> str:
-        return _choices.case_key(self.op, self.variant, getattr(torch, self.dtype), self.layout, self.shape)
+        return tune_cache.case_key(self.op, self.variant, getattr(torch, self.dtype), self.layout, self.shape)
 
     def to_json(self) -> dict:
         return dict(op=self.op, variant=str(self.variant), shape=list(self.shape), dtype=self.dtype, layout=self.layout,
@@ -77,7 +75,7 @@ class Case:
 
 
 def cases_from_records(records: Iterable[dict], batch: Optional[int] = None) -> List[Case]:
-    """Distinct cases of `_dispatch.recording()` records, in order; `batch` replaces every shape's dim 0."""
+    """Distinct cases of `ops.backends.recording()` records, in order; `batch` replaces every shape's dim 0."""
     out = {}
     for r in records:
         shape = tuple(r["shape"])
@@ -93,8 +91,8 @@ def cases_from_records(records: Iterable[dict], batch: Optional[int] = None) -> 
 def make_probe(case: Case, dtype: Optional[str] = None, seed: int = 0) -> Probe:
     """Fresh random inputs of `case` (in `dtype` if given: the float64 second-order check) and its call, from the
     op's declaration."""
-    inputs = _spec.Inputs(case.dtype, case.layout, case.device, seed, dtype)
-    return _spec.spec(case.op).probe(case.variant, tuple(case.shape), case.extra, inputs)
+    inputs = opspec.Inputs(case.dtype, case.layout, case.device, seed, dtype)
+    return backends.op_spec(case.op).probe(case.variant, tuple(case.shape), case.extra, inputs)
 
 
 def _outputs_and_grads(probe, impl, create_graph=False, seed=1):
@@ -203,7 +201,7 @@ def candidates(case: Case) -> List[str]:
     x = torch.empty(case.shape, dtype=getattr(torch, case.dtype), device=case.device)
     if case.layout == "channels_last" and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    return [i for i in ("ref", "triton", "ext") if _dispatch.unavailable(case.op, i, x) is None]
+    return [i for i in ("ref", "triton", "ext") if backends.unavailable(case.op, i, x) is None]
 
 
 # -- the child process -------------------------------------------------------------------------------------------
@@ -244,7 +242,7 @@ def _declaring_modules(cases) -> Dict[str, str]:
     """{module: file} of the ops in `cases` declared outside fastpggan, for the child to import."""
     out = {}
     for op in {c.op for c in cases}:
-        name = _spec.spec(op).ref.__module__
+        name = backends.op_spec(op).ref.__module__
         module = sys.modules.get(name)
         if not name.startswith("fastpggan.") and getattr(module, "__file__", None):
             out[name] = module.__file__
@@ -347,7 +345,7 @@ def measuring_forbidden() -> Optional[str]:
         return "a CUDA graph is being captured"
     if torch.compiler.is_compiling():
         return "torch.compile is tracing"
-    if _dispatch.exporting():
+    if backends.exporting():
         return "a model is being exported"
     return None
 
@@ -357,26 +355,6 @@ def _device_of(cases):
     if len(devices) != 1:
         raise ValueError(f"fastpggan.autotune: tune one device at a time, got {sorted(devices)}")
     return torch.device(devices.pop())
-
-
-def _write_cache(device, entries: dict) -> str:
-    """Merge `entries` into the device's cache file under an exclusive lock (a file that is not valid now is
-    rebuilt from `entries` alone), and replace it atomically."""
-    import fcntl
-    path = _choices.cache_path(device)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # a bad file was reported when it was read
-            old = _choices.read_file(path, device)
-        data = dict(format=_choices.FORMAT, format_version=_choices.FORMAT_VERSION,
-                    device=_choices.device_info(device), versions=_choices.versions(),
-                    choices={**(old or {}).get("choices", {}), **entries})
-        data["choices"] = dict(sorted(data["choices"].items()))
-        write_text_atomic(path, json.dumps(data, indent=1) + "\n")
-    _dispatch.forget()
-    return path
 
 
 def tune_cases(cases: Sequence[Case], *, force: bool = False, measure_new: bool = True, log: Callable = print,
@@ -400,8 +378,7 @@ def tune_cases(cases: Sequence[Case], *, force: bool = False, measure_new: bool 
     if not cases:
         return dict(device=None, choices={}, entries={}, measured=0, bandwidth=None)
     device = _device_of(cases)
-    path = _choices.cache_path(device)
-    data = _choices.read_file(path, device)
+    data = tune_cache.read(device)
     cached = (data or {}).get("choices", {})
     unique = {c.key: c for c in cases}
     todo = [c for k, c in unique.items() if force or k not in cached] if measure_new else []
@@ -421,10 +398,10 @@ def tune_cases(cases: Sequence[Case], *, force: bool = False, measure_new: bool 
         for case, res in zip(todo, measured["results"]):
             entries[case.key] = _entry(case, res, bandwidth, log)
         if entries:
-            _write_cache(device, entries)
+            tune_cache.write(device, entries)
     all_entries = {k: entries.get(k) or cached.get(k) for k in unique}
     choices = {k: e["impl"] for k, e in all_entries.items() if e}
-    return dict(device=_choices.device_key(device), choices=choices, entries=all_entries, measured=len(todo),
+    return dict(device=tune_cache.device_key(device), choices=choices, entries=all_entries, measured=len(todo),
                 bandwidth=bandwidth)
 
 
@@ -458,7 +435,7 @@ def _entry(case, res, bandwidth, log):
 
 def traffic_bytes(case: Case, backward: bool = True) -> int:
     """The least bytes forward (+ backward) of `case` move, from the op's declaration (the numerator of its GB/s)."""
-    forward, both = _spec.spec(case.op).traffic(case.variant)
+    forward, both = backends.op_spec(case.op).traffic(case.variant)
     elements = math.prod(case.shape) * torch.empty((), dtype=getattr(torch, case.dtype)).element_size()
     return int((both if backward else forward) * elements)
 
@@ -466,9 +443,9 @@ def traffic_bytes(case: Case, backward: bool = True) -> int:
 # -- recording the cases of a model ------------------------------------------------------------------------------
 
 def record(fn: Callable, *args, **kwargs) -> List[dict]:
-    """The `_dispatch.recording()` records of every impl='auto' op call that fn(*args, **kwargs) makes (the calls
+    """The `ops.backends.recording()` records of every impl='auto' op call that fn(*args, **kwargs) makes (the calls
     run the reference)."""
-    with _dispatch.recording() as calls:
+    with backends.recording() as calls:
         fn(*args, **kwargs)
     return calls
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .ops._util import upcast
+from .ops import upcast
 
 
 def _split(out):

@@ -28,7 +28,7 @@ import torch
 from . import autotune
 from .autotune import Case
 from .errors import ArgumentParser, UserError, cli_entry
-from .ops import _choices, _dispatch, _spec
+from .ops import backends, tune_cache
 from .runtime import pick_device, write_text_atomic
 from .step import CudaGraphStep, _Rerun, random_inputs
 from .tune import format_table, training_trainer, tune_training
@@ -41,7 +41,7 @@ def kernel_cases(device: torch.device, ops: Optional[Sequence[str]] = None) -> L
     """Every declared op's self-test cases (OpSpec.check_cases: odd shapes, C not a power of two, N=1, 4x4 up, both
     forms of every CUDA kernel) per dtype and layout; `ops` keeps only those ops."""
     dev, out, big = str(device), [], device.type == "cuda"
-    for spec in _spec.all_specs():
+    for spec in backends.declared():
         if ops is not None and spec.name not in ops:
             continue
         for dtype in DTYPES:
@@ -152,7 +152,7 @@ def bench_steps(device: torch.device, log: Callable) -> dict:
             sec = (time.perf_counter() - t0) / steps
             rows.append(dict(variant=name, resolution=res, minibatch=n, ms_per_step=round(sec * 1e3, 3),
                              img_per_s=round(n / sec, 1)))
-        _dispatch.use_choices(None)   # the next variant runs without the fast one's frozen choices
+        backends.use_choices(None)   # the next variant runs without the fast one's frozen choices
     for row in rows:
         base = {r["variant"]: r["img_per_s"] for r in rows if r["resolution"] == row["resolution"]}
         row["speedup_vs_ref_fp32"] = round(row["img_per_s"] / base["ref-fp32"], 3)
@@ -161,7 +161,7 @@ def bench_steps(device: torch.device, log: Callable) -> dict:
 
 
 def run_checks(device: torch.device, log: Callable = print) -> dict:
-    report = dict(device=_choices.device_info(device), versions=_choices.versions(),
+    report = dict(device=tune_cache.device_info(device), versions=tune_cache.versions(),
                   date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), checks={})
     for name, fn in [("kernels", check_kernels), ("graph_equals_eager", check_graph_equals_eager),
                      ("no_host_sync", check_no_host_sync)]:
@@ -229,9 +229,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     if not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is not a folder; create it first")
     log = lambda line: print(line, flush=True)  # noqa: E731
-    log(f"fastpggan self-test on {_choices.device_info(device)['name']} ({device}); this takes a few minutes")
+    log(f"fastpggan self-test on {tune_cache.device_info(device)['name']} ({device}); this takes a few minutes")
     report = run_checks(device, log)
-    stem = os.path.join(args.out, f"fastpggan-selftest-{_choices.device_key(device)}-{time.strftime('%Y%m%d')}")
+    stem = os.path.join(args.out, f"fastpggan-selftest-{tune_cache.device_key(device)}-{time.strftime('%Y%m%d')}")
     write_text_atomic(stem + ".json", json.dumps(report, indent=1, default=str) + "\n")
     write_text_atomic(stem + ".md", markdown(report, "python -m fastpggan.selftest " + " ".join(argv)))
     log(f"wrote {stem}.json and {stem}.md")

@@ -24,7 +24,7 @@ from .data import Sampler
 from .errors import UserError
 from .images import write_grid
 from .metrics import suite
-from .ops import _dispatch
+from .ops import backends, tune_cache
 from .schedule import Schedule, remaining_seconds
 from .step import (
     CudaGraphStep,
@@ -190,16 +190,16 @@ class Trainer:
         return out
 
     def choose_backends(self, recorded: Optional[dict] = None) -> Optional[dict]:
-        """Pick the op backends of this run and freeze them (ops._dispatch.use_choices), before any CUDA graph is
+        """Pick the op backends of this run and freeze them (ops.backends.use_choices), before any CUDA graph is
         captured: `recorded` (a resumed run's, so that resume stays exact), else rank 0 tunes the cases of the
         schedule (autotune.tune_cases: validated against the reference, timed, cached) and every rank takes its
         choices. Logs one line per op: the backend at each resolution. Nothing to choose, and None, with an
-        explicit --impl or FASTPGGAN_IMPL; FASTPGGAN_TUNE=0 uses the tune cache and the static order unmeasured.
-        The choices go into cfg['backends'] (config.json and every checkpoint)."""
-        env = os.environ.get("FASTPGGAN_IMPL", "auto").strip().lower() or "auto"
-        if self.cfg["impl"] != "auto" or env != "auto":
+        explicit --impl or a forced 'auto' (FASTPGGAN_IMPL, ops.backends.pin/set_default); FASTPGGAN_TUNE=0 uses
+        the tune cache and the static order unmeasured. The choices go into cfg['backends'] (config.json and every
+        checkpoint)."""
+        if self.cfg["impl"] != "auto" or backends.forced()[0] != "auto":
             return None
-        cases, here = self.training_cases(), autotune._choices.device_key(self.device)
+        cases, here = self.training_cases(), tune_cache.device_key(self.device)
         if recorded is None:
             result = None
             if self.ctx.main:
@@ -209,18 +209,18 @@ class Trainer:
                                              measure_new=os.environ.get("FASTPGGAN_TUNE", "1").strip() != "0")
                 if result["measured"]:
                     self.log(f"tune: measured {result['measured']} op cases in {time.time() - t0:.1f} s "
-                             f"(cached in {os.path.dirname(autotune._choices.cache_path(self.device))})")
+                             f"(cached in {os.path.dirname(tune_cache.cache_path(self.device))})")
             result = distributed.broadcast_object(result, self.ctx)
             recorded = dict(device=here, choices=result["choices"])
         if recorded["choices"] and recorded.get("device") not in (None, here):
             self.log(f"note: this run's backends were chosen on {recorded['device']}; it goes on with them on "
                      f"{here} (a new run tunes for this device)")
-        _dispatch.use_choices(recorded["choices"])
+        backends.use_choices(recorded["choices"])
         self.cfg["backends"] = recorded
         for op in sorted({c.op for cs in cases.values() for c in cs}):
             per_res = []
             for r, cs in cases.items():
-                impls = sorted({_dispatch.auto_backend(c.op, c.variant, c.shape, c.dtype, c.layout, self.device)
+                impls = sorted({backends.auto_backend(c.op, c.variant, c.shape, c.dtype, c.layout, self.device)
                                 for c in cs if c.op == op})
                 if impls:
                     per_res.append(f"{r}:{'+'.join(impls)}")

@@ -23,7 +23,7 @@ from .autotune import tune_cases, tune_model
 from .config import PRESET_NAMES, make_config, validate_config
 from .data import check_resolution
 from .errors import ArgumentParser, UserError, cli_entry, number
-from .ops import _choices
+from .ops import tune_cache
 from .runtime import pick_device, write_text_atomic
 from .trainer import Trainer
 
@@ -135,12 +135,12 @@ def summary(result: dict) -> str:
     copy = f"copy bandwidth {bw / 1e9:.1f} GB/s (measured in this run); " if bw else ""
     return (f"{result['measured']} case(s) measured in {result['seconds']:.1f} s, "
             f"{len(result['entries']) - result['measured']} from the cache; {copy}"
-            f"cache: {_choices.cache_path(torch.device(result['torch_device']))}")
+            f"cache: {tune_cache.cache_path(torch.device(result['torch_device']))}")
 
 
 def report_markdown(result: dict, argv: List[str]) -> str:
     device = torch.device(result["torch_device"])
-    info, versions = _choices.device_info(device), _choices.versions()
+    info, versions = tune_cache.device_info(device), tune_cache.versions()
     return "\n".join([
         f"# fastpggan tune: {info['name']}", "",
         f"- command: `python -m fastpggan.tune {' '.join(argv)}`",

@@ -35,6 +35,7 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTPGGAN_TUNE", "0")
     yield
     _dispatch.use_choices(None)
+    _dispatch.set_default(None)
 
 
 def slow(*values, id=None):

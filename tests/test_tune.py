@@ -23,7 +23,7 @@ from conftest import run_python, slow, tiny_train_args, train_quietly
 from fastpggan import autotune, ops
 from fastpggan import checkpoint as ckpt
 from fastpggan.autotune import Case
-from fastpggan.ops import _choices, _dispatch
+from fastpggan.ops import _dispatch, tune_cache
 from fastpggan.step import CudaGraphStep, _Rerun, random_inputs
 from fastpggan.tune import training_trainer
 
@@ -88,8 +88,8 @@ def test_tuning_validates_times_chooses_and_caches(monkeypatch):
         for impl in ("ext", "triton"):
             assert 0 <= entry["tolerance_ratio"][impl] <= 1
         assert not entry["excluded"]
-    data = read_json(_choices.cache_path("cpu"))
-    assert data["versions"] == _choices.versions() and data["device"] == _choices.device_info("cpu")
+    data = read_json(tune_cache.cache_path("cpu"))
+    assert data["versions"] == tune_cache.versions() and data["device"] == tune_cache.device_info("cpu")
     assert {k: v["impl"] for k, v in data["choices"].items()} == result["choices"]
 
     # a second tuning measures nothing again
@@ -99,7 +99,7 @@ def test_tuning_validates_times_chooses_and_caches(monkeypatch):
 
 
 def test_auto_runs_the_cached_choice_and_explicit_choices_win(monkeypatch):
-    autotune._write_cache(torch.device("cpu"), {BIAS.key: dict(impl="ref")})
+    tune_cache.write(torch.device("cpu"), {BIAS.key: dict(impl="ref")})
     counts = spy(monkeypatch, "bias_act")
     x, b = torch.randn(BIAS.shape), torch.randn(BIAS.shape[1])
     ops.bias_act(x, b)                                 # the static CPU order would run ext
@@ -162,7 +162,7 @@ def test_a_tuner_that_cannot_start_leaves_the_static_order(tmp_path, monkeypatch
     with pytest.warns(UserWarning, match=r"tuning failed \(.*exited with status 3 \(cannot start\)\)"):
         result = autotune.tune_cases([BIAS], log=logged.append)
     assert result["measured"] == 0 and result["choices"] == {} and len(logged) == 1
-    assert not os.path.exists(_choices.cache_path("cpu"))
+    assert not os.path.exists(tune_cache.cache_path("cpu"))
 
 
 @pytest.mark.parametrize("interpret,expected", [("1", "['ref', 'triton', 'ext']"), slow("0", "['ref', 'ext']")])
@@ -178,8 +178,8 @@ def test_triton_is_a_cpu_candidate_only_under_the_interpreter(interpret, expecte
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "other version", "other device", "no backend"])
 def test_a_bad_cache_file_is_ignored_with_one_warning_and_rebuilt(damage, monkeypatch):
-    autotune._write_cache(torch.device("cpu"), {BIAS.key: dict(impl="ref")})
-    path = _choices.cache_path("cpu")
+    tune_cache.write(torch.device("cpu"), {BIAS.key: dict(impl="ref")})
+    path = tune_cache.cache_path("cpu")
     text = pathlib.Path(path).read_text()
     data = json.loads(text)
     if damage == "garbage":
@@ -207,7 +207,7 @@ def test_a_bad_cache_file_is_ignored_with_one_warning_and_rebuilt(damage, monkey
     result = autotune.tune_cases([BIAS])
     assert result["measured"] == 1
     rebuilt = read_json(path)
-    assert _choices.check_file(rebuilt, "cpu") is None and list(rebuilt["choices"]) == [BIAS.key]
+    assert tune_cache.check_file(rebuilt, "cpu") is None and list(rebuilt["choices"]) == [BIAS.key]
 
 
 @pytest.mark.slow
@@ -223,10 +223,10 @@ def test_two_processes_tuning_at_once_leave_a_valid_file_with_both(tmp_path):
                               text=True) for v in ("lrelu,bias", "linear,nobias,pn")]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    data = read_json(_choices.cache_path("cpu"))
-    assert _choices.check_file(data, "cpu") is None
+    data = read_json(tune_cache.cache_path("cpu"))
+    assert tune_cache.check_file(data, "cpu") is None
     assert set(data["choices"]) == {case(variant=v).key for v in ("lrelu,bias", "linear,nobias,pn")}
-    assert not [f for f in os.listdir(os.path.dirname(_choices.cache_path("cpu"))) if ".tmp-" in f]
+    assert not [f for f in os.listdir(os.path.dirname(tune_cache.cache_path("cpu"))) if ".tmp-" in f]
 
 
 # -- tuning never happens where it must not --------------------------------------------------------------------
@@ -287,7 +287,7 @@ def test_the_trainer_tunes_at_start_up_names_each_op_s_backend_and_records_them(
     cfg = read_json(tmp_path / "runs" / "run" / "config.json")
     choices = cfg["backends"]["choices"]
     assert choices and set(choices.values()) <= {"ref", "ext"}
-    assert cfg["backends"]["device"] == _choices.device_key("cpu")
+    assert cfg["backends"]["device"] == tune_cache.device_key("cpu")
     assert any(line.startswith("tune: measured") for line in lines)
     per_op = {line.split(":")[0][len("backend "):]: line for line in lines if line.startswith("backend ")}
     assert set(per_op) == {"bias_act", "fade_in", "minibatch_stddev", "gradient_penalty", "gp_interpolate"}
@@ -305,7 +305,7 @@ def test_a_resumed_run_keeps_its_choices_whatever_the_cache_says_now(tmp_path, m
     train_quietly(tiny_train_args(data, tmp_path / "runs", "--kimg", "0.032"))
     recorded = read_json(tmp_path / "runs" / "run" / "config.json")["backends"]["choices"]
     flipped = {k: dict(impl="ext" if v == "ref" else "ref") for k, v in recorded.items()}
-    autotune._write_cache(torch.device("cpu"), flipped)
+    tune_cache.write(torch.device("cpu"), flipped)
     monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("a resumed run measured"))
     _dispatch.use_choices(None)
     trainer = train_quietly(tiny_train_args(data, tmp_path / "runs", "--resume", "latest", "--kimg", "0.064"))
@@ -383,7 +383,7 @@ def test_tune_command_prints_the_table_and_writes_the_report(tmp_path):
     assert rows and all(line.split()[-1] in ("ref", "ext") for line in rows)
     assert "copy bandwidth" in r.stdout and "case(s) measured" in r.stdout
     md = report.read_text()
-    assert "| res | op |" in md and _choices.versions()["torch"] in md
+    assert "| res | op |" in md and tune_cache.versions()["torch"] in md
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "0 case(s) measured" in again.stdout
 

@@ -8,13 +8,13 @@ import dataclasses
 
 import torch
 
-from fastpggan.ops import _dispatch, _spec
+from fastpggan.ops import _dispatch, opspec
 
 NAMES = ("toy_scale", "toy_wrong")
 
 
 @dataclasses.dataclass(frozen=True)
-class Shift(_spec.Variant):
+class Shift(opspec.Variant):
     on: bool
 
     def __str__(self):
@@ -46,9 +46,9 @@ def toy(x, shift=False, impl="auto", op="toy_scale"):
 def _spec_of(name):
     def probe(v, shape, extra, inputs):
         x = inputs.tensor(shape)
-        return _spec.Probe([x], [1], lambda impl: toy(x, v.on, impl, op=name), True)
+        return opspec.Probe([x], [1], lambda impl: toy(x, v.on, impl, op=name), True)
 
-    return _spec.OpSpec(
+    return opspec.OpSpec(
         name, toy_ref, Shift, probe,
         check_cases=lambda dtype, layout, big: [(Shift(True), (2, 3, 5, 5), {})],
         bench_cases=lambda shapes: [(name, res, Shift(False), (n, c, res, res), {}) for res, (n, c) in shapes.items()],
@@ -56,7 +56,7 @@ def _spec_of(name):
 
 
 def declare():
-    declared = {s.name for s in _spec.all_specs()}
+    declared = {s.name for s in opspec.all_specs()}
     for name, fast in zip(NAMES, (toy_fast, toy_off)):
         if name not in declared:
             _dispatch.declare(_spec_of(name), backends={"ext": fast})

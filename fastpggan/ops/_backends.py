@@ -19,8 +19,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from . import _dispatch, _ext
-from ._spec import OpSpec
 from ._util import triton_unavailable
+from .opspec import OpSpec
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ an `unavailable(x)` check that returns None when the backend can run on tensor `
 missing.
 
 - An explicit impl that is unavailable raises `BackendUnavailable` with that sentence.
-- FASTPGGAN_IMPL, when set to anything but 'auto', overrides 'auto' everywhere.
-- 'auto' runs the backend measured fastest for the call's case (_choices): the choices a run froze
+- 'auto' can be forced to one backend: by the innermost `pin(impl)` block, else `set_default(impl)`, else the
+  environment variable FASTPGGAN_IMPL (read here only, at each call). A forced backend that cannot run a call falls
+  back to 'ref' with one warning.
+- 'auto' runs the backend measured fastest for the call's case (tune_cache): the choices a run froze
   (`use_choices`, the trainer's), else this device's tune cache, else the static AUTO_ORDER. It falls back to
   the next backend with one warning per op, backend and reason, and never errors. It never measures anything
   itself (fastpggan.autotune does, when asked), so a CUDA-graph capture, torch.compile trace or export only reads.
@@ -18,7 +20,7 @@ import os
 import warnings
 from typing import Optional
 
-from . import _choices, _spec
+from . import opspec, tune_cache
 
 IMPLS = ("ref", "triton", "ext")
 
@@ -32,16 +34,19 @@ _run_choices = {}   # case key -> impl, frozen for a run (use_choices)
 _frozen = [False]
 _orders = {}        # (op, variant, dtype, shape, layout, device, cache root) -> the backend order of that call
 _recorder = []      # [list] while recording() is active
+_pins = []          # pin() blocks, innermost last (a plain list, not a ContextVar: torch.compile traces resolve)
+_default = [None]   # set_default()
+_choice_logs = []   # [list] while choices_made() is active
 
 
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot run this op here."""
 
 
-def declare(spec: _spec.OpSpec, backends: Optional[dict] = None) -> None:
+def declare(spec: opspec.OpSpec, backends: Optional[dict] = None) -> None:
     """Declare an op (its OpSpec) and register its 'ref' backend (spec.ref), and the other `backends`: {impl: fn or
     (fn, unavailable)}. Backends may also follow with `register`."""
-    _spec.add(spec)
+    opspec.add(spec)
     AUTO_ORDER[spec.name] = {device: tuple(order) for device, order in spec.auto_order.items()}
     register(spec.name, "ref", spec.ref)
     for impl, backend in (backends or {}).items():
@@ -50,7 +55,7 @@ def declare(spec: _spec.OpSpec, backends: Optional[dict] = None) -> None:
 
 def undeclare(op: str) -> None:
     """Remove an op declared with `declare` and all its backends (tests declare toy ops for a while)."""
-    _spec.remove(op)
+    opspec.remove(op)
     AUTO_ORDER.pop(op, None)
     _registry.pop(op, None)
     _orders.clear()
@@ -106,8 +111,10 @@ def use_choices(choices: Optional[dict]) -> None:
 
 def forget() -> None:
     """Look the choices up again at the next call (the tune cache was rewritten)."""
-    _choices.forget_cached()
-    _orders.clear()
+    tune_cache.forget_cached()
+
+
+tune_cache._on_forget.append(_orders.clear)
 
 
 @contextlib.contextmanager
@@ -130,15 +137,68 @@ def exporting() -> bool:
     return bool(torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or (is_exporting and is_exporting()))
 
 
+def forced() -> tuple:
+    """(impl, why): the backend 'auto' is forced to and by what ('pin', 'set_default', 'FASTPGGAN_IMPL'), or
+    ('auto', '') when nothing forces it."""
+    if _pins:
+        return _pins[-1], "pin"
+    if _default[0] is not None:
+        return _default[0], "set_default"
+    env = os.environ.get("FASTPGGAN_IMPL", "auto").strip().lower() or "auto"
+    _check_impl(env, "FASTPGGAN_IMPL")
+    return env, ("FASTPGGAN_IMPL" if env != "auto" else "")
+
+
+@contextlib.contextmanager
+def pin(impl: str):
+    """Within the block, every impl='auto' call runs `impl` ('auto' lifts an outer pin, set_default and
+    FASTPGGAN_IMPL). Explicit impl= arguments are unchanged."""
+    _check_impl(impl, "impl")
+    _pins.append(impl)
+    try:
+        yield
+    finally:
+        _pins.pop()
+
+
+def set_default(impl: Optional[str]) -> None:
+    """Force every impl='auto' call outside pin() blocks to `impl`, over FASTPGGAN_IMPL; None lifts it."""
+    if impl is not None:
+        _check_impl(impl, "impl")
+    _default[0] = impl
+
+
+@contextlib.contextmanager
+def choices_made():
+    """Within it, each impl='auto' call appends to the list this yields a dict of op, case (its tune-cache key),
+    impl (the backend that ran) and why: 'pin', 'set_default', 'FASTPGGAN_IMPL', 'run choices' (use_choices),
+    'tune cache', 'static order' or 'export', with ', fallback' when the first candidate could not run."""
+    log = []
+    _choice_logs.append(log)
+    try:
+        yield log
+    finally:
+        _choice_logs.remove(log)
+
+
+def _log_choice(op, variant, x, impl, why, first):
+    key = tune_cache.case_key(op, variant, x.dtype, tune_cache.layout_of(x), x.shape)
+    if not why:
+        why = "run choices" if key in _run_choices else "tune cache" if (
+            not _frozen[0] and x.device.type in ("cpu", "cuda") and key in tune_cache.cached_choices(x.device)) \
+            else "static order"
+    _choice_logs[-1].append(dict(op=op, case=key, impl=impl, why=why + (", fallback" if impl != first else "")))
+
+
 def _auto_order(op, variant, dtype, shape, layout, device):
     memo = (op, str(variant), dtype, shape, layout, device, os.environ.get("FASTPGGAN_CACHE"))
     order = _orders.get(memo)
     if order is None:
         order = AUTO_ORDER.get(op, {}).get(device.type, ("ref",))
-        key = _choices.case_key(op, variant, dtype, layout, shape)
+        key = tune_cache.case_key(op, variant, dtype, layout, shape)
         chosen = _run_choices.get(key)
         if chosen is None and not _frozen[0] and device.type in ("cpu", "cuda"):
-            chosen = _choices.cached_choices(device).get(key)
+            chosen = tune_cache.cached_choices(device).get(key)
         if chosen is not None:
             order = (chosen,) + tuple(i for i in order if i != chosen)
         _orders[memo] = order
@@ -146,7 +206,8 @@ def _auto_order(op, variant, dtype, shape, layout, device):
 
 
 def auto_backend(op: str, variant, shape, dtype, layout: str, device) -> str:
-    """The backend impl='auto' runs for this case here (without FASTPGGAN_IMPL)."""
+    """The backend impl='auto' runs for this case here when nothing forces it (no pin, set_default or
+    FASTPGGAN_IMPL): the run's choices, else the tune cache, else the static order, then the first available."""
     import torch
     dtype, device = (getattr(torch, dtype) if isinstance(dtype, str) else dtype), torch.device(device)
     probe = torch.empty((1, *tuple(shape)[1:2], *[1] * max(len(shape) - 2, 0)), dtype=dtype, device=device)
@@ -154,26 +215,29 @@ def auto_backend(op: str, variant, shape, dtype, layout: str, device) -> str:
     return next((i for i in tuple(order) + ("ref",) if _missing(op, i, probe) is None), "ref")
 
 
-def resolve(op, impl, x, variant=_spec.NoVariant(), extra=None):
+def resolve(op, impl, x, variant=opspec.NoVariant(), extra=None):
     """Return the function that runs `op` on tensor `x` for the requested `impl`. `variant` (the op's variant type)
     is what selects the kernel besides x (the case key's part in parentheses); `extra` is what a recording keeps to
     rebuild the call's other inputs."""
     _check_impl(impl, "impl")
     if impl == "auto" and exporting():
+        if _choice_logs:
+            _log_choice(op, variant, x, "ref", "export", "ref")
         return _registry[op]["ref"][0]
     if impl == "auto":
-        env = os.environ.get("FASTPGGAN_IMPL", "auto").strip().lower() or "auto"
-        _check_impl(env, "FASTPGGAN_IMPL")
+        env, why = forced()
         if env == "auto" and _recorder:
             _recorder[-1].append(dict(op=op, variant=variant, shape=list(x.shape),
-                                      dtype=str(x.dtype).replace("torch.", ""), layout=_choices.layout_of(x),
+                                      dtype=str(x.dtype).replace("torch.", ""), layout=tune_cache.layout_of(x),
                                       device=str(x.device), extra=dict(extra or {})))
             return _registry[op]["ref"][0]
-        order = _auto_order(op, variant, x.dtype, x.shape, _choices.layout_of(x), x.device) if env == "auto" \
+        order = _auto_order(op, variant, x.dtype, x.shape, tune_cache.layout_of(x), x.device) if env == "auto" \
             else (env,)
         for cand in tuple(order) + tuple(i for i in ("ref",) if i not in order):
             reason = _missing(op, cand, x)
             if reason is None:
+                if _choice_logs:
+                    _log_choice(op, variant, x, cand, why if env != "auto" else "", order[0])
                 return _registry[op][cand][0]
             key = (op, cand, reason)
             if key not in _warned:

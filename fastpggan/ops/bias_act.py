@@ -17,8 +17,8 @@ from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of
 
 from . import _dispatch
 from ._backends import KernelOp, register_backends
-from ._spec import Inputs, OpSpec, Probe, Variant, dtype_name, odd_shapes
 from ._util import upcast
+from .opspec import Inputs, OpSpec, Probe, Variant, dtype_name, odd_shapes
 
 PIXEL_NORM_EPS = 1e-8
 

@@ -15,7 +15,7 @@ from fastpggan.kernels._tensors import empty_in_layout_of
 
 from . import _dispatch
 from ._backends import KernelOp, register_backends
-from ._spec import Inputs, OpSpec, Probe, Variant, dtype_name, odd_shapes
+from .opspec import Inputs, OpSpec, Probe, Variant, dtype_name, odd_shapes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,8 +11,8 @@ from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of
 
 from . import _dispatch
 from ._backends import KernelOp, register_backends
-from ._spec import Inputs, NoVariant, OpSpec, Probe, dtype_name, odd_shapes
 from ._util import upcast
+from .opspec import Inputs, NoVariant, OpSpec, Probe, dtype_name, odd_shapes
 
 
 def gradient_penalty(grads: torch.Tensor, *, target: float = 1.0, impl: str = "auto") -> torch.Tensor:

@@ -14,8 +14,8 @@ from fastpggan.kernels._tensors import empty_in_layout_of
 
 from . import _dispatch
 from ._backends import KernelOp, register_backends
-from ._spec import Inputs, OpSpec, Probe, Variant
 from ._util import upcast
+from .opspec import Inputs, OpSpec, Probe, Variant
 
 EPS = 1e-8
 

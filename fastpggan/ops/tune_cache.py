@@ -1,14 +1,19 @@
-"""Measured backend choices: the case an op call belongs to, the device it runs on, and the tune cache file.
+"""The tune cache: the case an op call belongs to, the device it runs on, and the file of measured choices. This
+module alone reads and writes the file.
 
 A *case* is one op call's kind: the op and its variant (what changes the kernel: pixel norm, a bias, the upsampling
 fade, the stddev group), the dtype, the memory layout and a shape class (the exact C, H, W and the batch rounded up
 to a power of two). Its key is one readable string, e.g. `bias_act(lrelu,bias,pn) bfloat16 channels_last
-n32x64x8x8`. fastpggan.autotune measures cases and writes the choices; this module only reads them.
+n32x64x8x8`. fastpggan.autotune measures cases and writes the choices through `write`.
 
-The cache is `$FASTPGGAN_CACHE/tune/<device key>.json`, one file per device model, holding the versions it was
-measured with. A file that cannot be read, or one from other versions, is ignored with one warning (the next tuning
-rewrites it).
+The cache is `$FASTPGGAN_CACHE/tune/<device key>.json` (`cache_path(device)`), one file per device model, a JSON
+object: {"format": "fastpggan-tune", "format_version": 1, "device": device_info(), "versions": versions() (torch,
+CUDA, Triton, fastpggan), "choices": {case key: entry}}; an entry holds "impl" (the choice), "shape", "bytes" (the
+least traffic), "seconds" per backend that passed, "tolerance_ratio" and "max_error" per fast backend, "excluded"
+(backend: why), "measured" (a timestamp) and, where measured, "copy_bytes_per_s". A file that cannot be read, or one
+from other versions or another device, is ignored with one warning (the next tuning rewrites it).
 """
+import fcntl
 import json
 import os
 import platform
@@ -18,12 +23,13 @@ from typing import Optional
 
 import torch
 
-from ..runtime import cache_root
+from ..runtime import cache_root, write_text_atomic
 
 FORMAT = "fastpggan-tune"
 FORMAT_VERSION = 1
 
 _read = {}   # cache path -> {case key: impl} ({} when unreadable), read once per process
+_on_forget = []   # what else forgets with it (the dispatcher's memo of backend orders)
 _warned = set()
 
 
@@ -131,6 +137,30 @@ def read_file(path: str, device) -> Optional[dict]:
     return None
 
 
+def read(device) -> Optional[dict]:
+    """The parsed tune cache of `device` if it is usable here, else None (see read_file)."""
+    return read_file(cache_path(device), device)
+
+
+def write(device, entries: dict) -> str:
+    """Merge {case key: entry} into the device's cache file under an exclusive lock (a file that is not valid now is
+    rebuilt from `entries` alone), and replace it atomically; returns its path. Two processes writing at once leave
+    a valid file holding both."""
+    path = cache_path(device)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # a bad file was reported when it was read
+            old = read_file(path, device)
+        data = dict(format=FORMAT, format_version=FORMAT_VERSION, device=device_info(device), versions=versions(),
+                    choices={**(old or {}).get("choices", {}), **entries})
+        data["choices"] = dict(sorted(data["choices"].items()))
+        write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+    forget_cached()
+    return path
+
+
 def cached_choices(device) -> dict:
     """{case key: impl} from this device's cache file, read once per process ({} if none)."""
     path = cache_path(device)
@@ -143,3 +173,5 @@ def cached_choices(device) -> dict:
 def forget_cached() -> None:
     """Read the cache files again at the next lookup (after a tuning wrote one)."""
     _read.clear()
+    for callback in _on_forget:
+        callback()
