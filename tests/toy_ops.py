@@ -8,7 +8,7 @@ import dataclasses
 
 import torch
 
-from fastpggan.ops import _dispatch, opspec
+from fastpggan.ops import backends, opspec
 
 NAMES = ("toy_scale", "toy_wrong")
 
@@ -40,7 +40,7 @@ def toy_off(x, shift):
 
 
 def toy(x, shift=False, impl="auto", op="toy_scale"):
-    return _dispatch.resolve(op, impl, x, Shift(shift))(x, shift)
+    return backends.resolve(op, impl, x, Shift(shift))(x, shift)
 
 
 def _spec_of(name):
@@ -59,12 +59,12 @@ def declare():
     declared = {s.name for s in opspec.all_specs()}
     for name, fast in zip(NAMES, (toy_fast, toy_off)):
         if name not in declared:
-            _dispatch.declare(_spec_of(name), backends={"ext": fast})
+            backends.declare(_spec_of(name), backends={"ext": fast})
 
 
 def undeclare():
     for name in NAMES:
-        _dispatch.undeclare(name)
+        backends.undeclare(name)
 
 
 declare()

@@ -29,6 +29,7 @@ from ._dispatch import (
     impl_unavailable,
     pin,
     recording,
+    resolve,
     set_default,
     unavailable,
     undeclare,
@@ -38,7 +39,7 @@ from .opspec import OpSpec, all_specs, spec
 
 __all__ = ["IMPLS", "BackendUnavailable", "available", "pin", "set_default", "forced", "choices_made",
            "auto_backend", "use_choices", "recording", "forget", "exporting", "unavailable", "impl_unavailable",
-           "declare", "undeclare", "declared", "op_spec"]
+           "declare", "undeclare", "declared", "op_spec", "resolve"]
 
 
 def available(op: Optional[str] = None, device: Union[str, torch.device] = "cpu",
