@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of
+from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of, like_layout
 
 from . import _dispatch
 from ._backends import KernelOp, register_backends
@@ -165,6 +165,45 @@ def _call(k, x, bias, gain, negative_slope, pixel_norm):
     if pixel_norm:
         return k.bias_act_pn(x, bias, gain, negative_slope)[0]
     return k.bias_act(x, bias, gain, negative_slope)
+
+
+# The kernel ops in plain PyTorch, computed as the kernels compute them (accumulator dtype, the kernels' output
+# layout): the bodies of the compiled backend. r is per pixel in (n, h, w) order.
+
+def _torch_bias_act(x, bias, gain, slope):
+    return like_layout(bias_act_ref(x, bias, gain, slope), x)
+
+
+def _torch_bias_act_grad(dy, y, gain, slope):
+    acc = accumulator_dtype(y.dtype)
+    d = dy.to(acc)   # both products formed in acc (torch.where of two Python floats would be float32)
+    return like_layout(torch.where(y.to(acc) > 0, d * gain, d * (gain * slope)).to(y.dtype), y)
+
+
+def _pixels_last(t):
+    """(N, C, ...) -> (N, ..., C): each pixel's channels in the last dim."""
+    return t.movedim(1, -1)
+
+
+def _torch_bias_act_pn(x, bias, gain, slope):
+    a = bias_act_ref(x, bias, gain, slope).to(accumulator_dtype(x.dtype))
+    r = torch.rsqrt(_pixels_last(a).square().mean(dim=-1) + PIXEL_NORM_EPS)
+    y = a * r.unsqueeze(1)
+    return like_layout(y.to(x.dtype), x), r.reshape(-1)
+
+
+def _torch_bias_act_pn_grad(dy, y, r, gain, slope):
+    """dx = gain * lrelu'(a) * r * (dy - y * mean_c(dy * y)), since y = a * r and a has y's sign."""
+    acc = accumulator_dtype(y.dtype)
+    d, v = _pixels_last(dy.to(acc)), _pixels_last(y.to(acc))
+    rr = r.reshape(v.shape[:-1]).unsqueeze(-1)
+    dn = rr * (d - v * (d * v).mean(dim=-1, keepdim=True))
+    dx = torch.where(v > 0, dn * gain, dn * (gain * slope))
+    return like_layout(dx.movedim(-1, 1).to(y.dtype), y)
+
+
+TORCH_KERNELS = {"bias_act": _torch_bias_act, "bias_act_grad": _torch_bias_act_grad,
+                 "bias_act_pn": _torch_bias_act_pn, "bias_act_pn_grad": _torch_bias_act_pn_grad}
 
 
 def _probe(v: BiasActVariant, shape, extra, inputs: Inputs) -> Probe:

@@ -11,7 +11,7 @@ from typing import Union
 import torch
 import torch.nn.functional as F
 
-from fastpggan.kernels._tensors import empty_in_layout_of
+from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of, like_layout
 
 from . import _dispatch
 from ._backends import KernelOp, register_backends
@@ -125,6 +125,35 @@ def _call(k, low, high, alpha):
             return fade_in_ref(low, high, alpha)
         return k.fade_in(low.to(high.dtype), high, 0.0, alpha.reshape(1).to(high.device))
     return k.fade_in(low.to(high.dtype), high, float(alpha), None)
+
+
+# The kernel ops in plain PyTorch, computed as the kernels compute them: the bodies of the compiled backend.
+
+def _weight(alpha, alpha_t, acc):
+    return alpha_t.reshape(()).to(acc) if alpha_t is not None else alpha
+
+
+def _torch_fade_in(low, high, alpha, alpha_t):
+    acc = accumulator_dtype(high.dtype)
+    a = _weight(alpha, alpha_t, acc)
+    u = low.to(acc)
+    if low.shape[-1] != high.shape[-1]:
+        u = upsample2x_nearest(u)
+    return like_layout(((1 - a) * u + a * high.to(acc)).to(high.dtype), high)
+
+
+def _torch_fade_in_grad(dy, low_size, alpha, alpha_t):
+    acc = accumulator_dtype(dy.dtype)
+    a = _weight(alpha, alpha_t, acc)
+    d = dy.to(acc)
+    dlow = (1 - a) * d
+    if low_size[-1] != dy.shape[-1]:   # the transpose of 2x nearest upsampling: sum each 2x2 block
+        n, c, h, w = dy.shape
+        dlow = dlow.reshape(n, c, h // 2, 2, w // 2, 2).sum(dim=(3, 5))
+    return like_layout(dlow.to(dy.dtype), dy), like_layout((a * d).to(dy.dtype), dy)
+
+
+TORCH_KERNELS = {"fade_in": _torch_fade_in, "fade_in_grad": _torch_fade_in_grad}
 
 
 def _probe(v: FadeVariant, shape, extra, inputs: Inputs) -> Probe:

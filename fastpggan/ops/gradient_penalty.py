@@ -7,7 +7,7 @@ than NaN. Also gp_interpolate, the sample the penalty is taken at: xhat = real +
 """
 import torch
 
-from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of
+from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of, like_layout
 
 from . import _dispatch
 from ._backends import KernelOp, register_backends
@@ -129,6 +129,28 @@ def _autograd(k):
 
 def _call(k, grads, target):
     return k.gradient_penalty(grads, float(target))[0]
+
+
+# The kernel ops in plain PyTorch, computed as the kernels compute them: the bodies of the compiled backend.
+
+def _torch_gradient_penalty(grads, target):
+    r = torch.linalg.vector_norm(grads.to(accumulator_dtype(grads.dtype)).reshape(grads.shape[0], -1), dim=1)
+    return (r - target).square(), r
+
+
+def _torch_gradient_penalty_grad(dgp, grads, r, target):
+    acc = accumulator_dtype(grads.dtype)
+    scale = torch.where(r > 0, dgp.to(acc) * 2 * (r - target) / torch.where(r > 0, r, torch.ones_like(r)), 0.0)
+    dg = scale.reshape(-1, *[1] * (grads.ndim - 1)) * grads.to(acc)
+    return like_layout(dg.to(grads.dtype), grads)
+
+
+def _torch_gp_interpolate(real, fake, u):
+    return like_layout(gp_interpolate_ref(real, fake, u), real)
+
+
+TORCH_KERNELS = {"gradient_penalty": _torch_gradient_penalty,
+                 "gradient_penalty_grad": _torch_gradient_penalty_grad, "gp_interpolate": _torch_gp_interpolate}
 
 
 def _probe(v, shape, extra, inputs: Inputs) -> Probe:

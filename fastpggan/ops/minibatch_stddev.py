@@ -10,7 +10,7 @@ import dataclasses
 
 import torch
 
-from fastpggan.kernels._tensors import empty_in_layout_of
+from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of, like_layout
 
 from . import _dispatch
 from ._backends import KernelOp, register_backends
@@ -136,6 +136,29 @@ def _autograd(k):
 
 def _call(k, x, group_size):
     return k.minibatch_stddev(x, int(group_size))
+
+
+# The kernel ops in plain PyTorch, computed as the kernels compute them: the bodies of the compiled backend.
+
+def _torch_minibatch_stddev(x, group_size):
+    return like_layout(minibatch_stddev_ref(x, group_size), x)
+
+
+def _torch_minibatch_stddev_grad(dout, x, group_size):
+    """dx = dout[:, :C] + ds[m] (x - mean_g) / (F G std_g), ds[m] the sum of the stddev map's gradient over m's
+    group."""
+    n, c, h, w = x.shape
+    m, f = n // group_size, c * h * w
+    acc = accumulator_dtype(x.dtype)
+    xf = x.to(acc).reshape(group_size, m, f)
+    dev = xf - xf.mean(dim=0, keepdim=True)
+    sd = (dev.square().mean(dim=0, keepdim=True) + EPS).sqrt()
+    ds = dout[:, c].to(acc).reshape(group_size, m, h * w).sum(dim=(0, 2)).reshape(1, m, 1)
+    dx = dout[:, :c].to(acc) + (ds * dev / (sd * (f * group_size))).reshape(x.shape)
+    return like_layout(dx.to(x.dtype), x)
+
+
+TORCH_KERNELS = {"minibatch_stddev": _torch_minibatch_stddev, "minibatch_stddev_grad": _torch_minibatch_stddev_grad}
 
 
 def _probe(v: GroupVariant, shape, extra, inputs: Inputs) -> Probe:
