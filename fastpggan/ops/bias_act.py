@@ -18,7 +18,7 @@ from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of, li
 from . import _dispatch
 from ._backends import KernelOp, register_backends
 from ._util import upcast
-from .opspec import Inputs, OpSpec, Probe, Variant, dtype_name, odd_shapes
+from .opspec import CPU_OPS_RESULT, EXT_ON_CPU, Inputs, OpSpec, Probe, Variant, dtype_name, odd_shapes
 
 PIXEL_NORM_EPS = 1e-8
 
@@ -238,10 +238,9 @@ register_backends(
         "bias_act", bias_act_ref, BiasActVariant, _probe, _check_cases, _bench_cases,
         # forward reads x and writes y; the backward reads dy and y and writes dx (bias and statistics ignored)
         traffic=lambda v: (2, 5),
-        # forward + backward at 4-32^2, fp32, vs ref: 2.2-2.9x, with pixel norm 2.7-5.3x. CUDA: ref; a fast kernel
-        # runs on a GPU only once it has passed its check against ref there (fastpggan.autotune).
-        auto_order={"cpu": ("ext", "ref"), "cuda": ("ref",)},
-        auto_order_source="benchmarks/results/cpu-2core-20261122-ops.md"),
+        # forward + backward at 4-32^2, fp32, vs ref: 2.2-2.9x, with pixel norm 2.7-5.3x on the CPU
+        auto_order=EXT_ON_CPU,
+        auto_order_source=CPU_OPS_RESULT),
     kernels="bias_act", autograd=_autograd, call=_call,
     kernel_ops={
         "bias_act": KernelOp("(Tensor x, Tensor? bias, float gain, float slope) -> Tensor", _fake_like_x),

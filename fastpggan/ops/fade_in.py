@@ -15,7 +15,7 @@ from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of, li
 
 from . import _dispatch
 from ._backends import KernelOp, register_backends
-from .opspec import Inputs, OpSpec, Probe, Variant, dtype_name, odd_shapes
+from .opspec import CPU_OPS_RESULT, EXT_ON_CPU, Inputs, OpSpec, Probe, Variant, dtype_name, odd_shapes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,8 +187,8 @@ register_backends(
         # fade's low is a quarter of the size
         traffic=lambda v: (2.25, 4.5) if v.up else (3, 6),
         # forward + backward at 4-32^2, fp32, vs ref: 1.2-2.4x on the CPU; CUDA: ref until checked on the GPU
-        auto_order={"cpu": ("ext", "ref"), "cuda": ("ref",)},
-        auto_order_source="benchmarks/results/cpu-2core-20261122-ops.md"),
+        auto_order=EXT_ON_CPU,
+        auto_order_source=CPU_OPS_RESULT),
     kernels="fade_in", autograd=_autograd, call=_call,
     kernel_ops={
         "fade_in": KernelOp("(Tensor low, Tensor high, float alpha, Tensor? alpha_t) -> Tensor", _fake),

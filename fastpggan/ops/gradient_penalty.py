@@ -12,7 +12,7 @@ from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of, li
 from . import _dispatch
 from ._backends import KernelOp, register_backends
 from ._util import upcast
-from .opspec import Inputs, NoVariant, OpSpec, Probe, dtype_name, odd_shapes
+from .opspec import CPU_OPS_RESULT, EXT_ON_CPU, Inputs, NoVariant, OpSpec, Probe, dtype_name, odd_shapes
 
 
 def gradient_penalty(grads: torch.Tensor, *, target: float = 1.0, impl: str = "auto") -> torch.Tensor:
@@ -173,8 +173,8 @@ register_backends(
         # forward reads g; the backward reads g again and writes dg
         traffic=lambda v: (1, 3),
         # forward + backward at 4-32^2, fp32, vs ref: 1.1-1.8x on the CPU; CUDA: ref until checked on the GPU
-        auto_order={"cpu": ("ext", "ref"), "cuda": ("ref",)},
-        auto_order_source="benchmarks/results/cpu-2core-20261122-ops.md"),
+        auto_order=EXT_ON_CPU,
+        auto_order_source=CPU_OPS_RESULT),
     kernels="gradient_penalty", autograd=_autograd, call=_call,
     kernel_ops={
         "gradient_penalty": KernelOp("(Tensor grads, float target) -> (Tensor, Tensor)", _fake),
@@ -220,7 +220,7 @@ register_backends(
         traffic=lambda v: (3, 6),
         # torch.lerp is already one pass; per-call overhead makes ext no faster on the CPU
         auto_order={"cpu": ("ref",), "cuda": ("ref",)},
-        auto_order_source="benchmarks/results/cpu-2core-20261122-ops.md"),
+        auto_order_source=CPU_OPS_RESULT),
     kernels="gradient_penalty", autograd=_interpolate_autograd,
     call=lambda k, reals, fakes, u: k.gp_interpolate(reals, fakes, u),
     kernel_ops={"gp_interpolate": KernelOp("(Tensor real, Tensor fake, Tensor u) -> Tensor",

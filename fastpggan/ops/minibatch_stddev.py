@@ -15,7 +15,7 @@ from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of, li
 from . import _dispatch
 from ._backends import KernelOp, register_backends
 from ._util import upcast
-from .opspec import Inputs, OpSpec, Probe, Variant
+from .opspec import CPU_OPS_RESULT, EXT_ON_CPU, Inputs, OpSpec, Probe, Variant
 
 EPS = 1e-8
 
@@ -182,8 +182,8 @@ register_backends(
         # forward reads x and writes x plus one map; the backward reads dout and x and writes dx
         traffic=lambda v: (2, 5),
         # forward + backward at 4x4, fp32, vs ref: 3.4x on the CPU; CUDA: ref until checked on the GPU
-        auto_order={"cpu": ("ext", "ref"), "cuda": ("ref",)},
-        auto_order_source="benchmarks/results/cpu-2core-20261122-ops.md"),
+        auto_order=EXT_ON_CPU,
+        auto_order_source=CPU_OPS_RESULT),
     kernels="minibatch_stddev", autograd=_autograd, call=_call,
     kernel_ops={
         "minibatch_stddev": KernelOp("(Tensor x, int group_size) -> Tensor", _fake),

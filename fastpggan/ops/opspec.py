@@ -67,6 +67,11 @@ class Inputs:
         return t.requires_grad_(True)
 
 
+# The static order measured on the CPU: the extension first there; on CUDA, ref until a fast kernel has passed its
+# check against ref on the GPU (fastpggan.autotune).
+EXT_ON_CPU = {"cpu": ("ext", "ref"), "cuda": ("ref",)}
+CPU_OPS_RESULT = "benchmarks/results/cpu-2core-20261122-ops.md"   # forward + backward at 4-32^2, fp32, vs ref
+
 # check_cases(dtype, layout, big) -> [(variant, shape, extra)]: the self-test's cases at odd shapes (`big` on a GPU)
 CheckCases = Callable[[str, str, bool], Sequence[Tuple[Variant, tuple, dict]]]
 # bench_cases(shapes {res: (minibatch, feature maps)}) -> [(label, res, variant, shape, extra)]
