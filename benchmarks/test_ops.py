@@ -19,7 +19,7 @@ import torch
 from conftest import PGGAN_SHAPES, devices, record, run_synced
 from fastpggan import autotune, ops
 
-IMPLS = ["ref", "triton", "ext"]
+IMPLS = list(ops.backends.IMPLS)
 CPU_RESOLUTIONS = (4, 8, 32)
 
 

@@ -21,8 +21,7 @@ import warnings
 from typing import Optional
 
 from . import opspec, tune_cache
-
-IMPLS = ("ref", "triton", "ext")
+from .opspec import IMPLS
 
 # The static order: fastest-first backends per op and device type for the cases that nothing tuned, from each
 # op's declaration (OpSpec.auto_order, with the measurement it comes from); an op or device not listed uses 'ref'.
@@ -86,18 +85,21 @@ def _check_impl(impl, source):
         raise ValueError(f"{source} must be one of 'auto', 'ref', 'triton', 'ext'; got {impl!r}")
 
 
+def available(op=None, device="cpu", dtype=None) -> dict:
+    """{op: {impl: None if it can run, else why not}} for `op` (None: every registered op), checked on a small
+    tensor of `dtype` (default fp32) on `device`."""
+    import torch
+    x = torch.zeros(1, 1, 4, 4, dtype=dtype or torch.float32, device=device)
+    return {name: {impl: _missing(name, impl, x) for impl in IMPLS} for name in ([op] if op else sorted(_registry))}
+
+
 def impl_unavailable(impl, device):
     """Why an explicit `impl` cannot run the ops on `device` (checked on a small fp32 tensor there), or None;
     'auto' always can. Lets a command line refuse a backend in one line before it starts anything."""
     if impl == "auto":
         return None
-    import torch
-    x = torch.zeros(1, 1, 4, 4, device=device)
-    for op in sorted(_registry):
-        reason = _missing(op, impl, x)
-        if reason is not None:
-            return f"{op}: {reason}"
-    return None
+    return next((f"{op}: {row[impl]}" for op, row in available(device=device).items() if row[impl] is not None),
+                None)
 
 
 def use_choices(choices: Optional[dict]) -> None:
@@ -183,26 +185,26 @@ def choices_made():
 
 def _log_choice(op, variant, x, impl, why, first):
     key = tune_cache.case_key(op, variant, x.dtype, tune_cache.layout_of(x), x.shape)
-    if not why:
-        why = "run choices" if key in _run_choices else "tune cache" if (
-            not _frozen[0] and x.device.type in ("cpu", "cuda") and key in tune_cache.cached_choices(x.device)) \
-            else "static order"
     _choice_logs[-1].append(dict(op=op, case=key, impl=impl, why=why + (", fallback" if impl != first else "")))
 
 
 def _auto_order(op, variant, dtype, shape, layout, device):
+    """(backend order, where its first entry comes from: 'run choices', 'tune cache' or 'static order')."""
     memo = (op, str(variant), dtype, shape, layout, device, os.environ.get("FASTPGGAN_CACHE"))
-    order = _orders.get(memo)
-    if order is None:
-        order = AUTO_ORDER.get(op, {}).get(device.type, ("ref",))
+    found = _orders.get(memo)
+    if found is None:
+        order, source = AUTO_ORDER.get(op, {}).get(device.type, ("ref",)), "static order"
         key = tune_cache.case_key(op, variant, dtype, layout, shape)
         chosen = _run_choices.get(key)
-        if chosen is None and not _frozen[0] and device.type in ("cpu", "cuda"):
+        if chosen is not None:
+            source = "run choices"
+        elif not _frozen[0] and device.type in ("cpu", "cuda"):
             chosen = tune_cache.cached_choices(device).get(key)
+            source = "tune cache" if chosen is not None else source
         if chosen is not None:
             order = (chosen,) + tuple(i for i in order if i != chosen)
-        _orders[memo] = order
-    return order
+        found = _orders[memo] = (order, source)
+    return found
 
 
 def auto_backend(op: str, variant, shape, dtype, layout: str, device) -> str:
@@ -211,7 +213,7 @@ def auto_backend(op: str, variant, shape, dtype, layout: str, device) -> str:
     import torch
     dtype, device = (getattr(torch, dtype) if isinstance(dtype, str) else dtype), torch.device(device)
     probe = torch.empty((1, *tuple(shape)[1:2], *[1] * max(len(shape) - 2, 0)), dtype=dtype, device=device)
-    order = _auto_order(op, variant, dtype, torch.Size(shape), layout, device)
+    order, _ = _auto_order(op, variant, dtype, torch.Size(shape), layout, device)
     return next((i for i in tuple(order) + ("ref",) if _missing(op, i, probe) is None), "ref")
 
 
@@ -228,16 +230,18 @@ def resolve(op, impl, x, variant=opspec.NoVariant(), extra=None):
         env, why = forced()
         if env == "auto" and _recorder:
             _recorder[-1].append(dict(op=op, variant=variant, shape=list(x.shape),
-                                      dtype=str(x.dtype).replace("torch.", ""), layout=tune_cache.layout_of(x),
+                                      dtype=opspec.dtype_name(x), layout=tune_cache.layout_of(x),
                                       device=str(x.device), extra=dict(extra or {})))
             return _registry[op]["ref"][0]
-        order = _auto_order(op, variant, x.dtype, x.shape, tune_cache.layout_of(x), x.device) if env == "auto" \
-            else (env,)
+        if env == "auto":
+            order, why = _auto_order(op, variant, x.dtype, x.shape, tune_cache.layout_of(x), x.device)
+        else:
+            order = (env,)
         for cand in tuple(order) + tuple(i for i in ("ref",) if i not in order):
             reason = _missing(op, cand, x)
             if reason is None:
                 if _choice_logs:
-                    _log_choice(op, variant, x, cand, why if env != "auto" else "", order[0])
+                    _log_choice(op, variant, x, cand, why, order[0])
                 return _registry[op][cand][0]
             key = (op, cand, reason)
             if key not in _warned:

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Union
 
 import torch
 
+from . import _dispatch
 from ._dispatch import (
     IMPLS,
     BackendUnavailable,
@@ -54,9 +55,7 @@ def available(op: Optional[str] = None, device: Union[str, torch.device] = "cpu"
     Returns:
         {op: {impl: None if it can run, else a sentence saying what is missing}}.
     """
-    x = torch.zeros(1, 1, 4, 4, dtype=dtype, device=device)
-    names = [op] if op is not None else [s.name for s in all_specs()]
-    return {name: {impl: unavailable(name, impl, x) for impl in IMPLS} for name in names}
+    return _dispatch.available(op, device, dtype)
 
 
 def declared() -> List[OpSpec]:

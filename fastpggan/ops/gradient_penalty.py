@@ -54,9 +54,18 @@ def gp_interpolate(reals: torch.Tensor, fakes: torch.Tensor, u: torch.Tensor, *,
 
 def gradient_penalty_ref(grads, target):
     """Plain-PyTorch oracle. Differentiable to any order."""
-    g = upcast(grads)
-    norms = torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1)
-    return (norms - target).square()
+    return (_norms(grads) - target).square()
+
+
+def _norms(grads):
+    """||g_n||_2 per sample, in the accumulator dtype."""
+    return torch.linalg.vector_norm(upcast(grads).reshape(grads.shape[0], -1), dim=1)
+
+
+def _norm_factor(r, target):
+    """h(r) = 2 (r - t) / r, the penalty's gradient over g_n; 0 where r = 0."""
+    nonzero = r > 0
+    return torch.where(nonzero, 2 * (r - target) / torch.where(nonzero, r, torch.ones_like(r)), torch.zeros_like(r))
 
 
 def gp_interpolate_ref(reals, fakes, u):
@@ -77,7 +86,7 @@ def gradient_penalty_double_backward(ddg, dgp, g, r, target, need_dgp=True, need
     dgp, r = upcast(dgp), r.to(gf.dtype)
     nonzero = r > 0
     safe_r = torch.where(nonzero, r, torch.ones_like(r))
-    h = torch.where(nonzero, 2 * (r - target) / safe_r, torch.zeros_like(r))
+    h = _norm_factor(r, target)
     dot = (ddf * gf).sum(dim=1)
     d_dgp = h * dot if need_dgp else None
     d_g = None
@@ -134,14 +143,13 @@ def _call(k, grads, target):
 # The kernel ops in plain PyTorch, computed as the kernels compute them: the bodies of the compiled backend.
 
 def _torch_gradient_penalty(grads, target):
-    r = torch.linalg.vector_norm(grads.to(accumulator_dtype(grads.dtype)).reshape(grads.shape[0], -1), dim=1)
+    r = _norms(grads)
     return (r - target).square(), r
 
 
 def _torch_gradient_penalty_grad(dgp, grads, r, target):
-    acc = accumulator_dtype(grads.dtype)
-    scale = torch.where(r > 0, dgp.to(acc) * 2 * (r - target) / torch.where(r > 0, r, torch.ones_like(r)), 0.0)
-    dg = scale.reshape(-1, *[1] * (grads.ndim - 1)) * grads.to(acc)
+    scale = upcast(dgp) * _norm_factor(r, target)
+    dg = scale.reshape(-1, *[1] * (grads.ndim - 1)) * upcast(grads)
     return like_layout(dg.to(grads.dtype), grads)
 
 

@@ -10,7 +10,7 @@ import dataclasses
 
 import torch
 
-from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of, like_layout
+from fastpggan.kernels._tensors import empty_in_layout_of, like_layout
 
 from . import _dispatch
 from ._backends import KernelOp, register_backends
@@ -68,6 +68,18 @@ def minibatch_stddev_ref(x, group_size):
     return torch.cat([x, y], dim=1)
 
 
+def _deviations(x, group_size):
+    """(x - mean_g x, std_g x) in the accumulator dtype, shaped (G, M, C*H*W) and (1, M, C*H*W)."""
+    xf = upcast(x).reshape(group_size, x.shape[0] // group_size, -1)
+    dev = xf - xf.mean(dim=0, keepdim=True)
+    return dev, (dev.square().mean(dim=0, keepdim=True) + EPS).sqrt()
+
+
+def _stat_grad(dout, c, group_size):
+    """ds[m]: the gradient of the stddev map (channel c of dout) summed over m's group and its pixels, (1, M, 1)."""
+    return upcast(dout[:, c]).reshape(group_size, dout.shape[0] // group_size, -1).sum(dim=(0, 2)).reshape(1, -1, 1)
+
+
 def minibatch_stddev_double_backward(ddx, dout, x, group_size, need_dout=True, need_x=True):
     """Gradients of dx = dout[:, :C] + ds[m] u / (F G) w.r.t. (dout, x), given ddx; u = (x - mean_g) / std_g.
 
@@ -79,10 +91,8 @@ def minibatch_stddev_double_backward(ddx, dout, x, group_size, need_dout=True, n
     """
     n, c, h, w = x.shape
     m, f = n // group_size, c * h * w
-    xf = upcast(x).reshape(group_size, m, f)
     dd = upcast(ddx).reshape(group_size, m, f)
-    dev = xf - xf.mean(dim=0, keepdim=True)
-    sd = (dev.square().mean(dim=0, keepdim=True) + EPS).sqrt()
+    dev, sd = _deviations(x, group_size)
     u = dev / sd
     d_dout = d_x = None
     if need_dout:
@@ -90,7 +100,7 @@ def minibatch_stddev_double_backward(ddx, dout, x, group_size, need_dout=True, n
         d_stat_map = d_stat.reshape(1, m, 1, 1, 1).expand(group_size, m, 1, h, w).reshape(n, 1, h, w)
         d_dout = torch.cat([ddx, d_stat_map.to(ddx.dtype)], dim=1)
     if need_x:
-        ds = upcast(dout[:, c]).reshape(group_size, m, h * w).sum(dim=(0, 2)).reshape(1, m, 1)
+        ds = _stat_grad(dout, c, group_size)
         d_x = ds / (f * group_size) / sd * (dd - dd.mean(dim=0, keepdim=True) - u * (dd * u).mean(dim=0, keepdim=True))
         d_x = d_x.reshape(x.shape).to(x.dtype)
     return d_dout, d_x
@@ -147,14 +157,10 @@ def _torch_minibatch_stddev(x, group_size):
 def _torch_minibatch_stddev_grad(dout, x, group_size):
     """dx = dout[:, :C] + ds[m] (x - mean_g) / (F G std_g), ds[m] the sum of the stddev map's gradient over m's
     group."""
-    n, c, h, w = x.shape
-    m, f = n // group_size, c * h * w
-    acc = accumulator_dtype(x.dtype)
-    xf = x.to(acc).reshape(group_size, m, f)
-    dev = xf - xf.mean(dim=0, keepdim=True)
-    sd = (dev.square().mean(dim=0, keepdim=True) + EPS).sqrt()
-    ds = dout[:, c].to(acc).reshape(group_size, m, h * w).sum(dim=(0, 2)).reshape(1, m, 1)
-    dx = dout[:, :c].to(acc) + (ds * dev / (sd * (f * group_size))).reshape(x.shape)
+    c, f = x.shape[1], x[0].numel()
+    dev, sd = _deviations(x, group_size)
+    ds = _stat_grad(dout, c, group_size)
+    dx = upcast(dout[:, :c]) + (ds * dev / (sd * (f * group_size))).reshape(x.shape)
     return like_layout(dx.to(x.dtype), x)
 
 

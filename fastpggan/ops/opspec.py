@@ -12,6 +12,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+IMPLS = ("ref", "triton", "ext")   # the backends an op may have (fastpggan.ops.backends)
+
 
 class Variant:
     """Base of the variant types: `str(v)` is its key text, `type(v).parse(text)` gives it back."""

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from ..runtime import cache_root, write_text_atomic
+from .opspec import IMPLS
 
 FORMAT = "fastpggan-tune"
 FORMAT_VERSION = 1
@@ -112,7 +113,7 @@ def check_file(data, device) -> Optional[str]:
     if data.get("device") != device_info(device):
         return "it was measured on another device"
     for key, entry in data["choices"].items():
-        if not (isinstance(entry, dict) and entry.get("impl") in ("ref", "triton", "ext")):
+        if not (isinstance(entry, dict) and entry.get("impl") in IMPLS):
             return f"its entry {key!r} names no backend"
     return None
 
