@@ -48,7 +48,7 @@ class EqualizedConv2d(nn.Module):
             fused_scale=False, upscale2d then conv2d, or conv2d, bias, activation (and pixel norm) then downscale2d.
         act: 'lrelu' (slope 0.2) or 'linear'.
         pixel_norm: pixelwise feature normalization after the activation (paper Sec. 4.2).
-        impl: the ops backend ('auto', 'ref', 'triton', 'ext').
+        impl: the ops backend ('auto', 'ref', 'triton', 'ext', 'compiled').
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, *, gain: float = math.sqrt(2), bias: bool = True,

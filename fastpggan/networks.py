@@ -78,7 +78,7 @@ class Generator(nn.Module):
         fmap_base, fmap_max: nf(stage) = min(fmap_base / 2^stage, fmap_max) feature maps per block.
         label_size: classes of a conditional G (one-hot labels concatenated to z), 0 for none.
         fused_scale: official G_paper's fused_scale (see the module docstring).
-        impl: the ops backend ('auto', 'ref', 'triton', 'ext').
+        impl: the ops backend ('auto', 'ref', 'triton', 'ext', 'compiled').
     """
 
     def __init__(self, resolution: int = 1024, latent_size: int = 512, num_channels: int = 3, fmap_base: int = 8192,
@@ -139,7 +139,7 @@ class Discriminator(nn.Module):
         mbstd_group_size: minibatch-stddev group size at 4x4; 0 or 1 leaves the layer out.
         label_size: AC-GAN class logits after the score, 0 for none.
         fused_scale: official D_paper's fused_scale; False pools after each block's second conv, bias and LReLU.
-        impl: the ops backend ('auto', 'ref', 'triton', 'ext').
+        impl: the ops backend ('auto', 'ref', 'triton', 'ext', 'compiled').
     """
 
     def __init__(self, resolution: int = 1024, num_channels: int = 3, fmap_base: int = 8192, fmap_max: int = 512,

@@ -18,7 +18,7 @@ from .config import PRESET_NAMES, apply_resume_flags, make_config, validate_conf
 from .data import build_dataset, check_resolution
 from .errors import ArgumentParser, UserError, cli_entry, is_disk_full, number
 from .metrics import suite
-from .ops import impl_unavailable
+from .ops import IMPLS, impl_unavailable
 from .rundir import RunLock, remove_partial_writes, rewind_log
 from .runtime import silent
 from .schedule import Schedule
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--gp-native-res", action="store_true",
                    help="gradient penalty with target 1 at the current resolution (the paper's text read literally); "
                         "default: the official penalty, whose target is 2^floor(lod) below full resolution")
-    n.add_argument("--impl", default="auto", choices=["auto", "ref", "triton", "ext"], help="op backend")
+    n.add_argument("--impl", default="auto", choices=["auto", *IMPLS], help="op backend")
     o = p.add_argument_group("other")
     o.add_argument("--strict", action="store_true", help="reject corrupt or too-small images instead of skipping them")
     o.add_argument("--max-images", type=number(int, min=1), default=None,

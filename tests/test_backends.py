@@ -1,9 +1,11 @@
 """The fast backends against the `_ref` oracles: values, first and second-order gradients, whole networks.
 
-Every test that takes `fast` runs for impl='triton' and impl='ext' (the C++/CUDA extension), on CUDA tensors
-where a GPU exists, else on CPU tensors: Triton then runs on its CPU interpreter (TRITON_INTERPRET=1, set in
-conftest) and the extension runs its C++ kernels. Every output of either backend starts as NaN (Triton's POISON,
-the extension's set_poison), so an element a kernel fails to write fails the comparison.
+Every test that takes `fast` runs for impl='triton', impl='ext' (the C++/CUDA extension) and impl='compiled' (the
+plain-PyTorch kernel ops through torch.compile; in the full suite only, since each test compiles a few graphs), on
+CUDA tensors where a GPU exists, else on CPU tensors: Triton then runs on its CPU interpreter (TRITON_INTERPRET=1,
+set in conftest), the extension runs its C++ kernels, and inductor compiles C++. Every output of triton and ext
+starts as NaN (Triton's POISON, the extension's set_poison), so an element a kernel fails to write fails the
+comparison; a compiled test fails if any call ran the eager body instead of compiled code (_compiled.stats()).
 
 Tolerances per dtype, elementwise |triton - ref| <= atol * max(1, max|ref|) * sqrt(count) + rtol * |ref|, with
 (atol, rtol) = float64 1e-10/1e-9, float32 1e-5/1e-5, float16 2e-3/2e-3, bfloat16 2e-2/2e-2, against the ref run on
@@ -25,20 +27,22 @@ from fastpggan.ops import _dispatch
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
-FAST = ["triton", "ext"]
-
-
-def unavailable(impl):
-    probe = torch.empty(1, 1, device=DEV)
-    return ops._util.triton_unavailable(probe) if impl == "triton" else ops._ext.ext_unavailable(probe)
+FAST = ["triton", "ext", slow("compiled", id="compiled")]
 
 
 @pytest.fixture(params=FAST)
 def fast(request):
-    reason = unavailable(request.param)
+    reason = ops.backends.impl_unavailable(request.param, DEV)
     if reason is not None:
         pytest.skip(f"impl='{request.param}' cannot run here: {reason}")
-    return request.param
+    if request.param != "compiled":
+        yield request.param
+        return
+    before = ops._compiled.totals()
+    yield request.param
+    after = ops._compiled.totals()
+    assert after.fallbacks == before.fallbacks, f"a compiled call ran uncompiled: {after.failure}"
+    assert after.calls > before.calls or request.node.get_closest_marker("bypasses_kernels"), "no compiled code ran"
 
 
 @pytest.fixture(autouse=True)
@@ -248,6 +252,7 @@ def test_fade_in_second_order(fast, channels_last, upsample):
     assert torch.autograd.gradgradcheck(fn, (low, high))
 
 
+@pytest.mark.bypasses_kernels
 def test_fade_in_alpha_with_grad_takes_the_differentiable_path(fast):
     high, low = rand(1, 2, 4, 4), rand(1, 2, 2, 2)
     alpha = torch.tensor(0.3, device=DEV, requires_grad=True)
@@ -367,16 +372,13 @@ def test_gp_interpolate_gradients(fast):
 
 def _opcheck_cases(fast):
     """(op, sample args) for every op of the backend: fwd and grad of each hot op, pixel norm, gp_interpolate."""
-    if fast == "triton":
-        name = {k: getattr(torch.ops.fastpggan, f"{k}_triton").default for k in (
-            "bias_act", "bias_act_grad", "bias_act_pn", "bias_act_pn_grad", "fade_in", "fade_in_grad",
-            "minibatch_stddev", "minibatch_stddev_grad", "gradient_penalty", "gradient_penalty_grad",
-            "gp_interpolate")}
+    kernel_ops = ("bias_act", "bias_act_grad", "bias_act_pn", "bias_act_pn_grad", "fade_in", "fade_in_grad",
+                  "minibatch_stddev", "minibatch_stddev_grad", "gradient_penalty", "gradient_penalty_grad",
+                  "gp_interpolate")
+    if fast == "ext":
+        name = {k: ops._ext.op(k) for k in kernel_ops}
     else:
-        name = {k: ops._ext.op(k) for k in (
-            "bias_act", "bias_act_grad", "bias_act_pn", "bias_act_pn_grad", "fade_in", "fade_in_grad",
-            "minibatch_stddev", "minibatch_stddev_grad", "gradient_penalty", "gradient_penalty_grad",
-            "gp_interpolate")}
+        name = {k: getattr(torch.ops.fastpggan, f"{k}_{fast}").default for k in kernel_ops}
     x = rand
     y = x(2, 5, 4, 4)
     yp, r = name["bias_act_pn"](y, None, 0.5, 0.2)

@@ -73,4 +73,4 @@ def test_the_op_benchmarks_collect_the_toy_op():
     ids = [line for line in p.stdout.splitlines() if "::test_op[" in line]
     toy_ids = [i for i in ids if "[cpu-toy_scale-" in i]
     assert "benchmarks/test_ops.py::test_op[cpu-toy_scale-8-float32-fwd+bwd-ext]" in toy_ids
-    assert len(toy_ids) == 3 * 2 * 3   # the CPU resolutions 4, 8, 32; fwd and fwd+bwd; ref, triton, ext
+    assert len(toy_ids) == 3 * 2 * len(_dispatch.IMPLS)   # the CPU resolutions 4, 8, 32; fwd and fwd+bwd; every backend

@@ -2,12 +2,15 @@
 autograd registered by op name).
 
 A fast backend runs an op as a few kernel ops (a forward, its backward, ...), each declared once by its schema and
-its fake function. The two fast backends differ only in where those kernels come from:
+its fake function. The three fast backends differ only in where those kernels come from:
 - 'triton': Python custom ops `fastpggan::<name>_triton` whose bodies are `fastpggan.kernels.<module>.<name>`
   (Triton itself is imported by the first call, not here);
 - 'ext': the extension's `fastpggan_ext::<name>` (csrc/ops_cpu.cpp defines the same schemas), registered once the
-  library has loaded.
-Both get the same fake tensors and the same autograd formulas, and the public function reaches both through the
+  library has loaded;
+- 'compiled': Python custom ops `fastpggan::<name>_compiled` whose bodies are the op module's plain-PyTorch kernel
+  ops through torch.compile (ops/_compiled.py). Each kernel op is compiled on its own and differentiated by the
+  shared formulas, so no compiled function is ever differentiated (the penalty's double backward included).
+All get the same fake tensors and the same autograd formulas, and the public function reaches each through the
 same `call`.
 """
 import functools
@@ -18,7 +21,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from . import _dispatch, _ext
+from . import _compiled, _dispatch, _ext
 from ._util import triton_unavailable
 from .opspec import OpSpec
 
@@ -35,9 +38,10 @@ Autograd = Callable[[SimpleNamespace], Dict[str, Tuple[Callable, Callable]]]
 
 
 def register_backends(spec: OpSpec, *, kernels: str, kernel_ops: Dict[str, KernelOp], autograd: Autograd,
-                      call: Callable, triton_limit: Optional[Callable] = None) -> None:
-    """Declare an op (`spec`: its oracle, variants, probe, cases, traffic and static order) and register its three
-    backends with the dispatcher, and both fast backends' kernel ops with torch.
+                      call: Callable, torch_kernels: Dict[str, Callable],
+                      triton_limit: Optional[Callable] = None) -> None:
+    """Declare an op (`spec`: its oracle, variants, probe, cases, traffic and static order) and register its four
+    backends with the dispatcher, and the fast backends' kernel ops with torch.
 
     Args:
         spec: the op's declaration; `spec.ref` is impl='ref'.
@@ -46,6 +50,8 @@ def register_backends(spec: OpSpec, *, kernels: str, kernel_ops: Dict[str, Kerne
         autograd: given one backend's ops (a namespace of callables by name), the (setup_context, backward) pair
             of each differentiable kernel op.
         call: call(ops, *args) runs the op on one backend's ops, with the arguments the public function passes.
+        torch_kernels: {name: function} the kernel ops in plain PyTorch (at least those in `kernel_ops`), as the
+            kernels compute them: the compiled backend's bodies.
         triton_limit: an extra check x -> None or a reason, for a limit of the Triton kernels only.
     """
     _dispatch.declare(spec)
@@ -57,6 +63,13 @@ def register_backends(spec: OpSpec, *, kernels: str, kernel_ops: Dict[str, Kerne
         torch.library.custom_op(triton_names[name], _kernel_body(module, name), mutates_args=(), schema=spec.schema)
     triton_ops = _register_fake_and_autograd(triton_names, kernel_ops, autograd)
     _dispatch.register(op, "triton", functools.partial(call, triton_ops), _with_limit(triton_unavailable, triton_limit))
+
+    compiled_names = {name: f"fastpggan::{name}_compiled" for name in kernel_ops}
+    for name, spec in kernel_ops.items():
+        torch.library.custom_op(compiled_names[name], _compiled.kernel_body(name, torch_kernels[name]),
+                                mutates_args=(), schema=spec.schema)
+    compiled_ops = _register_fake_and_autograd(compiled_names, kernel_ops, autograd)
+    _dispatch.register(op, "compiled", functools.partial(call, compiled_ops), _compiled.unavailable(list(kernel_ops)))
 
     ext_ops = SimpleNamespace()   # filled in once the extension has loaded
 

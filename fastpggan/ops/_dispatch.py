@@ -1,4 +1,4 @@
-"""Backend selection shared by every op: impl='auto'|'ref'|'triton'|'ext'.
+"""Backend selection shared by every op: impl='auto'|'ref'|'triton'|'ext'|'compiled'.
 
 Each op module registers its backends here through `_backends.register_backends`. A backend is a function plus
 an `unavailable(x)` check that returns None when the backend can run on tensor `x`, or a sentence saying what is
@@ -70,7 +70,7 @@ def _missing(op, impl, x):
     entry = _registry.get(op, {}).get(impl)
     if entry is None:
         what = {"triton": "fastpggan.kernels has no Triton kernel", "ext": "the fastpggan._C extension has no kernel",
-                "ref": "no reference implementation"}[impl]
+                "compiled": "no plain-PyTorch kernel bodies to compile", "ref": "no reference implementation"}[impl]
         return f"{what} for {op} in this version"
     return entry[1](x)
 
@@ -82,7 +82,7 @@ def unavailable(op, impl, x):
 
 def _check_impl(impl, source):
     if impl not in ("auto",) + IMPLS:
-        raise ValueError(f"{source} must be one of 'auto', 'ref', 'triton', 'ext'; got {impl!r}")
+        raise ValueError(f"{source} must be one of {', '.join(repr(i) for i in ('auto',) + IMPLS)}; got {impl!r}")
 
 
 def available(op=None, device="cpu", dtype=None) -> dict:

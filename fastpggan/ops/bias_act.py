@@ -53,7 +53,7 @@ def bias_act(x: torch.Tensor, bias: Optional[torch.Tensor] = None, *, gain: floa
         gain: scale applied to x before the bias (equalized LR's gain / sqrt(fan_in)).
         negative_slope: LeakyReLU slope; 1.0 is linear (no activation).
         pixel_norm: divide each pixel's channel vector by its RMS (+1e-8 inside the root) after the activation.
-        impl: 'auto', 'ref', 'triton' or 'ext' (see fastpggan.ops).
+        impl: 'auto', 'ref', 'triton', 'ext' or 'compiled' (see fastpggan.ops).
 
     Returns:
         Tensor of x's shape and dtype; the fast backends keep x's memory layout. Differentiable twice without pixel
@@ -241,7 +241,7 @@ register_backends(
         # forward + backward at 4-32^2, fp32, vs ref: 2.2-2.9x, with pixel norm 2.7-5.3x on the CPU
         auto_order=EXT_ON_CPU,
         auto_order_source=CPU_OPS_RESULT),
-    kernels="bias_act", autograd=_autograd, call=_call,
+    kernels="bias_act", torch_kernels=TORCH_KERNELS, autograd=_autograd, call=_call,
     kernel_ops={
         "bias_act": KernelOp("(Tensor x, Tensor? bias, float gain, float slope) -> Tensor", _fake_like_x),
         "bias_act_grad": KernelOp("(Tensor dy, Tensor y, float gain, float slope) -> Tensor", _fake_like_y),

@@ -42,7 +42,7 @@ def fade_in(low: torch.Tensor, high: torch.Tensor, alpha: Union[float, torch.Ten
         high: (N, C, H, W), the new block's output; NCHW-contiguous or channels_last.
         alpha: the weight of `high`, in [0, 1]: a float, or a 0-d tensor that the fast kernels read on the device
             (so a captured CUDA graph sees its new value). A tensor alpha that requires grad runs the reference.
-        impl: 'auto', 'ref', 'triton' or 'ext' (see fastpggan.ops).
+        impl: 'auto', 'ref', 'triton', 'ext' or 'compiled' (see fastpggan.ops).
 
     Returns:
         (N, C, H, W) in high's dtype; the fast backends keep high's memory layout.
@@ -189,7 +189,7 @@ register_backends(
         # forward + backward at 4-32^2, fp32, vs ref: 1.2-2.4x on the CPU; CUDA: ref until checked on the GPU
         auto_order=EXT_ON_CPU,
         auto_order_source=CPU_OPS_RESULT),
-    kernels="fade_in", autograd=_autograd, call=_call,
+    kernels="fade_in", torch_kernels=TORCH_KERNELS, autograd=_autograd, call=_call,
     kernel_ops={
         "fade_in": KernelOp("(Tensor low, Tensor high, float alpha, Tensor? alpha_t) -> Tensor", _fake),
         "fade_in_grad": KernelOp("(Tensor dy, int[] low_size, float alpha, Tensor? alpha_t) -> (Tensor, Tensor)",

@@ -21,7 +21,7 @@ def gradient_penalty(grads: torch.Tensor, *, target: float = 1.0, impl: str = "a
     Args:
         grads: (N, ...) gradients of D's scores w.r.t. its inputs, one sample per row.
         target: the norm the penalty pulls towards (WGAN-GP: 1).
-        impl: 'auto', 'ref', 'triton' or 'ext' (see fastpggan.ops).
+        impl: 'auto', 'ref', 'triton', 'ext' or 'compiled' (see fastpggan.ops).
 
     Returns:
         (N,) in fp32 (fp64 for fp64 input). Differentiable twice.
@@ -39,7 +39,7 @@ def gp_interpolate(reals: torch.Tensor, fakes: torch.Tensor, u: torch.Tensor, *,
         reals: (N, ...) real images.
         fakes: fake images of reals' shape.
         u: (N,) mixing factors, one per sample.
-        impl: 'auto', 'ref', 'triton' or 'ext' (see fastpggan.ops).
+        impl: 'auto', 'ref', 'triton', 'ext' or 'compiled' (see fastpggan.ops).
 
     Returns:
         Tensor of reals' shape and dtype. Differentiable to any order.
@@ -183,7 +183,7 @@ register_backends(
         # forward + backward at 4-32^2, fp32, vs ref: 1.1-1.8x on the CPU; CUDA: ref until checked on the GPU
         auto_order=EXT_ON_CPU,
         auto_order_source=CPU_OPS_RESULT),
-    kernels="gradient_penalty", autograd=_autograd, call=_call,
+    kernels="gradient_penalty", torch_kernels=TORCH_KERNELS, autograd=_autograd, call=_call,
     kernel_ops={
         "gradient_penalty": KernelOp("(Tensor grads, float target) -> (Tensor, Tensor)", _fake),
         "gradient_penalty_grad": KernelOp("(Tensor dgp, Tensor grads, Tensor r, float target) -> Tensor", _fake_grad),
@@ -229,7 +229,7 @@ register_backends(
         # torch.lerp is already one pass; per-call overhead makes ext no faster on the CPU
         auto_order={"cpu": ("ref",), "cuda": ("ref",)},
         auto_order_source=CPU_OPS_RESULT),
-    kernels="gradient_penalty", autograd=_interpolate_autograd,
+    kernels="gradient_penalty", torch_kernels=TORCH_KERNELS, autograd=_interpolate_autograd,
     call=lambda k, reals, fakes, u: k.gp_interpolate(reals, fakes, u),
     kernel_ops={"gp_interpolate": KernelOp("(Tensor real, Tensor fake, Tensor u) -> Tensor",
                                            lambda real, fake, u: empty_in_layout_of(real))})

@@ -42,7 +42,7 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4, *, impl: str = "auto"
     Args:
         x: (N, C, H, W) features, NCHW-contiguous or channels_last.
         group_size: samples per group, capped at N; N must be a multiple of the capped size (official rule).
-        impl: 'auto', 'ref', 'triton' or 'ext' (see fastpggan.ops).
+        impl: 'auto', 'ref', 'triton', 'ext' or 'compiled' (see fastpggan.ops).
 
     Returns:
         (N, C+1, H, W) in x's dtype: x, then s[n % M] broadcast over one map. Differentiable twice.
@@ -190,7 +190,7 @@ register_backends(
         # forward + backward at 4x4, fp32, vs ref: 3.4x on the CPU; CUDA: ref until checked on the GPU
         auto_order=EXT_ON_CPU,
         auto_order_source=CPU_OPS_RESULT),
-    kernels="minibatch_stddev", autograd=_autograd, call=_call,
+    kernels="minibatch_stddev", torch_kernels=TORCH_KERNELS, autograd=_autograd, call=_call,
     kernel_ops={
         "minibatch_stddev": KernelOp("(Tensor x, int group_size) -> Tensor", _fake),
         "minibatch_stddev_grad": KernelOp("(Tensor dout, Tensor x, int group_size) -> Tensor", _fake_grad),

@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-IMPLS = ("ref", "triton", "ext")   # the backends an op may have (fastpggan.ops.backends)
+IMPLS = ("ref", "triton", "ext", "compiled")   # the backends an op may have (fastpggan.ops.backends)
 
 
 class Variant:
