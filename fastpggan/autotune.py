@@ -118,6 +118,10 @@ class Mismatch(Exception):
     """A backend's answer differs from the reference's."""
 
 
+class Uncompiled(Exception):
+    """impl='compiled' ran the uncompiled body (a failed compile or dynamo's recompile limit)."""
+
+
 def validate(case: Case, impl: str, seed: int) -> dict:
     """Check `impl` against 'ref' on fresh inputs of `case`: the output, the first-order gradients, and the
     second-order ones in float64 where the op promises them. Returns {"ratio": the worst error / tolerance (<= 1),
@@ -201,7 +205,7 @@ def candidates(case: Case) -> List[str]:
     x = torch.empty(case.shape, dtype=getattr(torch, case.dtype), device=case.device)
     if case.layout == "channels_last" and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    return [i for i in backends.IMPLS if i != "compiled" and backends.unavailable(case.op, i, x) is None]
+    return [i for i in backends.IMPLS if backends.unavailable(case.op, i, x) is None]
 
 
 # -- the child process -------------------------------------------------------------------------------------------
@@ -228,10 +232,16 @@ def worker(job: dict) -> None:
                 continue
             _emit(start=[i, impl])
             try:
+                before = backends.compile_stats(total=True)
                 checked = dict(ratio=0.0, max_error=0.0) if impl == "ref" else validate(case, impl, job["seed"] + i)
-                _emit(done=[i, impl], ok=True, seconds=time_case(case, impl) if job.get("time", True) else None,
-                      **checked)
-            except Mismatch as e:
+                seconds = time_case(case, impl) if job.get("time", True) else None
+                if impl == "compiled":   # compiled code ran, never the uncompiled body; and what compiling cost
+                    after = backends.compile_stats(total=True)
+                    if after.fallbacks != before.fallbacks:
+                        raise Uncompiled(f"ran uncompiled ({after.failure})")
+                    checked["compile_seconds"] = after.compile_s - before.compile_s
+                _emit(done=[i, impl], ok=True, seconds=seconds, **checked)
+            except (Mismatch, Uncompiled) as e:
                 _emit(done=[i, impl], ok=False, error=str(e))
             except Exception as e:   # any error excludes the backend for this case
                 _emit(done=[i, impl], ok=False, error=f"raised {type(e).__name__}: {str(e).splitlines()[0][:200]}"
@@ -424,6 +434,7 @@ def _entry(case, res, bandwidth, log):
         impl = "ref"
     entry = dict(impl=impl, shape=list(case.shape), bytes=traffic_bytes(case),
                  seconds={i: r["seconds"] for i, r in ok.items()},
+                 compile_seconds={i: r["compile_seconds"] for i, r in ok.items() if "compile_seconds" in r},
                  tolerance_ratio={i: round(r["ratio"], 4) for i, r in ok.items() if i != "ref"},
                  max_error={i: r["max_error"] for i, r in ok.items() if i != "ref"},
                  excluded={i: r["error"] for i, r in res.items() if not r.get("ok")},
@@ -477,5 +488,6 @@ def tune_model(module: torch.nn.Module, example_inputs: Sequence, *, backward: b
     return tune_cases(cases, force=force, log=log)
 
 
-if __name__ == "__main__":   # the child process of measure()
-    worker(json.loads(sys.stdin.read()))
+if __name__ == "__main__":   # the child process of measure(), run by the imported module (one copy of its state)
+    from fastpggan.autotune import worker as _worker
+    _worker(json.loads(sys.stdin.read()))

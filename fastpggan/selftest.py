@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "the step's speed on this device; write a JSON and a markdown report.")
     p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--out", default=".", help="folder of the two report files")
+    p.add_argument("--compiled", action="store_true", help="check, time and tune impl='compiled' too (compiling "
+                   "every case adds minutes; without it the self-test runs as with FASTPGGAN_NO_COMPILE=1)")
     return p
 
 
@@ -226,6 +228,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     device = pick_device(args.device)
+    if not args.compiled:   # for this process and the tuner's children
+        os.environ["FASTPGGAN_NO_COMPILE"] = "1"
     if not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is not a folder; create it first")
     log = lambda line: print(line, flush=True)  # noqa: E731

@@ -204,9 +204,15 @@ class Trainer:
             result = None
             if self.ctx.main:
                 flat = [c for cs in cases.values() for c in cs]
+                measure_new = os.environ.get("FASTPGGAN_TUNE", "1").strip() != "0"
+                cached = (tune_cache.read(self.device) or {}).get("choices", {})
+                todo = {c.key for c in flat} - set(cached)
+                if measure_new and todo and backends.impl_unavailable("compiled", self.device) is None:
+                    self.log(f"tune: checking and timing each backend on {len(todo)} op cases, once for this device; "
+                             "impl='compiled' compiles each (on a 2-core CPU about 2 min with a cold inductor cache, "
+                             "20 s with a warm one; FASTPGGAN_NO_COMPILE=1 leaves it out)")
                 t0 = time.time()
-                result = autotune.tune_cases(flat, log=self.log,
-                                             measure_new=os.environ.get("FASTPGGAN_TUNE", "1").strip() != "0")
+                result = autotune.tune_cases(flat, log=self.log, measure_new=measure_new)
                 if result["measured"]:
                     self.log(f"tune: measured {result['measured']} op cases in {time.time() - t0:.1f} s "
                              f"(cached in {os.path.dirname(tune_cache.cache_path(self.device))})")

@@ -104,7 +104,9 @@ def table_rows(result: dict) -> List[List[str]]:
                 continue
             shown.add(key)
             op, dtype, layout, _ = key.split(" ")
-            times = " ".join(f"{i} {_us(t)}" for i, t in sorted(e["seconds"].items(), key=lambda kv: kv[1]))
+            compiling = e.get("compile_seconds", {})
+            times = " ".join(f"{i} {_us(t)}" + (f" (+{compiling[i]:.1f} s compile)" if i in compiling else "")
+                             for i, t in sorted(e["seconds"].items(), key=lambda kv: kv[1]))
             times += "".join(f" {i} excluded" for i in e.get("excluded", {}))
             best = e["seconds"].get(e["impl"])
             gbps = e["bytes"] / best / 1e9 if best else None
@@ -133,8 +135,12 @@ def format_table(result: dict, markdown: bool = False) -> str:
 def summary(result: dict) -> str:
     bw = result.get("bandwidth")
     copy = f"copy bandwidth {bw / 1e9:.1f} GB/s (measured in this run); " if bw else ""
+    compiling = [e["compile_seconds"]["compiled"] for e in result["entries"].values()
+                 if e and "compiled" in e.get("compile_seconds", {})]
+    compiled = (f"impl='compiled' spent {sum(compiling):.1f} s compiling when its {len(compiling)} case(s) were "
+                "measured (less with a warm inductor cache); ") if compiling else ""
     return (f"{result['measured']} case(s) measured in {result['seconds']:.1f} s, "
-            f"{len(result['entries']) - result['measured']} from the cache; {copy}"
+            f"{len(result['entries']) - result['measured']} from the cache; {compiled}{copy}"
             f"cache: {tune_cache.cache_path(torch.device(result['torch_device']))}")
 
 

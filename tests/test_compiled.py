@@ -36,10 +36,14 @@ def test_bias_act_runs_compiled_code_and_matches_ref_to_second_order(fresh):
         b = torch.randn(shape[1], dtype=torch.float64)
         assert (f(x, b) - ops.bias_act_ref(x, b, 0.3)).abs().max().item() <= 1e-12
     stats = _compiled.stats()
-    # automatic dynamic shapes: a static graph for the first size, one dynamic graph for all the others
-    assert stats["bias_act"].graphs == 2 and stats["bias_act_grad"].graphs >= 1, stats
+    # automatic dynamic shapes: a static graph for the first size, one dynamic graph for the 4 others (or only the
+    # dynamic one, where dynamo's local profile remembers that an earlier function of the same name went dynamic)
+    assert 1 <= stats["bias_act"].graphs <= 2 and stats["bias_act_grad"].graphs >= 1, stats
     assert all(s.fallbacks == 0 and s.calls > 0 and s.failure is None for s in stats.values()), stats
     assert stats["bias_act"].compile_s > 0
+    assert backends.compile_stats() == stats   # the public reading
+    total = backends.compile_stats(total=True)
+    assert (total.graphs, total.calls) == (sum(s.graphs for s in stats.values()), sum(s.calls for s in stats.values()))
 
 
 def test_a_failed_compile_warns_once_runs_eagerly_and_auto_then_moves_on(fresh, monkeypatch):

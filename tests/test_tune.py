@@ -33,9 +33,10 @@ pytestmark = pytest.mark.skipif(ops._ext.load_error() is not None, reason="the e
 @pytest.fixture(autouse=True)
 def _tuning_on(monkeypatch):
     """Trainers tune; the tuner's children compare ext and ref only (Triton's CPU interpreter takes seconds per
-    case; the first test keeps it in)."""
+    case, and impl='compiled' compiles for seconds; the first test and the compiled ones keep them in)."""
     monkeypatch.setenv("FASTPGGAN_TUNE", "1")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("FASTPGGAN_NO_COMPILE", "1")
 
 
 def read_json(path):
@@ -62,18 +63,23 @@ def spy(monkeypatch, op):
     return counts
 
 
+def in_children(tmp_path, monkeypatch, code):
+    """Python processes this test starts (the tuner's children) run `code` first (a sitecustomize module)."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(code)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site)] + sys.path))
+
+
 def broken_ext(tmp_path, monkeypatch, body):
     """Children of this test get an extension whose CPU bias_act kernel is `body` (of x, bias, gain, slope)."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(textwrap.dedent("""
+    in_children(tmp_path, monkeypatch, textwrap.dedent("""
         import os, signal, torch
         from fastpggan import ops
         assert ops._ext.load_error() is None
         _lib = torch.library.Library("fastpggan_ext", "IMPL")
         def _bad(x, bias, gain, slope):
         """) + textwrap.indent(textwrap.dedent(body), "    ") + '\n_lib.impl("bias_act", _bad, "CPU")\n')
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site)] + sys.path))
 
 
 # -- choosing --------------------------------------------------------------------------------------------------
@@ -126,6 +132,67 @@ def test_a_wrong_backend_is_never_chosen(tmp_path, monkeypatch):
     assert "output differs from ref" in result["entries"][BIAS.key]["excluded"]["ext"]
     assert not result["entries"][FADE.key]["excluded"]            # the other op's ext is fine
     assert len(logged) == 1 and "\n" not in logged[0]
+
+
+# impl='compiled' in the tuner. Injected, not raced: the child's clock makes compiled the fastest by far, and its
+# compiled kernels can be made wrong or made to fail to compile.
+FAST_COMPILED = """
+from fastpggan import autotune
+_time_case = autotune.time_case
+autotune.time_case = lambda case, impl, *a, **k: _time_case(case, impl, *a, **k) * (1e-3 if impl == "compiled" else 1)
+"""
+WRONG_COMPILED = """
+from fastpggan.ops import _compiled
+_function = _compiled._function
+def _off(name, body, args):
+    fn = _function(name, body, args)
+    return lambda *a: fn(*a) * 1.01
+_compiled._function = _off
+"""
+
+
+def _tune_with_compiled(tmp_path, monkeypatch, child_code, **env):
+    monkeypatch.delenv("FASTPGGAN_NO_COMPILE", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    in_children(tmp_path, monkeypatch, child_code)
+    return autotune.tune_cases([BIAS], force=True, seed=5, log=lambda line: None)
+
+
+@pytest.mark.slow
+def test_auto_picks_compiled_where_it_is_measured_fastest_with_a_cold_and_a_warm_inductor_cache(tmp_path,
+                                                                                                monkeypatch):
+    compile_s = []
+    for _ in ("cold", "warm"):   # fresh child processes; the first one fills the empty inductor cache
+        entry = _tune_with_compiled(tmp_path, monkeypatch, FAST_COMPILED,
+                                    TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))["entries"][BIAS.key]
+        assert entry["impl"] == "compiled" and set(entry["seconds"]) == {"ref", "ext", "compiled"}, entry
+        assert not entry["excluded"] and 0 <= entry["tolerance_ratio"]["compiled"] <= 1
+        compile_s.append(entry["compile_seconds"]["compiled"])
+        monkeypatch.undo()
+        monkeypatch.setenv("FASTPGGAN_TUNE", "1")
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert all(s > 0 for s in compile_s), compile_s
+    counts = spy(monkeypatch, "bias_act")
+    ops.bias_act(torch.randn(BIAS.shape), torch.randn(BIAS.shape[1]))
+    assert counts == {"compiled": 1}
+
+
+@pytest.mark.slow
+def test_compiled_is_never_chosen_where_it_fails_its_oracle(tmp_path, monkeypatch):
+    with pytest.warns(UserWarning, match="excluding impl='compiled': output differs from ref"):
+        entry = _tune_with_compiled(tmp_path, monkeypatch, FAST_COMPILED + WRONG_COMPILED)["entries"][BIAS.key]
+    assert entry["impl"] != "compiled" and "compiled" not in entry["seconds"]
+
+
+def test_a_compile_failure_excludes_compiled_with_one_warning(tmp_path, monkeypatch):
+    code = FAST_COMPILED + "from fastpggan.ops import _compiled\n_compiled.MODE = 'no-such-mode'\n"
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        entry = _tune_with_compiled(tmp_path, monkeypatch, code)["entries"][BIAS.key]
+    msgs = [str(w.message) for w in rec if "impl='compiled'" in str(w.message)]
+    assert len(msgs) == 1 and "torch.compile failed on bias_act" in msgs[0] and "no-such-mode" in msgs[0], msgs
+    assert entry["impl"] != "compiled" and "no-such-mode" in entry["excluded"]["compiled"]
 
 
 @pytest.mark.slow
@@ -402,14 +469,15 @@ def test_selftest_command_errors_are_one_line():
 
 
 @pytest.mark.slow
-def test_selftest_passes_on_the_cpu_and_writes_its_reports(tmp_path):
+def test_selftest_passes_on_the_cpu_and_writes_its_reports(tmp_path, monkeypatch):
+    monkeypatch.delenv("FASTPGGAN_NO_COMPILE")   # the self-test leaves impl='compiled' out by itself (no --compiled)
     r = subprocess.run([sys.executable, "-m", "fastpggan.selftest", "--out", str(tmp_path)], capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     (js,) = [f for f in os.listdir(tmp_path) if f.startswith("fastpggan-selftest-") and f.endswith(".json")]
     report = read_json(tmp_path / js)
     assert report["ok"] is True and report["checks"]["kernels"]["ok"] is True
-    assert report["checks"]["kernels"]["passed"]["ext"] > 50
+    assert report["checks"]["kernels"]["passed"]["ext"] > 50 and "compiled" not in report["checks"]["kernels"]["passed"]
     assert report["checks"]["graph_equals_eager"]["ok"] is True
     assert report["checks"]["no_host_sync"]["ok"] is None
     assert {r["variant"] for r in report["benchmark"]["rows"]} == {"fast", "ref-fp32", "ref-bf16-cl"}

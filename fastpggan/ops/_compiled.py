@@ -17,6 +17,7 @@ fallback is never timed or passed as 'compiled'.
 `dynamic=None` (automatic) and the default mode were chosen by measurement: see DYNAMIC below.
 """
 import dataclasses
+import os
 import shutil
 import threading
 import time
@@ -179,6 +180,8 @@ def _find_compiler_missing(device_type: str) -> Optional[str]:
 def unavailable(names) -> Callable[[torch.Tensor], Optional[str]]:
     """The backend's check for an op whose kernel ops are `names`."""
     def check(x: torch.Tensor) -> Optional[str]:
+        if os.environ.get("FASTPGGAN_NO_COMPILE", "") not in ("", "0"):
+            return "FASTPGGAN_NO_COMPILE is set, which turns the compiled backend off"
         missing = _compiler_missing(x.device.type)
         if missing is not None:
             return missing

@@ -3,7 +3,7 @@ declared ops. (The tune cache's location and format: fastpggan.ops.tune_cache; t
 model: fastpggan.autotune.tune_cases / tune_model.)
 
     from fastpggan import ops
-    ops.backends.available("bias_act", device="cuda")    # {'ref': None, 'triton': None, 'ext': 'why not'}
+    ops.backends.available("bias_act", device="cuda")    # {'ref': None, 'triton': None, 'ext': 'why not', ...}
     with ops.backends.pin("ref"):                         # every impl='auto' call in the block runs 'ref'
         loss = D(x).mean()
     with ops.backends.choices_made() as log:              # what 'auto' ran, per call, and why
@@ -17,7 +17,8 @@ from typing import Dict, List, Optional, Union
 
 import torch
 
-from . import _dispatch
+from . import _compiled, _dispatch
+from ._compiled import Stats as CompileStats
 from ._dispatch import (
     IMPLS,
     BackendUnavailable,
@@ -40,7 +41,7 @@ from .opspec import OpSpec, all_specs, spec
 
 __all__ = ["IMPLS", "BackendUnavailable", "available", "pin", "set_default", "forced", "choices_made",
            "auto_backend", "use_choices", "recording", "forget", "exporting", "unavailable", "impl_unavailable",
-           "declare", "undeclare", "declared", "op_spec", "resolve"]
+           "declare", "undeclare", "declared", "op_spec", "resolve", "compile_stats", "CompileStats"]
 
 
 def available(op: Optional[str] = None, device: Union[str, torch.device] = "cpu",
@@ -66,3 +67,11 @@ def declared() -> List[OpSpec]:
 def op_spec(op: str) -> OpSpec:
     """The OpSpec of a declared op (ValueError if there is none)."""
     return spec(op)
+
+
+def compile_stats(total: bool = False) -> Union[Dict[str, CompileStats], CompileStats]:
+    """What impl='compiled' did in this process: per kernel op (or summed, with `total`), the graphs compiled, the
+    seconds of the calls that compiled, the calls that ran compiled code, and the calls that ran the uncompiled body
+    after a failed compile or the recompile limit (`failure` says why). Compare two readings around a call to know
+    that it ran compiled code."""
+    return _compiled.totals() if total else _compiled.stats()

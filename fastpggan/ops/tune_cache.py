@@ -9,9 +9,10 @@ n32x64x8x8`. fastpggan.autotune measures cases and writes the choices through `w
 The cache is `$FASTPGGAN_CACHE/tune/<device key>.json` (`cache_path(device)`), one file per device model, a JSON
 object: {"format": "fastpggan-tune", "format_version": 1, "device": device_info(), "versions": versions() (torch,
 CUDA, Triton, fastpggan), "choices": {case key: entry}}; an entry holds "impl" (the choice), "shape", "bytes" (the
-least traffic), "seconds" per backend that passed, "tolerance_ratio" and "max_error" per fast backend, "excluded"
-(backend: why), "measured" (a timestamp) and, where measured, "copy_bytes_per_s". A file that cannot be read, or one
-from other versions or another device, is ignored with one warning (the next tuning rewrites it).
+least traffic), "seconds" per backend that passed, "compile_seconds" (what compiling cost impl='compiled' while
+the case was checked and timed), "tolerance_ratio" and "max_error" per fast backend, "excluded" (backend: why),
+"measured" (a timestamp) and, where measured, "copy_bytes_per_s". A file that cannot be read, or one from other
+versions or another device, is ignored with one warning (the next tuning rewrites it).
 """
 import fcntl
 import json
