@@ -12,6 +12,15 @@ import torch.nn.functional as F
 
 from . import ops
 
+
+def _ready(impl: str) -> str:
+    """`impl`, with what choosing a fast backend on the CPU needs done now (ops.backends.prepare), so that the
+    first call may be inside a torch.compile trace (a CUDA device is prepared by its first eager call, or
+    explicitly)."""
+    if impl != "ref":
+        ops.backends.prepare("cpu")
+    return impl
+
 LRELU_SLOPE = 0.2
 _SLOPES = {"lrelu": LRELU_SLOPE, "linear": 1.0}
 
@@ -60,7 +69,7 @@ class EqualizedConv2d(nn.Module):
         if (up or down) and kernel_size != 3:
             raise ValueError("EqualizedConv2d: the up/down variants are defined for kernel_size=3")
         self.in_ch, self.out_ch, self.kernel_size = in_ch, out_ch, kernel_size
-        self.up, self.down, self.act, self.pixel_norm, self.impl = up, down, act, pixel_norm, impl
+        self.up, self.down, self.act, self.pixel_norm, self.impl = up, down, act, pixel_norm, _ready(impl)
         self.fused_scale = bool(fused_scale)
         self.negative_slope = _slope(act)
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
@@ -103,7 +112,7 @@ class EqualizedLinear(nn.Module):
                  act: str = "lrelu", pixel_norm: bool = False, impl: str = "auto"):
         super().__init__()
         self.in_features, self.out_features, self.act, self.pixel_norm, self.impl = \
-            in_features, out_features, act, pixel_norm, impl
+            in_features, out_features, act, pixel_norm, _ready(impl)
         self.negative_slope = _slope(act)
         self.weight = nn.Parameter(torch.randn(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
@@ -123,7 +132,7 @@ class PixelNorm(nn.Module):
 
     def __init__(self, impl: str = "auto"):
         super().__init__()
-        self.impl = impl
+        self.impl = _ready(impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.bias_act(x, None, negative_slope=1.0, pixel_norm=True, impl=self.impl)
@@ -134,7 +143,7 @@ class MinibatchStdDev(nn.Module):
 
     def __init__(self, group_size: int = 4, impl: str = "auto"):
         super().__init__()
-        self.group_size, self.impl = group_size, impl
+        self.group_size, self.impl = group_size, _ready(impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.minibatch_stddev(x, self.group_size, impl=self.impl)

@@ -125,15 +125,18 @@ def kernel_body(name: str, body: Callable) -> Callable:
                     torch._dynamo.maybe_mark_dynamic(a, list(range(a.dim())))
         stat = _stats.setdefault(name, Stats())
         if stat.failure is None:
-            fn, graphs, start = _function(name, body, args), stat.graphs, time.perf_counter()
+            fn, graphs, start = None, stat.graphs, time.perf_counter()
             try:
+                fn = _function(name, body, args)   # torch.compile itself refuses a Python dynamo does not support
                 with torch.no_grad():   # inference graphs
                     out = fn(*args)
                 stat.calls += 1
                 if stat.graphs != graphs:
                     stat.compile_s += time.perf_counter() - start
                 return out
-            except _dynamo_errors() as e:
+            except Exception as e:
+                if fn is not None and not isinstance(e, _dynamo_errors()):
+                    raise   # an error of the compiled code itself (out of memory, ...), not of compiling
                 cause = getattr(e, "inner_exception", None) or e   # BackendCompilerFailed wraps inductor's error
                 first = (str(cause).strip().splitlines() or [""])[0][:200]
                 stat.failure = f"torch.compile failed on {name}: {type(cause).__name__}: {first}"
@@ -160,9 +163,8 @@ def _compiler_missing(device_type: str) -> Optional[str]:
 
 
 def _find_compiler_missing(device_type: str) -> Optional[str]:
-    import torch._dynamo
-    if not torch._dynamo.is_dynamo_supported():
-        return "torch.compile is not supported on this Python or platform"
+    # Whether dynamo supports this Python is found by the first compile (a failure like any other): importing
+    # torch._dynamo to ask would cost the first op call a second and a half.
     if device_type == "cpu":
         if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
             return "torch.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH"

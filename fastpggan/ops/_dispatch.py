@@ -14,6 +14,10 @@ missing.
   itself (fastpggan.autotune does, when asked), so a CUDA-graph capture, torch.compile trace or export only reads.
 - While a model is exported (torch.export, torch.onnx.export, torch.jit.trace), 'auto' runs 'ref', FASTPGGAN_IMPL
   notwithstanding, so that the exported graph holds only standard operators. torch.compile keeps the fast ops.
+- What choosing needs done once per device (loading the extension, checking Triton and the compiler, reading the
+  tune cache) is done by `prepare(device)`: by the first eager call on the device, by the layers when they are
+  built (the CPU), and by torch.compile before it traces once torch._dynamo was imported before that; inside a
+  trace choosing is dict lookups only, and an unprepared device stops the trace with the advice to prepare it.
 """
 import contextlib
 import os
@@ -80,6 +84,58 @@ def unavailable(op, impl, x):
     return _missing(op, impl, x)
 
 
+_prepared = set()   # (device str, $FASTPGGAN_CACHE) prepare() has run for: the tune cache read is per cache folder
+_checked = set()    # the devices (str) whose backends' availability has been checked (all an explicit impl needs)
+
+
+def prepare(device="cpu", _x=None) -> None:
+    """Do now what choosing a backend on `device` may need to do once: load the extension (building it if needed),
+    check Triton and the compiler, read the tune cache. After it, choosing touches no lock, file or library, so a
+    torch.compile trace can choose (fullgraph=True). The first eager call on a device runs it, and so does
+    torch.compile before it traces, for the devices in use, once torch._dynamo is imported before fastpggan's first
+    op call or layer."""
+    import torch
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if (str(device), os.environ.get("FASTPGGAN_CACHE")) in _prepared:
+        return
+    _check_backends(torch.zeros(1, 1, 1, 1, device=device) if _x is None else _x)
+    if device.type in ("cpu", "cuda"):
+        tune_cache.cached_choices(device)
+    _prepared.add((str(device), os.environ.get("FASTPGGAN_CACHE")))
+
+
+def _check_backends(x) -> None:
+    """Ask every backend of every op whether it can run on x's device (which loads what each needs)."""
+    for op in list(_registry):
+        for impl in IMPLS:
+            _missing(op, impl, x)
+    _checked.add(str(x.device))
+    _hook_compiler()
+
+
+def _prepare_in_use(_args=None) -> None:
+    """prepare() the devices a model may be on: the CPU, and the current CUDA device once CUDA is initialised."""
+    import torch
+    prepare("cpu")
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        prepare("cuda")
+
+
+_hooked = [False]
+
+
+def _hook_compiler() -> None:
+    """Have torch.compile run _prepare_in_use before it traces, if torch._dynamo is imported (importing it here
+    would cost fastpggan's import a second and a half)."""
+    import sys
+    if not _hooked[0] and "torch._dynamo" in sys.modules:
+        from torch._dynamo.callback import on_compile_start
+        on_compile_start(lambda args: _prepare_in_use(args))   # looked up at each compile (tests replace it)
+        _hooked[0] = True
+
+
 def _check_impl(impl, source):
     if impl not in ("auto",) + IMPLS:
         raise ValueError(f"{source} must be one of {', '.join(repr(i) for i in ('auto',) + IMPLS)}; got {impl!r}")
@@ -117,6 +173,7 @@ def forget() -> None:
 
 
 tune_cache._on_forget.append(_orders.clear)
+tune_cache._on_forget.append(_prepared.clear)   # the cache is read again by the next prepare()
 
 
 @contextlib.contextmanager
@@ -226,6 +283,20 @@ def resolve(op, impl, x, variant=opspec.NoVariant(), extra=None):
         if _choice_logs:
             _log_choice(op, variant, x, "ref", "export", "ref")
         return _registry[op]["ref"][0]
+    if impl == "ref":
+        return _registry[op]["ref"][0]
+    device = str(x.device)
+    if (impl == "auto" and (device, os.environ.get("FASTPGGAN_CACHE")) not in _prepared) or \
+            (impl != "auto" and device not in _checked):   # the first such call on this device
+        import torch
+        if torch.compiler.is_compiling():
+            raise BackendUnavailable(
+                f"{op}: fastpggan has not prepared {device} before this trace; call "
+                f"fastpggan.ops.backends.prepare({device!r}) (or run the model once) before torch.compile")
+        if impl == "auto":
+            prepare(x.device, x)
+        else:
+            _check_backends(x)
     if impl == "auto":
         env, why = forced()
         if env == "auto" and _recorder:

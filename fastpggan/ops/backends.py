@@ -30,6 +30,7 @@ from ._dispatch import (
     forget,
     impl_unavailable,
     pin,
+    prepare,
     recording,
     resolve,
     set_default,
@@ -41,7 +42,8 @@ from .opspec import OpSpec, all_specs, spec
 
 __all__ = ["IMPLS", "BackendUnavailable", "available", "pin", "set_default", "forced", "choices_made",
            "auto_backend", "use_choices", "recording", "forget", "exporting", "unavailable", "impl_unavailable",
-           "declare", "undeclare", "declared", "op_spec", "resolve", "compile_stats", "CompileStats"]
+           "declare", "undeclare", "declared", "op_spec", "resolve", "compile_stats", "CompileStats",
+           "prepare"]
 
 
 def available(op: Optional[str] = None, device: Union[str, torch.device] = "cpu",

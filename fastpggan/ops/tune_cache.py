@@ -31,6 +31,7 @@ FORMAT = "fastpggan-tune"
 FORMAT_VERSION = 1
 
 _read = {}   # cache path -> {case key: impl} ({} when unreadable), read once per process
+_by_device = {}   # (device type, index, $FASTPGGAN_CACHE) -> (threads, the same dict)
 _on_forget = []   # what else forgets with it (the dispatcher's memo of backend orders)
 _warned = set()
 
@@ -164,16 +165,24 @@ def write(device, entries: dict) -> str:
 
 
 def cached_choices(device) -> dict:
-    """{case key: impl} from this device's cache file, read once per process ({} if none)."""
-    path = cache_path(device)
-    if path not in _read:
-        data = read_file(path, device)
-        _read[path] = {k: v["impl"] for k, v in data["choices"].items()} if data else {}
-    return _read[path]
+    """{case key: impl} from this device's cache file, read once per process ({} if none). Once read, a lookup
+    touches no file and computes no path (so a torch.compile trace can make it)."""
+    device = torch.device(device)
+    memo = (device.type, device.index, os.environ.get("FASTPGGAN_CACHE"))
+    found = _by_device.get(memo)
+    # the CPU's file depends on the thread count, which a trace cannot read (the file read before it stands)
+    if found is None or (not torch.compiler.is_compiling() and found[0] != torch.get_num_threads()):
+        path = cache_path(device)
+        if path not in _read:
+            data = read_file(path, device)
+            _read[path] = {k: v["impl"] for k, v in data["choices"].items()} if data else {}
+        found = _by_device[memo] = (torch.get_num_threads(), _read[path])
+    return found[1]
 
 
 def forget_cached() -> None:
     """Read the cache files again at the next lookup (after a tuning wrote one)."""
     _read.clear()
+    _by_device.clear()
     for callback in _on_forget:
         callback()
