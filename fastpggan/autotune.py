@@ -232,7 +232,7 @@ def worker(job: dict) -> None:
                 continue
             _emit(start=[i, impl])
             try:
-                before = backends.compile_stats(total=True)
+                before = backends.compile_stats(total=True) if impl == "compiled" else None
                 checked = dict(ratio=0.0, max_error=0.0) if impl == "ref" else validate(case, impl, job["seed"] + i)
                 seconds = time_case(case, impl) if job.get("time", True) else None
                 if impl == "compiled":   # compiled code ran, never the uncompiled body; and what compiling cost

@@ -58,17 +58,11 @@ def register_backends(spec: OpSpec, *, kernels: str, kernel_ops: Dict[str, Kerne
     op = spec.name
 
     module = functools.cache(lambda: importlib.import_module(f"fastpggan.kernels.{kernels}"))
-    triton_names = {name: f"fastpggan::{name}_triton" for name in kernel_ops}
-    for name, spec in kernel_ops.items():
-        torch.library.custom_op(triton_names[name], _kernel_body(module, name), mutates_args=(), schema=spec.schema)
-    triton_ops = _register_fake_and_autograd(triton_names, kernel_ops, autograd)
+    triton_ops = _python_ops("triton", {name: _kernel_body(module, name) for name in kernel_ops}, kernel_ops, autograd)
     _dispatch.register(op, "triton", functools.partial(call, triton_ops), _with_limit(triton_unavailable, triton_limit))
 
-    compiled_names = {name: f"fastpggan::{name}_compiled" for name in kernel_ops}
-    for name, spec in kernel_ops.items():
-        torch.library.custom_op(compiled_names[name], _compiled.kernel_body(name, torch_kernels[name]),
-                                mutates_args=(), schema=spec.schema)
-    compiled_ops = _register_fake_and_autograd(compiled_names, kernel_ops, autograd)
+    bodies = {name: _compiled.kernel_body(name, torch_kernels[name]) for name in kernel_ops}
+    compiled_ops = _python_ops("compiled", bodies, kernel_ops, autograd)
     _dispatch.register(op, "compiled", functools.partial(call, compiled_ops), _compiled.unavailable(list(kernel_ops)))
 
     ext_ops = SimpleNamespace()   # filled in once the extension has loaded
@@ -79,6 +73,14 @@ def register_backends(spec: OpSpec, *, kernels: str, kernel_ops: Dict[str, Kerne
         vars(ext_ops).update(vars(_register_fake_and_autograd(names, kernel_ops, autograd)))
 
     _dispatch.register(op, "ext", functools.partial(call, ext_ops), _ext.ext_unavailable)
+
+
+def _python_ops(suffix, bodies, kernel_ops, autograd):
+    """Custom ops `fastpggan::<name>_<suffix>` with the given Python bodies, their fakes and autograd; returns them."""
+    names = {name: f"fastpggan::{name}_{suffix}" for name in kernel_ops}
+    for name, spec in kernel_ops.items():
+        torch.library.custom_op(names[name], bodies[name], mutates_args=(), schema=spec.schema)
+    return _register_fake_and_autograd(names, kernel_ops, autograd)
 
 
 def _kernel_body(module, name):

@@ -28,6 +28,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from ._util import TRITON_DTYPES, _kernels_import_error
+from .tune_cache import layout_of
 
 # Chosen by measurement (benchmarks/compiled_settings.py; benchmarks/results/cpu-2core-20261203-compiled-settings.md):
 # automatic dynamic shapes (a static graph first, then dynamic in the sizes that changed) steady at 0.130 s for the
@@ -77,8 +78,7 @@ def _case_class(args) -> tuple:
     (0/1 specialization), and the value of each scalar (gain and slope choose branches and get specialized)."""
     def part(a):
         if isinstance(a, torch.Tensor):
-            channels_last = a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last)
-            return str(a.dtype), a.is_contiguous(), channels_last, tuple(n == 1 for n in a.shape)
+            return str(a.dtype), layout_of(a), tuple(n == 1 for n in a.shape)
         return a if a is None or isinstance(a, (bool, int, float)) else type(a).__name__
     return tuple(part(a) for a in args)
 

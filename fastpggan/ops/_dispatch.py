@@ -98,12 +98,13 @@ def prepare(device="cpu", _x=None) -> None:
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    if (str(device), os.environ.get("FASTPGGAN_CACHE")) in _prepared:
+    key = (str(device), os.environ.get("FASTPGGAN_CACHE"))
+    if key in _prepared:
         return
     _check_backends(torch.zeros(1, 1, 1, 1, device=device) if _x is None else _x)
     if device.type in ("cpu", "cuda"):
         tune_cache.cached_choices(device)
-    _prepared.add((str(device), os.environ.get("FASTPGGAN_CACHE")))
+    _prepared.add(key)
 
 
 def _check_backends(x) -> None:
