@@ -164,7 +164,7 @@ def _compiler_missing(device_type: str) -> Optional[str]:
 
 def _find_compiler_missing(device_type: str) -> Optional[str]:
     # Whether dynamo supports this Python is found by the first compile (a failure like any other): importing
-    # torch._dynamo to ask would cost the first op call a second and a half.
+    # torch._dynamo to ask would make the first op call import all of dynamo.
     if device_type == "cpu":
         if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
             return "torch.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH"

@@ -129,7 +129,7 @@ _hooked = [False]
 
 def _hook_compiler() -> None:
     """Have torch.compile run _prepare_in_use before it traces, if torch._dynamo is imported (importing it here
-    would cost fastpggan's import a second and a half)."""
+    would make every process that uses fastpggan import all of dynamo)."""
     import sys
     if not _hooked[0] and "torch._dynamo" in sys.modules:
         from torch._dynamo.callback import on_compile_start
