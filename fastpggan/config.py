@@ -49,7 +49,7 @@ def _res_dict(text: str, flag: str, whole: bool) -> dict:
 
 RESUMABLE = ("kimg", "lr", "minibatch", "snap_ticks", "keep", "grid")
 RUN_TIME = ("device", "cache_dir", "no_progress", "metrics", "metric_kimg", "metric_num", "inception", "batch_gpu",
-            "channels_last", "cuda_graphs", "out", "name", "resume")
+            "channels_last", "cuda_graphs", "compile_step", "out", "name", "resume")
 
 
 def apply_resume_flags(cfg: dict, args: argparse.Namespace, defaults: dict) -> Tuple[list, list]:

@@ -1,10 +1,11 @@
-"""Where a run happens: the device, the log, the cache folder, and atomic text writes. Shared by every command
-line and below.
+"""Where a run happens: the device, the log, the cache folder, atomic text writes, and what every user of
+torch.compile here shares. Shared by every command line and below.
 
 Standard library and torch only; any module of the package may import it.
 """
 import os
-from typing import Any
+import types
+from typing import Any, Callable
 
 import torch
 
@@ -49,3 +50,16 @@ def pick_device(spec: str) -> torch.device:
 
 def silent(*args: Any, **kwargs: Any) -> None:
     """A log that prints nothing: the processes other than rank 0 of a multi-process run."""
+
+
+def own_code(fn: Callable, name: str) -> Callable:
+    """fn with its own code object named `name`: dynamo keeps its graphs, guards and recompile count on the code
+    object, so each copy compiled is a separate cache with its own recompile limit."""
+    code = fn.__code__.replace(co_name=name)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+
+
+def dynamo_errors() -> tuple:
+    """The exception types of torch.compile failing to trace or compile (as opposed to the compiled code failing)."""
+    import torch._dynamo.exc as exc
+    return (exc.TorchDynamoException,) + tuple(e for e in (getattr(exc, "FailOnRecompileLimitHit", None),) if e)

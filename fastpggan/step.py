@@ -202,6 +202,11 @@ class TrainStep:
         self.alpha_t.fill_(alpha)
         return self.alpha_t
 
+    def _loss_scale(self, scaler: torch.amp.GradScaler) -> Optional[torch.Tensor]:
+        """fp16: the scaler's current scale as a device tensor (scaler.scale(1)), which the losses are multiplied by
+        (GradScaler.scale itself is outside what torch.compile traces); else None."""
+        return scaler.scale(torch.ones((), device=self.device)) if scaler.is_enabled() else None
+
     def step(self, inputs: StepInputs, res: int, alpha: float) -> torch.Tensor:
         return self.run(inputs, res, self.alpha_arg(alpha))
 
@@ -209,32 +214,15 @@ class TrainStep:
         """The step body; alpha is 1.0 or a 0-d tensor. No host syncs: this is what a CUDA graph captures.
         update=False runs the losses and their backward passes only (no all-reduce, optimizer step or EMA) and
         leaves no gradients: what fastpggan.autotune records the step's op calls with."""
-        G, D = self.G, self.D
         fading = isinstance(alpha, torch.Tensor)
-        d_call = functools.partial(D, alpha=alpha)
         reals = reals_to_float(inputs.reals, inputs.flip, alpha, fading, self.channels_last, self.impl)
-        n = reals.shape[0]
-        chunks = self._chunks(n)
-        gp_target = 1.0 if self.gp_native_res else self.full_res / res
 
         # D step
-        D.requires_grad_(True)
+        self.D.requires_grad_(True)
         self.opt_D.zero_grad(set_to_none=True)
-        gp_scale = self.scaler_D.scale(torch.ones((), device=self.device)) if self.scaler_D.is_enabled() else None
-        loss_D = torch.zeros((), device=self.device)
-        for c in chunks:
-            lab = inputs.labels_d[c] if inputs.labels_d is not None else None
-            with self._autocast():
-                with torch.no_grad():
-                    fakes = G(inputs.z_d[c], res, alpha, lab)
-                part = losses.d_loss_wgan_gp(d_call, reals[c], fakes, lambda_gp=self.lambda_gp, drift=self.drift,
-                                             labels=lab, target=gp_target, impl=self.impl, u=inputs.u[c],
-                                             grad_scale=gp_scale)
-            part = part * ((c.stop - c.start) / n)
-            self.scaler_D.scale(part).backward()
-            loss_D = loss_D + part.detach()
+        loss_D = self.d_pass(reals, inputs.z_d, inputs.u, inputs.labels_d, res, alpha, self._loss_scale(self.scaler_D))
         if update:
-            distributed.all_reduce_grads_(D, self.ctx)
+            distributed.all_reduce_grads_(self.D, self.ctx)
             self.scaler_D.step(self.opt_D)
             self.scaler_D.update()
             # G_ema, from G before its step (official: Gs_update_op runs with D_train_op)
@@ -242,25 +230,55 @@ class TrainStep:
                 torch._foreach_lerp_(self._params_ema, self._params_G, 1.0 - self.ema)
 
         # G step
-        D.requires_grad_(False)
+        self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
-        loss_G = torch.zeros((), device=self.device)
-        for c in chunks:
-            lab = inputs.labels_g[c] if inputs.labels_g is not None else None
-            with self._autocast():
-                part = losses.g_loss_wgan(d_call, G(inputs.z_g[c], res, alpha, lab), labels=lab)
-            part = part * ((c.stop - c.start) / n)
-            self.scaler_G.scale(part).backward()
-            loss_G = loss_G + part.detach()
+        loss_G = self.g_pass(inputs.z_g, inputs.labels_g, res, alpha, self._loss_scale(self.scaler_G))
         if update:
-            distributed.all_reduce_grads_(G, self.ctx)
+            distributed.all_reduce_grads_(self.G, self.ctx)
             self.scaler_G.step(self.opt_G)
             self.scaler_G.update()
         else:
             self.opt_D.zero_grad(set_to_none=True)
             self.opt_G.zero_grad(set_to_none=True)
-        D.requires_grad_(True)
+        self.D.requires_grad_(True)
         return torch.stack([loss_D.float(), loss_G.float()])
+
+    def d_pass(self, reals: torch.Tensor, z: torch.Tensor, u: torch.Tensor, labels: Optional[torch.Tensor], res: int,
+               alpha: Union[float, torch.Tensor], loss_scale: Optional[torch.Tensor]) -> torch.Tensor:
+        """D's loss on reals, fakes and the penalty, and its backward into D's .grad (chunk by chunk), scaled by
+        `loss_scale` (fp16's GradScaler; None: 1); -> the detached loss. What fastpggan.compiled_step compiles as
+        one graph."""
+        n = reals.shape[0]
+        gp_target = 1.0 if self.gp_native_res else self.full_res / res
+        loss = torch.zeros((), device=self.device)
+        for c in self._chunks(n):
+            lab = labels[c] if labels is not None else None
+            with self._autocast():
+                with torch.no_grad():
+                    fakes = self.G(z[c], res, alpha, lab)
+                part = losses.d_loss_wgan_gp(functools.partial(self.D, alpha=alpha), reals[c], fakes,
+                                             lambda_gp=self.lambda_gp, drift=self.drift, labels=lab, target=gp_target,
+                                             impl=self.impl, u=u[c], grad_scale=loss_scale)
+            part = part * ((c.stop - c.start) / n)
+            (part if loss_scale is None else part * loss_scale).backward()
+            loss = loss + part.detach()
+        return loss
+
+    def g_pass(self, z: torch.Tensor, labels: Optional[torch.Tensor], res: int,
+               alpha: Union[float, torch.Tensor], loss_scale: Optional[torch.Tensor]) -> torch.Tensor:
+        """G's loss -D(G(z)) and its backward into G's .grad (D frozen), scaled by `loss_scale`; -> the detached
+        loss."""
+        n = z.shape[0]
+        loss = torch.zeros((), device=self.device)
+        for c in self._chunks(n):
+            lab = labels[c] if labels is not None else None
+            with self._autocast():
+                part = losses.g_loss_wgan(functools.partial(self.D, alpha=alpha), self.G(z[c], res, alpha, lab),
+                                          labels=lab)
+            part = part * ((c.stop - c.start) / n)
+            (part if loss_scale is None else part * loss_scale).backward()
+            loss = loss + part.detach()
+        return loss
 
 
 def pick_cuda_graphs(mode: str, device: torch.device, world: int) -> Tuple[bool, Optional[str]]:

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
       help="capture each stage's whole training step as a CUDA graph and replay it; auto = on for single-process "
            "CUDA runs")
+    a("--compile-step", default="off", choices=["off", "on"],
+      help="compile each pass of the step (D's loss with its penalty's double backward; G's loss) whole with "
+           "torch.compile, our ops inside; costs a compile per stage (README: when it pays); CUDA graphs off")
     a("--resume", default=None, metavar="PATH|latest", help="continue exactly from a checkpoint, or from the newest "
       "one of the run (--name) or of the newest run under --out")
     a("--init", default=None, metavar="PATH", help="start a new run from a checkpoint's networks (an official "
@@ -287,7 +290,7 @@ def _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log, 
     try:
         trainer = Trainer(cfg, dataset, device, run_dir, progress=not args.no_progress, log=log, metrics=metrics,
                           dist_ctx=ctx, batch_gpu=args.batch_gpu, channels_last=args.channels_last,
-                          cuda_graphs=args.cuda_graphs)
+                          cuda_graphs=args.cuda_graphs, compile_step=args.compile_step == "on")
     except (RuntimeError, MemoryError) as e:
         if not isinstance(e, MemoryError) and "memory" not in str(e):
             raise
@@ -301,7 +304,8 @@ def _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log, 
     log(describe(cfg, dataset, device, trainer.G, trainer.D, run_dir) +
         f"\n  step: {precision[trainer.amp_dtype]}, impl {cfg['impl']}"
         f"{', channels_last' if args.channels_last else ''}"
-        f"{', CUDA graphs' if trainer.runner is not trainer.train_step else ''}" +
+        f"{', CUDA graphs' if trainer.runner is not trainer.train_step else ''}"
+        f"{', passes compiled whole' if args.compile_step == 'on' else ''}" +
         (f"\ndistributed: {ctx.world} processes, rank 0 of {ctx.world}; each process takes 1/{ctx.world} of every "
          "global minibatch" if ctx.world > 1 else ""))
     if state is not None:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from . import autotune, distributed
 from . import checkpoint as ckpt
+from .compiled_step import CompiledStep
 from .config import pick_amp
 from .data import Sampler
 from .errors import UserError
@@ -67,11 +68,13 @@ class Trainer:
         batch_gpu: rows per forward pass on this process (gradient accumulation below its share).
         channels_last: run G and D in channels_last.
         cuda_graphs: 'auto', 'on' or 'off' (step.pick_cuda_graphs).
+        compile_step: compile each pass of the step whole (compiled_step.CompiledStep); CUDA graphs are then off.
     """
 
     def __init__(self, cfg: dict, dataset, device: torch.device, run_dir: str, progress: bool = True,
                  log: Callable = print, metrics: Optional[dict] = None, dist_ctx: Optional[distributed.Context] = None,
-                 batch_gpu: Optional[int] = None, channels_last: bool = False, cuda_graphs: str = "auto"):
+                 batch_gpu: Optional[int] = None, channels_last: bool = False, cuda_graphs: str = "auto",
+                 compile_step: bool = False):
         self.cfg, self.dataset, self.device, self.run_dir, self.progress, self.log = \
             cfg, dataset, device, run_dir, progress, log
         self.ctx = dist_ctx or distributed.Context()
@@ -87,17 +90,23 @@ class Trainer:
             self.D.to(memory_format=torch.channels_last)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.schedule = Schedule(**cfg["schedule"])
-        graphs, graphs_notice = pick_cuda_graphs(cuda_graphs, device, self.ctx.world)
+        if compile_step and cuda_graphs == "on":
+            raise UserError("--compile-step on and --cuda-graphs on do not combine (the compiled passes are not "
+                            "captured); choose one")
+        graphs, graphs_notice = pick_cuda_graphs("off" if compile_step else cuda_graphs, device, self.ctx.world)
         self.opt_G = make_optimizer(self.G.parameters(), device, self.schedule.lr_base, capturable=graphs)
         self.opt_D = make_optimizer(self.D.parameters(), device, self.schedule.lr_base, capturable=graphs)
         self.amp_dtype, notice = pick_amp(cfg["amp"], device)
         for line in (notice, graphs_notice):
             if line:
                 log(line)
-        self.train_step = TrainStep(self.G, self.D, self.G_ema, self.opt_G, self.opt_D, lambda_gp=cfg["lambda_gp"],
-                                    drift=cfg["drift"], ema=cfg["ema"], gp_native_res=cfg.get("gp_native_res", False),
-                                    impl=cfg["impl"], amp_dtype=self.amp_dtype,
-                                    channels_last=channels_last, ctx=self.ctx, batch_gpu=batch_gpu)
+        step_args = dict(lambda_gp=cfg["lambda_gp"], drift=cfg["drift"], ema=cfg["ema"],
+                         gp_native_res=cfg.get("gp_native_res", False), impl=cfg["impl"], amp_dtype=self.amp_dtype,
+                         channels_last=channels_last, ctx=self.ctx, batch_gpu=batch_gpu)
+        if compile_step:
+            step_args["log"] = log
+        self.train_step = (CompiledStep if compile_step else TrainStep)(self.G, self.D, self.G_ema, self.opt_G,
+                                                                          self.opt_D, **step_args)
         self.runner = CudaGraphStep(self.train_step, log=log) if graphs else self.train_step
         self.stop_flag = None   # multi-process: the all-reduced Ctrl-C flag of the last step (read every 10 steps)
         self.sampler = Sampler(len(dataset), seed=cfg["seed"])

@@ -1,21 +1,28 @@
 """The whole WGAN-GP critic step (D's loss on reals, fakes and the penalty, its double backward, the parameter
 gradients) compiled by torch.compile with fullgraph=True under dynamo's `trace_autograd_ops`, with each backend's
 ops inside as opaque custom ops, from the first call (no eager call before it: the layers prepared the CPU when
-they were built). Its loss and gradients equal the eager step's.
+they were built). Its loss and gradients equal the eager step's. Then the same through fastpggan.compiled_step
+(`train --compile-step on`): whole training steps, compiled pass by pass, equal the eager ones.
 
 Tolerance: fp32, |compiled - eager| <= 1e-5 + 1e-4 |eager| elementwise (inductor reorders the sums of a whole
 network's backward, as in tests/test_backends.py's whole-network test). Each case compiles for 30-80 s on one CPU
-thread, so all are `slow`; Triton runs on its CPU interpreter.
+thread (cold inductor cache), so all are `slow`; Triton runs on its CPU interpreter.
 """
+import copy
 import os
+import types
 
 import pytest
 import torch
 
-from fastpggan import ops
+from conftest import checkpoint_tensors, tiny_train_args, train_quietly
+from fastpggan import checkpoint as ckpt
+from fastpggan import compiled_step, ops
+from fastpggan.errors import UserError
 from fastpggan.losses import d_loss_wgan_gp
-from fastpggan.networks import Discriminator
+from fastpggan.networks import Discriminator, Generator
 from fastpggan.ops import _dispatch, backends
+from fastpggan.step import TrainStep, make_optimizer, random_inputs
 
 
 def test_a_trace_on_an_unprepared_device_says_what_to_do(monkeypatch):
@@ -67,3 +74,94 @@ def test_the_whole_critic_step_compiles_with_fullgraph_and_gives_the_eager_gradi
     assert torch.allclose(compiled_loss, eager_loss, atol=1e-5, rtol=1e-4)
     for a, e in zip(compiled_grads, eager_grads):
         assert torch.allclose(a, e, atol=1e-5, rtol=1e-4), (a - e).abs().max()
+
+
+# -- the compiled training step (fastpggan.compiled_step) --------------------------------------------------------
+
+def _twin_steps(impl, **kwargs):
+    """An eager TrainStep and a CompiledStep on identical copies of one small G and D."""
+    torch.manual_seed(0)
+    G = Generator(resolution=8, fmap_base=64, fmap_max=16, latent_size=16, impl=impl)
+    D = Discriminator(resolution=8, fmap_base=64, fmap_max=16, mbstd_group_size=4, impl=impl)
+    logged = []
+
+    def make(cls, **extra):
+        g, d = copy.deepcopy(G), copy.deepcopy(D)
+        return cls(g, d, copy.deepcopy(g).eval().requires_grad_(False), make_optimizer(g.parameters(), "cpu"),
+                   make_optimizer(d.parameters(), "cpu"), impl=impl, **kwargs, **extra)
+    return make(TrainStep), make(compiled_step.CompiledStep, log=logged.append), logged
+
+
+def _state(step):
+    return [t.detach() for m in (step.G, step.D, step.G_ema) for t in m.parameters()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+def test_compiled_training_steps_equal_the_eager_steps_and_compile_once_per_key(impl):
+    why = backends.impl_unavailable(impl, "cpu")
+    if why is not None:
+        pytest.skip(f"impl='{impl}' cannot run here: {why}")
+    torch._dynamo.reset()
+    eager, compiled, logged = _twin_steps(impl)
+    gen = torch.Generator().manual_seed(1)
+    for alpha in (1.0, 0.5, 1.0, 0.25):   # stable, fading, and each again: no new graph
+        inputs = random_inputs(4, 3, 8, 16, "cpu", gen)
+        assert torch.allclose(compiled.step(inputs, 8, alpha), eager.step(inputs, 8, alpha), atol=1e-5, rtol=1e-4)
+    assert compiled.failure is None and compiled.graphs == 4, (compiled.failure, compiled.graphs)
+    assert sorted(k[:4] for k in compiled.compile_seconds) == [("D", 8, 4, False), ("D", 8, 4, True),
+                                                               ("G", 8, 4, False), ("G", 8, 4, True)]
+    assert sum("compiled in" in line for line in logged) == 4
+    for a, e in zip(_state(compiled), _state(eager)):
+        assert torch.allclose(a, e, atol=1e-5, rtol=1e-4), (a - e).abs().max()
+
+
+@pytest.mark.slow
+def test_the_cli_trains_with_compile_step_as_it_does_eagerly(tiny_npz, tmp_path):
+    """Labels and gradient accumulation (--batch-gpu), through `train --compile-step on` (the 4x4 stage only:
+    each stage compiles its own passes, and the step test above covers fading)."""
+    torch._dynamo.reset()
+    extra = ("--kimg", "0.016", "--cond", "--batch-gpu", "4")
+    train_quietly(tiny_train_args(tiny_npz, tmp_path / "eager", *extra))
+    printed = []
+    t = train_quietly(tiny_train_args(tiny_npz, tmp_path / "compiled", *extra, "--compile-step", "on"),
+                      log=printed.append)
+    printed = "\n".join(map(str, printed))
+    assert "passes compiled whole" in printed and "the D pass at 4x4, minibatch 8, compiled in" in printed
+    assert "warning" not in printed and t.train_step.failure is None and t.train_step.graphs == 2, printed
+    eager, comp = (checkpoint_tensors(torch.load(ckpt.latest(str(tmp_path / name / "run")), weights_only=True))
+                   for name in ("eager", "compiled"))
+    assert eager.keys() == comp.keys()
+    for k in eager:
+        if eager[k].is_floating_point():
+            assert torch.allclose(comp[k], eager[k], atol=1e-5, rtol=1e-4), k
+        else:
+            assert torch.equal(comp[k], eager[k]), k
+
+
+def test_a_pass_that_does_not_compile_warns_once_and_runs_eagerly(monkeypatch):
+    eager, compiled, logged = _twin_steps("ref")
+    plain = TrainStep.g_pass
+
+    def breaks(self, *args):
+        torch._dynamo.graph_break()   # fullgraph=True refuses it
+        return plain(self, *args)
+
+    monkeypatch.setattr(TrainStep, "g_pass", breaks)
+    gen = torch.Generator().manual_seed(1)
+    monkeypatch.setattr(compiled_step.CompiledStep, "d_pass", TrainStep.d_pass)   # the D pass eager: seconds
+    for _ in range(2):
+        inputs = random_inputs(4, 3, 8, 16, "cpu", gen)
+        assert torch.equal(compiled.step(inputs, 8, 1.0), eager.step(inputs, 8, 1.0))
+    assert compiled.failure.startswith("Unsupported"), compiled.failure
+    assert [line.startswith("warning: --compile-step: compiling the G pass failed") for line in logged] == [True]
+    assert all(torch.equal(a, e) for a, e in zip(_state(compiled), _state(eager)))
+
+
+def test_compile_step_refuses_cuda_graphs_on_and_a_torch_without_trace_autograd_ops(tiny_npz, tmp_path,
+                                                                                    monkeypatch):
+    with pytest.raises(UserError, match="--compile-step on and --cuda-graphs on do not combine"):
+        train_quietly(tiny_train_args(tiny_npz, tmp_path, "--compile-step", "on", "--cuda-graphs", "on"))
+    monkeypatch.setattr(torch._dynamo, "config", types.SimpleNamespace())   # as torch before the setting
+    with pytest.raises(UserError, match="has no torch._dynamo.config.trace_autograd_ops.*--compile-step off"):
+        _twin_steps("ref")

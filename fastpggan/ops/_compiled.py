@@ -21,12 +21,12 @@ import os
 import shutil
 import threading
 import time
-import types
 import warnings
 from typing import Callable, Dict, Optional
 
 import torch
 
+from ..runtime import dynamo_errors, own_code
 from ._util import TRITON_DTYPES, _kernels_import_error
 from .tune_cache import layout_of
 
@@ -83,12 +83,6 @@ def _case_class(args) -> tuple:
     return tuple(part(a) for a in args)
 
 
-def _fresh_copy(fn: Callable, tag: int) -> Callable:
-    """fn with its own code object: dynamo keeps its graphs, guards and recompile count on the code object."""
-    code = fn.__code__.replace(co_name=f"{fn.__name__}_class{tag}")
-    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-
-
 def _function(name: str, body: Callable, args) -> Callable:
     key = (name, _case_class(args))
     fn = _functions.get(key)
@@ -104,14 +98,9 @@ def _function(name: str, body: Callable, args) -> Callable:
                     stat.graphs += 1
                     return compile_fx(gm, example_inputs, config_patches=list_mode_options(MODE) if MODE else None)
 
-                fn = _functions[key] = torch.compile(_fresh_copy(body, len(_functions)), fullgraph=True,
-                                                     dynamic=DYNAMIC, backend=backend)
+                copy = own_code(body, f"{body.__name__}_class{len(_functions)}")
+                fn = _functions[key] = torch.compile(copy, fullgraph=True, dynamic=DYNAMIC, backend=backend)
     return fn
-
-
-def _dynamo_errors() -> tuple:
-    import torch._dynamo.exc as exc
-    return (exc.TorchDynamoException,) + tuple(e for e in (getattr(exc, "FailOnRecompileLimitHit", None),) if e)
 
 
 def kernel_body(name: str, body: Callable) -> Callable:
@@ -135,7 +124,7 @@ def kernel_body(name: str, body: Callable) -> Callable:
                     stat.compile_s += time.perf_counter() - start
                 return out
             except Exception as e:
-                if fn is not None and not isinstance(e, _dynamo_errors()):
+                if fn is not None and not isinstance(e, dynamo_errors()):
                     raise   # an error of the compiled code itself (out of memory, ...), not of compiling
                 cause = getattr(e, "inner_exception", None) or e   # BackendCompilerFailed wraps inductor's error
                 first = (str(cause).strip().splitlines() or [""])[0][:200]
