@@ -2,14 +2,15 @@
 four variants timed in one process, interleaved, at each resolution; then their compile cost with a cold and a
 warm inductor cache.
 
-    python benchmarks/compiled_step.py [--threads 1] [--res 16 32] [--rounds 7] [--out benchmarks/results/NAME.md]
+    python benchmarks/compiled_step.py [--threads 1] [--res 16 32] [--rounds 7] [--amp] [--out RESULTS.md]
 
 Variants: eager ref (step.TrainStep, impl='ref'), eager ext (our C++ kernels), compiled ref
 (compiled_step.CompiledStep, impl='ref': inductor sees plain PyTorch) and compiled ext (our kernels inside the
 compiled passes as opaque custom ops). The workload is one whole training step (D pass with the WGAN-GP double
-backward, Adam, EMA, G pass, Adam) in fp32 at the stable stage of a network whose full resolution is R, minibatch
-16, fmap_base 1024, fmap_max 128, latent 128 (the widths of the issue that asked for this measurement). Each
-round times every variant once, in order; the table gives each variant's median over the rounds.
+backward, Adam, EMA, G pass, Adam) in fp32 (--amp: bf16 autocast, as `train --amp`) at the stable stage of a
+network whose full resolution is R, minibatch 16, fmap_base 1024, fmap_max 128, latent 128 (the widths of the
+issue that asked for this measurement). Each round times every variant once, in order; the table gives each
+variant's median over the rounds.
 
 A child process runs the whole measurement with an empty inductor cache (TORCHINDUCTOR_CACHE_DIR; cold), then a
 second child with that cache filled (warm); the step times are the cold child's, the compile seconds both.
@@ -29,7 +30,7 @@ VARIANTS = (("eager", "ref"), ("eager", "ext"), ("compiled", "ref"), ("compiled"
 MINIBATCH, FMAP_BASE, FMAP_MAX, LATENT = 16, 1024, 128, 128
 
 
-def child(resolutions, rounds: int, threads: int) -> list:
+def child(resolutions, rounds: int, threads: int, amp: bool) -> list:
     import torch
     torch.set_num_threads(threads)
     from fastpggan.compiled_step import CompiledStep
@@ -47,7 +48,7 @@ def child(resolutions, rounds: int, threads: int) -> list:
             cls, kw = (CompiledStep, dict(log=lambda *a: None)) if mode == "compiled" else (TrainStep, {})
             steps[(mode, impl)] = cls(G, D, copy.deepcopy(G).eval().requires_grad_(False),
                                       make_optimizer(G.parameters(), "cpu"), make_optimizer(D.parameters(), "cpu"),
-                                      impl=impl, **kw)
+                                      impl=impl, amp_dtype=torch.bfloat16 if amp else None, **kw)
         gen = torch.Generator().manual_seed(1)
         inputs = random_inputs(MINIBATCH, 3, res, LATENT, "cpu", gen)
         first = {}
@@ -72,7 +73,7 @@ def child(resolutions, rounds: int, threads: int) -> list:
 def _run_child(args, cache: str) -> list:
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
     cmd = [sys.executable, __file__, "--child", "--threads", str(args.threads), "--rounds", str(args.rounds),
-           "--res", *map(str, args.res)]
+           "--res", *map(str, args.res)] + (["--amp"] if args.amp else [])
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
@@ -87,10 +88,12 @@ def table(cold: list, warm: list, args) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
     out = [f"# the training step, eager and compiled whole ({tune_cache.device_info('cpu')['name']}, {args.threads} "
-           f"thread(s), torch {torch.__version__}, Python {platform.python_version()}, commit {commit})\n",
+           f"thread(s), torch {torch.__version__}, Python {platform.python_version()}, commit {commit}, "
+           f"{time.strftime('%Y-%m-%d', time.gmtime())})\n",
            f"`python benchmarks/compiled_step.py --threads {args.threads} --res {' '.join(map(str, args.res))} "
-           f"--rounds {args.rounds}`\n",
-           f"One fp32 training step at the stable stage, minibatch {MINIBATCH}, fmap_base {FMAP_BASE}, fmap_max "
+           f"--rounds {args.rounds}{' --amp' if args.amp else ''}`\n",
+           f"One {'bf16-autocast' if args.amp else 'fp32'} training step at the stable stage, minibatch {MINIBATCH}, "
+           f"fmap_base {FMAP_BASE}, fmap_max "
            f"{FMAP_MAX}, latent {LATENT}; median of {args.rounds} interleaved rounds. Compile s: the compiled "
            "passes' first calls (D and G), with an empty and with a filled inductor cache. Break-even: steps "
            "until the cold compile is paid back against eager ext.\n",
@@ -118,11 +121,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--res", type=int, nargs="+", default=[16, 32])
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (train --amp) instead of fp32")
     p.add_argument("--out", default=None, help="write the table (markdown) and its JSON beside it")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(child(args.res, args.rounds, args.threads)), flush=True)
+        print("RESULT " + json.dumps(child(args.res, args.rounds, args.threads, args.amp)), flush=True)
         return
     with tempfile.TemporaryDirectory() as cache:
         cold = _run_child(args, cache)
