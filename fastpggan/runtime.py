@@ -5,7 +5,7 @@ Standard library and torch only; any module of the package may import it.
 """
 import os
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -29,6 +29,19 @@ def write_text_atomic(path: str, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def check_output(path: str, flag: str, force: bool, inputs: Sequence[Optional[str]] = ()) -> None:
+    """Refuse, before any work, an output path that is one of the command's `inputs` (always), a folder, or, an
+    existing file unless `force`. `flag` names the option in the message."""
+    if os.path.exists(path):
+        for given in inputs:
+            if given and os.path.exists(given) and os.path.samefile(given, path):
+                raise UserError(f"{flag} '{path}' is one of this command's inputs; choose another path")
+        if os.path.isdir(path):
+            raise UserError(f"{flag} '{path}' is a folder; give a file path")
+        if not force:
+            raise UserError(f"{flag} '{path}' exists; add --force to overwrite it, or choose another path")
 
 
 def pick_device(spec: str) -> torch.device:

@@ -122,6 +122,21 @@ def _unique_run_dir(out, name):
     return path
 
 
+def _refuse_rewinding(path: str, state: dict) -> None:
+    """Resuming a checkpoint whose run folder holds newer ones would rewind log.jsonl past them and let --keep
+    prune them (checkpoint names sort by kimg across both histories): refused, and the user says which history to
+    keep. A branch is a copy of the checkpoint in a folder of its own, resumed there."""
+    run_dir = os.path.dirname(os.path.abspath(path))
+    here = state["progress"]["nimg"] / 1000
+    newer = [p for p in ckpt.list_checkpoints(run_dir) if ckpt.kimg_of(p) > here + 1e-9]
+    if newer:
+        raise UserError(f"'{path}' is at kimg {here:g}, and its run folder holds {len(newer)} newer checkpoint(s), up "
+                        f"to {os.path.basename(newer[-1])}; resuming it would overwrite that history. Resume the "
+                        f"newest (--resume latest --out {os.path.dirname(run_dir) or '.'} --name "
+                        f"{os.path.basename(run_dir)}), delete the newer checkpoints to rewind this run, or copy "
+                        "the checkpoint into a new folder and resume the copy to branch from it")
+
+
 def _find_resume(args):
     if args.resume != "latest":
         return args.resume
@@ -244,6 +259,8 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
     if args.resume:
         path = _find_resume(args)
         state = ckpt.load(path)
+        if args.resume != "latest":   # the newest when looked up; a newer one means a concurrent run (the lock's error)
+            _refuse_rewinding(path, state)
         cfg = _resume_config(state, path, args, log)
         dataset = build_dataset(cfg["data"], resolution=cfg["resolution"], strict=cfg["strict"],
                                 max_images=cfg.get("max_images"), cache_dir=args.cache_dir,

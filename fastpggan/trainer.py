@@ -120,6 +120,7 @@ class Trainer:
         self.sigint_seen = False
         self.tb = None
         self.resumed_nimg = None
+        self.resumed_from = None   # the checkpoint this run resumed from: --keep never deletes it
         # for the eta: training time and images per resolution, and the forward-pass probe
         self.measured, self.forward_cost = {}, None
 
@@ -127,6 +128,11 @@ class Trainer:
     def sec_per_img(self):
         """{resolution: measured training seconds per image} (for the eta)."""
         return {r: t / max(n, 1) for r, (t, n) in self.measured.items()}
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds --compile-step has spent in the first calls of its passes (compiling, and running once)."""
+        return sum(getattr(self.train_step, "compile_seconds", {}).values())
 
     @property
     def loss_scaling(self):
@@ -146,6 +152,7 @@ class Trainer:
                                   tick_start_nimg=self.tick_start_nimg, **self._phase_info()))
 
     def load_state_dict(self, state, path):
+        self.resumed_from = path
         try:
             self.G.load_state_dict(state["G"])
             self.D.load_state_dict(state["D"])
@@ -301,7 +308,8 @@ class Trainer:
 
     def save_checkpoint(self):
         try:
-            return ckpt.save(self.state_dict(), self.run_dir, self.nimg, keep=self.cfg["keep"])
+            return ckpt.save(self.state_dict(), self.run_dir, self.nimg, keep=self.cfg["keep"],
+                             protect=(self.resumed_from,) if self.resumed_from else ())
         except ckpt.NonFiniteWeights as e:
             raise Diverged(f"{e.part} holds NaN or inf at kimg {self.nimg / 1000:g}, so no checkpoint was written; "
                            f"the last checkpoint (finite weights) is {ckpt.latest(self.run_dir)}. Try a lower --lr, "
@@ -341,12 +349,16 @@ class Trainer:
         try:
             while self.nimg < total and not self.stop_requested:
                 ph = self.schedule.at(self.nimg)
+                compiled = self.compile_seconds
                 try:
                     losses_ = self.step(ph)
                 except torch.cuda.OutOfMemoryError:
                     raise UserError(f"CUDA out of memory at {ph.resolution}x{ph.resolution} with minibatch "
                                     f"{ph.minibatch}: pass a smaller one (--minibatch {ph.resolution}:"
                                     f"{max(ph.minibatch // 2, 1)}) or use --amp") from None
+                if self.compile_seconds != compiled:   # --compile-step's compiles count in neither sec/kimg nor eta
+                    tick_time += self.compile_seconds - compiled
+                    rate_mark = (rate_mark[0] + self.compile_seconds - compiled, rate_mark[1])
                 tick_losses.append(losses_)
                 steps += 1
                 if steps % 10 == 1:   # losses are the same on every rank, so all ranks stop together on a NaN

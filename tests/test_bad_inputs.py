@@ -413,7 +413,9 @@ def test_partial_writes_of_killed_runs_are_removed_and_the_log_rewinds(tmp_path,
     run = copy_run(good_run, tmp_path)
     stale = run / "checkpoint_000000.016.pt.tmp-999999999"
     stale.write_bytes(b"half a checkpoint")
-    first = run / os.path.basename(good_run["all"][0])   # resume from the oldest: the log has ticks past it
+    first = run / os.path.basename(good_run["all"][0])   # rewind to the oldest (the README's way: the newer
+    for newer in good_run["all"][1:]:                    # checkpoints deleted); the log has ticks past it
+        os.remove(run / os.path.basename(newer))
     out = succeeded(cli("train", "--resume", first, "--no-progress", cwd=tmp_path))
     assert "removed 1 unfinished file left by an interrupted write (checkpoint_000000.016.pt.tmp-999999999)" in out
     assert not stale.exists() and not leftovers(run)

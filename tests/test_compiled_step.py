@@ -9,6 +9,7 @@ network's backward, as in tests/test_backends.py's whole-network test). Each cas
 thread (cold inductor cache), so all are `slow`; Triton runs on its CPU interpreter.
 """
 import copy
+import json
 import os
 import types
 
@@ -129,6 +130,10 @@ def test_the_cli_trains_with_compile_step_as_it_does_eagerly(tiny_npz, tmp_path)
     printed = "\n".join(map(str, printed))
     assert "passes compiled whole" in printed and "the D pass at 4x4, minibatch 8, compiled in" in printed
     assert "warning" not in printed and t.train_step.failure is None and t.train_step.graphs == 2, printed
+    with open(tmp_path / "compiled" / "run" / "log.jsonl") as f:
+        tick = json.loads(f.readline())
+    # the tick's time leaves the compiles out (2 tiny steps, against seconds of compiling)
+    assert tick["sec_per_kimg"] * tick["kimg"] < t.compile_seconds / 2, (tick, t.compile_seconds)
     eager, comp = (checkpoint_tensors(torch.load(ckpt.latest(str(tmp_path / name / "run")), weights_only=True))
                    for name in ("eager", "compiled"))
     assert eager.keys() == comp.keys()

@@ -1,0 +1,146 @@
+"""The fault table: each row is a command line run as a user would (a subprocess), the state it meets, what it
+must answer (one `error:` line and exit status 2, or success), and what must still be true afterwards: nothing
+the user had was lost (checkpoints load, files keep their bytes) and nothing partial was left (`*.tmp-*`).
+
+Rows that train or compute are `slow`; refusals, which stop before any work, are quick. The shared run (a tiny
+4x4 -> 8x8 training with checkpoints at kimg 0.004, 0.008 and 0.012) is made once per module and copied into each
+row's folder.
+"""
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import shutil
+from typing import Callable, List, Optional
+
+import pytest
+
+from fastpggan import checkpoint as ckpt
+from test_bad_inputs import FAST, cli, one_line_error, succeeded, tiny_npz
+
+
+@pytest.fixture(scope="module")
+def run_template(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    data = tiny_npz(root / "d.npz")
+    succeeded(cli("train", "--data", data, *FAST, "--keep", "0", "--impl", "ref", "--out", "runs", "--name", "run",
+                  cwd=root,
+                  env={"FASTPGGAN_CACHE": str(root / "cache")}))
+    return root
+
+
+@dataclasses.dataclass
+class Row:
+    """One fault: `args` of `python -m fastpggan.<command>` in a copy of the shared run's folder (`setup` may
+    change it first); `error`: fragments of the one error line, or None for success; `after(root, template)`:
+    checks on the folder afterwards (`template`: the shared run's folder, as it was)."""
+    name: str
+    command: str
+    args: List[str]
+    error: Optional[List[str]]
+    after: Callable[[str, str], None] = lambda root, template: None
+    setup: Callable[[str], None] = lambda root: None
+    slow: bool = False
+
+
+RUN = os.path.join("runs", "run")
+CK = [os.path.join(RUN, f"checkpoint_000000.{k:03d}.pt") for k in (4, 8, 12)]
+EVAL = ["--data", "d.npz", "--metrics", "swd", "--num", "8", "--device", "cpu", "--no-progress"]
+
+
+def _digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _loads(*paths):
+    def check(root, template):
+        for p in paths:
+            ckpt.load(os.path.join(root, p))   # raises if missing or damaged
+    return check
+
+
+def _holds(path, text):
+    def check(root, template):
+        with open(os.path.join(root, path)) as f:
+            assert f.read() == text, path
+    return check
+
+
+def _write(path, text):
+    def setup(root):
+        with open(os.path.join(root, path), "w") as f:
+            f.write(text)
+    return setup
+
+
+def _all(*checks):
+    def check(root, template):
+        for c in checks:
+            c(root, template)
+    return check
+
+
+def _checkpoints_are(*names):
+    def check(root, template):
+        assert [os.path.basename(p) for p in ckpt.list_checkpoints(os.path.join(root, RUN))] == list(names)
+    return check
+
+
+def _metrics_json(path):
+    def check(root, template):
+        with open(os.path.join(root, path)) as f:
+            assert "swd" in json.load(f)["metrics"]
+    return check
+
+
+def _unchanged_log(root, template):
+    with open(os.path.join(root, RUN, "log.jsonl")) as f, open(os.path.join(template, RUN, "log.jsonl")) as g:
+        assert f.read() == g.read()
+
+
+ROWS = [
+    # evaluate --out: the checkpoint under evaluation is never overwritten, not even with --force
+    Row("evaluate --out is the checkpoint", "evaluate", ["--checkpoint", CK[2], "--out", CK[2], *EVAL],
+        ["--out", "is one of this command's inputs"], _loads(*CK)),
+    Row("evaluate --out is the checkpoint, --force", "evaluate",
+        ["--checkpoint", CK[2], "--out", CK[2], "--force", *EVAL], ["is one of this command's inputs"], _loads(*CK)),
+    Row("evaluate --out is the data", "evaluate", ["--checkpoint", CK[2], "--out", "d.npz", "--force", *EVAL],
+        ["is one of this command's inputs"]),
+    Row("evaluate --out is an existing file", "evaluate", ["--checkpoint", CK[2], "--out", "mine.json", *EVAL],
+        ["--out 'mine.json' exists; add --force"], _holds("mine.json", "keep me"), _write("mine.json", "keep me")),
+    Row("evaluate --out is a folder", "evaluate", ["--checkpoint", CK[2], "--out", RUN, "--force", *EVAL],
+        ["is a folder"], _loads(*CK)),
+    Row("evaluate --out existing file, --force", "evaluate",
+        ["--checkpoint", CK[2], "--out", "mine.json", "--force", *EVAL], None, _metrics_json("mine.json"),
+        _write("mine.json", "old"), slow=True),
+    # --resume of an older checkpoint of a run with newer ones: refused, nothing pruned or rewound
+    Row("train --resume an older checkpoint --keep 2", "train",
+        ["--resume", CK[0], "--keep", "2", "--no-progress", "--device", "cpu"],
+        ["is at kimg 0.004", "2 newer checkpoint(s)", "--resume latest"], _all(_loads(*CK), _unchanged_log),
+        slow=True),
+    # --keep never deletes the checkpoint the run resumed from, nor the one it just wrote
+    Row("train --resume latest --keep 1", "train",
+        ["--resume", "latest", "--out", "runs", "--name", "run", "--keep", "1", "--kimg", "0.02", "--no-progress",
+         "--device", "cpu"], None,
+        _all(_checkpoints_are("checkpoint_000000.012.pt", "checkpoint_000000.020.pt"), _loads(CK[2])), slow=True),
+]
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.name, marks=[pytest.mark.slow] if r.slow else [])
+                                 for r in ROWS])
+def test_fault(row, run_template, tmp_path):
+    shutil.copytree(run_template, tmp_path, dirs_exist_ok=True)
+    root = str(tmp_path)
+    row.setup(root)
+    before = {p: _digest(p) for p in glob.glob(os.path.join(root, RUN, "*.pt"))}
+    r = cli(row.command, *row.args, cwd=root, env={"FASTPGGAN_CACHE": os.path.join(root, "cache")})
+    if row.error is None:
+        succeeded(r)
+    else:
+        one_line_error(r, *row.error)
+        changed = [p for p, d in before.items() if not os.path.exists(p) or _digest(p) != d]
+        assert not changed, f"a refused command changed or removed {changed}"
+    row.after(root, str(run_template))
+    assert not glob.glob(os.path.join(root, "**", "*.tmp-*"), recursive=True)
