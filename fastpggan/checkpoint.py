@@ -22,7 +22,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .errors import UserError, is_disk_full
+from . import writes
+from .errors import UserError
 from .networks import Discriminator, Generator
 
 FORMAT, VERSION = "fastpggan-checkpoint", 1
@@ -79,19 +80,8 @@ def save(state: dict, run_dir: str, nimg: int, keep: int = 3, protect: Sequence[
 def write(state: dict, path: str, disk_full_hint: str = "free space and try again") -> None:
     """torch.save `state` (stamped with this format and version) to `path` atomically: a temp file, fsync, then a
     rename, so `path` is the old file or the whole new one. A full disk is one UserError ending in the hint."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(dict(state, format=FORMAT, version=VERSION), tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        if not is_disk_full(e):
-            raise
-        raise UserError(f"the disk is full: could not write {path}; {disk_full_hint}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    writes.atomic(path, lambda tmp: torch.save(dict(state, format=FORMAT, version=VERSION), tmp),
+                  hint=disk_full_hint)
 
 
 def list_checkpoints(run_dir: str) -> List[str]:

@@ -16,7 +16,8 @@ from . import checkpoint as ckpt
 from .data import build_dataset
 from .errors import ArgumentParser, UserError, cli_entry, number
 from .metrics.suite import compute, generate_uint8, parse_metrics, sample_reals
-from .runtime import check_output, pick_device, write_text_atomic
+from .runtime import pick_device
+from .writes import check_output, write_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> dict:
     record = dict(checkpoint=os.path.abspath(args.checkpoint), data=args.data, kimg=prog["nimg"] / 1000,
                   resolution=res, alpha=alpha, num=args.num, seed=args.seed, metrics=result,
                   seconds=round(time.time() - t0, 2))
-    write_text_atomic(out, json.dumps(record, indent=2))
+    write_text(out, json.dumps(record, indent=2))
     log(f"{json.dumps(result)} -> {out}")
     return record
 

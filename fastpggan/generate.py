@@ -13,6 +13,7 @@ from . import checkpoint as ckpt
 from .errors import ArgumentParser, UserError, cli_entry, number
 from .images import to_pil, to_uint8, write_grid
 from .runtime import pick_device
+from .writes import check_folder
 
 
 def parse_seeds(text):
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, log: Callable = print) -> list:
+    check_folder(args.out, "--out")
     device = pick_device(args.device)
     G, state = ckpt.load_generator(args.checkpoint, which=args.which, device=device)
     prog = state["progress"]

@@ -3,13 +3,14 @@ images and PNG grids. numpy, torch and Pillow (imported when first needed) only;
 """
 import io
 import math
-import os
 import warnings
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from . import writes
 
 # Bounds on untrusted image files (README "Robustness"), read at call time so that tests can lower them.
 MAX_FILE_BYTES = 1 << 28    # 256 MiB: an encoded image bigger than this is not a training image
@@ -48,13 +49,7 @@ def write_grid(images: torch.Tensor, path: str, upscale_to: Optional[int] = None
     for i in range(n):
         r, q = divmod(i, cols)
         grid[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = x[i]
-    tmp = f"{path}.tmp-{os.getpid()}"   # atomic: a full disk or a kill never leaves half a PNG
-    try:
-        to_pil(grid).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    writes.atomic(path, lambda tmp: to_pil(grid).save(tmp, format="PNG"))
 
 
 WIDE_GRAY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")   # 16- and 32-bit integer grayscale

@@ -11,7 +11,7 @@ import time
 from typing import Callable, Optional
 
 from .errors import UserError
-from .runtime import write_text_atomic
+from .writes import write_text
 
 LOCK = ".lock"
 
@@ -79,5 +79,5 @@ def rewind_log(run_dir: str, kimg: float, name: str = "log.jsonl") -> Optional[i
             else:
                 dropped += 1
     if dropped:
-        write_text_atomic(path, "".join(kept))
+        write_text(path, "".join(kept))
     return dropped

@@ -1,11 +1,11 @@
-"""Where a run happens: the device, the log, the cache folder, atomic text writes, and what every user of
-torch.compile here shares. Shared by every command line and below.
+"""Where a run happens: the device, the log, the cache folder, and what every user of torch.compile here
+shares. Shared by every command line and below.
 
 Standard library and torch only; any module of the package may import it.
 """
 import os
 import types
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable
 
 import torch
 
@@ -16,32 +16,6 @@ def cache_root() -> str:
     """The cache folder of datasets, the extension's builds and FID statistics: $FASTPGGAN_CACHE, else
     ~/.cache/fastpggan."""
     return os.environ.get("FASTPGGAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastpggan")
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write `text` to `path` through `path.tmp-PID` and os.replace: a reader, a kill or a full disk never sees
-    half a file (the temporary is removed if the write fails)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def check_output(path: str, flag: str, force: bool, inputs: Sequence[Optional[str]] = ()) -> None:
-    """Refuse, before any work, an output path that is one of the command's `inputs` (always), a folder, or, an
-    existing file unless `force`. `flag` names the option in the message."""
-    if os.path.exists(path):
-        for given in inputs:
-            if given and os.path.exists(given) and os.path.samefile(given, path):
-                raise UserError(f"{flag} '{path}' is one of this command's inputs; choose another path")
-        if os.path.isdir(path):
-            raise UserError(f"{flag} '{path}' is a folder; give a file path")
-        if not force:
-            raise UserError(f"{flag} '{path}' exists; add --force to overwrite it, or choose another path")
 
 
 def pick_device(spec: str) -> torch.device:

@@ -29,9 +29,10 @@ from . import autotune
 from .autotune import Case
 from .errors import ArgumentParser, UserError, cli_entry
 from .ops import backends, tune_cache
-from .runtime import pick_device, write_text_atomic
+from .runtime import pick_device
 from .step import CudaGraphStep, _Rerun, random_inputs
 from .tune import format_table, training_trainer, tune_training
+from .writes import check_writable, write_text
 
 DTYPES = ("float32", "bfloat16", "float16")
 LAYOUTS = ("contiguous", "channels_last")
@@ -232,12 +233,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         os.environ["FASTPGGAN_NO_COMPILE"] = "1"
     if not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is not a folder; create it first")
+    check_writable(args.out, "--out")   # before the minutes of checks, not after them
     log = lambda line: print(line, flush=True)  # noqa: E731
     log(f"fastpggan self-test on {tune_cache.device_info(device)['name']} ({device}); this takes a few minutes")
     report = run_checks(device, log)
     stem = os.path.join(args.out, f"fastpggan-selftest-{tune_cache.device_key(device)}-{time.strftime('%Y%m%d')}")
-    write_text_atomic(stem + ".json", json.dumps(report, indent=1, default=str) + "\n")
-    write_text_atomic(stem + ".md", markdown(report, "python -m fastpggan.selftest " + " ".join(argv)))
+    write_text(stem + ".json", json.dumps(report, indent=1, default=str) + "\n")
+    write_text(stem + ".md", markdown(report, "python -m fastpggan.selftest " + " ".join(argv)))
     log(f"wrote {stem}.json and {stem}.md")
     if not report["ok"]:
         log("a correctness check FAILED: see the report; impl='auto' never picks a backend that failed its check")

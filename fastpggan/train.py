@@ -24,6 +24,7 @@ from .runtime import silent
 from .schedule import Schedule
 from .step import STEP_VERSION
 from .trainer import Terminated, Trainer
+from .writes import check_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,6 +271,8 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
         _check_dataset_matches(dataset, cfg, path)
         run_dir = os.path.dirname(os.path.abspath(path))
     else:
+        if ctx.main:
+            check_folder(args.out, "--out")   # before the dataset cache is built
         init = ckpt.load(args.init) if args.init else None   # a bad checkpoint is refused before any data is read
         dataset = build_dataset(args.data, resolution=args.resolution, strict=args.strict,
                                 max_images=args.max_images, cache_dir=args.cache_dir, progress=not args.no_progress,

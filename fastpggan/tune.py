@@ -24,8 +24,9 @@ from .config import PRESET_NAMES, make_config, validate_config
 from .data import check_resolution
 from .errors import ArgumentParser, UserError, cli_entry, number
 from .ops import tune_cache
-from .runtime import pick_device, write_text_atomic
+from .runtime import pick_device
 from .trainer import Trainer
+from .writes import write_text
 
 __all__ = ["tune_model", "tune_cases", "tune_training", "format_table", "main"]
 
@@ -167,7 +168,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(summary(result))
     if args.report:
         try:
-            write_text_atomic(args.report, report_markdown(result, argv))
+            write_text(args.report, report_markdown(result, argv))
         except OSError as e:
             raise UserError(f"cannot write --report {args.report}: {e.strerror or e}") from None
         print(f"wrote {args.report}")

@@ -100,6 +100,10 @@ def _unchanged_log(root, template):
         assert f.read() == g.read()
 
 
+def _no_new_entries(root, template):
+    assert sorted(os.listdir(root)) == sorted(os.listdir(template)), "a refused command created files"
+
+
 ROWS = [
     # evaluate --out: the checkpoint under evaluation is never overwritten, not even with --force
     Row("evaluate --out is the checkpoint", "evaluate", ["--checkpoint", CK[2], "--out", CK[2], *EVAL],
@@ -120,6 +124,15 @@ ROWS = [
         ["--resume", CK[0], "--keep", "2", "--no-progress", "--device", "cpu"],
         ["is at kimg 0.004", "2 newer checkpoint(s)", "--resume latest"], _all(_loads(*CK), _unchanged_log),
         slow=True),
+    # outputs that cannot be written: one line before any work, nothing created, nothing overwritten
+    Row("generate --out is a file", "generate", ["--checkpoint", CK[2], "--out", "d.npz", "--device", "cpu"],
+        ["--out 'd.npz' is a file, not a folder"]),
+    Row("train --out is a file", "train", ["--data", "d.npz", "--out", "d.npz", *FAST],
+        ["--out 'd.npz' is a file, not a folder"], _no_new_entries),
+    Row("evaluate --out under a file", "evaluate", ["--checkpoint", CK[2], "--out", "d.npz/m.json", *EVAL],
+        ["cannot write", "d.npz", "is a file, not a folder"]),
+    Row("evaluate --out in a new folder", "evaluate", ["--checkpoint", CK[2], "--out", "new/deeper/m.json", *EVAL],
+        None, _metrics_json("new/deeper/m.json"), slow=True),
     # --keep never deletes the checkpoint the run resumed from, nor the one it just wrote
     Row("train --resume latest --keep 1", "train",
         ["--resume", "latest", "--out", "runs", "--name", "run", "--keep", "1", "--kimg", "0.02", "--no-progress",

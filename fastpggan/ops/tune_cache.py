@@ -24,7 +24,8 @@ from typing import Optional
 
 import torch
 
-from ..runtime import cache_root, write_text_atomic
+from ..runtime import cache_root
+from ..writes import write_text
 from .opspec import IMPLS
 
 FORMAT = "fastpggan-tune"
@@ -159,7 +160,7 @@ def write(device, entries: dict) -> str:
         data = dict(format=FORMAT, format_version=FORMAT_VERSION, device=device_info(device), versions=versions(),
                     choices={**(old or {}).get("choices", {}), **entries})
         data["choices"] = dict(sorted(data["choices"].items()))
-        write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+        write_text(path, json.dumps(data, indent=1) + "\n")
     forget_cached()
     return path
 

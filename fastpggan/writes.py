@@ -1,0 +1,112 @@
+"""One way to write a file: atomically (a temporary beside it, then a rename, so a reader, a kill or a full disk
+sees the old file or the whole new one), parent folders created, and every OSError of the write turned into one
+UserError line that names the path and what to do.
+
+Also the checks a command makes before its work: an explicit output that exists is refused without --force, one
+that is the command's own input always (`check_output`), and a folder that cannot take the output is found out
+before minutes of work, not after (`check_writable`).
+"""
+import errno
+import os
+from typing import Callable, Optional, Sequence
+
+from .errors import UserError, is_disk_full
+
+# errno -> what went wrong, what to do
+_WHY = {
+    errno.EROFS: ("the file system is read-only", "choose a folder on a writable disk"),
+    errno.EACCES: ("permission denied", "choose a folder you may write to"),
+    errno.EPERM: ("permission denied", "choose a folder you may write to"),
+    errno.EISDIR: ("it is a folder", "give a file path"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
+    errno.EEXIST: ("a part of the path is a file, not a folder", "check the path"),   # os.makedirs says EEXIST
+    errno.ENAMETOOLONG: ("the name is too long", "choose a shorter path"),
+}
+
+
+def explain(e: BaseException, path: str, hint: Optional[str] = None) -> UserError:
+    """The one-line UserError for failing to write `path` with `e` (`hint` replaces the default advice)."""
+    if is_disk_full(e):
+        why, todo = "the disk is full", "free space and try again"
+    else:
+        why, todo = _WHY.get(getattr(e, "errno", None), (getattr(e, "strerror", None) or str(e), "check the path"))
+    return UserError(f"cannot write '{path}': {why}; {hint or todo}")
+
+
+def atomic(path: str, write: Callable[[str], None], hint: Optional[str] = None) -> None:
+    """write(tmp) for a temporary path beside `path` (same folder, so the rename is atomic), fsync, rename it to
+    `path`. Parent folders are created. An OSError (or torch.save's short write) is one UserError; nothing
+    partial is left."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, "is a folder", path)
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not is_disk_full(e):
+            raise
+        raise explain(e, path, hint) from None
+    finally:
+        if os.path.lexists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
+def write_text(path: str, text: str, hint: Optional[str] = None) -> None:
+    """`text` to `path`, atomically (see atomic)."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic(path, write, hint)
+
+
+def check_output(path: str, flag: str, force: bool, inputs: Sequence[Optional[str]] = ()) -> None:
+    """Refuse, before any work, an output path that is one of the command's `inputs` (always), a folder, or an
+    existing file unless `force`. `flag` names the option in the message."""
+    if os.path.exists(path):
+        for given in inputs:
+            if given and os.path.exists(given) and os.path.samefile(given, path):
+                raise UserError(f"{flag} '{path}' is one of this command's inputs; choose another path")
+        if os.path.isdir(path):
+            raise UserError(f"{flag} '{path}' is a folder; give a file path")
+        if not force:
+            raise UserError(f"{flag} '{path}' exists; add --force to overwrite it, or choose another path")
+    check_writable(os.path.dirname(os.path.abspath(path)), flag)
+
+
+def check_folder(folder: str, flag: str) -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be written into (it may not exist)."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{flag} '{folder}' is a file, not a folder; choose a folder")
+    check_writable(folder, flag)
+
+
+def check_writable(folder: str, flag: str) -> None:
+    """Create `folder` if needed and a file in it, then remove both again: an output that cannot be written is
+    one line before the work, not after it."""
+    made = []
+    try:
+        head = os.path.abspath(folder)
+        while not os.path.exists(head):
+            made.append(head)
+            head = os.path.dirname(head)
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".fastpggan-probe-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("x")
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"{flag}: {explain(e, folder)}") from None
+    finally:
+        for d in made:   # deepest first: leave no folder the command did not write into
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass

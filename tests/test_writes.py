@@ -1,0 +1,79 @@
+"""fastpggan.writes, in-process: every OSError of a write is one line naming the path, nothing partial is left,
+and the checks before work refuse what they promise to. The command lines' rows are in tests/test_faults.py."""
+import errno
+import os
+
+import pytest
+
+from fastpggan import writes
+from fastpggan.errors import UserError
+
+
+@pytest.mark.parametrize("code,why", [(errno.ENOSPC, "the disk is full"), (errno.EDQUOT, "the disk is full"),
+                                      (errno.EROFS, "read-only"), (errno.EACCES, "permission denied"),
+                                      (errno.EISDIR, "is a folder"), (errno.ENOTDIR, "is a file, not a folder"),
+                                      (errno.EIO, "Input/output error")])
+def test_a_failed_write_is_one_line_naming_the_path_and_leaves_nothing(tmp_path, code, why):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+
+    def fails(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise OSError(code, os.strerror(code))
+
+    with pytest.raises(UserError) as e:
+        writes.atomic(str(target), fails)
+    line = str(e.value)
+    assert "\n" not in line and f"cannot write '{target}'" in line and why in line, line
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["out.json"]
+
+
+def test_the_hint_replaces_the_advice_and_other_errors_pass_through(tmp_path):
+    def full(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(UserError, match="the disk is full; the last intact checkpoint is X$"):
+        writes.atomic(str(tmp_path / "c.pt"), full, hint="the last intact checkpoint is X")
+
+    def bug(tmp):
+        raise RuntimeError("a bug, not a write")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        writes.atomic(str(tmp_path / "c.pt"), bug)
+    assert os.listdir(tmp_path) == []
+
+
+def test_writes_create_parents_and_replace_whole(tmp_path):
+    path = tmp_path / "a" / "b" / "r.md"
+    writes.write_text(str(path), "one")
+    writes.write_text(str(path), "two")
+    assert path.read_text() == "two" and os.listdir(path.parent) == ["r.md"]
+    with pytest.raises(UserError, match="it is a folder"):
+        writes.write_text(str(tmp_path / "a"), "x")
+
+
+def test_check_output_refuses_inputs_always_existing_files_without_force_and_folders(tmp_path):
+    data, out = tmp_path / "data.npz", tmp_path / "out.json"
+    data.write_bytes(b"d")
+    out.write_text("o")
+    with pytest.raises(UserError, match="is one of this command's inputs"):
+        writes.check_output(str(data), "--out", force=True, inputs=[str(data)])
+    with pytest.raises(UserError, match="exists; add --force"):
+        writes.check_output(str(out), "--out", force=False, inputs=[str(data)])
+    writes.check_output(str(out), "--out", force=True, inputs=[str(data), None])
+    with pytest.raises(UserError, match="is a folder"):
+        writes.check_output(str(tmp_path), "--out", force=True)
+    writes.check_output(str(tmp_path / "new" / "x.json"), "--out", force=False)
+    assert sorted(os.listdir(tmp_path)) == ["data.npz", "out.json"]   # the probe made and removed "new"
+
+
+def test_check_folder_refuses_a_file_and_an_unwritable_path(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        writes.check_folder(str(f), "--out")
+    with pytest.raises(UserError, match=r"--out: cannot write .*is a file, not a folder"):
+        writes.check_folder(str(f / "sub"), "--out")
+    writes.check_folder(str(tmp_path / "fresh"), "--out")
+    assert sorted(os.listdir(tmp_path)) == ["f"]
