@@ -12,6 +12,7 @@ from typing import Callable, Optional
 from . import checkpoint as ckpt
 from .errors import ArgumentParser, UserError, cli_entry
 from .official import convert
+from .writes import refuse_inputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, log: Callable = print) -> str:
+    refuse_inputs(args.dst, "DST", (args.src,))
     if os.path.exists(args.dst) and not args.force:
         raise UserError(f"'{args.dst}' exists; pass --force to overwrite it")
     parent = os.path.dirname(os.path.abspath(args.dst))

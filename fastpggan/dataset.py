@@ -22,6 +22,7 @@ import torch
 from .data import ImageDataset, build_dataset, check_resolution
 from .errors import ArgumentParser, UserError, cli_entry, number
 from .images import from_uint8, to_pil, write_grid
+from .writes import refuse_inputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +96,7 @@ def info(args, log):
 
 
 def grid(args, log):
+    refuse_inputs(args.out, "--out", (args.data,))
     ds = _open(args, log)
     res = _level(ds, args.res)
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
@@ -108,9 +110,10 @@ def grid(args, log):
 
 
 def export(args, log):
+    dst = args.to.rstrip("/") or args.to
+    refuse_inputs(dst, "--to", (args.data,))
     ds = _open(args, log)
     res = _level(ds, args.res)
-    dst = args.to.rstrip("/") or args.to
     if os.path.exists(dst) and not args.force:
         raise UserError(f"'{dst}' exists; pass --force to replace it")
     if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):

@@ -20,6 +20,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .errors import ArgumentParser, UserError, cli_entry, number
+from .writes import refuse_inputs
 
 TOLERANCE = 1e-4   # ONNX Runtime vs PyTorch, relative to the largest output magnitude (fp32)
 
@@ -140,7 +141,10 @@ def run(args: argparse.Namespace, log: Callable = print) -> list:
     outputs = [p for p in (args.onnx, args.torchscript) if p]
     if not outputs:
         raise UserError("nothing to write: pass --onnx OUT.onnx and/or --torchscript OUT.pt")
+    if args.onnx and args.torchscript and os.path.abspath(args.onnx) == os.path.abspath(args.torchscript):
+        raise UserError(f"--onnx and --torchscript name the same file '{args.onnx}'; give each its own")
     for out in outputs:
+        refuse_inputs(out, "--onnx" if out == args.onnx else "--torchscript", (args.checkpoint,))
         if os.path.exists(out) and not args.force:
             raise UserError(f"'{out}' exists; pass --force to overwrite it")
         if not os.path.isdir(os.path.dirname(os.path.abspath(out))):

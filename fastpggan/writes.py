@@ -70,15 +70,21 @@ def write_text(path: str, text: str, hint: Optional[str] = None) -> None:
 def check_output(path: str, flag: str, force: bool, inputs: Sequence[Optional[str]] = ()) -> None:
     """Refuse, before any work, an output path that is one of the command's `inputs` (always), a folder, or an
     existing file unless `force`. `flag` names the option in the message."""
+    refuse_inputs(path, flag, inputs)
     if os.path.exists(path):
-        for given in inputs:
-            if given and os.path.exists(given) and os.path.samefile(given, path):
-                raise UserError(f"{flag} '{path}' is one of this command's inputs; choose another path")
         if os.path.isdir(path):
             raise UserError(f"{flag} '{path}' is a folder; give a file path")
         if not force:
             raise UserError(f"{flag} '{path}' exists; add --force to overwrite it, or choose another path")
     check_writable(os.path.dirname(os.path.abspath(path)), flag)
+
+
+def refuse_inputs(path: str, flag: str, inputs: Sequence[Optional[str]]) -> None:
+    """Refuse an output path that is (the same file as) one of the command's `inputs`, --force or not."""
+    if os.path.exists(path):
+        for given in inputs:
+            if given and os.path.exists(given) and os.path.samefile(given, path):
+                raise UserError(f"{flag} '{path}' is one of this command's inputs; choose another path")
 
 
 def check_folder(folder: str, flag: str) -> None:

@@ -133,6 +133,18 @@ ROWS = [
         ["cannot write", "d.npz", "is a file, not a folder"]),
     Row("evaluate --out in a new folder", "evaluate", ["--checkpoint", CK[2], "--out", "new/deeper/m.json", *EVAL],
         None, _metrics_json("new/deeper/m.json"), slow=True),
+    # an output that is the command's own input: refused, --force or not
+    Row("export --onnx and --torchscript the same file", "export",
+        ["--checkpoint", CK[2], "--onnx", "g.x", "--torchscript", "g.x"], ["name the same file 'g.x'"],
+        _no_new_entries),
+    Row("export --torchscript is the checkpoint, --force", "export",
+        ["--checkpoint", CK[2], "--torchscript", CK[2], "--force"], ["is one of this command's inputs"], _loads(*CK)),
+    Row("convert DST is SRC, --force", "convert", ["d.npz", "d.npz", "--force"], ["DST 'd.npz' is one of"],
+        _no_new_entries),
+    Row("dataset grid --out is the data", "dataset", ["grid", "d.npz", "--out", "d.npz"],
+        ["--out 'd.npz' is one of"], _no_new_entries),
+    Row("dataset export --to is the data, --force", "dataset", ["export", "d.npz", "--to", "d.npz", "--force"],
+        ["--to 'd.npz' is one of"], _no_new_entries),
     # --keep never deletes the checkpoint the run resumed from, nor the one it just wrote
     Row("train --resume latest --keep 1", "train",
         ["--resume", "latest", "--out", "runs", "--name", "run", "--keep", "1", "--kimg", "0.02", "--no-progress",
@@ -147,7 +159,8 @@ def test_fault(row, run_template, tmp_path):
     shutil.copytree(run_template, tmp_path, dirs_exist_ok=True)
     root = str(tmp_path)
     row.setup(root)
-    before = {p: _digest(p) for p in glob.glob(os.path.join(root, RUN, "*.pt"))}
+    before = {p: _digest(p) for p in glob.glob(os.path.join(root, "**"), recursive=True)
+              if os.path.isfile(p) and not p.startswith(os.path.join(root, "cache"))}
     r = cli(row.command, *row.args, cwd=root, env={"FASTPGGAN_CACHE": os.path.join(root, "cache")})
     if row.error is None:
         succeeded(r)
