@@ -21,10 +21,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+import _child
 
 SETTINGS = {"static": (False, False, None), "automatic": (None, False, None), "dynamic": (True, False, None),
             "marked": (None, True, None), "marked-max-autotune": (None, True, "max-autotune-no-cudagraphs")}
@@ -79,7 +80,7 @@ def main() -> None:
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, args.threads)), flush=True)
+        _child.result(child(args.child, args.threads))
         return
     rows = []
     for setting in args.settings:
@@ -87,19 +88,15 @@ def main() -> None:
             for cache_state in ("cold", "warm"):
                 env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
                 t0 = time.perf_counter()
-                r = subprocess.run([sys.executable, __file__, "--child", setting, "--threads", str(args.threads)],
-                                   capture_output=True, text=True, env=env)
-                line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if line is None:
-                    sys.exit(f"{setting} ({cache_state}) failed:\n{r.stderr[-3000:]}")
-                row = dict(json.loads(line[7:]), cache=cache_state, process_s=time.perf_counter() - t0)
+                measured = _child.run([sys.executable, __file__, "--child", setting, "--threads", str(args.threads)],
+                                      f"{setting} ({cache_state})", env)
+                row = dict(measured, cache=cache_state, process_s=time.perf_counter() - t0)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     import torch
 
     from fastpggan.ops import tune_cache
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    commit = _child.commit()
     head = (f"# compiled backend settings ({tune_cache.device_info('cpu')['name']}, {args.threads} thread(s), "
             f"torch {torch.__version__}, {platform.python_version()}, commit {commit})\n\n"
             f"`python benchmarks/compiled_settings.py --threads {args.threads}`\n\n"

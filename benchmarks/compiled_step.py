@@ -21,10 +21,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+import _child
 
 VARIANTS = (("eager", "ref"), ("eager", "ext"), ("compiled", "ref"), ("compiled", "ext"))
 MINIBATCH, FMAP_BASE, FMAP_MAX, LATENT = 16, 1024, 128, 128
@@ -74,19 +75,14 @@ def _run_child(args, cache: str) -> list:
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
     cmd = [sys.executable, __file__, "--child", "--threads", str(args.threads), "--rounds", str(args.rounds),
            "--res", *map(str, args.res)] + (["--amp"] if args.amp else [])
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if line is None:
-        sys.exit(f"the measurement failed:\n{r.stderr[-3000:]}")
-    return json.loads(line[7:])
+    return _child.run(cmd, "the measurement", env)
 
 
 def table(cold: list, warm: list, args) -> str:
     import torch
 
     from fastpggan.ops import tune_cache
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    commit = _child.commit()
     out = [f"# the training step, eager and compiled whole ({tune_cache.device_info('cpu')['name']}, {args.threads} "
            f"thread(s), torch {torch.__version__}, Python {platform.python_version()}, commit {commit}, "
            f"{time.strftime('%Y-%m-%d', time.gmtime())})\n",
@@ -126,7 +122,7 @@ def main() -> None:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(child(args.res, args.rounds, args.threads, args.amp)), flush=True)
+        _child.result(child(args.res, args.rounds, args.threads, args.amp))
         return
     with tempfile.TemporaryDirectory() as cache:
         cold = _run_child(args, cache)

@@ -20,7 +20,7 @@ import torch
 
 from .errors import UserError
 from .ops import backends
-from .runtime import dynamo_errors, own_code
+from .runtime import compile_failure, dynamo_errors, own_code
 from .step import TrainStep
 
 
@@ -89,9 +89,7 @@ class CompiledStep(TrainStep):
                 with torch._dynamo.config.patch(trace_autograd_ops=True):
                     out = self._function(key, method)(*args)
             except dynamo_errors() as e:
-                cause = getattr(e, "inner_exception", None) or e   # BackendCompilerFailed wraps inductor's error
-                line = (str(cause).strip().splitlines() or [""])[0][:200]
-                self.failure = f"{type(cause).__name__}: {line}"
+                self.failure = compile_failure(e)
                 self.log(f"warning: --compile-step: compiling the {key[0]} pass failed ({self.failure}); training "
                          "continues eagerly (--compile-step off hides this warning)")
             else:

@@ -46,6 +46,13 @@ def own_code(fn: Callable, name: str) -> Callable:
     return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
+def compile_failure(e: BaseException) -> str:
+    """'Type: first line' of a torch.compile failure, for a one-line warning (BackendCompilerFailed wraps
+    inductor's own error, which is the one named)."""
+    cause = getattr(e, "inner_exception", None) or e
+    return f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]}"
+
+
 def dynamo_errors() -> tuple:
     """The exception types of torch.compile failing to trace or compile (as opposed to the compiled code failing)."""
     import torch._dynamo.exc as exc

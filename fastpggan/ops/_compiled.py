@@ -26,7 +26,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from ..runtime import dynamo_errors, own_code
+from ..runtime import compile_failure, dynamo_errors, own_code
 from ._util import TRITON_DTYPES, _kernels_import_error
 from .tune_cache import layout_of
 
@@ -126,9 +126,7 @@ def kernel_body(name: str, body: Callable) -> Callable:
             except Exception as e:
                 if fn is not None and not isinstance(e, dynamo_errors()):
                     raise   # an error of the compiled code itself (out of memory, ...), not of compiling
-                cause = getattr(e, "inner_exception", None) or e   # BackendCompilerFailed wraps inductor's error
-                first = (str(cause).strip().splitlines() or [""])[0][:200]
-                stat.failure = f"torch.compile failed on {name}: {type(cause).__name__}: {first}"
+                stat.failure = f"torch.compile failed on {name}: {compile_failure(e)}"
                 warnings.warn(f"fastpggan: {stat.failure}; this call ran uncompiled, and impl='compiled' is "
                               "unavailable for the op from now on", stacklevel=2)
         stat.fallbacks += 1
