@@ -6,13 +6,12 @@ and checkpoint.load_generator / load_discriminator accept. The state passes chec
 anything is written, and the file is written atomically.
 """
 import argparse
-import os
 from typing import Callable, Optional
 
 from . import checkpoint as ckpt
-from .errors import ArgumentParser, UserError, cli_entry
+from .errors import ArgumentParser, cli_entry
 from .official import convert
-from .writes import refuse_inputs
+from .writes import check_output
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,12 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, log: Callable = print) -> str:
-    refuse_inputs(args.dst, "DST", (args.src,))
-    if os.path.exists(args.dst) and not args.force:
-        raise UserError(f"'{args.dst}' exists; pass --force to overwrite it")
-    parent = os.path.dirname(os.path.abspath(args.dst))
-    if not os.path.isdir(parent):
-        raise UserError(f"the folder of '{args.dst}' does not exist")
+    check_output(args.dst, "DST", args.force, (args.src,))
     state = convert(args.src)   # checked as checkpoint.load checks, before anything is written
     ckpt.write(state, args.dst)
     net, prog = state["config"]["network"], state["progress"]

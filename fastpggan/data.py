@@ -23,8 +23,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import images
-from .errors import UserError
+from . import images, writes
+from .errors import UserError, is_disk_full
 from .images import channels_of
 from .runtime import cache_root
 from .sources import Source, check_labels, open_source, quantize
@@ -179,14 +179,20 @@ def _encoded_images(src, channels, resolution, strict):
             yield i, name, e
 
 
+def _new_memmap(path: str, shape: tuple) -> np.memmap:
+    """A new uint8 .npy of `shape`, memory-mapped for writing, with its space on disk reserved first."""
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    writes.reserve(path, mm.offset, mm.nbytes)
+    return mm
+
+
 def _write_levels(src: Source, resolution, channels, folder, strict, progress, limit):
     """Decode, resize and box-downsample the source into res{R}.npy ... res4.npy; returns (levels, kept indices,
     corrupt, too small, the first bad one)."""
     from tqdm import tqdm
     n = min(src.count, limit or src.count)
     levels = [resolution >> i for i in range(int(np.log2(resolution)) - 1)]  # R, R/2, ..., 4
-    mm = {r: np.lib.format.open_memmap(os.path.join(folder, f"res{r}.npy"), mode="w+", dtype=np.uint8,
-                                       shape=(n, channels, r, r)) for r in levels}
+    mm = {r: _new_memmap(os.path.join(folder, f"res{r}.npy"), (n, channels, r, r)) for r in levels}
     kept, corrupt, small, first_bad = [], 0, 0, None
     stream = _array_images(src, channels, resolution) if src.array is not None else \
         _encoded_images(src, channels, resolution, strict)
@@ -221,8 +227,7 @@ def _write_record_levels(src: Source, resolution, folder, progress, limit):
     from tqdm import tqdm
     n = min(src.count, limit or src.count)
     for r in src.levels.resolutions(resolution):
-        mm = np.lib.format.open_memmap(os.path.join(folder, f"res{r}.npy"), mode="w+", dtype=np.uint8,
-                                       shape=(n, src.channels, r, r))
+        mm = _new_memmap(os.path.join(folder, f"res{r}.npy"), (n, src.channels, r, r))
         with tqdm(src.levels.level(r, limit=n), total=n, desc=f"reading {src.name} at {r}x{r}", unit="img",
                   disable=not progress, leave=False) as bar:
             for i, img in bar:
@@ -275,6 +280,17 @@ def build_dataset(spec: Optional[str] = None, *, resolution: Optional[int] = Non
             return ImageDataset(final)
         except BrokenCache as e:
             log(f"data: the cache {final} is damaged ({e}); rebuilding it")
+    try:
+        return _build(src, resolution, strict, max_images, root, final, progress, log)
+    except OSError as e:
+        if not os.path.abspath(e.filename or root).startswith(os.path.abspath(root)):
+            raise   # not the cache's: reading the source
+        raise writes.explain(e, e.filename or root, "free space or choose another --cache-dir (FASTPGGAN_CACHE)"
+                             if is_disk_full(e) else "choose another --cache-dir (FASTPGGAN_CACHE)") from None
+
+
+def _build(src: Source, resolution, strict, max_images, root, final, progress, log) -> "ImageDataset":
+    """Build the cache of `src` in a temporary folder beside `final`, then rename it into place."""
     os.makedirs(root, exist_ok=True)
     _remove_dead_builds(root)
     tmp = f"{final}.tmp-{os.getpid()}"
@@ -314,8 +330,7 @@ def build_dataset(spec: Optional[str] = None, *, resolution: Optional[int] = Non
 def _shrink(mm, n, folder):
     """Cut every level to its first n images (skipped ones left the tail unused)."""
     for r, m in mm.items():
-        out = np.lib.format.open_memmap(os.path.join(folder, f"res{r}.part.npy"), mode="w+", dtype=np.uint8,
-                                        shape=(n,) + m.shape[1:])
+        out = _new_memmap(os.path.join(folder, f"res{r}.part.npy"), (n,) + m.shape[1:])
         out[:] = m[:n]
         out.flush()
         del out
@@ -357,34 +372,3 @@ def _install(tmp, final):
         os.rename(final, aside)
         shutil.rmtree(aside, ignore_errors=True)
     os.rename(tmp, final)
-
-
-class Sampler:
-    """Endless shuffled minibatches of indices; a fresh permutation per epoch from (seed, epoch). Resumable."""
-
-    def __init__(self, num_images, seed=0):
-        self.n, self.seed, self.epoch, self.pos = num_images, seed, 0, 0
-        self._perm = None
-
-    def _permutation(self):
-        if self._perm is None:
-            self._perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-        return self._perm
-
-    def next(self, batch):
-        out = []
-        while batch > 0:
-            perm = self._permutation()
-            take = perm[self.pos:self.pos + batch]
-            out.append(take)
-            batch -= len(take)
-            self.pos += len(take)
-            if self.pos >= self.n:
-                self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
-        return np.concatenate(out)
-
-    def state_dict(self):
-        return {"seed": self.seed, "epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, s):
-        self.seed, self.epoch, self.pos, self._perm = int(s["seed"]), int(s["epoch"]), int(s["pos"]), None

@@ -19,10 +19,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from . import writes
 from .data import ImageDataset, build_dataset, check_resolution
-from .errors import ArgumentParser, UserError, cli_entry, number
+from .errors import ArgumentParser, cli_entry, number
 from .images import from_uint8, to_pil, write_grid
-from .writes import refuse_inputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", parents=[common], help="one level as .npz or PNG files")
     e.add_argument("--to", required=True, help="out.npz, or a folder for PNG files")
     e.add_argument("--res", type=int, default=None, help="level to export (default: the cached resolution)")
+    g.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     e.add_argument("--force", action="store_true", help="replace --to if it exists")
     return p
 
@@ -96,11 +97,9 @@ def info(args, log):
 
 
 def grid(args, log):
-    refuse_inputs(args.out, "--out", (args.data,))
+    writes.check_output(args.out, "--out", args.force, (args.data,))
     ds = _open(args, log)
     res = _level(ds, args.res)
-    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        raise UserError(f"the folder of '{args.out}' does not exist")
     pick = np.sort(np.random.default_rng(args.seed).choice(ds.num_images, min(args.num, ds.num_images),
                                                            replace=False))
     x = from_uint8(torch.from_numpy(np.array(ds.level(res)[pick])))
@@ -111,28 +110,28 @@ def grid(args, log):
 
 def export(args, log):
     dst = args.to.rstrip("/") or args.to
-    refuse_inputs(dst, "--to", (args.data,))
+    writes.check_output(dst, "--to", args.force, (args.data,), folder_ok=True)   # before the cache is built
     ds = _open(args, log)
     res = _level(ds, args.res)
-    if os.path.exists(dst) and not args.force:
-        raise UserError(f"'{dst}' exists; pass --force to replace it")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
-        raise UserError(f"the folder of '{dst}' does not exist")
-    tmp = f"{dst}.tmp-{os.getpid()}" + (".npz" if dst.endswith(".npz") else "")
-    try:
-        if dst.endswith(".npz"):
-            arrays = dict(images=ds.level(res))
-            if ds.labels is not None:
-                arrays["labels"] = ds.labels
-            np.savez(tmp, **arrays)
-        else:
+    if dst.endswith(".npz"):
+        arrays = dict(images=ds.level(res))
+        if ds.labels is not None:
+            arrays["labels"] = ds.labels
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        writes.atomic(dst, write)
+    else:
+        tmp = f"{dst}.tmp-{os.getpid()}"
+        try:
             _write_pngs(ds, res, tmp)
-        _replace(tmp, dst)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.exists(tmp):
-            os.remove(tmp)
+            _replace(tmp, dst)
+        except OSError as e:
+            raise writes.explain(e, dst) from None
+        finally:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
     log(f"wrote {dst}: {ds.num_images} images at {res}x{res}" +
         (f" with {ds.num_classes} classes" if ds.labels is not None else ""))
     return dst

@@ -19,8 +19,8 @@ from typing import Callable, Optional
 import torch
 
 from . import checkpoint as ckpt
+from . import writes
 from .errors import ArgumentParser, UserError, cli_entry, number
-from .writes import refuse_inputs
 
 TOLERANCE = 1e-4   # ONNX Runtime vs PyTorch, relative to the largest output magnitude (fp32)
 
@@ -66,7 +66,8 @@ def example_inputs(G: torch.nn.Module, n: int, seed: int = 0) -> tuple:
 
 
 def export_onnx(module: FixedGenerator, path: str, opset: Optional[int] = None) -> None:
-    """Write `module` to `path` as ONNX with named inputs and a dynamic batch axis, atomically."""
+    """Write `module` to `path` as ONNX with named inputs and a dynamic batch axis (not atomically; see
+    write_onnx)."""
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs onnx and onnxscript)
         import onnxscript  # noqa: F401
@@ -75,16 +76,26 @@ def export_onnx(module: FixedGenerator, path: str, opset: Optional[int] = None) 
                         "pip install 'fastpggan[export]'") from None
     names = ["latents", "labels"][:2 if module.G.label_size else 1]
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with _quiet():
-            torch.onnx.export(module, example_inputs(module.G, 2), tmp, input_names=names, output_names=["images"],
-                              dynamic_shapes=tuple({0: batch} for _ in names), opset_version=opset, dynamo=True,
-                              external_data=False, verbose=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with _quiet():
+        torch.onnx.export(module, example_inputs(module.G, 2), path, input_names=names, output_names=["images"],
+                          dynamic_shapes=tuple({0: batch} for _ in names), opset_version=opset, dynamo=True,
+                          external_data=False, verbose=False)
+
+
+def write_onnx(module: FixedGenerator, path: str, opset: Optional[int] = None) -> Optional[float]:
+    """export_onnx to `path` atomically, kept only if onnxruntime equals PyTorch within TOLERANCE; returns that
+    error (None where onnxruntime is not installed)."""
+    err = None
+
+    def write(tmp):
+        nonlocal err
+        export_onnx(module, tmp, opset)
+        err = check_onnx(module, tmp)
+        if err is not None and err > TOLERANCE:
+            raise RuntimeError(f"onnxruntime's images differ from PyTorch's by {err:.1e} (relative; bound "
+                               f"{TOLERANCE:g}); nothing was written")
+    writes.atomic(path, write)
+    return err
 
 
 def check_onnx(module: FixedGenerator, path: str, batches=(1, 5)) -> Optional[float]:
@@ -111,15 +122,9 @@ def check_onnx(module: FixedGenerator, path: str, batches=(1, 5)) -> Optional[fl
 
 def export_torchscript(module: FixedGenerator, path: str) -> None:
     """Write a torch.jit.trace of `module` to `path`, atomically."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with _quiet():
-            traced = torch.jit.trace(module, example_inputs(module.G, 2), check_trace=False)
-        traced.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with _quiet():
+        traced = torch.jit.trace(module, example_inputs(module.G, 2), check_trace=False)
+    writes.atomic(path, traced.save)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,11 +149,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> list:
     if args.onnx and args.torchscript and os.path.abspath(args.onnx) == os.path.abspath(args.torchscript):
         raise UserError(f"--onnx and --torchscript name the same file '{args.onnx}'; give each its own")
     for out in outputs:
-        refuse_inputs(out, "--onnx" if out == args.onnx else "--torchscript", (args.checkpoint,))
-        if os.path.exists(out) and not args.force:
-            raise UserError(f"'{out}' exists; pass --force to overwrite it")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-            raise UserError(f"the folder of '{out}' does not exist")
+        writes.check_output(out, "--onnx" if out == args.onnx else "--torchscript", args.force, (args.checkpoint,))
     G, state = ckpt.load_generator(args.checkpoint, which=args.which, device="cpu")
     res = args.res or int(state["progress"]["resolution"])
     if res < 4 or res & (res - 1) or res > G.resolution:
@@ -157,17 +158,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> list:
     module = FixedGenerator(G, res, alpha).eval()
     what = f"{args.which} at {res}x{res}, alpha {alpha:g}"
     if args.onnx:
-        tmp = f"{args.onnx}.tmp-{os.getpid()}.onnx"   # checked before it replaces anything
-        try:
-            export_onnx(module, tmp, args.opset)
-            err = check_onnx(module, tmp)
-            if err is not None and err > TOLERANCE:
-                raise RuntimeError(f"onnxruntime's images differ from PyTorch's by {err:.1e} (relative; bound "
-                                   f"{TOLERANCE:g}); nothing was written")
-            os.replace(tmp, args.onnx)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        err = write_onnx(module, args.onnx, args.opset)
         inputs = "latents, labels" if G.label_size else "latents"
         log(f"wrote {args.onnx}: {what}; inputs {inputs}, output images; " +
             ("onnxruntime not installed, not checked" if err is None else

@@ -10,10 +10,10 @@ from typing import Callable, Optional
 import torch
 
 from . import checkpoint as ckpt
+from . import writes
 from .errors import ArgumentParser, UserError, cli_entry, number
 from .images import to_pil, to_uint8, write_grid
 from .runtime import pick_device
-from .writes import check_folder
 
 
 def parse_seeds(text):
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, log: Callable = print) -> list:
-    check_folder(args.out, "--out")
+    writes.check_folder(args.out, "--out")
     device = pick_device(args.device)
     G, state = ckpt.load_generator(args.checkpoint, which=args.which, device=device)
     prog = state["progress"]
@@ -124,11 +124,10 @@ def run(args: argparse.Namespace, log: Callable = print) -> list:
         if args.gif:
             pil = [to_pil(to_uint8(f)) for f in frames]
             written.append(os.path.join(args.out, "interp.gif"))
-            pil[0].save(written[-1], save_all=True, append_images=pil[1:], duration=max(1, round(1000 / args.fps)),
-                        loop=0)
+            writes.atomic(written[-1], lambda tmp: pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:],
+                                                               duration=max(1, round(1000 / args.fps)), loop=0))
         else:
             fdir = os.path.join(args.out, "interp")
-            os.makedirs(fdir, exist_ok=True)
             for i, f in enumerate(frames):
                 write_grid(f[None], os.path.join(fdir, f"{i:05d}.png"))
             written.append(fdir + os.sep)

@@ -27,12 +27,12 @@ import torch
 
 from . import autotune
 from .autotune import Case
-from .errors import ArgumentParser, UserError, cli_entry
+from .errors import ArgumentParser, cli_entry
 from .ops import backends, tune_cache
 from .runtime import pick_device
 from .step import CudaGraphStep, _Rerun, random_inputs
 from .tune import format_table, training_trainer, tune_training
-from .writes import check_writable, write_text
+from .writes import check_folder, check_output, write_text
 
 DTYPES = ("float32", "bfloat16", "float16")
 LAYOUTS = ("contiguous", "channels_last")
@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m fastpggan.selftest", description="Check the kernels, the graphed step and "
                        "the step's speed on this device; write a JSON and a markdown report.")
     p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
-    p.add_argument("--out", default=".", help="folder of the two report files")
+    p.add_argument("--out", default=".", help="folder of the two report files (created if missing)")
+    p.add_argument("--force", action="store_true", help="overwrite today's reports in --out")
     p.add_argument("--compiled", action="store_true", help="check, time and tune impl='compiled' too (compiling "
                    "every case adds minutes; without it the self-test runs as with FASTPGGAN_NO_COMPILE=1)")
     return p
@@ -231,13 +232,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     device = pick_device(args.device)
     if not args.compiled:   # for this process and the tuner's children
         os.environ["FASTPGGAN_NO_COMPILE"] = "1"
-    if not os.path.isdir(args.out):
-        raise UserError(f"--out {args.out} is not a folder; create it first")
-    check_writable(args.out, "--out")   # before the minutes of checks, not after them
+    stem = os.path.join(args.out, f"fastpggan-selftest-{tune_cache.device_key(device)}-{time.strftime('%Y%m%d')}")
+    check_folder(args.out, "--out")   # before the minutes of checks, not after them
+    for path in (stem + ".json", stem + ".md"):
+        check_output(path, "--out", args.force)
     log = lambda line: print(line, flush=True)  # noqa: E731
     log(f"fastpggan self-test on {tune_cache.device_info(device)['name']} ({device}); this takes a few minutes")
     report = run_checks(device, log)
-    stem = os.path.join(args.out, f"fastpggan-selftest-{tune_cache.device_key(device)}-{time.strftime('%Y%m%d')}")
     write_text(stem + ".json", json.dumps(report, indent=1, default=str) + "\n")
     write_text(stem + ".md", markdown(report, "python -m fastpggan.selftest " + " ".join(argv)))
     log(f"wrote {stem}.json and {stem}.md")

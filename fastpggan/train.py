@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, writes
 from .config import PRESET_NAMES, apply_resume_flags, make_config, validate_config
 from .data import build_dataset, check_resolution
 from .errors import ArgumentParser, UserError, cli_entry, is_disk_full, number
@@ -24,7 +24,6 @@ from .runtime import silent
 from .schedule import Schedule
 from .step import STEP_VERSION
 from .trainer import Terminated, Trainer
-from .writes import check_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,7 +271,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
         run_dir = os.path.dirname(os.path.abspath(path))
     else:
         if ctx.main:
-            check_folder(args.out, "--out")   # before the dataset cache is built
+            writes.check_folder(args.out, "--out")   # before the dataset cache is built
         init = ckpt.load(args.init) if args.init else None   # a bad checkpoint is refused before any data is read
         dataset = build_dataset(args.data, resolution=args.resolution, strict=args.strict,
                                 max_images=args.max_images, cache_dir=args.cache_dir, progress=not args.no_progress,
@@ -342,8 +341,7 @@ def _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log, 
                 f"{cfg['init']['kimg']:g} with fresh optimizer state")
         trainer.choose_backends()   # before the first step, so before any CUDA-graph capture
         if ctx.main:
-            with open(os.path.join(run_dir, "config.json"), "w") as f:
-                json.dump(cfg, f, indent=2)
+            writes.write_text(os.path.join(run_dir, "config.json"), json.dumps(cfg, indent=2))
     try:
         last = trainer.run()
     except Terminated:
@@ -351,6 +349,11 @@ def _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log, 
         print(f"error: rank {ctx.rank}: stopped by SIGTERM (torchrun sends it when another process of the run dies); "
               f"the last checkpoint {latest} is intact, continue with --resume {latest}", file=sys.stderr)
         raise SystemExit(143) from None
+    except writes.WriteFailed as e:   # a checkpoint, grid or report of the run
+        latest = ckpt.latest(run_dir)
+        raise UserError(f"cannot write '{e.path}': {e.why}; the last intact checkpoint is {latest}; "
+                        f"{'free space' if 'full' in e.why else 'fix that'}, then continue with --resume {latest}"
+                        ) from None
     except (OSError, RuntimeError, distributed.dist.DistBackendError) as e:
         if is_disk_full(e):
             latest = ckpt.latest(run_dir)

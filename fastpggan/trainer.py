@@ -21,11 +21,11 @@ from . import autotune, distributed
 from . import checkpoint as ckpt
 from .compiled_step import CompiledStep
 from .config import pick_amp
-from .data import Sampler
 from .errors import UserError
 from .images import write_grid
 from .metrics import suite
 from .ops import backends, tune_cache
+from .sampler import Sampler
 from .schedule import Schedule, remaining_seconds
 from .step import (
     CudaGraphStep,

@@ -22,11 +22,11 @@ from . import train
 from .autotune import tune_cases, tune_model
 from .config import PRESET_NAMES, make_config, validate_config
 from .data import check_resolution
-from .errors import ArgumentParser, UserError, cli_entry, number
+from .errors import ArgumentParser, cli_entry, number
 from .ops import tune_cache
 from .runtime import pick_device
 from .trainer import Trainer
-from .writes import write_text
+from .writes import check_output, write_text
 
 __all__ = ["tune_model", "tune_cases", "tune_training", "format_table", "main"]
 
@@ -163,14 +163,13 @@ def report_markdown(result: dict, argv: List[str]) -> str:
 def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.report:   # before the measuring; tune's --force means measuring again, so an old report is kept
+        check_output(args.report, "--report", force=False, force_flag=None)
     result = tune_training(args, log=lambda line: print(line, file=sys.stderr))
     print(format_table(result))
     print(summary(result))
     if args.report:
-        try:
-            write_text(args.report, report_markdown(result, argv))
-        except OSError as e:
-            raise UserError(f"cannot write --report {args.report}: {e.strerror or e}") from None
+        write_text(args.report, report_markdown(result, argv))
         print(f"wrote {args.report}")
 
 

@@ -24,13 +24,21 @@ _WHY = {
 }
 
 
-def explain(e: BaseException, path: str, hint: Optional[str] = None) -> UserError:
-    """The one-line UserError for failing to write `path` with `e` (`hint` replaces the default advice)."""
+class WriteFailed(UserError):
+    """A write that failed: one line naming `path`, saying `why` (the disk is full, read-only, ...) and what to do."""
+
+    def __init__(self, path: str, why: str, todo: str):
+        super().__init__(f"cannot write '{path}': {why}; {todo}")
+        self.path, self.why = path, why
+
+
+def explain(e: BaseException, path: str, hint: Optional[str] = None) -> WriteFailed:
+    """The one-line error for failing to write `path` with `e` (`hint` replaces the default advice)."""
     if is_disk_full(e):
         why, todo = "the disk is full", "free space and try again"
     else:
         why, todo = _WHY.get(getattr(e, "errno", None), (getattr(e, "strerror", None) or str(e), "check the path"))
-    return UserError(f"cannot write '{path}': {why}; {hint or todo}")
+    return WriteFailed(path, why, hint or todo)
 
 
 def atomic(path: str, write: Callable[[str], None], hint: Optional[str] = None) -> None:
@@ -59,6 +67,30 @@ def atomic(path: str, write: Callable[[str], None], hint: Optional[str] = None) 
                 pass
 
 
+def reserve(path: str, offset: int, length: int) -> None:
+    """Give bytes [offset, offset + length) of the existing file `path` their blocks on disk now
+    (posix_fallocate, else by writing zeros), so that a full disk is an OSError here, not a SIGBUS at the first
+    store into a memory-mapped page that has no block. The bytes must be zero (a fresh file's data). An OSError
+    names `path`."""
+    try:
+        with open(path, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), offset, length)
+                return
+            except AttributeError:   # no posix_fallocate on this platform
+                pass
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+            f.seek(offset)
+            chunk = bytes(1 << 20)
+            for start in range(0, length, len(chunk)):
+                f.write(chunk[:min(len(chunk), length - start)])
+            f.flush()
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
+
+
 def write_text(path: str, text: str, hint: Optional[str] = None) -> None:
     """`text` to `path`, atomically (see atomic)."""
     def write(tmp):
@@ -67,15 +99,19 @@ def write_text(path: str, text: str, hint: Optional[str] = None) -> None:
     atomic(path, write, hint)
 
 
-def check_output(path: str, flag: str, force: bool, inputs: Sequence[Optional[str]] = ()) -> None:
-    """Refuse, before any work, an output path that is one of the command's `inputs` (always), a folder, or an
-    existing file unless `force`. `flag` names the option in the message."""
+def check_output(path: str, flag: str, force: bool, inputs: Sequence[Optional[str]] = (),
+                 force_flag: Optional[str] = "--force", folder_ok: bool = False) -> None:
+    """Refuse, before any work, an output path that is one of the command's `inputs` (always), a folder (unless
+    `folder_ok`), an existing file unless `force`, or one whose folder cannot be written (a missing folder is fine:
+    the write creates it). `flag` names the option in the message; `force_flag` the option that allows
+    overwriting (None: the command has none)."""
     refuse_inputs(path, flag, inputs)
     if os.path.exists(path):
-        if os.path.isdir(path):
+        if os.path.isdir(path) and not folder_ok:
             raise UserError(f"{flag} '{path}' is a folder; give a file path")
         if not force:
-            raise UserError(f"{flag} '{path}' exists; add --force to overwrite it, or choose another path")
+            todo = f"add {force_flag} to overwrite it, or choose" if force_flag else "remove it or choose"
+            raise UserError(f"{flag} '{path}' exists; {todo} another path")
     check_writable(os.path.dirname(os.path.abspath(path)), flag)
 
 
@@ -97,20 +133,20 @@ def check_folder(folder: str, flag: str) -> None:
 def check_writable(folder: str, flag: str) -> None:
     """Create `folder` if needed and a file in it, then remove both again: an output that cannot be written is
     one line before the work, not after it."""
-    made = []
+    made, probe = [], os.path.join(folder, f".fastpggan-probe-{os.getpid()}")
     try:
         head = os.path.abspath(folder)
         while not os.path.exists(head):
             made.append(head)
             head = os.path.dirname(head)
         os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, f".fastpggan-probe-{os.getpid()}")
         with open(probe, "w") as f:
             f.write("x")
-        os.remove(probe)
     except OSError as e:
         raise UserError(f"{flag}: {explain(e, folder)}") from None
     finally:
+        if os.path.lexists(probe):
+            os.remove(probe)
         for d in made:   # deepest first: leave no folder the command did not write into
             try:
                 os.rmdir(d)

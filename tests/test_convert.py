@@ -154,7 +154,8 @@ def test_bad_pickles_are_one_line_errors(tmp_path):
     other = tmp_path / "other.pkl"
     other.write_bytes(pickle.dumps({"weights": np.zeros(3)}))
     _refused(tmp_path, other, "does not hold the tuple (G, D, Gs)")
-    _refused(tmp_path, tmp_path / "x", "does not exist", dst="nowhere/out.pt")
+    (tmp_path / "a-file").write_text("")
+    _refused(tmp_path, good, "DST", "a-file", "is a file, not a folder", dst="a-file/out.pt")
 
 
 @pytest.mark.parametrize("edit,fragments", [

@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from fastpggan import builtin_data
-from fastpggan.data import Sampler, build_dataset, downsample_box
+from fastpggan.data import build_dataset, downsample_box
 from fastpggan.errors import UserError
+from fastpggan.sampler import Sampler
 
 
 def _png(path, arr):

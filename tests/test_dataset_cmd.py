@@ -89,14 +89,15 @@ def test_export_refuses_to_overwrite_and_force_replaces(tmp_path):
     dst.write_bytes(b"keep me")
     p = subprocess.run([sys.executable, "-m", "fastpggan.dataset", "export", made.path, "--to", str(dst),
                         "--no-progress"], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 2 and p.stderr.splitlines() == [f"error: '{dst}' exists; pass --force to replace it"]
+    assert p.returncode == 2 and p.stderr.splitlines() == [
+        f"error: --to '{dst}' exists; add --force to overwrite it, or choose another path"]
     assert dst.read_bytes() == b"keep me"
     run("export", made.path, "--to", str(dst), "--force")
     assert np.array_equal(np.load(dst)["images"], made.images)
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["grid", "{data}", "--out", "{tmp}/nope/g.png"], "the folder of"),
+    (["grid", "{data}", "--out", "{data}/g.png"], "is a file, not a folder"),
     slow(["grid", "{data}", "--out", "{tmp}/g.png", "--res", "64"], "has no 64x64 copy"),
     slow(["export", "{data}", "--to", "{tmp}/o.npz", "--res", "6"], "--res must be a power of two"),
     slow(["info", "{tmp}/missing"], "does not exist"),

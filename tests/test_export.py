@@ -110,9 +110,9 @@ def test_export_errors_are_one_line_and_write_nothing(converted, tmp_path):
     one_line_error(cli("export", "--checkpoint", converted["pggan_rgb32_fused"], cwd=tmp_path), "--onnx")
     one_line_error(cli("export", "--checkpoint", converted["pggan_rgb32_fused"], "--onnx", "out.onnx", "--res", "64",
                        cwd=tmp_path), "--res must be a power of two between 4 and 32")
-    one_line_error(cli("export", "--checkpoint", converted["pggan_rgb32_fused"], "--onnx", "no/out.onnx",
-                       cwd=tmp_path), "folder")
     (tmp_path / "keep.onnx").write_bytes(b"keep")
+    one_line_error(cli("export", "--checkpoint", converted["pggan_rgb32_fused"], "--onnx", "keep.onnx/out.onnx",
+                       cwd=tmp_path), "keep.onnx", "is a file, not a folder")
     one_line_error(cli("export", "--checkpoint", converted["pggan_rgb32_fused"], "--onnx", "keep.onnx",
                        cwd=tmp_path), "--force")
     assert (tmp_path / "keep.onnx").read_bytes() == b"keep"

@@ -12,12 +12,20 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from typing import Callable, List, Optional
 
 import pytest
+import torch
 
+import official
 from fastpggan import checkpoint as ckpt
+from fastpggan.ops import tune_cache
 from test_bad_inputs import FAST, cli, one_line_error, succeeded, tiny_npz
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +50,9 @@ class Row:
     after: Callable[[str, str], None] = lambda root, template: None
     setup: Callable[[str], None] = lambda root: None
     slow: bool = False
+    inject: Optional[str] = None   # an errno name: every write fails so (tests/inject_fault.py)
+    full_disk: bool = False        # `full/` is a tmpfs with no space left (skipped where none can be mounted)
+    may_change: tuple = ()         # files a failed command may change (a run's log, rewound on resume)
 
 
 RUN = os.path.join("runs", "run")
@@ -100,6 +111,22 @@ def _unchanged_log(root, template):
         assert f.read() == g.read()
 
 
+def _absent(*paths):
+    def check(root, template):
+        for p in paths:
+            assert not os.path.exists(os.path.join(root, p)), p
+    return check
+
+
+def _selftest_report(folder):
+    """Today's self-test report on the CPU in `folder`, as the self-test names it."""
+    def setup(root):
+        os.makedirs(os.path.join(root, folder))
+        name = f"fastpggan-selftest-{tune_cache.device_key(torch.device('cpu'))}-{time.strftime('%Y%m%d')}"
+        _write(os.path.join(folder, name + ".json"), "keep me")(root)
+    return setup
+
+
 def _no_new_entries(root, template):
     assert sorted(os.listdir(root)) == sorted(os.listdir(template)), "a refused command created files"
 
@@ -150,7 +177,64 @@ ROWS = [
         ["--resume", "latest", "--out", "runs", "--name", "run", "--keep", "1", "--kimg", "0.02", "--no-progress",
          "--device", "cpu"], None,
         _all(_checkpoints_are("checkpoint_000000.012.pt", "checkpoint_000000.020.pt"), _loads(CK[2])), slow=True),
+    # an explicit output that exists: refused before any work without --force (tune: kept, its --force re-measures)
+    Row("tune --report exists", "tune", ["--report", "r.md", "--device", "cpu"],
+        ["--report 'r.md' exists; remove it or choose another path"], _holds("r.md", "keep me"),
+        _write("r.md", "keep me")),
+    Row("selftest: today's report exists", "selftest", ["--out", "st", "--device", "cpu"],
+        ["exists; add --force to overwrite it"], setup=_selftest_report("st")),
+    Row("selftest --out is a file", "selftest", ["--out", "d.npz", "--device", "cpu"],
+        ["--out 'd.npz' is a file, not a folder"], _no_new_entries),
+    Row("dataset grid --out exists", "dataset", ["grid", "d.npz", "--out", "g.png"],
+        ["--out 'g.png' exists; add --force"], _holds("g.png", "keep me"), _write("g.png", "keep me")),
+    Row("export --onnx exists", "export", ["--checkpoint", CK[2], "--onnx", "g.onnx"],
+        ["--onnx 'g.onnx' exists; add --force"], _holds("g.onnx", "keep me"), _write("g.onnx", "keep me")),
+    Row("convert DST under a file", "convert", [official.fixture("pggan_gray16_nonfused_cond3.pkl"), "d.npz/c.pt"],
+        ["DST", "d.npz", "is a file, not a folder"], _no_new_entries),
+    # a missing folder of an explicit output is created, as every write does
+    Row("convert DST in a new folder", "convert", [official.fixture("pggan_gray16_nonfused_cond3.pkl"), "new/c.pt"],
+        None, _loads("new/c.pt"), slow=True),
+    Row("export --torchscript in a new folder", "export", ["--checkpoint", CK[2], "--torchscript", "new/g.pt"],
+        None, lambda root, template: torch.jit.load(os.path.join(root, "new/g.pt")), slow=True),
+    # a full disk: one line, nothing partial; on a real full file system where one can be mounted, else injected
+    Row("train --out on a full disk", "train", ["--data", "d.npz", "--out", "full/runs", *FAST],
+        ["--out", "the disk is full"], _absent("full/runs"), full_disk=True),
+    Row("evaluate --out on a full disk", "evaluate", ["--checkpoint", CK[2], "--out", "full/m.json", *EVAL],
+        ["--out", "the disk is full"], _absent("full/m.json"), full_disk=True),
+    Row("dataset info, the cache on a full disk", "dataset", ["info", "d.npz", "--cache-dir", "full/c"],
+        ["cannot write", "the disk is full; free space or choose another --cache-dir"], full_disk=True),
+    Row("dataset info, the cache's space cannot be reserved (injected)", "dataset",
+        ["info", "d.npz", "--cache-dir", "c2"], ["res8.npy': the disk is full"], _absent("c2/d.npz"),
+        inject="ENOSPC"),
+    Row("generate on a read-only disk (injected)", "generate", ["--checkpoint", CK[2], "--out", "gen", "--device",
+        "cpu"], ["cannot write", "grid.png': the file system is read-only"], _absent("gen/grid.png"), inject="EROFS"),
+    Row("export --torchscript on a full disk (injected)", "export", ["--checkpoint", CK[2], "--torchscript", "g.pt"],
+        ["cannot write 'g.pt': the disk is full"], _absent("g.pt"), inject="ENOSPC", slow=True),
+    Row("train: a write on a full disk (injected)", "train",
+        ["--resume", "latest", "--out", "runs", "--name", "run", "--kimg", "0.016", "--no-progress", "--device",
+         "cpu"],
+        ["the disk is full; the last intact checkpoint is", "checkpoint_000000.012.pt", "then continue with --resume"],
+        _all(_loads(*CK), _checkpoints_are(*map(os.path.basename, CK))), inject="ENOSPC", slow=True,
+        may_change=(os.path.join(RUN, "log.jsonl"),)),
 ]
+
+
+def _fill(folder):
+    """Mount a tmpfs at `folder` and fill it (or skip: mounting needs root and a container that allows it)."""
+    os.makedirs(folder)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a full tmpfs needs root; the injected rows cover a full disk")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", folder], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); the injected rows cover a full disk")
+    fd = os.open(os.path.join(folder, "filler"), os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, bytes(4096)):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("row", [pytest.param(r, id=r.name, marks=[pytest.mark.slow] if r.slow else [])
@@ -159,14 +243,32 @@ def test_fault(row, run_template, tmp_path):
     shutil.copytree(run_template, tmp_path, dirs_exist_ok=True)
     root = str(tmp_path)
     row.setup(root)
+    full = os.path.join(root, "full")
+    if row.full_disk:
+        _fill(full)
+    try:
+        _run_row(row, root, run_template)
+    finally:
+        if row.full_disk:
+            subprocess.run(["umount", full], check=True)
+
+
+def _run_row(row, root, run_template):
     before = {p: _digest(p) for p in glob.glob(os.path.join(root, "**"), recursive=True)
               if os.path.isfile(p) and not p.startswith(os.path.join(root, "cache"))}
-    r = cli(row.command, *row.args, cwd=root, env={"FASTPGGAN_CACHE": os.path.join(root, "cache")})
+    env = {"FASTPGGAN_CACHE": os.path.join(root, "cache")}
+    if row.inject:
+        r = subprocess.run([sys.executable, os.path.join(HERE, "inject_fault.py"), row.inject, row.command,
+                            *row.args], capture_output=True, text=True, cwd=root, timeout=240,
+                           env=dict(os.environ, **env))
+    else:
+        r = cli(row.command, *row.args, cwd=root, env=env)
     if row.error is None:
         succeeded(r)
     else:
         one_line_error(r, *row.error)
-        changed = [p for p, d in before.items() if not os.path.exists(p) or _digest(p) != d]
+        changed = [p for p, d in before.items() if (not os.path.exists(p) or _digest(p) != d)
+                   and os.path.relpath(p, root) not in row.may_change]
         assert not changed, f"a refused command changed or removed {changed}"
     row.after(root, str(run_template))
     assert not glob.glob(os.path.join(root, "**", "*.tmp-*"), recursive=True)

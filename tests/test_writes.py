@@ -77,3 +77,58 @@ def test_check_folder_refuses_a_file_and_an_unwritable_path(tmp_path):
         writes.check_folder(str(f / "sub"), "--out")
     writes.check_folder(str(tmp_path / "fresh"), "--out")
     assert sorted(os.listdir(tmp_path)) == ["f"]
+
+
+def _npy_with_zeros(path, n):
+    import numpy as np
+    mm = np.lib.format.open_memmap(str(path), mode="w+", dtype=np.uint8, shape=(n,))
+    return mm.offset, mm.nbytes, open(path, "rb").read(mm.offset)
+
+
+def test_reserve_gives_a_sparse_file_its_blocks_and_keeps_its_header(tmp_path, monkeypatch):
+    path = tmp_path / "a.npy"
+    offset, nbytes, header = _npy_with_zeros(path, 1 << 20)
+    before = os.stat(path).st_blocks
+    writes.reserve(str(path), offset, nbytes)
+    assert os.stat(path).st_blocks * 512 >= nbytes > before * 512   # sparse before, allocated after
+
+    # where the file system has no fallocate, zeros are written instead; the header stays
+    path2 = tmp_path / "b.npy"
+    offset, nbytes, header = _npy_with_zeros(path2, 3 << 20 | 5)
+
+    def unsupported(fd, off, length):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    writes.reserve(str(path2), offset, nbytes)
+    data = path2.read_bytes()
+    assert data[:offset] == header and len(data) == offset + nbytes and not any(data[offset:])
+    assert os.stat(path2).st_blocks * 512 >= nbytes
+
+
+def test_reserve_on_a_full_disk_is_an_oserror_naming_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "c.npy"
+    offset, nbytes, _ = _npy_with_zeros(path, 4096)
+
+    def full(fd, off, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError) as e:
+        writes.reserve(str(path), offset, nbytes)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
+    assert "the disk is full" in str(writes.explain(e.value, e.value.filename))
+
+
+def test_an_unwritable_fid_cache_is_one_warning_and_the_statistics_still_come(tmp_path, monkeypatch):
+    import torch
+
+    from fastpggan.metrics import fid
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("FASTPGGAN_CACHE", str(tmp_path / "a-file"))
+    mu, sigma = torch.arange(3.0), torch.eye(3)
+    with pytest.warns(UserWarning, match="FID statistics of the real images were not cached: cannot write"):
+        got = fid.cached_real_statistics("k", lambda: (mu, sigma))
+    assert torch.equal(got[0], mu) and torch.equal(got[1], sigma)
+    monkeypatch.setenv("FASTPGGAN_CACHE", str(tmp_path / "cache"))   # and a writable one is read back
+    fid.cached_real_statistics("k", lambda: (mu, sigma))
+    again = fid.cached_real_statistics("k", lambda: pytest.fail("computed again instead of read from the cache"))
+    assert torch.equal(again[0], mu) and torch.equal(again[1], sigma)

