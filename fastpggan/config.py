@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 import torch
 
 from .errors import UserError
+from .networks import conv_outputs_per_image
 from .schedule import PRESETS, Schedule
 from .step import STEP_VERSION
 
@@ -162,8 +163,12 @@ def make_config(args: argparse.Namespace, dataset, device: torch.device) -> dict
                 schedule=schedule)
 
 
-def validate_config(cfg: dict, world: int = 1, batch_gpu: Optional[int] = None) -> Schedule:
-    """Check every resolution's global minibatch against the world size, --batch-gpu and the mbstd group."""
+def validate_config(cfg: dict, world: int = 1, batch_gpu: Optional[int] = None,
+                    memory: Optional[int] = None) -> Schedule:
+    """Check every resolution's global minibatch against the world size, --batch-gpu and the mbstd group, and, given
+    the device's `memory` in bytes, against a lower bound of what one forward pass of that many images needs: the
+    activations the convolutions of G and of D (on reals and fakes) write, at 2 bytes each. A batch over that bound
+    cannot run, so it is refused before any work rather than found out by the out-of-memory killer."""
     sched = Schedule(**cfg["schedule"])
     group = cfg["network"]["mbstd_group_size"]
     if batch_gpu is not None and batch_gpu < 1:
@@ -186,5 +191,12 @@ def validate_config(cfg: dict, world: int = 1, batch_gpu: Optional[int] = None) 
         if chunk % g:
             raise UserError(f"the batch {chunk} that each forward pass sees at {r}x{r} is not divisible by the "
                             f"minibatch-stddev group size {g}; change --minibatch, --batch-gpu or --mbstd-group")
+        net = cfg["network"]
+        need = chunk * (3 * conv_outputs_per_image(net["fmap_base"], net["fmap_max"], r) * 2 +
+                        4 * (net["latent_size"] + 2 * net["num_channels"] * r * r))
+        if memory is not None and need > memory:
+            raise UserError(f"{chunk} images per forward pass at {r}x{r} need at least {need / 2 ** 30:.1f} GiB for "
+                            f"the activations alone, and the device has {memory / 2 ** 30:.1f} GiB; lower "
+                            "--minibatch, or set --batch-gpu to split each minibatch into smaller passes")
         r *= 2
     return sched

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UserError, env_int
 from .runtime import pick_device
 
 
@@ -34,8 +35,8 @@ class Context:
         return slice(self.rank * per, (self.rank + 1) * per)
 
 
-def world_size_from_env():
-    return int(os.environ.get("WORLD_SIZE", "1"))
+def world_size_from_env() -> int:
+    return env_int("WORLD_SIZE", 1, min=1)
 
 
 def init(device_spec):
@@ -43,7 +44,10 @@ def init(device_spec):
     world = world_size_from_env()
     if world <= 1:
         return Context(), pick_device(device_spec)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local = env_int("RANK", -1, min=0), env_int("LOCAL_RANK", 0, min=0)
+    if not 0 <= rank < world:
+        raise UserError(f"the environment variable RANK must be set to a rank below WORLD_SIZE={world} (torchrun sets "
+                        f"both), got {os.environ.get('RANK')!r}")
     use_cuda = torch.cuda.is_available() and device_spec in ("auto", "cuda")
     if use_cuda:
         device = torch.device("cuda", local)
@@ -51,7 +55,7 @@ def init(device_spec):
     else:
         device = pick_device("cpu" if device_spec == "auto" else device_spec)
     if not dist.is_initialized():
-        timeout_min = int(os.environ.get("FASTPGGAN_DIST_TIMEOUT_MIN", "30"))
+        timeout_min = env_int("FASTPGGAN_DIST_TIMEOUT_MIN", 30, min=1)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(minutes=timeout_min))
     return Context(rank, world, local), device

@@ -3,6 +3,7 @@ import argparse
 import errno
 import functools
 import math
+import os
 import sys
 from typing import Callable, Optional
 
@@ -38,6 +39,29 @@ def number(kind: type = float, min: Optional[float] = None, above: Optional[floa
         return value
     parse.__name__ = kind.__name__   # argparse names the type in its messages
     return parse
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """The on/off environment variable `name`: 1 is on, 0 off, unset or empty `default`; anything else is one
+    line."""
+    value = os.environ.get(name, "").strip()
+    if value not in ("", "0", "1"):
+        raise UserError(f"the environment variable {name} must be 0 or 1 (or unset), got {value!r}")
+    return default if not value else value == "1"
+
+
+def env_int(name: str, default: int, min: int) -> int:
+    """The whole-number environment variable `name` (>= min), or `default` when unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        n = None
+    if n is None or n < min:
+        raise UserError(f"the environment variable {name} must be a whole number >= {min}, got {value!r}")
+    return n
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -13,7 +13,7 @@ from . import checkpoint as ckpt
 from . import writes
 from .errors import ArgumentParser, UserError, cli_entry, number
 from .images import to_pil, to_uint8, write_grid
-from .runtime import pick_device
+from .runtime import device_memory, pick_device
 
 
 def parse_seeds(text):
@@ -74,7 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", default="G_ema", choices=["G_ema", "G"], help="generator weights to use")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch", type=number(int, min=1), default=16, help="images per forward pass")
+    p.add_argument("--force", action="store_true", help=f"make more than {MAX_IMAGES} images in one command")
     return p
+
+
+MAX_IMAGES = 100000   # per command (seeds and interpolation frames); more only with --force
+
+
+def check_amount(num_seeds: int, interp: int, grid_or_singles: bool, channels: int, res: int, force: bool) -> None:
+    """Refuse, before any work, more images than MAX_IMAGES (unless `force`) or than the machine's memory holds
+    (every image is held as float32 until it is written; a GIF's frames also as bytes)."""
+    frames = (num_seeds - 1) * interp + 1 if interp else 0
+    count = (num_seeds if grid_or_singles else 0) + frames
+    if count > MAX_IMAGES and not force:
+        raise UserError(f"--seeds and --interp make {count} images (seeds {num_seeds}, frames {frames}), more than "
+                        f"{MAX_IMAGES}; use fewer, or add --force")
+    need, have = count * channels * res * res * 5, device_memory(torch.device("cpu"))
+    if have is not None and need > have:
+        raise UserError(f"{count} images at {res}x{res} need {need / 2 ** 30:.1f} GiB of memory and this machine has "
+                        f"{have / 2 ** 30:.1f} GiB; use fewer --seeds or --interp frames, or a lower --res")
 
 
 def run(args: argparse.Namespace, log: Callable = print) -> list:
@@ -86,6 +104,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> list:
     if res < 4 or res & (res - 1) or res > G.resolution:
         raise UserError(f"--res must be a power of two between 4 and {G.resolution}, got {res}")
     seeds = parse_seeds(args.seeds)
+    check_amount(len(seeds), args.interp, not args.no_grid or args.singles, G.num_channels, res, args.force)
     os.makedirs(args.out, exist_ok=True)
 
     def synth(z, seed_list):

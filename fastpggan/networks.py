@@ -40,6 +40,12 @@ def _nf(fmap_base, fmap_max):
     return lambda stage: max(min(int(fmap_base / 2.0 ** stage), fmap_max), 1)
 
 
+def conv_outputs_per_image(fmap_base: int, fmap_max: int, res: int) -> int:
+    """Elements the convolutions of G (and, mirrored, of D) write per image up to `res`: two per block."""
+    nf = _nf(fmap_base, fmap_max)
+    return sum(2 * nf(int(math.log2(s)) - 1) * s * s for s in (4 << i for i in range(int(math.log2(res)) - 1)))
+
+
 AMP_CLAMP = 256.0
 
 

@@ -5,7 +5,7 @@ Standard library and torch only; any module of the package may import it.
 """
 import os
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -16,6 +16,16 @@ def cache_root() -> str:
     """The cache folder of datasets, the extension's builds and FID statistics: $FASTPGGAN_CACHE, else
     ~/.cache/fastpggan."""
     return os.environ.get("FASTPGGAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastpggan")
+
+
+def device_memory(device: torch.device) -> Optional[int]:
+    """Bytes of memory of `device` (a GPU's total, or the machine's RAM for the CPU), or None where unknown."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None
 
 
 def pick_device(spec: str) -> torch.device:

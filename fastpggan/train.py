@@ -16,14 +16,35 @@ from . import checkpoint as ckpt
 from . import distributed, writes
 from .config import PRESET_NAMES, apply_resume_flags, make_config, validate_config
 from .data import build_dataset, check_resolution
-from .errors import ArgumentParser, UserError, cli_entry, is_disk_full, number
+from .errors import ArgumentParser, UserError, cli_entry, env_flag, is_disk_full, number
 from .metrics import suite
-from .ops import IMPLS, impl_unavailable
+from .ops import IMPLS, backends, impl_unavailable
 from .rundir import RunLock, remove_partial_writes, rewind_log
-from .runtime import silent
+from .runtime import device_memory, silent
 from .schedule import Schedule
 from .step import STEP_VERSION
 from .trainer import Terminated, Trainer
+
+# A kimg flag is at least one image and at most ten billion (about 800 times the official longest run), so that
+# no count of images or ticks derived from it overflows.
+KIMG_MIN, KIMG_MAX = 1e-3, 1e7
+KIMG = number(min=KIMG_MIN, max=KIMG_MAX)
+
+
+def kimg_or_0(text: str) -> float:
+    """A phase length: 0 (no such phase) or a KIMG."""
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError:
+        pass
+    try:
+        return KIMG(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("must be ", "must be 0 or ", 1)) from None
+
+
+kimg_or_0.__name__ = "float"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--out", default="runs", help="parent folder of run folders")
     a("--name", default=None, help="run folder name under --out (default: <data>-<resolution>, made unique)")
     a("--resolution", type=int, default=None, help="final resolution, a power of two >= 4 (default: the data's)")
-    a("--kimg", type=number(above=0), default=None, help="total training length in thousands of real images shown "
+    a("--kimg", type=KIMG, default=None, help="total training length in thousands of real images shown "
       "(default: the preset's; auto: until the final resolution has trained one phase)")
     a("--preset", default="auto", choices=PRESET_NAMES, help="schedule preset: official config.py ones, or auto = "
       "sized to the data and device")
@@ -65,13 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--mirror", action="store_true", help="random horizontal flips of the reals (per sample)")
     a("--cond", action="store_true", help="condition G and D on the dataset's class labels (AC-GAN terms)")
     g = p.add_argument_group("schedule overrides")
-    g.add_argument("--lod-training-kimg", type=number(min=0), default=None,
+    g.add_argument("--lod-training-kimg", type=kimg_or_0, default=None,
                    help="kimg per resolution before fading in the next")
-    g.add_argument("--lod-transition-kimg", type=number(min=0), default=None, help="kimg of each fade-in")
+    g.add_argument("--lod-transition-kimg", type=kimg_or_0, default=None, help="kimg of each fade-in")
     g.add_argument("--minibatch", default=None,
                    help="minibatch per resolution, e.g. '4:128,8:64,32' (bare number = base)")
     g.add_argument("--lr", default=None, help="Adam lr per resolution, e.g. '1024:0.0015,0.001' (bare number = base)")
-    g.add_argument("--tick-kimg", type=number(above=0), default=None,
+    g.add_argument("--tick-kimg", type=KIMG, default=None,
                    help="kimg per tick at every resolution (default: official per-resolution ticks)")
     g.add_argument("--snap-ticks", type=number(int, min=1), default=None, help="checkpoint every this many ticks")
     g.add_argument("--keep", type=number(int, min=0), default=3, help="checkpoints to keep (0 keeps all)")
@@ -107,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "gradients (default: the whole share)")
     m = p.add_argument_group("metrics during training (time excluded from sec/kimg)")
     m.add_argument("--metrics", default=None, help="comma list of swd, msssim, fid to compute every --metric-kimg")
-    m.add_argument("--metric-kimg", type=number(above=0), default=None,
+    m.add_argument("--metric-kimg", type=KIMG, default=None,
                    help="kimg between metric runs (default: each snapshot)")
     m.add_argument("--metric-num", type=number(int, min=2), default=1024,
                    help="images per set for the metrics during training")
@@ -246,6 +267,7 @@ def _init_config(args, state, cfg, dataset):
 
 def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
     """Train as the parsed command line says (a new run, or --resume); returns the Trainer at the end."""
+    backends.forced(), env_flag("FASTPGGAN_TUNE")   # the environment read later, checked before any work
     ctx, device = distributed.init(args.device)
     if not ctx.main:
         log = silent   # rank 0 speaks for the run
@@ -283,7 +305,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
     if ctx.main:
         distributed.barrier(ctx)
     run_dir = distributed.broadcast_object(run_dir, ctx)
-    validate_config(cfg, world=ctx.world, batch_gpu=args.batch_gpu)
+    validate_config(cfg, world=ctx.world, batch_gpu=args.batch_gpu, memory=device_memory(device))
     missing = impl_unavailable(cfg["impl"], device)
     if missing:
         raise UserError(f"--impl {cfg['impl']} cannot run on {device} here ({missing}); use --impl auto or ref")
@@ -293,6 +315,11 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
                        inception=args.inception)
         if "fid" in metrics["names"]:
             suite.load_inception(args.inception)   # missing weights: say so now, not at the first metric run
+        usable = min(args.metric_num, len(dataset)) // ctx.world * ctx.world   # what each metric run compares
+        if usable < 2:
+            raise UserError(f"--metrics compares at least 2 images (a pair for MS-SSIM, a spread for SWD and FID); "
+                            f"the data '{cfg['data']}' has {len(dataset)} over {ctx.world} process(es); use more "
+                            "images or leave out --metrics")
     lock = None
     if ctx.main:   # everything is checked: only now does the run folder appear
         os.makedirs(run_dir, exist_ok=True)

@@ -21,7 +21,7 @@ from . import autotune, distributed
 from . import checkpoint as ckpt
 from .compiled_step import CompiledStep
 from .config import pick_amp
-from .errors import UserError
+from .errors import UserError, env_flag
 from .images import write_grid
 from .metrics import suite
 from .ops import backends, tune_cache
@@ -220,7 +220,7 @@ class Trainer:
             result = None
             if self.ctx.main:
                 flat = [c for cs in cases.values() for c in cs]
-                measure_new = os.environ.get("FASTPGGAN_TUNE", "1").strip() != "0"
+                measure_new = env_flag("FASTPGGAN_TUNE", default=True)
                 cached = (tune_cache.read(self.device) or {}).get("choices", {})
                 todo = {c.key for c in flat} - set(cached)
                 if measure_new and todo and backends.impl_unavailable("compiled", self.device) is None:

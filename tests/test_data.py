@@ -166,3 +166,20 @@ def test_sampler_epochs_and_resume():
     s3 = Sampler(10, seed=0)
     s3.load_state_dict(state)
     assert np.array_equal(s3.next(13), first[7:20])
+
+
+@pytest.mark.parametrize("state,fragment", [
+    ({"seed": 0, "epoch": 0, "pos": -3}, "pos -3"),      # once looped forever, growing without bound
+    ({"seed": 0, "epoch": 0, "pos": 10}, "0 <= pos < 10"),
+    ({"seed": 0, "epoch": -1, "pos": 0}, "epoch -1"),
+    ({"seed": -1, "epoch": 0, "pos": 0}, "seed -1"),
+    ({"seed": 0, "epoch": 0}, "not seed, epoch and pos"),
+    ({"seed": 0, "epoch": 0, "pos": "abc"}, "not seed, epoch and pos"),
+])
+def test_a_sampler_state_it_cannot_continue_from_is_one_line(state, fragment):
+    s = Sampler(10, seed=3)
+    with pytest.raises(UserError, match="sampler state") as e:
+        s.load_state_dict(state)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+    assert s.state_dict() == {"seed": 3, "epoch": 0, "pos": 0}   # unchanged
+    assert len(s.next(25)) == 25

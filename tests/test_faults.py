@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,7 @@ class Row:
     inject: Optional[str] = None   # an errno name: every write fails so (tests/inject_fault.py)
     full_disk: bool = False        # `full/` is a tmpfs with no space left (skipped where none can be mounted)
     may_change: tuple = ()         # files a failed command may change (a run's log, rewound on resume)
+    env: dict = dataclasses.field(default_factory=dict)   # environment variables set for the command
 
 
 RUN = os.path.join("runs", "run")
@@ -129,6 +131,15 @@ def _selftest_report(folder):
 
 def _no_new_entries(root, template):
     assert sorted(os.listdir(root)) == sorted(os.listdir(template)), "a refused command created files"
+
+
+def _tamper(path, part, **values):
+    """Change `values` in the `part` of checkpoint `path` (a damaged or hostile checkpoint)."""
+    def setup(root):
+        state = torch.load(os.path.join(root, path), weights_only=True)
+        state[part].update(values)
+        torch.save(state, os.path.join(root, path))
+    return setup
 
 
 ROWS = [
@@ -210,6 +221,34 @@ ROWS = [
         "cpu"], ["cannot write", "grid.png': the file system is read-only"], _absent("gen/grid.png"), inject="EROFS"),
     Row("export --torchscript on a full disk (injected)", "export", ["--checkpoint", CK[2], "--torchscript", "g.pt"],
         ["cannot write 'g.pt': the disk is full"], _absent("g.pt"), inject="ENOSPC", slow=True),
+    # hangs and bounds
+    Row("train --resume a checkpoint whose sampler position is negative", "train",
+        ["--resume", "latest", "--out", "runs", "--name", "run", "--kimg", "0.016", "--no-progress", "--device",
+         "cpu"], ["sampler state", "pos -3", "damaged"], _checkpoints_are(*map(os.path.basename, CK)),
+        _tamper(CK[2], "sampler", pos=-3)),
+    Row("train --kimg 1e308", "train", ["--data", "d.npz", *FAST, "--kimg", "1e308"],
+        ["--kimg", "<= 1e+07", "'1e308'"], _no_new_entries),
+    Row("train --lod-training-kimg 1e308", "train", ["--data", "d.npz", *FAST, "--lod-training-kimg", "1e308"],
+        ["--lod-training-kimg: must be 0 or a finite number"], _no_new_entries),
+    Row("train with FASTPGGAN_IMPL=junk", "train", ["--data", "d.npz", *FAST, "--out", "new"],
+        ["FASTPGGAN_IMPL must be one of", "got 'junk'"], _no_new_entries, env={"FASTPGGAN_IMPL": "junk"}),
+    Row("train with WORLD_SIZE=two", "train", ["--data", "d.npz", *FAST, "--out", "new"],
+        ["environment variable WORLD_SIZE must be a whole number", "'two'"], _no_new_entries,
+        env={"WORLD_SIZE": "two"}),
+    Row("train with FASTPGGAN_TUNE=yes", "train", ["--data", "d.npz", *FAST, "--out", "new"],
+        ["FASTPGGAN_TUNE must be 0 or 1"], _no_new_entries, env={"FASTPGGAN_TUNE": "yes"}),
+    Row("train --minibatch 100000000", "train", ["--data", "d.npz", *FAST, "--minibatch", "100000000", "--out", "new"],
+        ["100000000 images per forward pass at 4x4 need at least", "lower --minibatch"], _absent("new")),
+    Row("train --metrics msssim on a 1-image dataset", "train",
+        ["--data", "one.npz", *FAST, "--metrics", "msssim", "--out", "new"],
+        ["--metrics compares at least 2 images", "'one.npz' has 1"], _absent("new"),
+        lambda root: tiny_npz(os.path.join(root, "one.npz"), n=1)),
+    Row("generate --seeds 0-99999 --interp 10000", "generate",
+        ["--checkpoint", CK[2], "--seeds", "0-99999", "--interp", "10000", "--out", "gen", "--device", "cpu"],
+        ["make 1000090001 images", "more than 100000", "--force"], _absent("gen")),
+    Row("generate --seeds 0-99999 --interp 10000 --force", "generate",
+        ["--checkpoint", CK[2], "--seeds", "0-99999", "--interp", "10000", "--out", "gen", "--device", "cpu",
+         "--force"], ["GiB of memory and this machine has"], _absent("gen")),
     Row("train: a write on a full disk (injected)", "train",
         ["--resume", "latest", "--out", "runs", "--name", "run", "--kimg", "0.016", "--no-progress", "--device",
          "cpu"],
@@ -217,6 +256,12 @@ ROWS = [
         _all(_loads(*CK), _checkpoints_are(*map(os.path.basename, CK))), inject="ENOSPC", slow=True,
         may_change=(os.path.join(RUN, "log.jsonl"),)),
 ]
+
+
+def _bounded():
+    """A row's process may not grow past 4 GiB of data (a tiny run needs far less): a row that would grow without
+    bound fails instead of taking the machine down."""
+    resource.setrlimit(resource.RLIMIT_DATA, (4 << 30, 4 << 30))
 
 
 def _fill(folder):
@@ -256,13 +301,10 @@ def test_fault(row, run_template, tmp_path):
 def _run_row(row, root, run_template):
     before = {p: _digest(p) for p in glob.glob(os.path.join(root, "**"), recursive=True)
               if os.path.isfile(p) and not p.startswith(os.path.join(root, "cache"))}
-    env = {"FASTPGGAN_CACHE": os.path.join(root, "cache")}
-    if row.inject:
-        r = subprocess.run([sys.executable, os.path.join(HERE, "inject_fault.py"), row.inject, row.command,
-                            *row.args], capture_output=True, text=True, cwd=root, timeout=240,
-                           env=dict(os.environ, **env))
-    else:
-        r = cli(row.command, *row.args, cwd=root, env=env)
+    argv = [os.path.join(HERE, "inject_fault.py"), row.inject] if row.inject else ["-m"]
+    r = subprocess.run([sys.executable, *argv, (f"fastpggan.{row.command}" if not row.inject else row.command),
+                        *row.args], capture_output=True, text=True, cwd=root, timeout=240, preexec_fn=_bounded,
+                       env=dict(os.environ, FASTPGGAN_CACHE=os.path.join(root, "cache"), **row.env))
     if row.error is None:
         succeeded(r)
     else:

@@ -361,3 +361,27 @@ def test_one_time_estimate_line_and_per_resolution_rates(tiny_npz, tmp_path):
     before = torch.get_rng_state()
     probe = t.probe_forward_cost({4, 16}, repeats=1)
     assert set(probe) == {4, 16} and torch.equal(torch.get_rng_state(), before)   # the run's RNG is untouched
+
+
+class _Shapes:
+    """What make_config reads of a dataset."""
+    def __init__(self, resolution, channels=3):
+        self.resolution, self.num_channels, self.num_classes, self.name = resolution, channels, 0, "shapes"
+        self.meta = {"source_hash": None}
+
+
+def test_a_minibatch_that_cannot_fit_the_device_is_refused_before_any_work():
+    """The bound is a lower bound (activations at 2 bytes): the official 1024x1024 configuration (v1: minibatch 16 at
+    128, 4 at 1024) passes on a 16 GiB GPU; 10^8 images per pass at 4x4 do not fit 23 GiB."""
+    gib = 2 ** 30
+    official = config.make_config(train.build_parser().parse_args(["--preset", "v1"]), _Shapes(1024),
+                                  torch.device("cpu"))
+    config.validate_config(official, memory=16 * gib)
+    with pytest.raises(UserError, match=r"pass at \d+x\d+ need at least .* the device has 0.2 GiB; lower --minib"):
+        config.validate_config(official, memory=gib // 5)
+    huge = config.make_config(train.build_parser().parse_args(["--minibatch", "100000000"]), _Shapes(8),
+                              torch.device("cpu"))
+    with pytest.raises(UserError, match=r"100000000 images per forward pass at 4x4 need at least \d+\.\d GiB"):
+        config.validate_config(huge, memory=23 * gib)
+    config.validate_config(huge, batch_gpu=1000, memory=23 * gib)   # split into passes of 1000 it fits
+    config.validate_config(huge)   # memory unknown: not checked

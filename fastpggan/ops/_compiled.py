@@ -17,7 +17,6 @@ fallback is never timed or passed as 'compiled'.
 `dynamic=None` (automatic) and the default mode were chosen by measurement: see DYNAMIC below.
 """
 import dataclasses
-import os
 import shutil
 import threading
 import time
@@ -26,6 +25,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from ..errors import env_flag
 from ..runtime import compile_failure, dynamo_errors, own_code
 from ._util import TRITON_DTYPES, _kernels_import_error
 from .tune_cache import layout_of
@@ -169,7 +169,7 @@ def _find_compiler_missing(device_type: str) -> Optional[str]:
 def unavailable(names) -> Callable[[torch.Tensor], Optional[str]]:
     """The backend's check for an op whose kernel ops are `names`."""
     def check(x: torch.Tensor) -> Optional[str]:
-        if os.environ.get("FASTPGGAN_NO_COMPILE", "") not in ("", "0"):
+        if env_flag("FASTPGGAN_NO_COMPILE"):
             return "FASTPGGAN_NO_COMPILE is set, which turns the compiled backend off"
         missing = _compiler_missing(x.device.type)
         if missing is not None:

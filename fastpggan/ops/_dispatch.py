@@ -24,6 +24,7 @@ import os
 import warnings
 from typing import Optional
 
+from ..errors import UserError
 from . import opspec, tune_cache
 from .opspec import IMPLS
 
@@ -137,9 +138,13 @@ def _hook_compiler() -> None:
         _hooked[0] = True
 
 
+class UnknownImpl(UserError, ValueError):
+    """An impl name that is none of ours: a ValueError to the library's callers, one line on a command line."""
+
+
 def _check_impl(impl, source):
     if impl not in ("auto",) + IMPLS:
-        raise ValueError(f"{source} must be one of {', '.join(repr(i) for i in ('auto',) + IMPLS)}; got {impl!r}")
+        raise UnknownImpl(f"{source} must be one of {', '.join(repr(i) for i in ('auto',) + IMPLS)}; got {impl!r}")
 
 
 def available(op=None, device="cpu", dtype=None) -> dict:

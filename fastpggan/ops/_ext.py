@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from .. import _build
+from ..errors import env_flag
 from ..runtime import cache_root
 
 NAMESPACE = "fastpggan_ext"
@@ -110,7 +111,7 @@ def _visible_mismatch(path):
 
 def _load():
     """None once a library is loaded (its path in _state["path"]), else why none could be."""
-    if os.environ.get("FASTPGGAN_NO_EXT") == "1":
+    if env_flag("FASTPGGAN_NO_EXT"):
         return "disabled by FASTPGGAN_NO_EXT=1"
     path = _prebuilt()
     stale = _visible_mismatch(path) if path is not None else None
@@ -124,7 +125,7 @@ def _load():
     if _build.csrc_dir() is None:
         return "its C++ sources are not installed (reinstall fastpggan)"
     home, _ = _build.cuda_available_for_build(torch)
-    if os.environ.get("FASTPGGAN_EXT_CUDA") == "0":
+    if not env_flag("FASTPGGAN_EXT_CUDA", default=True):
         home = None
     errors = []
     if home is not None:
