@@ -69,17 +69,25 @@ def export_onnx(module: FixedGenerator, path: str, opset: Optional[int] = None) 
     """Write `module` to `path` as ONNX with named inputs and a dynamic batch axis (not atomically; see
     write_onnx)."""
     try:
-        import onnx  # noqa: F401  (torch.onnx.export needs onnx and onnxscript)
+        import onnx  # torch.onnx.export needs onnx and onnxscript
         import onnxscript  # noqa: F401
     except ImportError as e:
         raise UserError(f"ONNX export needs the onnx and onnxscript packages ({e.name} is missing): "
                         "pip install 'fastpggan[export]'") from None
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and opset > newest:
+        raise UserError(f"--opset {opset} is newer than the installed onnx knows (up to {newest}); choose 18 to "
+                        f"{newest}, or upgrade onnx")
     names = ["latents", "labels"][:2 if module.G.label_size else 1]
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     with _quiet():
         torch.onnx.export(module, example_inputs(module.G, 2), path, input_names=names, output_names=["images"],
                           dynamic_shapes=tuple({0: batch} for _ in names), opset_version=opset, dynamo=True,
                           external_data=False, verbose=False)
+    wrote = {o.domain: o.version for o in onnx.load(path, load_external_data=False).opset_import}.get("")
+    if opset is not None and wrote != opset:   # the exporter falls back to its own opset where converting fails
+        raise UserError(f"the exporter could not write opset {opset} (it wrote {wrote}); nothing was written; "
+                        "choose another --opset, or leave it out")
 
 
 def write_onnx(module: FixedGenerator, path: str, opset: Optional[int] = None) -> Optional[float]:
@@ -146,12 +154,14 @@ def run(args: argparse.Namespace, log: Callable = print) -> list:
     outputs = [p for p in (args.onnx, args.torchscript) if p]
     if not outputs:
         raise UserError("nothing to write: pass --onnx OUT.onnx and/or --torchscript OUT.pt")
+    if args.opset is not None and not args.onnx:
+        raise UserError("--opset sets the ONNX file's opset; add --onnx OUT.onnx, or leave out --opset")
     if args.onnx and args.torchscript and os.path.abspath(args.onnx) == os.path.abspath(args.torchscript):
         raise UserError(f"--onnx and --torchscript name the same file '{args.onnx}'; give each its own")
     for out in outputs:
         writes.check_output(out, "--onnx" if out == args.onnx else "--torchscript", args.force, (args.checkpoint,))
     G, state = ckpt.load_generator(args.checkpoint, which=args.which, device="cpu")
-    res = args.res or int(state["progress"]["resolution"])
+    res = args.res if args.res is not None else int(state["progress"]["resolution"])
     if res < 4 or res & (res - 1) or res > G.resolution:
         raise UserError(f"--res must be a power of two between 4 and {G.resolution}, got {res}")
     alpha = 1.0 if args.alpha is None else float(args.alpha)

@@ -22,9 +22,10 @@ def parse_seeds(text):
     try:
         for part in text.split(","):
             part = part.strip()
-            if "-" in part[1:]:
-                a, b = part.split("-", 1) if not part.startswith("-") else part[1:].split("-", 1)
-                a, b = int(a), int(b)
+            if part.startswith("-"):
+                raise UserError(f"--seeds are whole numbers >= 0, got {text!r}")
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
                 if b - a >= 100000:
                     raise UserError(f"--seeds must select at most 100000 seeds, got {text!r}")
                 seeds.extend(range(a, b + 1))
@@ -95,15 +96,28 @@ def check_amount(num_seeds: int, interp: int, grid_or_singles: bool, channels: i
                         f"{have / 2 ** 30:.1f} GiB; use fewer --seeds or --interp frames, or a lower --res")
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that would do nothing in this combination, before any work."""
+    if args.gif and not args.interp:
+        raise UserError("--gif writes the --interp frames as a GIF; add --interp FRAMES, or leave out --gif")
+    if args.no_grid and not args.singles and not args.interp:
+        raise UserError("--no-grid without --singles or --interp leaves nothing to write")
+
+
 def run(args: argparse.Namespace, log: Callable = print) -> list:
+    check_flags(args)
+    seeds = parse_seeds(args.seeds)
+    if args.interp and len(seeds) < 2:
+        raise UserError("--interp needs at least two seeds")
     writes.check_folder(args.out, "--out")
     device = pick_device(args.device)
     G, state = ckpt.load_generator(args.checkpoint, which=args.which, device=device)
     prog = state["progress"]
-    res, alpha = (args.res, 1.0) if args.res else (int(prog["resolution"]), float(prog["alpha"]))
+    res, alpha = (args.res, 1.0) if args.res is not None else (int(prog["resolution"]), float(prog["alpha"]))
     if res < 4 or res & (res - 1) or res > G.resolution:
         raise UserError(f"--res must be a power of two between 4 and {G.resolution}, got {res}")
-    seeds = parse_seeds(args.seeds)
+    if args.label is not None and not G.label_size:
+        raise UserError(f"--class picks a label of a conditional model; {args.checkpoint} is unconditional")
     check_amount(len(seeds), args.interp, not args.no_grid or args.singles, G.num_channels, res, args.force)
     os.makedirs(args.out, exist_ok=True)
 
@@ -130,8 +144,6 @@ def run(args: argparse.Namespace, log: Callable = print) -> list:
             written.append(os.path.join(args.out, f"seed{s:04d}.png"))
             write_grid(img[None], written[-1])
     if args.interp:
-        if len(seeds) < 2:
-            raise UserError("--interp needs at least two seeds")
         zs, ss = [], []
         for a, b, sa in zip(z[:-1], z[1:], seeds[:-1]):
             for f in range(args.interp):

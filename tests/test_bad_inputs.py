@@ -94,10 +94,10 @@ def tiny_npz(path, n=8, size=8, channels=3, **extra):
 
 # ---------------------------------------------------------------------------------------------------------- flags
 @pytest.mark.parametrize("args,fragment", [
-    (["--kimg", "nan"], "argument --kimg: must be a finite number > 0"),
-    (["--kimg", "inf"], "argument --kimg: must be a finite number > 0"),
-    (["--kimg", "-1"], "argument --kimg: must be a finite number > 0"),
-    (["--kimg", "0"], "argument --kimg: must be a finite number > 0"),
+    (["--kimg", "nan"], "argument --kimg: must be a finite number >= 0.001 and <= 1e+07"),
+    (["--kimg", "inf"], "argument --kimg: must be a finite number >= 0.001 and <= 1e+07"),
+    (["--kimg", "-1"], "argument --kimg: must be a finite number >= 0.001 and <= 1e+07"),
+    (["--kimg", "0"], "argument --kimg: must be a finite number >= 0.001 and <= 1e+07"),
     (["--lr", "-1"], "--lr values must be finite and > 0"),
     (["--lr", "nan"], "--lr values must be finite and > 0"),
     (["--lr", "3:0.1"], "--lr: 3 is not a resolution"),

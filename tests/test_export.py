@@ -131,3 +131,21 @@ def test_onnx_check_catches_a_wrong_file(converted, tmp_path):
         G.to_rgb[3].bias.add_(0.5)
     assert export.check_onnx(module, path) > 1e-2
     assert np.isfinite(export.check_onnx(module, path))
+
+
+def test_an_opset_the_exporter_did_not_write_is_refused_and_nothing_is_kept(tmp_path, monkeypatch):
+    """torch.onnx.export falls back to its own opset where converting to the asked one fails (it once wrote opset
+    18 for --opset 99 and said nothing); export_onnx checks the file's opset."""
+    def falls_back(module, args, path, **kw):
+        node = onnx.helper.make_node("Identity", ["latents"], ["images"])
+        graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("latents", 1, [1])],
+                                       [onnx.helper.make_tensor_value_info("images", 1, [1])])
+        onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), path)
+    monkeypatch.setattr(torch.onnx, "export", falls_back)
+    module = export.FixedGenerator(Generator(resolution=8, latent_size=8, fmap_base=16, fmap_max=8), 8)
+    out = tmp_path / "g.onnx"
+    with pytest.raises(export.UserError, match="could not write opset 20 .it wrote 18.; nothing was written"):
+        export.write_onnx(module, str(out), opset=20)
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(export.UserError, match="--opset 99 is newer than the installed onnx knows"):
+        export.export_onnx(module, str(out), opset=99)

@@ -249,6 +249,32 @@ ROWS = [
     Row("generate --seeds 0-99999 --interp 10000 --force", "generate",
         ["--checkpoint", CK[2], "--seeds", "0-99999", "--interp", "10000", "--out", "gen", "--device", "cpu",
          "--force"], ["GiB of memory and this machine has"], _absent("gen")),
+    # --cache-dir or FASTPGGAN_CACHE naming a file
+    Row("dataset info --cache-dir is a file", "dataset", ["info", "d.npz", "--cache-dir", "d.npz"],
+        ["cannot write 'd.npz'", "is a file, not a folder", "--cache-dir"], _no_new_entries),
+    Row("train with FASTPGGAN_CACHE a file", "train", ["--data", "d.npz", *FAST, "--out", "new"],
+        ["cannot write", "d.npz", "is a file, not a folder"], _absent("new"),
+        env={"FASTPGGAN_CACHE": "d.npz"}),
+    # silently wrong once; now one line each
+    Row("generate --seeds=-3-5", "generate", ["--checkpoint", CK[2], "--seeds=-3-5", "--out", "gen"],
+        ["--seeds are whole numbers >= 0", "'-3-5'"], _absent("gen")),
+    Row("generate --res 0", "generate", ["--checkpoint", CK[2], "--res", "0", "--out", "gen", "--device", "cpu"],
+        ["--res must be a power of two", "got 0"], _absent("gen")),
+    Row("generate --class on an unconditional model", "generate",
+        ["--checkpoint", CK[2], "--class", "7", "--out", "gen", "--device", "cpu"],
+        ["--class picks a label of a conditional model", "is unconditional"], _absent("gen")),
+    Row("generate --gif without --interp", "generate", ["--checkpoint", CK[2], "--gif", "--out", "gen"],
+        ["--gif writes the --interp frames", "add --interp"], _absent("gen")),
+    Row("generate --no-grid alone", "generate", ["--checkpoint", CK[2], "--no-grid", "--out", "gen"],
+        ["leaves nothing to write"], _absent("gen")),
+    Row("generate --interp with one seed", "generate", ["--checkpoint", CK[2], "--seeds", "3", "--interp", "4",
+        "--out", "gen"], ["--interp needs at least two seeds"], _absent("gen")),
+    Row("export --res 0", "export", ["--checkpoint", CK[2], "--torchscript", "g.pt", "--res", "0"],
+        ["--res must be a power of two", "got 0"], _absent("g.pt")),
+    Row("export --opset without --onnx", "export", ["--checkpoint", CK[2], "--torchscript", "g.pt", "--opset", "20"],
+        ["--opset sets the ONNX file's opset; add --onnx"], _absent("g.pt")),
+    Row("export --opset 99", "export", ["--checkpoint", CK[2], "--onnx", "g.onnx", "--opset", "99"],
+        ["--opset 99 is newer than the installed onnx knows"], _absent("g.onnx")),
     Row("train: a write on a full disk (injected)", "train",
         ["--resume", "latest", "--out", "runs", "--name", "run", "--kimg", "0.016", "--no-progress", "--device",
          "cpu"],
@@ -304,7 +330,7 @@ def _run_row(row, root, run_template):
     argv = [os.path.join(HERE, "inject_fault.py"), row.inject] if row.inject else ["-m"]
     r = subprocess.run([sys.executable, *argv, (f"fastpggan.{row.command}" if not row.inject else row.command),
                         *row.args], capture_output=True, text=True, cwd=root, timeout=240, preexec_fn=_bounded,
-                       env=dict(os.environ, FASTPGGAN_CACHE=os.path.join(root, "cache"), **row.env))
+                       env={**os.environ, "FASTPGGAN_CACHE": os.path.join(root, "cache"), **row.env})
     if row.error is None:
         succeeded(r)
     else:
