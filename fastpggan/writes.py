@@ -51,6 +51,8 @@ def atomic(path: str, write: Callable[[str], None], hint: Optional[str] = None) 
         os.makedirs(folder, exist_ok=True)
         if os.path.isdir(path):
             raise IsADirectoryError(errno.EISDIR, "is a folder", path)
+        if os.path.exists(path) and not os.path.isfile(path):   # the rename would replace a device node
+            raise WriteFailed(path, "it is not a regular file (a device, pipe or socket)", "give a file path")
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -109,6 +111,8 @@ def check_output(path: str, flag: str, force: bool, inputs: Sequence[Optional[st
     if os.path.exists(path):
         if os.path.isdir(path) and not folder_ok:
             raise UserError(f"{flag} '{path}' is a folder; give a file path")
+        if not os.path.isdir(path) and not os.path.isfile(path):   # --force or not: the rename would replace it
+            raise UserError(f"{flag} '{path}' is not a regular file (a device, pipe or socket); give a file path")
         if not force:
             todo = f"add {force_flag} to overwrite it, or choose" if force_flag else "remove it or choose"
             raise UserError(f"{flag} '{path}' exists; {todo} another path")

@@ -249,11 +249,22 @@ ROWS = [
     Row("generate --seeds 0-99999 --interp 10000 --force", "generate",
         ["--checkpoint", CK[2], "--seeds", "0-99999", "--interp", "10000", "--out", "gen", "--device", "cpu",
          "--force"], ["GiB of memory and this machine has"], _absent("gen")),
+    # a device, pipe or socket is never replaced (as root, the rename once replaced /dev/full itself)
+    Row("export --torchscript onto a named pipe, --force", "export",
+        ["--checkpoint", CK[2], "--torchscript", "pipe", "--force"], ["--torchscript 'pipe' is not a regular file"],
+        lambda root, template: os.path.isfile(os.path.join(root, "pipe")) and pytest.fail("the pipe was replaced"),
+        lambda root: os.mkfifo(os.path.join(root, "pipe"))),
     # --cache-dir or FASTPGGAN_CACHE naming a file
     Row("dataset info --cache-dir is a file", "dataset", ["info", "d.npz", "--cache-dir", "d.npz"],
         ["cannot write 'd.npz'", "is a file, not a folder", "--cache-dir"], _no_new_entries),
     Row("train with FASTPGGAN_CACHE a file", "train", ["--data", "d.npz", *FAST, "--out", "new"],
         ["cannot write", "d.npz", "is a file, not a folder"], _absent("new"),
+        env={"FASTPGGAN_CACHE": "d.npz"}),
+    Row("tune with FASTPGGAN_CACHE a file", "tune", ["--resolution", "4", "--device", "cpu"],
+        ["the tune cache (FASTPGGAN_CACHE)", "d.npz/tune", "is a file, not a folder"], _no_new_entries,
+        env={"FASTPGGAN_CACHE": "d.npz"}),
+    Row("selftest with FASTPGGAN_CACHE a file", "selftest", ["--out", "st", "--device", "cpu"],
+        ["the tune cache (FASTPGGAN_CACHE)", "is a file, not a folder"], _no_new_entries,
         env={"FASTPGGAN_CACHE": "d.npz"}),
     # silently wrong once; now one line each
     Row("generate --seeds=-3-5", "generate", ["--checkpoint", CK[2], "--seeds=-3-5", "--out", "gen"],

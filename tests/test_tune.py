@@ -451,8 +451,11 @@ def test_tune_command_prints_the_table_and_writes_the_report(tmp_path):
     assert "copy bandwidth" in r.stdout and "case(s) measured" in r.stdout
     md = report.read_text()
     assert "| res | op |" in md and tune_cache.versions()["torch"] in md
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd[:-2], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "0 case(s) measured" in again.stdout
+    kept = subprocess.run(cmd, capture_output=True, text=True, timeout=600)   # the report is never overwritten
+    assert kept.returncode == 2 and kept.stderr.strip().splitlines() == [
+        f"error: --report '{report}' exists; remove it or choose another path"] and report.read_text() == md
 
 
 def test_tune_command_errors_are_one_line():

@@ -132,3 +132,15 @@ def test_an_unwritable_fid_cache_is_one_warning_and_the_statistics_still_come(tm
     fid.cached_real_statistics("k", lambda: (mu, sigma))
     again = fid.cached_real_statistics("k", lambda: pytest.fail("computed again instead of read from the cache"))
     assert torch.equal(again[0], mu) and torch.equal(again[1], sigma)
+
+
+def test_a_device_or_pipe_is_never_replaced_by_a_rename(tmp_path):
+    """A path like /dev/full exists and is not a regular file: the atomic rename would replace the device node
+    itself (as root it did), so both the check before work and the write refuse it, --force or not."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="--out '.*pipe' is not a regular file"):
+        writes.check_output(str(fifo), "--out", force=True)
+    with pytest.raises(UserError, match="cannot write '.*pipe': it is not a regular file"):
+        writes.write_text(str(fifo), "x")
+    assert fifo.is_fifo() and sorted(os.listdir(tmp_path)) == ["pipe"]

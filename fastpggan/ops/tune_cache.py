@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 
 from ..runtime import cache_root
-from ..writes import write_text
+from ..writes import explain, write_text
 from .opspec import IMPLS
 
 FORMAT = "fastpggan-tune"
@@ -151,8 +151,12 @@ def write(device, entries: dict) -> str:
     rebuilt from `entries` alone), and replace it atomically; returns its path. Two processes writing at once leave
     a valid file holding both."""
     path = cache_path(device)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".lock", "a") as lock:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        lock = open(path + ".lock", "a")
+    except OSError as e:
+        raise explain(e, e.filename or path, "set FASTPGGAN_CACHE to a folder you may write to") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # a bad file was reported when it was read
