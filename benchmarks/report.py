@@ -1,9 +1,12 @@
 """Turn a pytest-benchmark JSON into a markdown report: per group, each backend's median, its speed-up over
-'ref' in the same run, and its throughput (GB/s and the fraction of the measured copy bandwidth, or img/s).
+'ref' and over 'compiled' (the same kernel ops in plain PyTorch through torch.compile: what inductor gives for
+free) in the same run, and its throughput (GB/s and the fraction of the measured copy bandwidth, or img/s).
 
 Training-step results (benchmarks/test_train_step.py) get their own table: img/s of each variant, its ratio to
-(1) ref-fp32 and (2) ref-bf16-cl in the same run, peak memory, TFLOP/s and MFU (counted FLOPs per step over the
-median, as a fraction of the measured bf16 matmul peak), and a projection of the official schedule's wall time:
+(1) ref-fp32, (2) ref-bf16-cl and (3) the best a plain-PyTorch user gets from the compiler (the ref step compiled
+whole: ref-bf16-cl-compiled on CUDA, ref-compiled-fp32 on the CPU) in the same run, peak memory, TFLOP/s and MFU
+(counted FLOPs per step over the median, as a fraction of the measured bf16 matmul peak), and a projection of the
+official schedule's wall time:
 
     hours = sum over resolutions r of  kimg(r) * 1000 / img_per_s(r) / 3600
 
@@ -16,7 +19,7 @@ import json
 from collections import defaultdict
 
 TRAIN_STEP = "train step "
-BASELINES = ("ref-fp32", "ref-bf16-cl")
+BASELINES = ("ref-fp32", "ref-bf16-cl", ("ref-bf16-cl-compiled", "ref-compiled-fp32"))   # (3): the first present
 
 DEFAULT_COMMAND = "pytest benchmarks/ --benchmark-only --benchmark-json RESULTS.json"
 
@@ -49,10 +52,11 @@ def _throughput(info, median, peak):
 
 def render(data, command=DEFAULT_COMMAND, peak_gbs=None):
     out = [_header(data, command),
-           "Median per case; `vs ref` = ref median / this median in the same run (higher is faster); "
+           "Median per case; `vs ref` = ref median / this median in the same run (higher is faster), `vs "
+           "compiled` likewise against impl='compiled' (torch.compile of the op's plain-PyTorch kernels); "
            "GB/s counts the minimum bytes the op must move (see each suite's docstring), with the fraction of "
            "the measured copy bandwidth in brackets.\n",
-           "| group | impl | median ms | vs ref | throughput |", "|---|---|---:|---:|---:|"]
+           "| group | impl | median ms | vs ref | vs compiled | throughput |", "|---|---|---:|---:|---:|---:|"]
     groups = defaultdict(list)
     for b in data["benchmarks"]:
         if not (b.get("group") or "").startswith(TRAIN_STEP):
@@ -60,11 +64,13 @@ def render(data, command=DEFAULT_COMMAND, peak_gbs=None):
     for g in sorted(groups):
         rows = groups[g]
         ref = next((r["stats"]["median"] for r in rows if r["extra_info"].get("impl", "ref") == "ref"), None)
+        comp = next((r["stats"]["median"] for r in rows if r["extra_info"].get("impl") == "compiled"), None)
         for r in sorted(rows, key=lambda r: r["stats"]["median"]):
             med, info = r["stats"]["median"], r["extra_info"]
-            ratio = f"{ref / med:.2f}x" if ref else "-"
+            ratios = [f"{base / med:.2f}x" if base else "-" for base in (ref, comp)]
             impl = info.get("impl", r["name"].split("[")[-1].rstrip("]"))
-            out.append(f"| {g} | {impl} | {med * 1e3:.3f} | {ratio} | {_throughput(info, med, peak_gbs)} |")
+            out.append(f"| {g} | {impl} | {med * 1e3:.3f} | {ratios[0]} | {ratios[1]} | "
+                       f"{_throughput(info, med, peak_gbs)} |")
     if not groups:
         out = out[:1]
     return "\n".join(out) + "\n" + render_train_steps(data)
@@ -109,19 +115,21 @@ def render_train_steps(data, preset="v2-1gpu"):
     for device, by_res in rows.items():
         out += ["", f"## Training step on {device}", "",
                 "One D step (WGAN-GP) + G step + EMA, alpha 0.5, at the suite's minibatch (v2-1gpu on CUDA). "
-                "`vs (1)`/`vs (2)`: "
-                "speed over ref-fp32 and ref-bf16-cl in the same run. MFU: counted FLOPs per step / median / the "
+                "`vs (1)`/`vs (2)`/`vs (3)`: "
+                "speed over ref-fp32, ref-bf16-cl and the ref step compiled whole (ref-bf16-cl-compiled, or "
+                "ref-compiled-fp32 on the CPU) in the same run. MFU: counted FLOPs per step / median / the "
                 "measured bf16 matmul peak.", "",
-                "| res | variant | img/s | vs (1) | vs (2) | peak MB | TFLOP/s | MFU |",
-                "|---:|---|---:|---:|---:|---:|---:|---:|"]
+                "| res | variant | img/s | vs (1) | vs (2) | vs (3) | peak MB | TFLOP/s | MFU |",
+                "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for res in sorted(by_res):
             variants = by_res[res]
-            base = [variants.get(b, (None,))[0] for b in BASELINES]
+            base = [next((variants[n][0] for n in ((b,) if isinstance(b, str) else b) if n in variants), None)
+                    for b in BASELINES]
             for name, (ips, med, info) in sorted(variants.items(), key=lambda kv: -kv[1][0]):
                 ratios = [f"{ips / b:.2f}x" if b else "-" for b in base]
                 tflops = info["flops"] / med / 1e12 if info.get("flops") else None
                 peak = info.get("matmul_peak_tflops")
-                out.append(f"| {res} | {name} | {ips:.1f} | {ratios[0]} | {ratios[1]} | "
+                out.append(f"| {res} | {name} | {ips:.1f} | {ratios[0]} | {ratios[1]} | {ratios[2]} | "
                            f"{info.get('peak_mem_mb', '-')} | {f'{tflops:.3g}' if tflops else '-'} | "
                            f"{f'{tflops / peak:.1%}' if tflops and peak else '-'} |")
         peaks = {v[2].get("matmul_peak_tflops") for r in by_res.values() for v in r.values()} - {None}

@@ -13,6 +13,11 @@ Variants, all in the same run so that every ratio has a cause:
                     (fused_scale=False networks, --fused-scale 0: G upsamples then convolves, D pools after)
   fast-auto / auto-*  impl='auto' with this step's op cases tuned first (fastpggan.autotune: each backend
                     validated against ref, timed, the fastest per case), as the trainer does at start-up
+  *-compiled*       the step's two passes compiled whole (compiled_step.CompiledStep, `train --compile-step on`;
+                    no CUDA graphs): with impl='ref' (ref-bf16-cl-compiled, ref-compiled-*) it is the best a
+                    plain-PyTorch user gets from torch.compile, the baseline `vs (3)` of benchmarks/report.py
+                    ; with our kernels inside as opaque ops (fast-ext-compiled, ext-compiled-*). The compile
+                    happens in the warm-up and is not timed; its seconds are in extra_info['compile_s'].
 
 Per case extra_info holds: images per step, the step's FLOPs (torch.utils.flop_counter on one eager step: the
 convolutions and matmuls of forward, backward and the GP double backward), peak memory, and the measured bf16
@@ -29,6 +34,7 @@ from torch.utils.flop_counter import flop_registry
 from conftest import PGGAN_SHAPES, devices, matmul_peak_tflops, record, run_synced
 from fastpggan import autotune
 from fastpggan import step as step_mod
+from fastpggan.compiled_step import CompiledStep
 from fastpggan.networks import Discriminator, Generator
 from fastpggan.ops import backends
 
@@ -48,6 +54,8 @@ CUDA_VARIANTS = {
     "fast-ext-fp16-top4": ("ext", torch.float16, True, True),
     "fast-auto": ("auto", torch.bfloat16, True, True),
     "fast-ext-unfused": ("ext", torch.bfloat16, True, True),
+    "ref-bf16-cl-compiled": ("ref", torch.bfloat16, True, False),
+    "fast-ext-compiled": ("ext", torch.bfloat16, True, False),
 }
 CPU_VARIANTS = {
     "ref-fp32": ("ref", None, False, False),
@@ -56,6 +64,10 @@ CPU_VARIANTS = {
     "ext-bf16": ("ext", torch.bfloat16, False, False),
     "auto-fp32": ("auto", None, False, False),
     "auto-bf16": ("auto", torch.bfloat16, False, False),
+    "ref-compiled-fp32": ("ref", None, False, False),
+    "ext-compiled-fp32": ("ext", None, False, False),
+    "ref-compiled-bf16": ("ref", torch.bfloat16, False, False),
+    "ext-compiled-bf16": ("ext", torch.bfloat16, False, False),
 }
 
 
@@ -70,7 +82,8 @@ def _cases():
     return out
 
 
-def build(device, res, batch, impl, amp, channels_last, graphs, seed=0, amp_min_res=None, fused_scale=True):
+def build(device, res, batch, impl, amp, channels_last, graphs, seed=0, amp_min_res=None, fused_scale=True,
+          compiled=False):
     """Table-2 G, D, G_ema and their optimizers at `res`, wrapped in the trainer's step; -> (runner, draw_inputs)."""
     dev = torch.device(device)
     torch.manual_seed(seed)
@@ -84,7 +97,8 @@ def build(device, res, batch, impl, amp, channels_last, graphs, seed=0, amp_min_
     G_ema.load_state_dict(G.state_dict())
     opt_G = step_mod.make_optimizer(G.parameters(), dev, capturable=graphs)
     opt_D = step_mod.make_optimizer(D.parameters(), dev, capturable=graphs)
-    train_step = step_mod.TrainStep(G, D, G_ema, opt_G, opt_D, impl=impl, amp_dtype=amp, channels_last=channels_last)
+    cls = CompiledStep if compiled else step_mod.TrainStep
+    train_step = cls(G, D, G_ema, opt_G, opt_D, impl=impl, amp_dtype=amp, channels_last=channels_last)
     runner = step_mod.CudaGraphStep(train_step, log=print) if graphs else train_step
     reals = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8, device=dev)
 
@@ -134,8 +148,9 @@ def test_train_step(benchmark, device, res, batch, variant):
     fused_scale = not variant.endswith("-unfused")
     flops = step_flops(device, res, batch, fused_scale)
     amp_min_res = max(res // 8, 4) if variant.endswith("-top4") else None
+    compiled = "compiled" in variant
     runner, draw = build(device, res, batch, impl, amp, channels_last, graphs, amp_min_res=amp_min_res,
-                         fused_scale=fused_scale)
+                         fused_scale=fused_scale, compiled=compiled)
     if impl == "auto":
         eager = getattr(runner, "step_eager", runner)
         records = autotune.record(eager.run, draw(), res, eager.alpha_arg(alpha), update=False)
@@ -146,13 +161,16 @@ def test_train_step(benchmark, device, res, batch, variant):
         runner.step(draw(), res, alpha)
     if graphs and runner.failed:
         pytest.fail("CUDA-graph capture failed (see the warning above)")
+    if compiled and runner.failure:
+        pytest.fail(f"compiling the step failed: {runner.failure}")
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     benchmark.group = f"train step {device} {res}"
     record(benchmark, device, impl=variant, res=res, batch=batch, images=batch, alpha=alpha, flops=flops,
            kernels=impl, amp=str(amp).replace("torch.", ""), amp_min_res=amp_min_res, channels_last=channels_last,
-           cuda_graphs=graphs, fused_scale=fused_scale)
+           cuda_graphs=graphs, fused_scale=fused_scale, compiled_step=compiled,
+           compile_s=round(sum(runner.compile_seconds.values()), 1) if compiled else None)
     run_synced(benchmark, lambda: runner.step(draw(), res, alpha), device)
     if device == "cuda":
         benchmark.extra_info["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
