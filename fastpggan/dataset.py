@@ -117,11 +117,7 @@ def export(args, log):
         arrays = dict(images=ds.level(res))
         if ds.labels is not None:
             arrays["labels"] = ds.labels
-
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-        writes.atomic(dst, write)
+        writes.write_npz(dst, **arrays)
     else:
         tmp = f"{dst}.tmp-{os.getpid()}"
         try:

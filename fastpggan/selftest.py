@@ -29,7 +29,7 @@ from . import autotune
 from .autotune import Case
 from .errors import ArgumentParser, cli_entry
 from .ops import backends, tune_cache
-from .runtime import cache_root, pick_device
+from .runtime import pick_device
 from .step import CudaGraphStep, _Rerun, random_inputs
 from .tune import format_table, training_trainer, tune_training
 from .writes import check_folder, check_output, write_text
@@ -234,7 +234,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         os.environ["FASTPGGAN_NO_COMPILE"] = "1"
     stem = os.path.join(args.out, f"fastpggan-selftest-{tune_cache.device_key(device)}-{time.strftime('%Y%m%d')}")
     check_folder(args.out, "--out")   # before the minutes of checks, not after them
-    check_folder(os.path.join(cache_root(), "tune"), "the tune cache (FASTPGGAN_CACHE)")
+    tune_cache.check_writable()
     for path in (stem + ".json", stem + ".md"):
         check_output(path, "--out", args.force)
     log = lambda line: print(line, flush=True)  # noqa: E731

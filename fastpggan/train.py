@@ -267,7 +267,8 @@ def _init_config(args, state, cfg, dataset):
 
 def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
     """Train as the parsed command line says (a new run, or --resume); returns the Trainer at the end."""
-    backends.forced(), env_flag("FASTPGGAN_TUNE")   # the environment read later, checked before any work
+    backends.forced()   # FASTPGGAN_IMPL and FASTPGGAN_TUNE are read later: checked here, before any work
+    env_flag("FASTPGGAN_TUNE")
     ctx, device = distributed.init(args.device)
     if not ctx.main:
         log = silent   # rank 0 speaks for the run
@@ -379,7 +380,7 @@ def _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log, 
     except writes.WriteFailed as e:   # a checkpoint, grid or report of the run
         latest = ckpt.latest(run_dir)
         raise UserError(f"cannot write '{e.path}': {e.why}; the last intact checkpoint is {latest}; "
-                        f"{'free space' if 'full' in e.why else 'fix that'}, then continue with --resume {latest}"
+                        f"{'free space' if e.disk_full else 'fix that'}, then continue with --resume {latest}"
                         ) from None
     except (OSError, RuntimeError, distributed.dist.DistBackendError) as e:
         if is_disk_full(e):

@@ -24,9 +24,9 @@ from .config import PRESET_NAMES, make_config, validate_config
 from .data import check_resolution
 from .errors import ArgumentParser, cli_entry, number
 from .ops import tune_cache
-from .runtime import cache_root, pick_device
+from .runtime import pick_device
 from .trainer import Trainer
-from .writes import check_folder, check_output, write_text
+from .writes import check_output, write_text
 
 __all__ = ["tune_model", "tune_cases", "tune_training", "format_table", "main"]
 
@@ -165,7 +165,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     if args.report:   # before the measuring; tune's --force means measuring again, so an old report is kept
         check_output(args.report, "--report", force=False, force_flag=None)
-    check_folder(os.path.join(cache_root(), "tune"), "the tune cache (FASTPGGAN_CACHE)")
+    tune_cache.check_writable()
     result = tune_training(args, log=lambda line: print(line, file=sys.stderr))
     print(format_table(result))
     print(summary(result))

@@ -10,6 +10,8 @@ import errno
 import os
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+
 from .errors import UserError, is_disk_full
 
 # errno -> what went wrong, what to do
@@ -27,18 +29,19 @@ _WHY = {
 class WriteFailed(UserError):
     """A write that failed: one line naming `path`, saying `why` (the disk is full, read-only, ...) and what to do."""
 
-    def __init__(self, path: str, why: str, todo: str):
+    def __init__(self, path: str, why: str, todo: str, disk_full: bool = False):
         super().__init__(f"cannot write '{path}': {why}; {todo}")
-        self.path, self.why = path, why
+        self.path, self.why, self.disk_full = path, why, disk_full
 
 
 def explain(e: BaseException, path: str, hint: Optional[str] = None) -> WriteFailed:
     """The one-line error for failing to write `path` with `e` (`hint` replaces the default advice)."""
-    if is_disk_full(e):
+    full = is_disk_full(e)
+    if full:
         why, todo = "the disk is full", "free space and try again"
     else:
         why, todo = _WHY.get(getattr(e, "errno", None), (getattr(e, "strerror", None) or str(e), "check the path"))
-    return WriteFailed(path, why, hint or todo)
+    return WriteFailed(path, why, hint or todo, disk_full=full)
 
 
 def atomic(path: str, write: Callable[[str], None], hint: Optional[str] = None) -> None:
@@ -67,6 +70,14 @@ def atomic(path: str, write: Callable[[str], None], hint: Optional[str] = None) 
                 os.remove(tmp)
             except OSError:
                 pass
+
+
+def write_npz(path: str, **arrays) -> None:
+    """numpy.savez of `arrays` to `path`, atomically (see atomic); `path` keeps its name, .npz or not."""
+    def write(tmp):
+        with open(tmp, "wb") as f:   # a file object: savez would append .npz to a name
+            np.savez(f, **arrays)
+    atomic(path, write)
 
 
 def reserve(path: str, offset: int, length: int) -> None:

@@ -96,12 +96,8 @@ def cached_real_statistics(cache_key, compute):
         with np.load(path) as z:
             return torch.from_numpy(z["mu"]), torch.from_numpy(z["sigma"])
     mu, sigma = compute()
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, mu=mu.numpy(), sigma=sigma.numpy())
     try:
-        writes.atomic(path, write)
+        writes.write_npz(path, mu=mu.numpy(), sigma=sigma.numpy())
     except UserError as e:
         warnings.warn(f"the FID statistics of the real images were not cached: {e}", stacklevel=2)
     return mu, sigma

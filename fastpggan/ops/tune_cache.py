@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 
 from ..runtime import cache_root
-from ..writes import explain, write_text
+from ..writes import check_folder, explain, write_text
 from .opspec import IMPLS
 
 FORMAT = "fastpggan-tune"
@@ -98,8 +98,17 @@ def device_key(device) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{info['type']}-{info['name']}-{extra}").strip("_")
 
 
+def cache_folder() -> str:
+    return os.path.join(cache_root(), "tune")
+
+
 def cache_path(device) -> str:
-    return os.path.join(cache_root(), "tune", device_key(device) + ".json")
+    return os.path.join(cache_folder(), device_key(device) + ".json")
+
+
+def check_writable() -> None:
+    """Refuse, before minutes of measuring, a tune cache folder that cannot be written (one line)."""
+    check_folder(cache_folder(), "the tune cache (FASTPGGAN_CACHE)")
 
 
 def check_file(data, device) -> Optional[str]:
