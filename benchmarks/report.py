@@ -12,6 +12,9 @@ official schedule's wall time:
 
 with kimg(r) the images the v2-1gpu preset (12000 kimg to 1024x1024) shows at resolution r, transitions included.
 
+Last, one table of ratios (`ratio_table`, which benchmarks/conftest.py also prints at the end of every benchmark
+run): each of our variants against ref, against the compiler and against the peer pro-gan-pth, where present.
+
 usage: python benchmarks/report.py RESULTS.json [--command "pytest ..."] [--peak-gbs GB/s] > RESULTS.md
 """
 import argparse
@@ -73,7 +76,7 @@ def render(data, command=DEFAULT_COMMAND, peak_gbs=None):
                        f"{_throughput(info, med, peak_gbs)} |")
     if not groups:
         out = out[:1]
-    return "\n".join(out) + "\n" + render_train_steps(data)
+    return "\n".join(out) + "\n" + render_train_steps(data) + ratio_table(data["benchmarks"])
 
 
 def kimg_per_resolution(preset="v2-1gpu", max_resolution=1024):
@@ -148,6 +151,65 @@ def render_train_steps(data, preset="v2-1gpu"):
             for n, h in sorted(projected.items(), key=lambda kv: kv[1]):
                 out.append(f"| {n} | {h:.2f} | {h / 24:.2f} |")
     return "\n".join(out) + "\n"
+
+
+def _speed(b):
+    """Work per second of a benchmark row: img/s where it counts images, else calls per second."""
+    med = b["stats"]["median"]
+    return b["extra_info"].get("images", 1) / med if med else None
+
+
+def _kind(b):
+    """(kernels, compiled, precision) of a row: an op case by its impl and dtype, a step variant by the kernels,
+    compiled_step and amp of its extra_info; the peer is kernels 'peer'."""
+    info = b["extra_info"]
+    if "kernels" in info:
+        return info["kernels"], bool(info.get("compiled_step")), info.get("amp") or "None"
+    impl = info.get("impl", "ref")
+    return ("ref", True, info.get("dtype")) if impl == "compiled" else (impl, False, info.get("dtype"))
+
+
+def _baseline(rows, kernels, compiled, precision):
+    """The fastest row of `rows` with these kernels and compilation, the same precision preferred; None if absent."""
+    found = [r for r in rows if _kind(r)[:2] == (kernels, compiled)]
+    same = [r for r in found if _kind(r)[2] == precision]
+    return max(same or found, key=_speed, default=None)
+
+
+def ratio_table(benchmarks):
+    """Markdown: each of our variants (every row whose kernels are not ref or the peer) against the same group's
+    ref (eager), compiled (impl='compiled' for an op; the ref step compiled whole for a step) and the peer, as
+    speed ratios (higher is faster). A step's baselines are of its own precision where the run has one, named in
+    brackets otherwise."""
+    groups = defaultdict(list)
+    for b in benchmarks:
+        if b.get("stats") and b["stats"].get("median") and b.get("extra_info"):
+            groups[b.get("group") or b["name"]].append(b)
+    out = []
+    for g in sorted(groups):
+        rows = groups[g]
+        for r in sorted(rows, key=lambda r: -_speed(r)):
+            kernels, compiled, precision = _kind(r)
+            if kernels in ("ref", "peer"):
+                continue
+            cells = []
+            for base in (_baseline(rows, "ref", False, precision), _baseline(rows, "ref", True, precision),
+                         _baseline(rows, "peer", False, precision)):
+                if base is None:
+                    cells.append("-")
+                    continue
+                note = "" if _kind(base)[2] == precision else f" ({base['extra_info'].get('impl', '?')})"
+                cells.append(f"{_speed(r) / _speed(base):.2f}x{note}")
+            name = r["extra_info"].get("impl", r["name"])
+            out.append(f"| {g} | {name} | {r['stats']['median'] * 1e3:.3f} | " + " | ".join(cells) + " |")
+    if not out:
+        return ""
+    return "\n".join(["", "## Ratios: ours against ref, the compiler and the peer", "",
+                      "Speed over the same group's ref (eager), compiled (an op: impl='compiled'; a step: the ref "
+                      "step compiled whole) and the peer pro-gan-pth, in the same run; higher is faster. A "
+                      "baseline of another precision is named in brackets.", "",
+                      "| group | ours | median ms | vs ref | vs compiled | vs peer |",
+                      "|---|---|---:|---:|---:|---:|"] + out) + "\n"
 
 
 def main(argv=None):
