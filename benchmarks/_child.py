@@ -28,3 +28,14 @@ def commit() -> str:
     """The short hash of HEAD of this checkout, or 'unknown'."""
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           cwd=_HERE).stdout.strip() or "unknown"
+
+
+def write_text(path: Optional[str], text: str) -> None:
+    """`text` to stdout, or to `path` whole or not at all (a temporary file beside it, renamed into place)."""
+    if not path:
+        sys.stdout.write(text)
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

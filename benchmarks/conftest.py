@@ -1,8 +1,16 @@
 """Shared benchmark helpers: devices, PGGAN shapes, a CUDA-synchronising timer wrapper, measured bandwidth."""
+import datetime
+import json
+import os
+import platform
 import statistics
+import subprocess
 
 import pytest
 import torch
+
+import report
+from fastpggan.errors import env_flag
 
 # v2-1gpu minibatch per resolution, and the feature maps the G/D block at that resolution has (paper Table 2).
 PGGAN_SHAPES = {4: (128, 512), 8: (128, 512), 16: (128, 512), 32: (64, 512), 64: (32, 256), 128: (16, 128),
@@ -104,14 +112,57 @@ def record(benchmark, device, **info):
         benchmark.extra_info["bandwidth_gbs"] = bw
 
 
-# --- CI's smoke run: every case once, at its smallest shape ---------------------------------------------------
+# --- The default run, the long form, CI's smoke run and the peer ---------------------------------------------
 
 SHAPE_PARAMS = ("res", "batch", "case")   # test_ops: the op case holds the shape
+LONG = pytest.mark.long   # a case only the long form runs (--long or FASTPGGAN_BENCH_LONG=1)
 
 
 def pytest_addoption(parser):
     parser.addoption("--smoke", action="store_true",
                      help="keep only the smallest resolution of each case (CI: with --benchmark-disable, each once)")
+    parser.addoption("--long", action="store_true", default=env_flag("FASTPGGAN_BENCH_LONG"),
+                     help="run the long form: every case, not only the default's (also FASTPGGAN_BENCH_LONG=1)")
+    parser.addoption("--peer", default=os.environ.get("FASTPGGAN_PEER"), metavar="PATH",
+                     help="a folder holding the peer pro-gan-pth (pip install --target PATH --no-deps pro-gan-pth "
+                          "torchvision tensorboard absl-py); without it the peer is imported where it is installed "
+                          "(also FASTPGGAN_PEER=PATH)")
+    parser.addoption("--results-jsonl", metavar="PATH", default=None,
+                     help="append each case's result to PATH as one JSON line the moment it is measured, so that a "
+                          "run stopped part-way keeps what it measured (benchmarks/report.py reads it)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "long: a benchmark case only the long form (--long) runs")
+    path = config.getoption("--results-jsonl")
+    if path:
+        head = {"commit_info": {"id": _commit(), "dirty": None}, "datetime": datetime.datetime.now(
+            datetime.timezone.utc).isoformat(), "machine_info": {"node": platform.node(), "cpu": {
+                "brand_raw": platform.processor() or platform.machine()}}}
+        _append_line(path, {"header": head})
+
+
+def _commit():
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
+    return out.stdout.strip() or "?"
+
+
+def _append_line(path, obj):
+    with open(path, "a") as f:
+        f.write(json.dumps(obj) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    yield
+    path = item.config.getoption("--results-jsonl")
+    fixture = getattr(item, "funcargs", {}).get("benchmark") if call.when == "call" else None
+    stats = getattr(fixture, "stats", None)
+    if path and stats is not None and not fixture.disabled and not fixture.has_error:
+        _append_line(path, stats.as_dict(include_data=False))
 
 
 def _case_and_res(item):
@@ -122,6 +173,11 @@ def _case_and_res(item):
 
 
 def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--long"):
+        short = [i for i in items if i.get_closest_marker("long") is None]
+        if len(short) < len(items):
+            config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("long") is not None])
+            items[:] = short
     if not config.getoption("--smoke"):
         return
     smallest = {}
@@ -136,3 +192,15 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, config):
+    """After pytest-benchmark's tables, the one table of ratios (report.ratio_table) of this run."""
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or session.disabled:
+        return
+    rows = [b.as_dict(include_data=False) for b in session.benchmarks if not b.has_error]
+    table = report.ratio_table([r for r in rows if r.get("stats")])
+    if table:
+        terminalreporter.write_line(table)

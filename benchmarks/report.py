@@ -21,6 +21,8 @@ import argparse
 import json
 from collections import defaultdict
 
+from _child import write_text
+
 TRAIN_STEP = "train step "
 BASELINES = ("ref-fp32", "ref-bf16-cl", ("ref-bf16-cl-compiled", "ref-compiled-fp32"))   # (3): the first present
 
@@ -200,6 +202,8 @@ def ratio_table(benchmarks):
                     continue
                 note = "" if _kind(base)[2] == precision else f" ({base['extra_info'].get('impl', '?')})"
                 cells.append(f"{_speed(r) / _speed(base):.2f}x{note}")
+            if cells == ["-"] * 3:   # nothing of the same group to compare with (a tuning time, say)
+                continue
             name = r["extra_info"].get("impl", r["name"])
             out.append(f"| {g} | {name} | {r['stats']['median'] * 1e3:.3f} | " + " | ".join(cells) + " |")
     if not out:
@@ -212,15 +216,32 @@ def ratio_table(benchmarks):
                       "|---|---|---:|---:|---:|---:|"] + out) + "\n"
 
 
+def load(path):
+    """A pytest-benchmark JSON, or the JSON lines of `--results-jsonl` (a header line, then one line per case, as
+    each was measured) in the same shape."""
+    with open(path) as f:
+        if not path.endswith(".jsonl"):
+            return json.load(f)
+        data = {"benchmarks": []}
+        for line in f:
+            if line.strip():
+                obj = json.loads(line)
+                if "header" in obj:
+                    data.update(obj["header"])
+                else:
+                    data["benchmarks"].append(obj)
+        return data
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("json")
+    p.add_argument("json", help="--benchmark-json output, or a --results-jsonl file (.jsonl)")
     p.add_argument("--command", default=DEFAULT_COMMAND, help="the command that produced the JSON, for the header")
+    p.add_argument("-o", "--output", help="write the markdown here (whole or not at all), not to stdout")
     p.add_argument("--peak-gbs", type=float, default=None,
                    help="bandwidth for the fraction where the JSON has no measured one (CPU runs)")
     args = p.parse_args(argv)
-    with open(args.json) as f:
-        print(render(json.load(f), args.command, args.peak_gbs), end="")
+    write_text(args.output, render(load(args.json), args.command, args.peak_gbs))
 
 
 if __name__ == "__main__":

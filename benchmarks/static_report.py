@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 
+from _child import write_text
 from fastpggan import _static
 
 BF16, FP32 = 2, 4
@@ -52,6 +53,7 @@ def main(argv=None):
     p.add_argument("--archs", default=",".join(_static.build_archs()),
                    help="comma-separated architectures for the summary (default: those of a GPU-less build)")
     p.add_argument("--peak-tbs", type=float, default=3.35, help="HBM bandwidth for the ideal times (H100 SXM)")
+    p.add_argument("-o", "--output", help="write the markdown here (whole or not at all), not to stdout")
     args = p.parse_args(argv)
     archs = [a for a in args.archs.split(",") if a]
     tables = {}
@@ -95,7 +97,7 @@ def main(argv=None):
         out.append(f"| `{short}` | {k.registers} | {k.spill_bytes} | {k.stack_bytes} | {k.shared_bytes} | "
                    f"{k.occupancy:.0%} | {k.ld128} | {k.st128} | {k.local_loads} | {k.local_stores} | "
                    f"{', '.join(d.split('_', 3)[-1] for d in k.int64_division) or '-'} |")
-    print("\n".join(out))
+    write_text(args.output, "\n".join(out) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ memory (the op's declared traffic: each input read once, each output written onc
 
 (E = elements x bytes per element.) The ops do a few flops per element, so they are memory-bound: bytes / median /
 measured copy bandwidth is the roofline fraction. On the CPU the Triton cases skip (they would run on the
-interpreter); the extension's C++ kernels run there.
+interpreter); the extension's C++ kernels run there. The default run times the training pass, fwd+bwd; `--long`
+adds the forward alone.
 """
 import pytest
 import torch
 
-from conftest import PGGAN_SHAPES, devices, record, run_synced
+from conftest import LONG, PGGAN_SHAPES, devices, record, run_synced
 from fastpggan import autotune, ops
 
 IMPLS = list(ops.backends.IMPLS)
@@ -34,7 +35,8 @@ def _cases():
                 for dtype in (["float32"] if device == "cpu" else ["float32", "bfloat16"]):
                     case = autotune.Case(spec.name, variant, tuple(shape), dtype, "contiguous", device, dict(extra))
                     for mode in ("fwd", "fwd+bwd"):
-                        cases.append(pytest.param(case, label, res, mode, marks=dev.marks,
+                        marks = tuple(dev.marks) + ((LONG,) if mode == "fwd" else ())
+                        cases.append(pytest.param(case, label, res, mode, marks=marks,
                                                   id=f"{device}-{label.replace(' ', '_')}-{res}-{dtype}-{mode}"))
     return cases
 

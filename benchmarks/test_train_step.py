@@ -23,15 +23,16 @@ Per case extra_info holds: images per step, the step's FLOPs (torch.utils.flop_c
 convolutions and matmuls of forward, backward and the GP double backward), peak memory, and the measured bf16
 matmul peak, from which benchmarks/report.py derives img/s, TFLOP/s, MFU and the 12000-kimg schedule projection.
 
-CPU: minibatch 16 at 8x8 and 16x16 (ref vs ext, fp32 and bf16), the shapes ../shared/peers/progan_step.py times
-the peer pro-gan-pth on; run `python ../shared/peers/progan_step.py RES 16 0.5 cpu` in the same call.
+CPU: minibatch 16 at 8x8 and 16x16 (ref vs ext, fp32 and bf16); benchmarks/test_peer.py times the peer
+pro-gan-pth on the same shapes in the same run, where it is installed. The default run times CPU_DEFAULT at 8x8
+and CUDA_DEFAULT; `--long` every variant at every resolution.
 """
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from conftest import PGGAN_SHAPES, devices, matmul_peak_tflops, record, run_synced
+from conftest import LONG, PGGAN_SHAPES, devices, matmul_peak_tflops, record, run_synced
 from fastpggan import autotune
 from fastpggan import step as step_mod
 from fastpggan.compiled_step import CompiledStep
@@ -71,14 +72,34 @@ CPU_VARIANTS = {
 }
 
 
-def _cases():
+# The default run's variants (the others need --long): the baselines, our kernels as the trainer runs them, and
+# each compiled whole
+CUDA_DEFAULT = ("ref-fp32", "ref-bf16-cl", "fast-triton", "fast-ext", "fast-auto", "ref-bf16-cl-compiled",
+                "fast-ext-compiled")
+CPU_DEFAULT = ("ref-fp32", "ext-fp32", "ext-bf16", "ref-compiled-fp32", "ref-compiled-bf16", "ext-compiled-bf16")
+CPU_RESOLUTIONS = (8, 16)   # minibatch 16; the default run times 8x8 only
+CPU_BATCH = 16
+
+
+def step_cases():
+    """(device, res, batch) params of the step benchmarks (this suite and the peer's); `long` beyond the default."""
     out = []
     for dev in devices():
         if dev.values[0] == "cpu":
-            out += [pytest.param("cpu", r, 16, v, id=f"cpu-{r}-{v}") for r in (8, 16) for v in CPU_VARIANTS]
+            out += [pytest.param("cpu", r, CPU_BATCH, id=f"cpu-{r}", marks=() if r == 8 else LONG)
+                    for r in CPU_RESOLUTIONS]
         else:
-            out += [pytest.param("cuda", r, n, v, id=f"cuda-{r}-{v}", marks=dev.marks)
-                    for r, (n, _) in PGGAN_SHAPES.items() for v in CUDA_VARIANTS]
+            out += [pytest.param("cuda", r, n, id=f"cuda-{r}", marks=dev.marks) for r, (n, _) in PGGAN_SHAPES.items()]
+    return out
+
+
+def _cases():
+    out = []
+    for case in step_cases():
+        device, res, batch = case.values
+        variants, default = (CPU_VARIANTS, CPU_DEFAULT) if device == "cpu" else (CUDA_VARIANTS, CUDA_DEFAULT)
+        out += [pytest.param(device, res, batch, v, id=f"{case.id}-{v}",
+                             marks=tuple(case.marks) + (() if v in default else (LONG,))) for v in variants]
     return out
 
 

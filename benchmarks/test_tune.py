@@ -3,16 +3,17 @@ configuration (`python -m fastpggan.train` on fashion-mnist: 32x32, 1 channel, -
 does at start-up; `--amp` (bf16) and fp32, with and without impl='compiled' among the candidates (its compile
 time depends on the inductor cache: a first run on a machine compiles everything). Each round measures every case
 again (force=True); the tune cache is a private folder. The bound an earlier issue set, 30 s on this project's
-2-core CPU, holds without compiled, and with it only once inductor's cache is warm."""
+2-core CPU, holds without compiled, and with it only once inductor's cache is warm. The default run tunes without
+compiled; `--long` with it too."""
 import argparse
 
 import pytest
 
-from conftest import record
+from conftest import LONG, record
 from fastpggan.tune import tune_training
 
 
-@pytest.mark.parametrize("compiled", ["with-compiled", "no-compiled"])
+@pytest.mark.parametrize("compiled", [pytest.param("with-compiled", marks=LONG), "no-compiled"])
 @pytest.mark.parametrize("amp", ["on", "off"])
 def test_tune_bare_command_cpu(benchmark, tmp_path, monkeypatch, amp, compiled):
     monkeypatch.setenv("FASTPGGAN_CACHE", str(tmp_path))

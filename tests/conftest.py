@@ -50,6 +50,24 @@ def run_python(code, timeout=900, **env):
 
 
 @pytest.fixture
+def bench_module():
+    """load(name): import benchmarks/NAME.py by path, with benchmarks/ on sys.path while it loads (its imports)."""
+    import importlib.util
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+    def load(name):
+        sys.path.insert(0, folder)
+        try:
+            spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(folder, f"{name}.py"))
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            return mod
+        finally:
+            sys.path.remove(folder)
+    return load
+
+
+@pytest.fixture
 def ext_broken(monkeypatch):
     """The C++/CUDA extension as if its build had failed."""
     from fastpggan.ops import _ext

@@ -67,10 +67,12 @@ def test_the_op_benchmarks_collect_the_toy_op():
     code = ("import importlib.util, sys; import pytest\n"
             f"s = importlib.util.spec_from_file_location('toy_ops', {os.path.join(REPO, 'tests', 'toy_ops.py')!r})\n"
             "m = importlib.util.module_from_spec(s); sys.modules['toy_ops'] = m; s.loader.exec_module(m)\n"
-            "sys.exit(pytest.main(['benchmarks/test_ops.py', '--collect-only', '-q', '-p', 'no:cacheprovider']))\n")
+            "sys.exit(pytest.main(['benchmarks/test_ops.py', '--collect-only', '--long', '-q',"
+            " '-p', 'no:cacheprovider']))\n")
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     ids = [line for line in p.stdout.splitlines() if "::test_op[" in line]
     toy_ids = [i for i in ids if "[cpu-toy_scale-" in i]
     assert "benchmarks/test_ops.py::test_op[cpu-toy_scale-8-float32-fwd+bwd-ext]" in toy_ids
-    assert len(toy_ids) == 3 * 2 * len(_dispatch.IMPLS)   # the CPU resolutions 4, 8, 32; fwd and fwd+bwd; every backend
+    # the CPU resolutions 4, 8, 32; fwd (--long) and fwd+bwd; every backend
+    assert len(toy_ids) == 3 * 2 * len(_dispatch.IMPLS)

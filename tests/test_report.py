@@ -1,5 +1,4 @@
 """benchmarks/report.py: ratios against ref and bandwidth fractions from a pytest-benchmark JSON."""
-import importlib.util
 import pathlib
 
 import pytest
@@ -7,12 +6,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def report():
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture
+def report(bench_module):
+    return bench_module("report")
 
 
 def _bench(group, impl, median, **info):
