@@ -97,7 +97,10 @@ class Schedule:
         dur = (self.lod_training_kimg + self.lod_transition_kimg) * 1000
         cuts = {nimg, total_nimg}
         if dur > 0:
-            for p in range(int(nimg // dur), int(total_nimg // dur) + 1):
+            # after `top` phases the run stays at full resolution: no cut beyond, however long the run (a 1-image
+            # phase and 10^7 kimg would otherwise loop 10^10 times)
+            top = int(math.log2(self.max_resolution)) - int(math.floor(math.log2(self.initial_resolution)))
+            for p in range(int(nimg // dur), min(int(total_nimg // dur), top) + 1):
                 cuts.update((p * dur, p * dur + self.lod_training_kimg * 1000))
         cuts = sorted(c for c in cuts if nimg <= c <= total_nimg)
         out = {}

@@ -1,4 +1,6 @@
 """The progressive schedule against the official TrainingSchedule arithmetic."""
+import time
+
 import pytest
 
 from fastpggan.schedule import PRESETS, TICK_KIMG, Schedule, remaining_seconds
@@ -68,6 +70,17 @@ def test_images_per_resolution_counts_each_fade_in_at_the_resolution_fading_in()
     for res, n in got.items():
         assert n == sum(1000 for k in range(7, 133) if s.at(k * 1000 + 500).resolution == res)
 
+
+
+def test_images_per_resolution_of_tiny_phases_and_a_long_run_is_immediate():
+    """1-image phases and 10^7 kimg (the flags' bounds) once looped 10^10 times in the trainer's first ETA, a hang
+    that Ctrl-C could not stop. The bound is a complexity guard (the old loop took 41 s for 10^7 images, minutes
+    for these 10^8), not a speed claim."""
+    s = Schedule(max_resolution=256, lod_training_kimg=0.001, lod_transition_kimg=0)
+    t = time.perf_counter()
+    got = s.images_per_resolution(0, 10 ** 8)
+    assert time.perf_counter() - t < 5.0
+    assert got == {4: 1, 8: 1, 16: 1, 32: 1, 64: 1, 128: 1, 256: 10 ** 8 - 6}
 
 def test_remaining_seconds_uses_measured_rates_and_scales_the_rest():
     cost = {4: 1.0, 8: 5.0, 16: 21.0, 32: 37.0}   # relative costs per image (pixels x width^2 of the CPU nets)
