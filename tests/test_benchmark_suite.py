@@ -32,9 +32,12 @@ def test_default_benchmark_run_is_the_short_form():
 def test_results_jsonl_is_written_per_case_and_read_by_the_report(tmp_path, bench_module):
     jsonl = tmp_path / "r.jsonl"
     out = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_optim.py", "-q", "-p", "no:cacheprovider",
+                          "-p", "no:xdist",
                           "-k", "cpu", "--benchmark-only", "--benchmark-min-rounds=1", "--benchmark-max-time=0.01",
-                          "--results-jsonl", str(jsonl)], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout[-2000:]
+                          "--results-jsonl", str(jsonl)], cwd=ROOT, capture_output=True, text=True,
+                         # pytest-benchmark disables itself where it sees an xdist worker, as the suite may run in
+                         env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
     assert "header" in lines[0] and len(lines) == 3   # the header, then the two optimizers on the CPU
     assert {x["extra_info"]["impl"] for x in lines[1:]} == {"ref", "tfadam"}
