@@ -14,6 +14,8 @@ missing.
   itself (fastpggan.autotune does, when asked), so a CUDA-graph capture, torch.compile trace or export only reads.
 - While a model is exported (torch.export, torch.onnx.export, torch.jit.trace), 'auto' runs 'ref', FASTPGGAN_IMPL
   notwithstanding, so that the exported graph holds only standard operators. torch.compile keeps the fast ops.
+- Under forward-mode AD, torch.func.grad/vjp/jacrev or vmap (`transform`), 'auto' runs 'ref' too (a forced
+  backend with one warning), and an explicit fast impl raises, except under vmap alone.
 - What choosing needs done once per device (loading the extension, checking Triton and the compiler, reading the
   tune cache) is done by `prepare(device)`: by the first eager call on the device, by the layers when they are
   built (the CPU), and by torch.compile before it traces once torch._dynamo was imported before that; inside a
@@ -280,16 +282,60 @@ def auto_backend(op: str, variant, shape, dtype, layout: str, device) -> str:
     return next((i for i in tuple(order) + ("ref",) if _missing(op, i, probe) is None), "ref")
 
 
-def resolve(op, impl, x, variant=opspec.NoVariant(), extra=None):
+def transform(tensors) -> Optional[str]:
+    """The autodiff transform the call runs under that the fast backends' custom ops cannot carry, or None:
+    forward-mode AD (torch.func.jvp/jacfwd, or a dual tensor of torch.autograd.forward_ad among `tensors`: the ops
+    have no forward derivative, and torch would give zero tangents without a word), torch.func's grad/vjp/jacrev
+    (the custom ops' autograd is not a torch.func one), or vmap (no batching rules: torch loops over the batch).
+    Not while torch.compile traces: dynamo handles the transforms it traces itself."""
+    import torch
+    import torch.autograd.forward_ad as fwAD
+    if torch.compiler.is_compiling():
+        return None
+    functorch = torch._C._functorch
+    if functorch.get_dynamic_layer_stack_depth():
+        keys = {i.key() for i in functorch.get_interpreter_stack()}
+        kind = functorch.TransformType
+        if kind.Jvp in keys:
+            return "forward-mode AD (torch.func.jvp/jacfwd)"
+        if kind.Grad in keys:
+            return "torch.func.grad/vjp/jacrev"
+        if kind.Vmap in keys:
+            return "vmap"
+    if getattr(fwAD, "_current_level", 0) >= 0 and any(   # a tangent exists only inside a dual_level()
+            isinstance(t, torch.Tensor) and fwAD.unpack_dual(t).tangent is not None for t in tensors):
+        return "forward-mode AD (torch.autograd.forward_ad)"
+    return None
+
+
+def resolve(op, impl, x, variant=opspec.NoVariant(), extra=None, others=()):
     """Return the function that runs `op` on tensor `x` for the requested `impl`. `variant` (the op's variant type)
     is what selects the kernel besides x (the case key's part in parentheses); `extra` is what a recording keeps to
-    rebuild the call's other inputs."""
+    rebuild the call's other inputs; `others` are the call's other tensors (a forward-mode tangent may be on any).
+
+    Under an autodiff transform the fast backends cannot carry (`transform`) 'auto' runs 'ref', as under export;
+    a forced backend does too, with one warning; an explicit fast impl raises BackendUnavailable, except under
+    vmap alone, where torch's own loop over the batch is correct."""
     _check_impl(impl, "impl")
     if impl == "auto" and exporting():
         if _choice_logs:
             _log_choice(op, variant, x, "ref", "export", "ref")
         return _registry[op]["ref"][0]
     if impl == "ref":
+        return _registry[op]["ref"][0]
+    under = transform((x, *others))
+    if under is not None and not (impl != "auto" and under == "vmap"):
+        if impl != "auto":
+            raise BackendUnavailable(f"{op}: impl='{impl}' cannot run under {under} (its kernels have no such "
+                                     f"rule); use impl='auto' (which runs 'ref' there) or impl='ref'")
+        env, why = forced()
+        key = (op, env, under)
+        if env not in ("auto", "ref") and key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"fastpggan: {op} impl='{env}' ({why}) cannot run under {under}; running 'ref'",
+                          stacklevel=3)
+        if _choice_logs:
+            _log_choice(op, variant, x, "ref", under, "ref")
         return _registry[op]["ref"][0]
     device = str(x.device)
     if (impl == "auto" and (device, os.environ.get("FASTPGGAN_CACHE")) not in _prepared) or \

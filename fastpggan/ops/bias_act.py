@@ -65,7 +65,8 @@ def bias_act(x: torch.Tensor, bias: Optional[torch.Tensor] = None, *, gain: floa
         raise ValueError(f"bias must have shape ({x.shape[1]},), got {tuple(bias.shape)}")
     variant = BiasActVariant(negative_slope == 1.0, bias is not None, bool(pixel_norm))
     fn = _dispatch.resolve("bias_act", impl, x, variant, extra=dict(
-        gain=float(gain), slope=float(negative_slope), bias_dtype=None if bias is None else dtype_name(bias)))
+        gain=float(gain), slope=float(negative_slope), bias_dtype=None if bias is None else dtype_name(bias)),
+        others=(bias,))
     return fn(x, bias, float(gain), float(negative_slope), bool(pixel_norm))
 
 

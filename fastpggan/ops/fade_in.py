@@ -57,7 +57,8 @@ def fade_in(low: torch.Tensor, high: torch.Tensor, alpha: Union[float, torch.Ten
         raise ValueError("fade_in: alpha must be a float or a 0-d tensor")
     fn = _dispatch.resolve("fade_in", impl, high, FadeVariant(lh != hh),
                            extra=dict(low_dtype=dtype_name(low),
-                                      alpha="tensor" if isinstance(alpha, torch.Tensor) else "float"))
+                                      alpha="tensor" if isinstance(alpha, torch.Tensor) else "float"),
+                           others=(low, alpha))
     return fn(low, high, alpha)
 
 

@@ -48,7 +48,7 @@ def gp_interpolate(reals: torch.Tensor, fakes: torch.Tensor, u: torch.Tensor, *,
         raise ValueError(f"gp_interpolate: reals {tuple(reals.shape)} and fakes {tuple(fakes.shape)} must match "
                          f"and u must be ({reals.shape[0]},), got {tuple(u.shape)}")
     fn = _dispatch.resolve("gp_interpolate", impl, reals,
-                           extra=dict(fakes_dtype=dtype_name(fakes), u_dtype=dtype_name(u)))
+                           extra=dict(fakes_dtype=dtype_name(fakes), u_dtype=dtype_name(u)), others=(fakes, u))
     return fn(reals, fakes, u)
 
 
