@@ -135,3 +135,10 @@ def test_the_choice_log_names_the_transform():
         torch.func.jvp(lambda x: ops.bias_act(x, None, impl="auto"), (x,), (torch.ones_like(x),))
     assert log and log[-1]["impl"] == "ref" and log[-1]["why"] == "forward-mode AD (torch.func.jvp/jacfwd)"
 
+
+@pytest.mark.parametrize("impl", ["ext", pytest.param("triton", marks=pytest.mark.slow)])   # the interpreter: minutes
+@pytest.mark.parametrize("name", LAYERS + ["bias_act_pn"])
+def test_second_order_on_the_fast_backends(name, impl):
+    f, xs = _case(name)
+    xs = tuple(x.detach().requires_grad_(True) for x in xs)
+    assert torch.autograd.gradgradcheck(lambda *a: f(impl, *a), xs)

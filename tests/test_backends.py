@@ -173,18 +173,27 @@ def test_bias_act_second_order(fast, channels_last, slope):
 
 
 @pytest.mark.parametrize("channels_last", LAYOUTS)
-def test_bias_act_pixel_norm_first_order(fast, channels_last):
+@pytest.mark.parametrize("slope,bias", [(0.2, True), (1.0, False)])
+def test_bias_act_pixel_norm_second_order(fast, channels_last, slope, bias):
     x = rand(2, 5, 2, 2, dtype=torch.float64, channels_last=channels_last, grad=True)
-    b = rand(5, dtype=torch.float64, grad=True)
-    assert torch.autograd.gradcheck(lambda x, b: ops.bias_act(x, b, gain=0.7, pixel_norm=True, impl=fast), (x, b))
+    inputs = (x, rand(5, dtype=torch.float64, grad=True)) if bias else (x,)
+    fn = lambda x, b=None: ops.bias_act(x, b, gain=0.7, negative_slope=slope, pixel_norm=True, impl=fast)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
 
 
-def test_bias_act_pixel_norm_second_order_says_so(fast):
-    x = rand(2, 6, 4, 4, grad=True)
-    y = ops.bias_act(x, None, pixel_norm=True, impl=fast)
-    g, = torch.autograd.grad(y.square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="second-order gradient of bias_act with pixel_norm=True"):
-        g.sum().backward()
+def test_bias_act_pixel_norm_double_backward_matches_ref(fast):
+    """A path-length-style penalty through pixel norm (G differentiated twice), in float32 at a layer's width."""
+    x = rand(3, 33, 4, 4, grad=True)
+    b = rand(33, grad=True)
+    w = rand(3, 33, 4, 4)
+    grads = []
+    for impl in ("ref", fast):
+        y = ops.bias_act(x, b, gain=0.3, pixel_norm=True, impl=impl)
+        g, = torch.autograd.grad((y * w).sum(), x, create_graph=True)
+        grads.append(torch.autograd.grad(g.square().sum(), (x, b)))
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_bias_act_matches_ref_in_float64(fast):

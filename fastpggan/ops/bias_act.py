@@ -56,8 +56,8 @@ def bias_act(x: torch.Tensor, bias: Optional[torch.Tensor] = None, *, gain: floa
         impl: 'auto', 'ref', 'triton', 'ext' or 'compiled' (see fastpggan.ops).
 
     Returns:
-        Tensor of x's shape and dtype; the fast backends keep x's memory layout. Differentiable twice without pixel
-        norm, once with it on the fast backends (G needs no more).
+        Tensor of x's shape and dtype; the fast backends keep x's memory layout. Differentiable twice on every
+        backend (with pixel norm, the fast backends' double backward is the plain-PyTorch formula's).
     """
     if x.ndim < 2:
         raise ValueError(f"bias_act expects a tensor with a channel axis at dim 1, got shape {tuple(x.shape)}")
@@ -87,8 +87,9 @@ def bias_act_ref(x, bias=None, gain=1.0, negative_slope=0.2, pixel_norm=False):
 # Fast backends. Each kernel op is one opaque torch op to autograd and torch.compile:
 #   bias_act          (x, bias?, gain, slope) -> y         backward: bias_act_grad   double backward: it again
 #   bias_act_grad     (dy, y, gain, slope) -> dx           (LReLU is piecewise linear: the mask does not move)
-#   bias_act_pn       (x, bias?, gain, slope) -> (y, r)    backward: bias_act_pn_grad  double backward: none
-#   bias_act_pn_grad  (dy, y, r, gain, slope) -> dx        (G's pixel norm needs first order only)
+#   bias_act_pn       (x, bias?, gain, slope) -> (y, r)    backward: bias_act_pn_grad (+ r's share, if r has one)
+#   bias_act_pn_grad  (dy, y, r, gain, slope) -> dx        double backward: its plain-PyTorch formula's own
+#                                                          (PGGAN needs first order; other GANs differentiate G twice)
 
 def _fake_like_x(x, *args):
     return empty_in_layout_of(x)
@@ -113,8 +114,8 @@ def _setup(ctx, inputs, output):
     x, bias, gain, slope = inputs
     ctx.gain, ctx.slope = gain, slope
     ctx.bias_dtype = bias.dtype if bias is not None else None
-    if isinstance(output, tuple):  # (y, r) of pixel norm
-        ctx.mark_non_differentiable(output[1])
+    if isinstance(output, tuple):  # (y, r) of pixel norm: r has a gradient only in a double backward, else None
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(*output)
     else:
         ctx.save_for_backward(output)
@@ -148,17 +149,47 @@ def _autograd(k):
         y, = ctx.saved_tensors
         return k.bias_act_grad(ddx, y, ctx.gain, ctx.slope), None, None, None
 
-    def pn_backward(ctx, dy, _dr):
+    def pn_backward(ctx, dy, dr):
+        if dy is None and dr is None:
+            return None, None, None, None
         y, r = ctx.saved_tensors
-        return _input_grads(ctx, lambda gain: k.bias_act_pn_grad(dy, y, r, gain, ctx.slope))
+
+        def dx_of_gain(gain):
+            dx = k.bias_act_pn_grad(dy, y, r, gain, ctx.slope) if dy is not None else None
+            if dr is not None:
+                from_r = _pn_grad_from_r(dr, y, r, gain, ctx.slope)
+                dx = from_r if dx is None else dx + from_r
+            return dx
+        return _input_grads(ctx, dx_of_gain)
+
+    def pn_grad_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:3])
+        ctx.gain, ctx.slope = inputs[3], inputs[4]
 
     def pn_grad_backward(ctx, ddx):
-        raise RuntimeError("fastpggan: the second-order gradient of bias_act with pixel_norm=True is not implemented "
-                           "for the fast backends (PGGAN needs it only to first order); use impl='ref' for it")
+        """The vector-Jacobian product of _torch_bias_act_pn_grad (what the kernel computes) by autograd; with
+        create_graph (grad mode on here) through the saved tensors themselves, so that higher orders hold too."""
+        needs, create = ctx.needs_input_grad[:3], torch.is_grad_enabled()
+        with torch.enable_grad():
+            ins = [t if create and t.requires_grad else t.detach().requires_grad_(need)
+                   for t, need in zip(ctx.saved_tensors, needs)]
+            wanted = [t for t, need in zip(ins, needs) if need]
+            dx = _torch_bias_act_pn_grad(*ins, ctx.gain, ctx.slope)
+            grads = iter(torch.autograd.grad(dx, wanted, ddx, create_graph=create, allow_unused=True))
+        return tuple(next(grads) if need else None for need in needs) + (None, None)
 
     return {"bias_act": (_setup, backward), "bias_act_grad": (grad_setup, grad_backward),
-            "bias_act_pn": (_setup, pn_backward),
-            "bias_act_pn_grad": (lambda ctx, inputs, output: None, pn_grad_backward)}
+            "bias_act_pn": (_setup, pn_backward), "bias_act_pn_grad": (pn_grad_setup, pn_grad_backward)}
+
+
+def _pn_grad_from_r(dr, y, r, gain, slope):
+    """dx from a gradient of r = rsqrt(mean_c(a^2) + eps), per pixel: dr/da = -r^3 a / C = -r^2 y / C (y = a r),
+    through the LReLU (a has y's sign) and the gain."""
+    v = _pixels_last(y.to(r.dtype))
+    rr, g = r.reshape(v.shape[:-1]).unsqueeze(-1), dr.reshape(v.shape[:-1]).unsqueeze(-1)
+    da = -g * rr.square() * v / v.shape[-1]
+    dx = torch.where(v > 0, da * gain, da * (gain * slope))
+    return like_layout(dx.movedim(-1, 1).to(y.dtype), y)
 
 
 def _call(k, x, bias, gain, negative_slope, pixel_norm):
@@ -213,7 +244,7 @@ def _probe(v: BiasActVariant, shape, extra, inputs: Inputs) -> Probe:
     gain, slope = extra.get("gain", 0.7), extra.get("slope", 1.0 if v.linear else 0.2)
     call = lambda impl: bias_act(x, bias, gain=gain, negative_slope=slope, pixel_norm=v.pixel_norm,  # noqa: E731
                                  impl=impl)
-    return Probe([x] + ([bias] if bias is not None else []), [1, x.numel() // shape[1]], call, not v.pixel_norm)
+    return Probe([x] + ([bias] if bias is not None else []), [1, x.numel() // shape[1]], call, True)
 
 
 def _check_cases(dtype, layout, big):
