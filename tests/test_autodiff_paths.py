@@ -142,3 +142,36 @@ def test_second_order_on_the_fast_backends(name, impl):
     f, xs = _case(name)
     xs = tuple(x.detach().requires_grad_(True) for x in xs)
     assert torch.autograd.gradgradcheck(lambda *a: f(impl, *a), xs)
+
+
+@pytest.mark.parametrize("impls", [["ref", "ext", "auto"],
+                                   pytest.param(["triton", "compiled", "--layers"], marks=pytest.mark.slow)])
+def test_compile_from_the_very_first_call(impls):
+    """torch.compile(fullgraph=True) of each op alone (and layer, slow) on its first call in a fresh process, with a
+    fresh tune cache: no graph break, and ref's values."""
+    import os
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, os.path.join(here, "first_call_compile.py"), *impls], capture_output=True,
+                         text=True, timeout=900, env={**os.environ, "TRITON_INTERPRET": "1"})
+    lines = [line for line in out.stdout.splitlines() if line.startswith(("OK", "FAIL"))]
+    assert out.returncode == 0 and lines, out.stderr[-3000:]
+    assert all(line.startswith("OK") for line in lines), "\n".join(lines)
+    assert len(lines) == (4 + 2 * ("--layers" in impls)) * len([i for i in impls if not i.startswith("--")])
+
+
+def test_a_checkout_named_fastpggan_in_the_working_folder_fails_at_import_and_says_why(tmp_path):
+    """Run from a folder holding a checkout named fastpggan, the package is a namespace package (its __init__ does
+    not run); the import must fail there with one clear line, not at the first op call."""
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "fastpggan").symlink_to(repo, target_is_directory=True)
+    out = subprocess.run([sys.executable, "-c", "import fastpggan.layers"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: fastpggan was imported as a namespace package from")
+    assert "run from another folder" in last

@@ -127,17 +127,59 @@ def _prepare_in_use(_args=None) -> None:
         prepare("cuda")
 
 
-_hooked = [False]
+def _on_compile_start(args=None) -> None:
+    _prepare_in_use(args)   # looked up at each compile (tests replace it)
 
 
 def _hook_compiler() -> None:
     """Have torch.compile run _prepare_in_use before it traces, if torch._dynamo is imported (importing it here
-    would make every process that uses fastpggan import all of dynamo)."""
+    would make every process that uses fastpggan import all of dynamo, 3 s). torch._dynamo.reset() drops the
+    callbacks, so each prepare() puts it back if it is gone."""
     import sys
-    if not _hooked[0] and "torch._dynamo" in sys.modules:
-        from torch._dynamo.callback import on_compile_start
-        on_compile_start(lambda args: _prepare_in_use(args))   # looked up at each compile (tests replace it)
-        _hooked[0] = True
+    if "torch._dynamo" in sys.modules:
+        from torch._dynamo.callback import callback_handler, on_compile_start
+        if _on_compile_start not in getattr(callback_handler, "start_callbacks", ()):
+            on_compile_start(_on_compile_start)
+
+
+class _AfterImport:
+    """A sys.meta_path finder that runs `then()` right after the module `name` is first imported (a post-import
+    hook): torch.compile imports torch._dynamo, and the hook must be in place before its first trace, so that an
+    op or layer compiled on its very first call finds its device prepared."""
+
+    def __init__(self, name, then):
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname, path=None, target=None):
+        import importlib.util
+        import sys
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            loader, then = spec.loader, self.then
+
+            class Loader:
+                def create_module(self, spec):
+                    return loader.create_module(spec)
+
+                def exec_module(self, module):
+                    loader.exec_module(module)
+                    then()
+            spec.loader = Loader()
+        return spec
+
+
+def _hook_compiler_when_imported() -> None:
+    import sys
+    if "torch._dynamo" in sys.modules:
+        _hook_compiler()
+    elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport("torch._dynamo", _hook_compiler))
+
+
+_hook_compiler_when_imported()
 
 
 class UnknownImpl(UserError, ValueError):
