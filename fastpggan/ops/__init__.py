@@ -1,7 +1,7 @@
 """Functional hot ops of PGGAN, each with `impl='auto'|'ref'|'triton'|'ext'` (see _dispatch).
 
 Every op supports autograd, twice on every backend (the WGAN-GP double backward through D; a G differentiated
-twice). Under forward-mode AD, torch.func and vmap, 'auto' runs the oracle (_dispatch.transform). Each op's
+twice). Under forward-mode AD, torch.func and vmap, 'auto' runs the oracle (_transforms.transform). Each op's
 `*_ref` is the oracle that every fast backend is tested against.
 
 One module per op: the public function first, then its `_ref` oracle, then one `register_backends` call
