@@ -136,8 +136,8 @@ def test_the_choice_log_names_the_transform():
     assert log and log[-1]["impl"] == "ref" and log[-1]["why"] == "forward-mode AD (torch.func.jvp/jacfwd)"
 
 
-@pytest.mark.parametrize("impl", ["ext", pytest.param("triton", marks=pytest.mark.slow)])   # the interpreter: minutes
-@pytest.mark.parametrize("name", LAYERS + ["bias_act_pn"])
+@pytest.mark.parametrize("name,impl", [(name, "ext") for name in LAYERS + ["bias_act_pn"]] + [
+    pytest.param("pixel_norm", "triton", marks=pytest.mark.slow)])   # the interpreter takes minutes per layer
 def test_second_order_on_the_fast_backends(name, impl):
     f, xs = _case(name)
     xs = tuple(x.detach().requires_grad_(True) for x in xs)
