@@ -4,11 +4,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 
 import pytest
 import torch
 
+import _child
 import report
 from fastpggan.errors import env_flag
 
@@ -136,16 +136,10 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "long: a benchmark case only the long form (--long) runs")
     path = config.getoption("--results-jsonl")
     if path:
-        head = {"commit_info": {"id": _commit(), "dirty": None}, "datetime": datetime.datetime.now(
+        head = {"commit_info": {"id": _child.commit(), "dirty": None}, "datetime": datetime.datetime.now(
             datetime.timezone.utc).isoformat(), "machine_info": {"node": platform.node(), "cpu": {
                 "brand_raw": platform.processor() or platform.machine()}}}
         _append_line(path, {"header": head})
-
-
-def _commit():
-    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.abspath(__file__)))
-    return out.stdout.strip() or "?"
 
 
 def _append_line(path, obj):
