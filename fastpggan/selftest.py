@@ -31,7 +31,7 @@ from .errors import ArgumentParser, cli_entry
 from .ops import backends, tune_cache
 from .runtime import pick_device
 from .step import CudaGraphStep, _Rerun, random_inputs
-from .tune import format_table, training_trainer, tune_training
+from .tune import format_table, training_config, training_trainer, tune_training
 from .writes import check_folder, check_output, write_text
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -81,15 +81,16 @@ def _bench_args(device, **kw):
 
 def _inputs(trainer, res, n, seed):
     gen = torch.Generator(device=trainer.device).manual_seed(seed)
-    return random_inputs(n, trainer.cfg["network"]["num_channels"], res, trainer.G.latent_size, trainer.device, gen)
+    return random_inputs(n, trainer.cfg.network["num_channels"], res, trainer.G.latent_size, trainer.device, gen)
 
 
 def check_graph_equals_eager(device: torch.device, log: Callable) -> dict:
     args = _bench_args(device, resolution=16, amp="off", minibatch="8")
     cuda = device.type == "cuda"
-    eager = training_trainer(args, device, log=lambda *a: None)
+    eager = training_trainer(training_config(args, device), log=lambda *a: None)
     # on a GPU the trainer's own graphed runner (capturable optimizers); on the CPU a re-run stands in for the graph
-    graphed = training_trainer(args, device, log=lambda *a: None, cuda_graphs="on" if cuda else "off")
+    graphed = training_trainer(training_config(args, device, cuda_graphs="on" if cuda else "off"),
+                               log=lambda *a: None)
     runner = graphed.runner if cuda else CudaGraphStep(graphed.train_step, log=log, capture=_Rerun)
     worst, stages = 0.0, [(8, 1.0), (8, 1.0), (8, 1.0), (16, 0.3), (16, 0.5), (16, 0.7)]
     for i, (res, alpha) in enumerate(stages):
@@ -110,7 +111,7 @@ def check_no_host_sync(device: torch.device, log: Callable) -> dict:
     if device.type != "cuda":
         return dict(ok=None, detail="CUDA only (torch.cuda.set_sync_debug_mode)")
     args = _bench_args(device, resolution=16, minibatch="8")
-    trainer = training_trainer(args, device, log=lambda *a: None)
+    trainer = training_trainer(training_config(args, device), log=lambda *a: None)
     inputs = _inputs(trainer, 16, 8, 0)
     trainer.train_step.step(inputs, 16, 0.5)   # lazy state and first-call work outside the check
     torch.cuda.synchronize(device)
@@ -135,7 +136,7 @@ def bench_steps(device: torch.device, log: Callable) -> dict:
     for name, v in variants.items():
         args = _bench_args(device, resolution=max(resolutions), **v)
         graphs = "on" if device.type == "cuda" and name == "fast" else "off"
-        trainer = training_trainer(args, device, log=lambda *a: None, cuda_graphs=graphs)
+        trainer = training_trainer(training_config(args, device, cuda_graphs=graphs), log=lambda *a: None)
         if name == "fast":
             trainer.choose_backends()
         for res in resolutions:

@@ -27,13 +27,12 @@ parameters, Adam state and G_ema stay fp32.
 """
 import functools
 from dataclasses import dataclass, fields
-from typing import Callable, Iterable, Optional, Tuple, Union
+from typing import Callable, Iterable, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
 from . import distributed, losses, ops
-from .errors import UserError
 from .images import from_uint8
 from .optim import TFAdam
 
@@ -279,21 +278,6 @@ class TrainStep:
             (part if loss_scale is None else part * loss_scale).backward()
             loss = loss + part.detach()
         return loss
-
-
-def pick_cuda_graphs(mode: str, device: torch.device, world: int) -> Tuple[bool, Optional[str]]:
-    """-> (use graphs?, notice or None) for --cuda-graphs auto|on|off."""
-    if mode == "off":
-        return False, None
-    if device.type != "cuda":
-        if mode == "on":
-            raise UserError(f"--cuda-graphs on needs a CUDA device, and this run is on {device}; "
-                            "use --cuda-graphs auto or off")
-        return False, None
-    if world > 1:
-        # The step's gradient all-reduce would have to be captured too (NCCL); not validated yet, so run eagerly.
-        return False, "cuda graphs: off in multi-process runs in this version (the step runs eagerly)"
-    return True, None
 
 
 class _Rerun:

@@ -4,21 +4,32 @@ This module is the command line only: the flags, opening the dataset and the run
 configuration is built in fastpggan.config and the loop runs in fastpggan.trainer.
 """
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
+import time
 from typing import Callable, Optional
 
 import torch
 
 from . import checkpoint as ckpt
 from . import distributed, writes
-from .config import PRESET_NAMES, apply_resume_flags, make_config, validate_config
+from .config import (
+    DEFAULTS,
+    PRESET_NAMES,
+    RESUMABLE,
+    RUN_TIME,
+    RunConfig,
+    resolve_config,
+    resume_config,
+    validate_config,
+)
 from .data import build_dataset, check_resolution
 from .errors import ArgumentParser, UserError, cli_entry, env_flag, is_disk_full, number
 from .metrics import suite
-from .ops import IMPLS, backends, impl_unavailable
+from .ops import IMPLS, backends
 from .rundir import RunLock, remove_partial_writes, rewind_log
 from .runtime import device_memory, silent
 from .schedule import Schedule
@@ -53,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a progressive-growing GAN (PGGAN, Karras et al. 2018) with WGAN-GP. With no arguments it "
                     "trains on the built-in fashion-mnist dataset with a configuration sized to the device; "
                     "--preset v2-1gpu gives the official one.")
-    a = p.add_argument
+    a, D = p.add_argument, DEFAULTS
     a("--data", default="fashion-mnist", help="folder of images (png/jpg/webp, recursive), .zip, .npy/.npz uint8 "
       "array, or a built-in dataset: fashion-mnist, emoji, mnist, digits")
     a("--out", default="runs", help="parent folder of run folders")
@@ -61,17 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     a("--resolution", type=int, default=None, help="final resolution, a power of two >= 4 (default: the data's)")
     a("--kimg", type=KIMG, default=None, help="total training length in thousands of real images shown "
       "(default: the preset's; auto: until the final resolution has trained one phase)")
-    a("--preset", default="auto", choices=PRESET_NAMES, help="schedule preset: official config.py ones, or auto = "
-      "sized to the data and device")
-    a("--seed", type=number(int, min=0, max=2 ** 32 - 1), default=0, help="random seed (weights, latents, data order)")
-    a("--amp", nargs="?", const="on", default="auto", choices=["auto", "on", "bf16", "fp16", "off"],
+    a("--preset", default=D["preset"], choices=PRESET_NAMES, help="schedule preset: official config.py ones, or "
+      "auto = sized to the data and device")
+    a("--seed", type=number(int, min=0, max=2 ** 32 - 1), default=D["seed"],
+      help="random seed (weights, latents, data order)")
+    a("--amp", nargs="?", const="on", default=D["amp"], choices=["auto", "on", "bf16", "fp16", "off"],
       help="mixed precision: auto = bf16 autocast on GPUs that support it, fp32 on the CPU; bare --amp = bf16 "
            "(fp16 on GPUs without bf16); fp16 = autocast with a GradScaler; off = fp32")
-    a("--amp-min-res", type=int, default=None, metavar="R",
+    a("--amp-min-res", type=int, default=D["amp_min_res"], metavar="R",
       help="low precision only in the layers at resolutions >= R, fp32 below (stylegan2-ada practice; with fp16 "
            "those layers' outputs are clamped to +-256); default: every layer")
     a("--channels-last", action="store_true", help="run the networks in channels_last memory format")
-    a("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
+    a("--cuda-graphs", default=D["cuda_graphs"], choices=["auto", "on", "off"],
       help="capture each stage's whole training step as a CUDA graph and replay it; auto = on for single-process "
            "CUDA runs")
     a("--compile-step", default="off", choices=["off", "on"],
@@ -82,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--init", default=None, metavar="PATH", help="start a new run from a checkpoint's networks (an official "
       "network converted by fastpggan.convert, or another run's): its G, D, G_ema and network settings, fresh "
       "optimizer state, at the point of this run's schedule where the checkpoint's lod is")
-    a("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
+    a("--device", default=D["device"], help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
     a("--mirror", action="store_true", help="random horizontal flips of the reals (per sample)")
     a("--cond", action="store_true", help="condition G and D on the dataset's class labels (AC-GAN terms)")
     g = p.add_argument_group("schedule overrides")
@@ -95,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tick-kimg", type=KIMG, default=None,
                    help="kimg per tick at every resolution (default: official per-resolution ticks)")
     g.add_argument("--snap-ticks", type=number(int, min=1), default=None, help="checkpoint every this many ticks")
-    g.add_argument("--keep", type=number(int, min=0), default=3, help="checkpoints to keep (0 keeps all)")
+    g.add_argument("--keep", type=number(int, min=0), default=D["keep"], help="checkpoints to keep (0 keeps all)")
     g.add_argument("--no-reset-opt", action="store_true", help="keep Adam state when lod crosses an integer")
     n = p.add_argument_group("network and loss")
     n.add_argument("--fmap-base", type=number(int, min=1, max=1 << 20), default=None,
@@ -107,14 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--fused-scale", type=int, default=1, choices=[0, 1],
                    help="official fused_scale: 1 = G's upsample+conv and D's conv+downscale as one stride-2 conv "
                         "(official default); 0 = apart, D pooling after its LReLU (the released networks)")
-    n.add_argument("--lambda-gp", type=number(min=0), default=10.0, help="WGAN-GP weight")
-    n.add_argument("--drift", type=number(min=0), default=1e-3, help="epsilon-drift weight on D(real)^2")
+    n.add_argument("--lambda-gp", type=number(min=0), default=D["lambda_gp"], help="WGAN-GP weight")
+    n.add_argument("--drift", type=number(min=0), default=D["drift"], help="epsilon-drift weight on D(real)^2")
     n.add_argument("--ema", type=number(min=0, max=1), default=None,
                    help="G EMA smoothing per step (official and presets: 0.999)")
     n.add_argument("--gp-native-res", action="store_true",
                    help="gradient penalty with target 1 at the current resolution (the paper's text read literally); "
                         "default: the official penalty, whose target is 2^floor(lod) below full resolution")
-    n.add_argument("--impl", default="auto", choices=["auto", *IMPLS], help="op backend")
+    n.add_argument("--impl", default=D["impl"], choices=["auto", *IMPLS], help="op backend")
     o = p.add_argument_group("other")
     o.add_argument("--strict", action="store_true", help="reject corrupt or too-small images instead of skipping them")
     o.add_argument("--max-images", type=number(int, min=1), default=None,
@@ -170,33 +182,60 @@ def _find_resume(args):
     return max(found, key=os.path.getmtime)
 
 
-def describe(cfg, dataset, device, G, D, run_dir):
-    net, s = cfg["network"], cfg["schedule"]
+# flags that are not settings of the run's configuration: where it is written, what is measured, what is shown
+CLI_ONLY = ("out", "name", "resume", "init", "resolution", "cache_dir", "no_progress", "metrics", "metric_kimg",
+            "metric_num", "inception")
+
+
+def config_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments of config.resolve_config that the parsed command line gives."""
+    kw = {k: v for k, v in vars(args).items() if k in DEFAULTS}
+    kw.update(reset_opt=not args.no_reset_opt, fused_scale=bool(args.fused_scale),
+              compile_step=args.compile_step == "on")
+    return kw
+
+
+def _flag(dest: str, value) -> str:
+    """'--flag value' of a parsed argument."""
+    name = "mbstd-group" if dest == "mbstd_group_size" else dest.replace("_", "-")
+    return f"--{name}" if value is True else f"--{name} {value}"
+
+
+def describe(cfg: RunConfig, dataset, G, D, run_dir) -> str:
+    """The start-up lines: the data, the network, the schedule and how this process runs them (cfg.to_dict() in
+    full goes to config.json and log.jsonl)."""
+    net, s = cfg.network, cfg.schedule
     pG = sum(p.numel() for p in G.parameters()) / 1e6
     pD = sum(p.numel() for p in D.parameters()) / 1e6
     mb = ", ".join(f"{k}:{v}" for k, v in sorted(s["minibatch"].items())) or "-"
+    precision = {"fp32": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast + GradScaler"}[cfg.amp_dtype]
     return "\n".join([
         f"fastpggan: {dataset.name}, {len(dataset)} images, "
         f"{dataset.resolution}x{dataset.resolution}x{dataset.num_channels}"
-        f"{', %d classes' % dataset.num_classes if dataset.num_classes else ''} on {device}",
-        f"  preset {cfg['preset']}: fmap_base {net['fmap_base']}, fmap_max {net['fmap_max']}, "
+        f"{', %d classes' % dataset.num_classes if dataset.num_classes else ''} on {cfg.device}",
+        f"  preset {cfg.preset}: fmap_base {net['fmap_base']}, fmap_max {net['fmap_max']}, "
         f"latent {net['latent_size']}{'' if net.get('fused_scale', True) else ', fused_scale 0'}"
         f" (G {pG:.2f}M, D {pD:.2f}M params)",
         f"  schedule: {s['lod_training_kimg']:g}+{s['lod_transition_kimg']:g} kimg per resolution, minibatch "
-        f"{s['minibatch_base']} ({mb}), lr {s['lr_base']:g}, G EMA {cfg['ema']:g}/step, "
-        f"total {cfg['total_kimg']:g} kimg; "
-        f"amp {cfg['amp']}" + ("; gradient penalty at target 1 (--gp-native-res)" if cfg.get("gp_native_res") else ""),
-        f"  writing to {run_dir}" + ("" if cfg["preset"] != "auto" else
-                                     "   (official configuration: --preset v2-1gpu)")])
+        f"{s['minibatch_base']} ({mb}), lr {s['lr_base']:g}, G EMA {cfg.ema:g}/step, "
+        f"total {cfg.total_kimg:g} kimg; "
+        f"amp {cfg.amp}" + ("; gradient penalty at target 1 (--gp-native-res)" if cfg.gp_native_res else ""),
+        f"  step: {precision}" + (f" from {cfg.amp_min_res}x{cfg.amp_min_res}" if cfg.amp_min_res else "") +
+        f", impl {cfg.impl}{', channels_last' if cfg.channels_last else ''}"
+        f"{', CUDA graphs' if cfg.cuda_graphs else ''}{', passes compiled whole' if cfg.compile_step else ''}"
+        f"{f', {cfg.batch_gpu} rows per pass' if cfg.batch_gpu else ''}",
+        f"  writing to {run_dir}" + ("" if cfg.preset != "auto" else "   (official configuration: --preset v2-1gpu)")]
+        + ([f"distributed: {cfg.world} processes, rank 0 of {cfg.world}; each process takes 1/{cfg.world} of every "
+            "global minibatch"] if cfg.world > 1 else []))
 
 
-def _resume_config(state, path, args, say):
+def _resume_config(state, path, args, device, world, say) -> RunConfig:
     """The config a resumed run continues with: the recorded one, with the flags that may change applied."""
-    cfg = dict(state["config"])
-    if "source" in cfg:
+    recorded = dict(state["config"])
+    if "source" in recorded:
         raise UserError(f"'{path}' was converted from an official pickle and has no training state (optimizer, "
                         "random state, data order) to resume; use it with fastpggan.generate, evaluate or export")
-    version = cfg.get("step_version", 1)
+    version = recorded.get("step_version", 1)
     if not isinstance(version, int) or version > STEP_VERSION:
         raise UserError(f"checkpoint '{path}' was written by a newer fastpggan (training step version "
                         f"{version}, this one has {STEP_VERSION}); upgrade fastpggan to resume it")
@@ -204,35 +243,49 @@ def _resume_config(state, path, args, say):
         say(f"note: {path} was written by fastpggan 0.1, whose training step was not the official one "
             "(penalty target, Adam's epsilon, G_ema order); it continues with the official step, so it "
             "will not retrace what 0.1 would have trained")
-        cfg["step_version"] = STEP_VERSION
-    applied, ignored = apply_resume_flags(cfg, args, vars(build_parser().parse_args([])))
+        recorded["step_version"] = STEP_VERSION
+    kw, given = config_kwargs(args), vars(build_parser().parse_args([]))
+    changes, applied, ignored = {}, [], []
+    for dest, value in vars(args).items():
+        if value == given[dest] or (dest in CLI_ONLY and dest not in ("resolution", "init")):
+            continue
+        key = "reset_opt" if dest == "no_reset_opt" else dest
+        if key in RUN_TIME:
+            changes[key] = kw[key]
+        elif key in RESUMABLE:
+            changes[key] = kw[key]
+            applied.append(_flag(dest, value))
+        else:
+            ignored.append(_flag(dest, value))
     if applied:
         say(f"resume: applying {', '.join(applied)}")
     if ignored:
         say(f"resume: ignoring {', '.join(ignored)}: a resumed run keeps the data, network, schedule "
             "and seed recorded in its checkpoint (start a new run to change them)")
+    changes.pop("device", None)
+    cfg = resume_config(recorded, device=device, world=world, log=say, where=f"checkpoint '{path}'", **changes)
     nimg = state["progress"]["nimg"]
-    if cfg["total_kimg"] * 1000 <= nimg:   # not an error: a job that always says --resume latest may rerun
-        say(f"resume: the run in '{path}' is already at {nimg / 1000:g} kimg of {cfg['total_kimg']:g}; "
+    if cfg.total_kimg * 1000 <= nimg:   # not an error: a job that always says --resume latest may rerun
+        say(f"resume: the run in '{path}' is already at {nimg / 1000:g} kimg of {cfg.total_kimg:g}; "
             "nothing to train (pass a larger --kimg to continue it)")
     return cfg
 
 
-def _check_dataset_matches(dataset, cfg, path):
-    net = cfg["network"]
+def _check_dataset_matches(dataset, cfg: RunConfig, path):
+    net = cfg.network
     if (dataset.resolution, dataset.num_channels) != (net["resolution"], net["num_channels"]):
-        raise UserError(f"the data '{cfg['data']}' is now {dataset.resolution}x{dataset.resolution} with "
+        raise UserError(f"the data '{cfg.data}' is now {dataset.resolution}x{dataset.resolution} with "
                         f"{dataset.num_channels} channel(s), but the run in '{path}' trained on "
                         f"{net['resolution']}x{net['resolution']} with {net['num_channels']}; resume with the "
                         "data it started with")
     if net["label_size"] and dataset.num_classes != net["label_size"]:
-        raise UserError(f"the data '{cfg['data']}' now has {dataset.num_classes} classes, but the run in '{path}' "
+        raise UserError(f"the data '{cfg.data}' now has {dataset.num_classes} classes, but the run in '{path}' "
                         f"was conditioned on {net['label_size']}; resume with the data it started with")
 
 
-def _init_config(args, state, cfg, dataset):
-    """--init: (the checkpoint's state, the nimg to start at); cfg takes the checkpoint's network. Network flags
-    that contradict it, and data of another shape or class count, are refused in one line."""
+def _init_config(args, state, cfg: RunConfig, dataset):
+    """--init: (the config, which takes the checkpoint's network; the checkpoint's state; the nimg to start at).
+    Network flags that contradict it, and data of another shape or class count, are refused in one line."""
     net = dict(state["config"]["network"], fused_scale=state["config"]["network"].get("fused_scale", True))
     given = vars(build_parser().parse_args([]))
     for key in ("fmap_base", "fmap_max", "latent_size", "fused_scale"):
@@ -250,19 +303,19 @@ def _init_config(args, state, cfg, dataset):
         raise UserError(f"the network of --init '{args.init}' is {r}x{r} with {c} channel(s), the data "
                         f"'{args.data}' {dataset.resolution}x{dataset.resolution} with {dataset.num_channels}; "
                         f"use data of that shape (--resolution {r} scales it)")
-    if net["label_size"] != cfg["network"]["label_size"]:
+    if net["label_size"] != cfg.network["label_size"]:
         raise UserError(f"the network of --init '{args.init}' is conditioned on {net['label_size']} classes; pass "
                         f"--cond with data of {net['label_size']} classes" if net["label_size"] else
                         f"the network of --init '{args.init}' is unconditional; leave out --cond")
-    cfg["network"] = net
     prog = state["progress"]
     lod = math.log2(r / prog["resolution"]) + 1.0 - float(prog["alpha"])
-    kimg = Schedule(**cfg["schedule"]).kimg_at_lod(lod)
-    if cfg["total_kimg"] <= kimg:
-        raise UserError(f"the run ends at {cfg['total_kimg']:g} kimg, before its schedule reaches lod {lod:g} of the "
+    kimg = Schedule(**cfg.schedule).kimg_at_lod(lod)
+    if cfg.total_kimg <= kimg:
+        raise UserError(f"the run ends at {cfg.total_kimg:g} kimg, before its schedule reaches lod {lod:g} of the "
                         f"network of --init (at {kimg:g} kimg); pass a larger --kimg")
-    cfg["init"] = dict(checkpoint=os.path.abspath(args.init), lod=lod, kimg=kimg)
-    return state, int(round(kimg * 1000))
+    cfg = dataclasses.replace(cfg, network=net, init=dict(checkpoint=os.path.abspath(args.init), lod=lod, kimg=kimg))
+    validate_config(cfg, memory=device_memory(cfg.torch_device))   # the network's mbstd group may differ
+    return cfg, state, int(round(kimg * 1000))
 
 
 def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
@@ -274,8 +327,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
         log = silent   # rank 0 speaks for the run
         args.no_progress = True
     check_resolution(args.resolution)
-    if args.amp_min_res is not None:
-        check_resolution(args.amp_min_res, what="--amp-min-res")
+    check_resolution(args.amp_min_res, what="--amp-min-res")
     state = path = init = None
     if not ctx.main:
         distributed.barrier(ctx)   # rank 0 builds the dataset cache first
@@ -284,12 +336,11 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
         state = ckpt.load(path)
         if args.resume != "latest":   # the newest when looked up; a newer one means a concurrent run (the lock's error)
             _refuse_rewinding(path, state)
-        cfg = _resume_config(state, path, args, log)
-        dataset = build_dataset(cfg["data"], resolution=cfg["resolution"], strict=cfg["strict"],
-                                max_images=cfg.get("max_images"), cache_dir=args.cache_dir,
-                                progress=not args.no_progress, log=log)
-        if dataset.meta["source_hash"] != cfg["dataset_hash"]:
-            log(f"warning: the data '{cfg['data']}' changed since this run started; resuming with the new data")
+        cfg = _resume_config(state, path, args, device, ctx.world, log)
+        dataset = build_dataset(cfg.data, resolution=cfg.resolution, strict=cfg.strict, max_images=cfg.max_images,
+                                cache_dir=args.cache_dir, progress=not args.no_progress, log=log)
+        if dataset.meta["source_hash"] != cfg.dataset_hash:
+            log(f"warning: the data '{cfg.data}' changed since this run started; resuming with the new data")
         _check_dataset_matches(dataset, cfg, path)
         run_dir = os.path.dirname(os.path.abspath(path))
     else:
@@ -299,17 +350,13 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
         dataset = build_dataset(args.data, resolution=args.resolution, strict=args.strict,
                                 max_images=args.max_images, cache_dir=args.cache_dir, progress=not args.no_progress,
                                 log=log)
-        cfg = make_config(args, dataset, device)
+        cfg = resolve_config(dataset, **dict(config_kwargs(args), device=device, world=ctx.world), log=log)
         if init is not None:
-            init = _init_config(args, init, cfg, dataset)
+            cfg, *init = _init_config(args, init, cfg, dataset)
         run_dir = _unique_run_dir(args.out, args.name or f"{dataset.name}-{dataset.resolution}") if ctx.main else None
     if ctx.main:
         distributed.barrier(ctx)
     run_dir = distributed.broadcast_object(run_dir, ctx)
-    validate_config(cfg, world=ctx.world, batch_gpu=args.batch_gpu, memory=device_memory(device))
-    missing = impl_unavailable(cfg["impl"], device)
-    if missing:
-        raise UserError(f"--impl {cfg['impl']} cannot run on {device} here ({missing}); use --impl auto or ref")
     metrics = None
     if args.metrics:
         metrics = dict(names=suite.parse_metrics(args.metrics), kimg=args.metric_kimg, num=args.metric_num,
@@ -319,7 +366,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
         usable = min(args.metric_num, len(dataset)) // ctx.world * ctx.world   # what each metric run compares
         if usable < 2:
             raise UserError(f"--metrics compares at least 2 images (a pair for MS-SSIM, a spread for SWD and FID); "
-                            f"the data '{cfg['data']}' has {len(dataset)} over {ctx.world} process(es); use more "
+                            f"the data '{cfg.data}' has {len(dataset)} over {ctx.world} process(es); use more "
                             "images or leave out --metrics")
     lock = None
     if ctx.main:   # everything is checked: only now does the run folder appear
@@ -327,37 +374,29 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
         lock = RunLock(run_dir)
         remove_partial_writes(run_dir, log)
     try:
-        return _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log, init)
+        return _train(args, cfg, state, path, dataset, run_dir, metrics, ctx, log, init)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log, init=None):
+def _train(args, cfg, state, path, dataset, run_dir, metrics, ctx, log, init=None):
     try:
-        trainer = Trainer(cfg, dataset, device, run_dir, progress=not args.no_progress, log=log, metrics=metrics,
-                          dist_ctx=ctx, batch_gpu=args.batch_gpu, channels_last=args.channels_last,
-                          cuda_graphs=args.cuda_graphs, compile_step=args.compile_step == "on")
+        trainer = Trainer(cfg, dataset, run_dir, progress=not args.no_progress, log=log, metrics=metrics,
+                          dist_ctx=ctx)
     except (RuntimeError, MemoryError) as e:
         if not isinstance(e, MemoryError) and "memory" not in str(e):
             raise
-        net = cfg["network"]
-        raise UserError(f"the networks do not fit in memory on {device} (fmap_base {net['fmap_base']}, fmap_max "
-                        f"{net['fmap_max']}, latent {net['latent_size']}); use a smaller --fmap-base, --fmap-max "
-                        "or --latent-size") from None
-    if device.type == "cuda":
+        net = cfg.network
+        raise UserError(f"the networks do not fit in memory on {cfg.device} (fmap_base {net['fmap_base']}, "
+                        f"fmap_max {net['fmap_max']}, latent {net['latent_size']}); use a smaller --fmap-base, "
+                        "--fmap-max or --latent-size") from None
+    if cfg.torch_device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}
-    log(describe(cfg, dataset, device, trainer.G, trainer.D, run_dir) +
-        f"\n  step: {precision[trainer.amp_dtype]}, impl {cfg['impl']}"
-        f"{', channels_last' if args.channels_last else ''}"
-        f"{', CUDA graphs' if trainer.runner is not trainer.train_step else ''}"
-        f"{', passes compiled whole' if args.compile_step == 'on' else ''}" +
-        (f"\ndistributed: {ctx.world} processes, rank 0 of {ctx.world}; each process takes 1/{ctx.world} of every "
-         "global minibatch" if ctx.world > 1 else ""))
+    log(describe(cfg, dataset, trainer.G, trainer.D, run_dir))
     if state is not None:
         # the backends the run chose at its start (none recorded: it ran the static order, and goes on with it)
-        trainer.choose_backends(cfg.get("backends") or dict(device=None, choices={}))
+        trainer.choose_backends(cfg.backends or dict(device=None, choices={}))
         trainer.load_state_dict(state, path)
         if ctx.main:
             rewind_log(run_dir, trainer.nimg / 1000)
@@ -365,12 +404,16 @@ def _train(args, cfg, state, path, dataset, device, run_dir, metrics, ctx, log, 
     else:
         if init is not None:
             trainer.start_from(*init)
-            log(f"init: G, D and G_ema from {args.init} (lod {cfg['init']['lod']:g}); starting at kimg "
-                f"{cfg['init']['kimg']:g} with fresh optimizer state")
+            log(f"init: G, D and G_ema from {args.init} (lod {cfg.init['lod']:g}); starting at kimg "
+                f"{cfg.init['kimg']:g} with fresh optimizer state")
         trainer.choose_backends()   # before the first step, so before any CUDA-graph capture
         if ctx.main:
-            writes.write_text(os.path.join(run_dir, "config.json"), json.dumps(cfg, indent=2))
+            writes.write_text(os.path.join(run_dir, "config.json"), json.dumps(trainer.cfg.to_dict(), indent=2))
     try:
+        if ctx.main:   # what this process runs, in the log beside the ticks it explains (kept by rewind_log)
+            with open(os.path.join(run_dir, "log.jsonl"), "a") as f:
+                f.write(json.dumps(dict(config=trainer.cfg.to_dict(), kimg=round(trainer.nimg / 1000, 3),
+                                        time=round(time.time(), 3))) + "\n")
         last = trainer.run()
     except Terminated:
         latest = ckpt.latest(run_dir)

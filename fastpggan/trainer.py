@@ -6,6 +6,7 @@ grid from fixed latents through G_ema and, every `snap_ticks` ticks, writes a ch
 schedule is re-evaluated every step rather than every 4 minibatches.
 """
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from . import autotune, distributed
 from . import checkpoint as ckpt
 from .compiled_step import CompiledStep
-from .config import pick_amp
+from .config import RunConfig
 from .errors import UserError, env_flag
 from .images import write_grid
 from .metrics import suite
@@ -34,7 +35,6 @@ from .step import (
     load_optimizer_state,
     make_optimizer,
     optimizer_state,
-    pick_cuda_graphs,
     random_inputs,
     reset_optimizer_,
     set_lr,
@@ -54,68 +54,57 @@ def _raise_terminated(signum, frame):
 
 
 class Trainer:
-    """Holds the networks, optimizers and position of one run; `run()` trains to cfg['total_kimg'].
+    """Holds the networks, optimizers and position of one run; `run()` trains to cfg.total_kimg.
 
     Args:
-        cfg: the run's config dict (config.make_config, or a checkpoint's "config").
-        dataset: a data.ImageDataset at cfg["resolution"].
-        device: where the networks train.
+        cfg: the run's resolved configuration (config.resolve_config, or config.resume_config of a checkpoint's);
+            the trainer follows it and decides nothing.
+        dataset: a data.ImageDataset at cfg.resolution.
         run_dir: the folder of log.jsonl, the grids and the checkpoints.
         progress: show a progress bar.
         log: where the one-line notices go.
         metrics: dict(names, kimg, num, inception) of the metrics to compute during training, or None.
-        dist_ctx: the distributed context (default: one process).
-        batch_gpu: rows per forward pass on this process (gradient accumulation below its share).
-        channels_last: run G and D in channels_last.
-        cuda_graphs: 'auto', 'on' or 'off' (step.pick_cuda_graphs).
-        compile_step: compile each pass of the step whole (compiled_step.CompiledStep); CUDA graphs are then off.
+        dist_ctx: the distributed context (default: one process); its world size is cfg.world.
     """
 
-    def __init__(self, cfg: dict, dataset, device: torch.device, run_dir: str, progress: bool = True,
-                 log: Callable = print, metrics: Optional[dict] = None, dist_ctx: Optional[distributed.Context] = None,
-                 batch_gpu: Optional[int] = None, channels_last: bool = False, cuda_graphs: str = "auto",
-                 compile_step: bool = False):
-        self.cfg, self.dataset, self.device, self.run_dir, self.progress, self.log = \
-            cfg, dataset, device, run_dir, progress, log
+    def __init__(self, cfg: RunConfig, dataset, run_dir: str, progress: bool = True, log: Callable = print,
+                 metrics: Optional[dict] = None, dist_ctx: Optional[distributed.Context] = None):
+        self.cfg, self.dataset, self.run_dir, self.progress, self.log = cfg, dataset, run_dir, progress, log
+        self.device = device = cfg.torch_device
         self.ctx = dist_ctx or distributed.Context()
+        if self.ctx.world != cfg.world:
+            raise ValueError(f"the config is resolved for {cfg.world} process(es), the run has {self.ctx.world}")
         self.metrics = metrics  # dict(names, kimg, num, inception) or None
         self.last_metric_nimg = 0
-        torch.manual_seed(cfg["seed"])
-        self.G, self.D = ckpt.build_networks(cfg, impl=cfg["impl"])
+        torch.manual_seed(cfg.seed)
+        self.G, self.D = ckpt.build_networks(cfg.to_dict(), impl=cfg.impl)
         self.G.to(device)
         self.D.to(device)
-        self.G.amp_min_res = self.D.amp_min_res = cfg.get("amp_min_res")
-        if channels_last:
+        self.G.amp_min_res = self.D.amp_min_res = cfg.amp_min_res
+        if cfg.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.schedule = Schedule(**cfg["schedule"])
-        if compile_step and cuda_graphs == "on":
-            raise UserError("--compile-step on and --cuda-graphs on do not combine (the compiled passes are not "
-                            "captured); choose one")
-        graphs, graphs_notice = pick_cuda_graphs("off" if compile_step else cuda_graphs, device, self.ctx.world)
-        self.opt_G = make_optimizer(self.G.parameters(), device, self.schedule.lr_base, capturable=graphs)
-        self.opt_D = make_optimizer(self.D.parameters(), device, self.schedule.lr_base, capturable=graphs)
-        self.amp_dtype, notice = pick_amp(cfg["amp"], device)
-        for line in (notice, graphs_notice):
-            if line:
-                log(line)
-        step_args = dict(lambda_gp=cfg["lambda_gp"], drift=cfg["drift"], ema=cfg["ema"],
-                         gp_native_res=cfg.get("gp_native_res", False), impl=cfg["impl"], amp_dtype=self.amp_dtype,
-                         channels_last=channels_last, ctx=self.ctx, batch_gpu=batch_gpu)
-        if compile_step:
+        self.schedule = Schedule(**cfg.schedule)
+        self.opt_G = make_optimizer(self.G.parameters(), device, self.schedule.lr_base, capturable=cfg.cuda_graphs)
+        self.opt_D = make_optimizer(self.D.parameters(), device, self.schedule.lr_base, capturable=cfg.cuda_graphs)
+        self.amp_dtype = cfg.autocast_dtype
+        step_args = dict(lambda_gp=cfg.lambda_gp, drift=cfg.drift, ema=cfg.ema, gp_native_res=cfg.gp_native_res,
+                         impl=cfg.impl, amp_dtype=self.amp_dtype, channels_last=cfg.channels_last, ctx=self.ctx,
+                         batch_gpu=cfg.batch_gpu)
+        if cfg.compile_step:
             step_args["log"] = log
-        self.train_step = (CompiledStep if compile_step else TrainStep)(self.G, self.D, self.G_ema, self.opt_G,
-                                                                          self.opt_D, **step_args)
-        self.runner = CudaGraphStep(self.train_step, log=log) if graphs else self.train_step
+        self.train_step = (CompiledStep if cfg.compile_step else TrainStep)(self.G, self.D, self.G_ema, self.opt_G,
+                                                                              self.opt_D, **step_args)
+        self.runner = CudaGraphStep(self.train_step, log=log) if cfg.cuda_graphs else self.train_step
         self.stop_flag = None   # multi-process: the all-reduced Ctrl-C flag of the last step (read every 10 steps)
-        self.sampler = Sampler(len(dataset), seed=cfg["seed"])
+        self.sampler = Sampler(len(dataset), seed=cfg.seed)
         self.nimg, self.prev_lod, self.tick, self.tick_start_nimg = 0, None, 0, 0
-        gen = torch.Generator().manual_seed(cfg["seed"] + 123456789)
-        n_grid = cfg["grid"] or (64 if cfg["resolution"] <= 64 else 16)
+        gen = torch.Generator().manual_seed(cfg.seed + 123456789)
+        n_grid = cfg.grid or (64 if cfg.resolution <= 64 else 16)
         self.grid_z = torch.randn(n_grid, self.G.latent_size, generator=gen).to(device)
-        self.grid_labels = (torch.arange(n_grid) % dataset.num_classes).to(device) if cfg["cond"] else None
-        self.labels = torch.from_numpy(dataset.labels).to(device) if cfg["cond"] else None
+        self.grid_labels = (torch.arange(n_grid) % dataset.num_classes).to(device) if cfg.cond else None
+        self.labels = torch.from_numpy(dataset.labels).to(device) if cfg.cond else None
         self.stop_requested = False
         self.sigint_seen = False
         self.tb = None
@@ -144,7 +133,8 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return dict(config=self.cfg, G=self.G.state_dict(), D=self.D.state_dict(), G_ema=self.G_ema.state_dict(),
+        return dict(config=self.cfg.to_dict(), G=self.G.state_dict(), D=self.D.state_dict(),
+                    G_ema=self.G_ema.state_dict(),
                     opt_G=optimizer_state(self.opt_G), opt_D=optimizer_state(self.opt_D),
                     scaler=self.train_step.scaler_state(), rng=rng,
                     sampler=self.sampler.state_dict(),
@@ -189,14 +179,14 @@ class Trainer:
         fading, with this process's rows per forward pass. Recorded from one small step per stage that updates
         nothing and draws from its own generator, so the run's state and random numbers are untouched."""
         gen = torch.Generator(device=self.device).manual_seed(0)
-        group = self.cfg["network"]["mbstd_group_size"]
+        group = self.cfg.network["mbstd_group_size"]
         out, r = {}, 4
-        while r <= self.cfg["resolution"]:
+        while r <= self.cfg.resolution:
             per = max(self.schedule.at(self.schedule.kimg_to_reach(r) * 1000).minibatch // self.ctx.world, 1)
             rows = min(self.train_step.batch_gpu or per, per)
             n = min(group, rows) if group > 1 else 1
-            inputs = random_inputs(n, self.cfg["network"]["num_channels"], r, self.G.latent_size, self.device, gen,
-                                   mirror=self.cfg["mirror"], labels=self.labels is not None)
+            inputs = random_inputs(n, self.cfg.network["num_channels"], r, self.G.latent_size, self.device, gen,
+                                   mirror=self.cfg.mirror, labels=self.labels is not None)
             records = []
             for alpha in ((1.0, 0.5) if r > 4 else (1.0,)):
                 records += autotune.record(self.train_step.run, inputs, r, self.train_step.alpha_arg(alpha),
@@ -211,9 +201,9 @@ class Trainer:
         schedule (autotune.tune_cases: validated against the reference, timed, cached) and every rank takes its
         choices. Logs one line per op: the backend at each resolution. Nothing to choose, and None, with an
         explicit --impl or a forced 'auto' (FASTPGGAN_IMPL, ops.backends.pin/set_default); FASTPGGAN_TUNE=0 uses
-        the tune cache and the static order unmeasured. The choices go into cfg['backends'] (config.json and every
+        the tune cache and the static order unmeasured. The choices go into cfg.backends (config.json and every
         checkpoint)."""
-        if self.cfg["impl"] != "auto" or backends.forced()[0] != "auto":
+        if self.cfg.impl != "auto" or backends.forced()[0] != "auto":
             return None
         cases, here = self.training_cases(), tune_cache.device_key(self.device)
         if recorded is None:
@@ -238,7 +228,7 @@ class Trainer:
             self.log(f"note: this run's backends were chosen on {recorded['device']}; it goes on with them on "
                      f"{here} (a new run tunes for this device)")
         backends.use_choices(recorded["choices"])
-        self.cfg["backends"] = recorded
+        self.cfg = dataclasses.replace(self.cfg, backends=recorded)
         for op in sorted({c.op for cs in cases.values() for c in cs}):
             per_res = []
             for r, cs in cases.items():
@@ -262,7 +252,7 @@ class Trainer:
         shard, n, dev = self.ctx.shard(ph.minibatch), ph.minibatch, self.device
         idx = self.sampler.next(n)[shard]
         reals = self._to_device(self.dataset.level(ph.resolution)[idx])
-        flip = (torch.rand(n, device=dev) < 0.5)[shard] if self.cfg["mirror"] else None
+        flip = (torch.rand(n, device=dev) < 0.5)[shard] if self.cfg.mirror else None
         labels_d = self.labels[self._to_device(idx)] if self.labels is not None else None
         z_d = torch.randn(n, self.G.latent_size, device=dev)[shard]
         u = torch.rand(n, device=dev)[shard]
@@ -273,7 +263,7 @@ class Trainer:
 
     def step(self, ph):
         """One D step and one G step at phase `ph`, then the EMA update. Returns fp32 [loss_D, loss_G]."""
-        if self.prev_lod is not None and self.cfg["reset_opt"] and Schedule.lod_crossed_integer(self.prev_lod, ph.lod):
+        if self.prev_lod is not None and self.cfg.reset_opt and Schedule.lod_crossed_integer(self.prev_lod, ph.lod):
             reset_optimizer_(self.opt_G)
             reset_optimizer_(self.opt_D)
         self.prev_lod = ph.lod
@@ -294,7 +284,7 @@ class Trainer:
     @torch.no_grad()
     def save_grid(self, path, ph):
         imgs = self.G_ema(self.grid_z, ph.resolution, ph.alpha, self.grid_labels)
-        write_grid(imgs, path, upscale_to=self.cfg["resolution"])
+        write_grid(imgs, path, upscale_to=self.cfg.resolution)
 
     def _tb(self):
         if self.tb is None:
@@ -308,7 +298,7 @@ class Trainer:
 
     def save_checkpoint(self):
         try:
-            return ckpt.save(self.state_dict(), self.run_dir, self.nimg, keep=self.cfg["keep"],
+            return ckpt.save(self.state_dict(), self.run_dir, self.nimg, keep=self.cfg.keep,
                              protect=(self.resumed_from,) if self.resumed_from else ())
         except ckpt.NonFiniteWeights as e:
             raise Diverged(f"{e.part} holds NaN or inf at kimg {self.nimg / 1000:g}, so no checkpoint was written; "
@@ -317,7 +307,7 @@ class Trainer:
 
     # -- loop ---------------------------------------------------------------------------------------------------
     def run(self):
-        total = int(round(self.cfg["total_kimg"] * 1000))
+        total = int(round(self.cfg.total_kimg * 1000))
         last_ckpt = ckpt.latest(self.run_dir)
         bar = None
         if self.progress:
@@ -479,7 +469,7 @@ class Trainer:
                    img_per_s=round(kimg_done * 1000 / max(sec, 1e-9), 2), peak_mem_mb=round(peak, 1),
                    **({"overflow_steps": overflow_steps} if self.loss_scaling else {}),
                    time=round(time.time(), 3))
-        snapshot = force_snapshot or self.tick % self.cfg["snap_ticks"] == 0
+        snapshot = force_snapshot or self.tick % self.cfg.snap_ticks == 0
         if self.ctx.main:   # only rank 0 writes; the state it writes is the same on every rank
             with open(os.path.join(self.run_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(rec) + "\n")

@@ -18,9 +18,8 @@ from typing import Callable, List, Optional
 
 import torch
 
-from . import train
 from .autotune import tune_cases, tune_model
-from .config import PRESET_NAMES, make_config, validate_config
+from .config import PRESET_NAMES, DataShapes, RunConfig, resolve_config
 from .data import check_resolution
 from .errors import ArgumentParser, cli_entry, number
 from .ops import tune_cache
@@ -50,38 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _Shapes:
-    """What the trainer needs of a dataset to build a run's networks and step: only its shapes."""
-
-    def __init__(self, resolution: int, channels: int):
-        self.resolution, self.num_channels, self.num_classes, self.labels = resolution, channels, 0, None
-        self.name, self.meta = "tune", {"source_hash": None}
-
-    def __len__(self):
-        return 1
-
-
-def training_trainer(args: argparse.Namespace, device: torch.device, log: Callable = print,
-                     cuda_graphs: str = "off") -> Trainer:
-    """A Trainer (untrained, writing nothing) of the training configuration that `args` describe (this module's
-    flags; an `impl` attribute, if any, is passed on too)."""
-    train_args = train.build_parser().parse_args([])
-    for key in ("preset", "amp", "channels_last", "batch_gpu", "minibatch", "impl"):
-        if hasattr(args, key):
-            setattr(train_args, key, getattr(args, key))
+def training_config(args: argparse.Namespace, device: torch.device, **overrides) -> RunConfig:
+    """The configuration (config.resolve_config, as a library user builds one) of the training run that `args`
+    describe (this module's flags; an `impl` attribute, if any, is passed on too); CUDA graphs off unless
+    `overrides` say otherwise."""
     check_resolution(args.resolution)
-    shapes = _Shapes(args.resolution, args.channels)
-    cfg = make_config(train_args, shapes, device)
-    validate_config(cfg, batch_gpu=args.batch_gpu)
-    return Trainer(cfg, shapes, device, run_dir=os.devnull, progress=False, log=log, batch_gpu=args.batch_gpu,
-                   channels_last=args.channels_last, cuda_graphs=cuda_graphs)
+    kw = dict(device=device, preset=args.preset, amp=args.amp, channels_last=args.channels_last,
+              batch_gpu=args.batch_gpu, minibatch=args.minibatch, impl=getattr(args, "impl", "auto"),
+              cuda_graphs="off")
+    kw.update(overrides)
+    return resolve_config(DataShapes(args.resolution, args.channels), **kw)
+
+
+def training_trainer(cfg: RunConfig, log: Callable = print) -> Trainer:
+    """A Trainer of `cfg` on shapes only: untrained, writing nothing."""
+    return Trainer(cfg, DataShapes(cfg.resolution, cfg.network["num_channels"]), run_dir=os.devnull, progress=False,
+                   log=log)
 
 
 def tune_training(args: argparse.Namespace, log: Callable = print) -> dict:
     """Tune the cases of every stage of the configuration; returns tune_cases' result plus "stages": {resolution:
     [case keys]}, "seconds" and "device"."""
     device = pick_device(args.device)
-    trainer = training_trainer(args, device, log=lambda *a: None)
+    trainer = training_trainer(training_config(args, device), log=lambda *a: None)
     stages = trainer.training_cases()
     t0 = time.time()
     result = tune_cases([c for cs in stages.values() for c in cs], force=args.force, log=log)

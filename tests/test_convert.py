@@ -226,8 +226,8 @@ def test_training_goes_on_from_a_converted_network(tmp_path, lod):
     start = ckpt.load(str(init))
     t = train_quietly(_init_args(_gray16_cond3(tmp_path), tmp_path, init, "--cond", "--kimg", "0.096"))
     want_kimg = {0.0: 0.064, 1.5: 0.024}[lod]   # (2 phases of 0.032) + half a transition for lod 1.5
-    assert t.cfg["init"]["kimg"] == pytest.approx(want_kimg) and t.cfg["init"]["lod"] == lod
-    assert t.D.fused_scale is False and t.G.label_size == 3 and t.cfg["network"]["latent_size"] == 16
+    assert t.cfg.init["kimg"] == pytest.approx(want_kimg) and t.cfg.init["lod"] == lod
+    assert t.D.fused_scale is False and t.G.label_size == 3 and t.cfg.network["latent_size"] == 16
     first = ckpt.list_checkpoints(str(tmp_path / "run"))[0]
     state = torch.load(first, weights_only=True)
     assert state["progress"]["nimg"] == round(want_kimg * 1000) + 8   # a tick is one minibatch of 8

@@ -115,11 +115,11 @@ def test_global_batch_that_does_not_split_is_refused_up_front(tmp_path):
     os.environ["FASTPGGAN_CACHE"] = str(tmp_path / "cache")
     from fastpggan.data import build_dataset
     ds = build_dataset(data, progress=False, log=lambda *a: None)
-    cfg = config.make_config(train.build_parser().parse_args(_args(data, tmp_path / "x")), ds, torch.device("cpu"))
+    kw = train.config_kwargs(train.build_parser().parse_args(_args(data, tmp_path / "x")))
     with pytest.raises(UserError, match="global minibatch 8 at 4x4 is not divisible by the 3 processes"):
-        config.validate_config(cfg, world=3)
+        config.resolve_config(ds, **dict(kw, world=3))
     with pytest.raises(UserError, match="not a multiple of --batch-gpu 3"):
-        config.validate_config(cfg, world=2, batch_gpu=3)
+        config.resolve_config(ds, **dict(kw, world=2, batch_gpu=3))
 
 
 def _start_long_run(tmp_path):

@@ -149,7 +149,7 @@ def test_tfrecords_train_conditional(tmp_path):
     from conftest import tiny_train_args, train_quietly
     made = tfrecords(tmp_path)
     t = train_quietly(tiny_train_args(made.path, tmp_path / "runs", "--cond", "--kimg", "0.048"))
-    assert t.cfg["network"]["label_size"] == 3 and t.cfg["network"]["num_channels"] == 3
+    assert t.cfg.network["label_size"] == 3 and t.cfg.network["num_channels"] == 3
     assert t.nimg == 48
 
 
@@ -301,7 +301,7 @@ def test_lsun_max_images_trains_and_resumes_on_the_same_images(tmp_path):
     made = lsun(tmp_path, n=5)
     runs = tmp_path / "runs"
     t = train_quietly(tiny_train_args(made.path, runs, "--resolution", "16", "--max-images", "3", "--kimg", "0.032"))
-    assert len(t.dataset) == 3 and t.cfg["max_images"] == 3 and t.dataset.resolution == 16
+    assert len(t.dataset) == 3 and t.cfg.max_images == 3 and t.dataset.resolution == 16
     assert np.array_equal(t.dataset.level(16), lsun_expected(made.path, 16, limit=3))
     t = train_quietly(["--resume", "latest", "--out", str(runs), "--name", "run", "--kimg", "0.048", "--no-progress",
                        "--device", "cpu"])

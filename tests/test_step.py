@@ -148,15 +148,17 @@ def test_optimizer_state_writes_a_float_lr_and_loading_keeps_the_tensor():
 
 def test_pick_amp_and_cuda_graphs_on_cpu():
     cpu = torch.device("cpu")
-    assert config.pick_amp("auto", cpu) == (None, None)
-    assert config.pick_amp("on", cpu) == (torch.bfloat16, None)
-    assert config.pick_amp("bf16", cpu) == (torch.bfloat16, None)
-    assert config.pick_amp("fp16", cpu) == (torch.float16, None)
-    assert config.pick_amp("off", cpu) == (None, None)
-    assert step_mod.pick_cuda_graphs("auto", cpu, 1) == (False, None)
-    assert step_mod.pick_cuda_graphs("off", cpu, 1) == (False, None)
+    assert config.pick_amp("auto", cpu) == ("fp32", None)
+    assert config.pick_amp("on", cpu) == ("bf16", None)
+    assert config.pick_amp("bf16", cpu) == ("bf16", None)
+    assert config.pick_amp("fp16", cpu) == ("fp16", None)
+    assert config.pick_amp("off", cpu) == ("fp32", None)
+    assert config.pick_cuda_graphs("auto", cpu, 1) == (False, None)
+    assert config.pick_cuda_graphs("off", cpu, 1) == (False, None)
     with pytest.raises(UserError, match="--cuda-graphs on needs a CUDA device"):
-        step_mod.pick_cuda_graphs("on", cpu, 1)
+        config.pick_cuda_graphs("on", cpu, 1)
+    with pytest.raises(UserError, match="do not combine"):
+        config.pick_cuda_graphs("on", cpu, 1, compile_step=True)
 
 
 def test_cli_cuda_graphs_on_without_gpu_is_one_line(tiny_npz, tmp_path):
@@ -171,7 +173,7 @@ def test_cli_cuda_graphs_on_without_gpu_is_one_line(tiny_npz, tmp_path):
 def _graphed_run(monkeypatch, args, capture, log=lambda *a: None):
     """Train with CudaGraphStep forced on and `capture` in place of torch.cuda.graph (capture=None: the eager
     step, with the same capturable optimizers as the graphed one)."""
-    monkeypatch.setattr(trainer, "pick_cuda_graphs", lambda mode, device, world: (True, None))
+    monkeypatch.setattr(config, "pick_cuda_graphs", lambda mode, device, world, compile_step=False: (True, None))
     wrapper = functools.partial(step_mod.CudaGraphStep, capture=capture) if capture else lambda step, log: step
     monkeypatch.setattr(trainer, "CudaGraphStep", wrapper)
     return _train(args, log=log)

@@ -1,4 +1,5 @@
 """The trainer end to end on seconds-long runs: growth, outputs, exact resume, and every error path."""
+import dataclasses
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import torch
 
 from conftest import checkpoint_tensors, slow, tiny_train_args, train_quietly
 from fastpggan import checkpoint as ckpt
-from fastpggan import config, losses, train, trainer
+from fastpggan import config, losses, trainer
 from fastpggan import step as step_mod
 from fastpggan.errors import UserError
 from fastpggan.ops import _dispatch
@@ -20,8 +21,9 @@ _train = train_quietly
 
 
 def _log(run_dir):
+    """The tick records of a run's log.jsonl."""
     with open(os.path.join(run_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
+        return [rec for rec in map(json.loads, f) if "tick" in rec]
 
 
 def test_smoke_grows_through_resolutions(tiny_npz, tmp_path):
@@ -112,8 +114,10 @@ def test_a_checkpoint_written_before_the_trainer_split_still_resumes(tmp_path):
     assert now["sampler"] == old["sampler"] and torch.equal(now["rng"]["torch"], old["rng"]["torch"])
     assert {k: now["progress"][k] for k in old["progress"]} == old["progress"]
     # a run from before tuning goes on with the static backend order, and from now on records that it does
-    assert now["config"] == dict(old["config"], total_kimg=0.032, step_version=step_mod.STEP_VERSION,
-                                 backends=dict(device=None, choices={}))
+    want = dict(config.RunConfig.from_dict(old["config"]).to_dict(), total_kimg=0.032,
+                step_version=step_mod.STEP_VERSION, backends=dict(device=None, choices={}))
+    assert now["config"] == want and {k: want[k] for k in old["config"]} == dict(
+        old["config"], total_kimg=0.032)   # every recorded field kept, the missing ones filled in
 
     t = _train(["--resume", str(path), "--kimg", "0.048", "--no-progress", "--device", "cpu"])
     assert t.nimg == 48
@@ -126,8 +130,8 @@ def test_a_checkpoint_written_before_the_trainer_split_still_resumes(tmp_path):
 def test_gp_native_res_is_recorded_and_reaches_the_step_and_a_newer_step_is_refused(tiny_npz, tmp_path):
     lines = []
     t = _train(tiny_train_args(tiny_npz, tmp_path, "--gp-native-res"), log=lines.append)
-    assert t.cfg["gp_native_res"] is True and t.train_step.gp_native_res is True
-    assert t.cfg["step_version"] == step_mod.STEP_VERSION
+    assert t.cfg.gp_native_res is True and t.train_step.gp_native_res is True
+    assert t.cfg.step_version == step_mod.STEP_VERSION
     assert any("--gp-native-res" in ln for ln in lines)
     path = ckpt.latest(str(tmp_path / "run"))
     state = ckpt.load(path)
@@ -139,7 +143,7 @@ def test_gp_native_res_is_recorded_and_reaches_the_step_and_a_newer_step_is_refu
     with pytest.raises(UserError, match="newer fastpggan .*upgrade"):
         _train(["--resume", path, "--no-progress", "--device", "cpu"])
     default = _train(tiny_train_args(tiny_npz, tmp_path / "b"))
-    assert default.cfg["gp_native_res"] is False and default.train_step.gp_native_res is False
+    assert default.cfg.gp_native_res is False and default.train_step.gp_native_res is False
 
 
 def test_resume_latest(tiny_npz, tmp_path):
@@ -245,7 +249,7 @@ def test_an_ignored_ctrl_c_stays_ignored(tiny_npz, tmp_path, monkeypatch, sigint
     sigint_handler(signal.SIG_IGN)
     _interrupt_at_step(monkeypatch, 3)
     t = _train(tiny_train_args(tiny_npz, tmp_path))
-    assert t.nimg == int(t.cfg["total_kimg"] * 1000) and not t.stop_requested
+    assert t.nimg == int(t.cfg.total_kimg * 1000) and not t.stop_requested
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
@@ -319,17 +323,14 @@ def test_presets_configure_the_run(tmp_path):
     from fastpggan.data import build_dataset
     pytest.importorskip("sklearn", reason="scikit-learn is in the [demo] extra")
     ds = build_dataset("digits", progress=False)
-    args = train.build_parser().parse_args(["--preset", "v1"])
-    cfg = config.make_config(args, ds, torch.device("cpu"))
-    assert cfg["network"]["mbstd_group_size"] == 16 and cfg["network"]["fmap_base"] == 8192
-    assert cfg["schedule"]["lod_training_kimg"] == 800 and cfg["ema"] == 0.999
-    args = train.build_parser().parse_args(["--preset", "v2-1gpu", "--minibatch", "4:64,8", "--lr", "8:0.002"])
-    cfg = config.make_config(args, ds, torch.device("cpu"))
-    assert cfg["schedule"]["minibatch"][4] == 64 and cfg["schedule"]["minibatch_base"] == 8
-    assert cfg["schedule"]["lr"] == {1024: 0.0015, 8: 0.002} and cfg["network"]["mbstd_group_size"] == 4
+    cfg = config.resolve_config(ds, device="cpu", preset="v1")
+    assert cfg.network["mbstd_group_size"] == 16 and cfg.network["fmap_base"] == 8192
+    assert cfg.schedule["lod_training_kimg"] == 800 and cfg.ema == 0.999
+    cfg = config.resolve_config(ds, device="cpu", preset="v2-1gpu", minibatch="4:64,8", lr={8: 0.002})
+    assert cfg.schedule["minibatch"][4] == 64 and cfg.schedule["minibatch_base"] == 8
+    assert cfg.schedule["lr"] == {1024: 0.0015, 8: 0.002} and cfg.network["mbstd_group_size"] == 4
     with pytest.raises(UserError, match="not divisible"):
-        config.validate_config(config.make_config(train.build_parser().parse_args(["--minibatch", "6"]), ds,
-                                                torch.device("cpu")))
+        config.resolve_config(ds, device="cpu", minibatch=6)
 
 
 def test_cli_entry_turns_errors_into_one_line(capsys):
@@ -363,25 +364,19 @@ def test_one_time_estimate_line_and_per_resolution_rates(tiny_npz, tmp_path):
     assert set(probe) == {4, 16} and torch.equal(torch.get_rng_state(), before)   # the run's RNG is untouched
 
 
-class _Shapes:
-    """What make_config reads of a dataset."""
-    def __init__(self, resolution, channels=3):
-        self.resolution, self.num_channels, self.num_classes, self.name = resolution, channels, 0, "shapes"
-        self.meta = {"source_hash": None}
-
-
 def test_a_minibatch_that_cannot_fit_the_device_is_refused_before_any_work():
     """The bound is a lower bound (activations at 2 bytes): the official 1024x1024 configuration (v1: minibatch 16 at
     128, 4 at 1024) passes on a 16 GiB GPU; 10^8 images per pass at 4x4 do not fit 23 GiB."""
     gib = 2 ** 30
-    official = config.make_config(train.build_parser().parse_args(["--preset", "v1"]), _Shapes(1024),
-                                  torch.device("cpu"))
+    official = config.resolve_config(config.DataShapes(1024, 3), device="cpu", preset="v1")
     config.validate_config(official, memory=16 * gib)
     with pytest.raises(UserError, match=r"pass at \d+x\d+ need at least .* the device has 0.2 GiB; lower --minib"):
         config.validate_config(official, memory=gib // 5)
-    huge = config.make_config(train.build_parser().parse_args(["--minibatch", "100000000"]), _Shapes(8),
-                              torch.device("cpu"))
+    with pytest.raises(UserError, match=r"100000000 images per forward pass at 4x4 need at least \d+\.\d GiB"):
+        config.resolve_config(config.DataShapes(8, 3), device="cpu", minibatch="100000000")   # this machine's RAM
+    huge = config.resolve_config(config.DataShapes(8, 3), device="cpu", minibatch="100000000", batch_gpu=1000)
+    config.validate_config(huge, memory=23 * gib)   # split into passes of 1000 it fits
+    huge = dataclasses.replace(huge, batch_gpu=None)
     with pytest.raises(UserError, match=r"100000000 images per forward pass at 4x4 need at least \d+\.\d GiB"):
         config.validate_config(huge, memory=23 * gib)
-    config.validate_config(huge, batch_gpu=1000, memory=23 * gib)   # split into passes of 1000 it fits
     config.validate_config(huge)   # memory unknown: not checked

@@ -25,7 +25,7 @@ from fastpggan import checkpoint as ckpt
 from fastpggan.autotune import Case
 from fastpggan.ops import _dispatch, tune_cache
 from fastpggan.step import CudaGraphStep, _Rerun, random_inputs
-from fastpggan.tune import training_trainer
+from fastpggan.tune import training_config, training_trainer
 
 pytestmark = pytest.mark.skipif(ops._ext.load_error() is not None, reason="the extension is needed as a candidate")
 
@@ -317,7 +317,7 @@ def test_nothing_is_measured_while_torch_compile_traces(monkeypatch):
 def test_the_graph_capture_path_runs_the_run_s_frozen_choices(tmp_path, monkeypatch):
     args = SimpleNamespace(resolution=8, channels=1, preset="auto", amp="off", channels_last=False, batch_gpu=None,
                            minibatch="4")
-    trainer = training_trainer(args, torch.device("cpu"), log=lambda *a: None)
+    trainer = training_trainer(training_config(args, torch.device("cpu")), log=lambda *a: None)
     cases = [c for cs in trainer.training_cases().values() for c in cs]
     trainer.choose_backends(dict(device="x", choices={c.key: "ref" for c in cases}))
     monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("measured during the capture"))
@@ -362,7 +362,7 @@ def test_the_trainer_tunes_at_start_up_names_each_op_s_backend_and_records_them(
         stated = {impl for part in line.split(": ", 1)[1].split() for impl in part.split(":")[1].split("+")}
         assert stated == {impl for key, impl in choices.items() if key.startswith(op + "(")}, line
     assert _dispatch._run_choices == choices
-    assert trainer.cfg["backends"]["choices"] == choices
+    assert trainer.cfg.backends["choices"] == choices
     assert ckpt.load(ckpt.latest(str(tmp_path / "runs" / "run")))["config"]["backends"]["choices"] == choices
 
 
@@ -376,7 +376,7 @@ def test_a_resumed_run_keeps_its_choices_whatever_the_cache_says_now(tmp_path, m
     monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("a resumed run measured"))
     _dispatch.use_choices(None)
     trainer = train_quietly(tiny_train_args(data, tmp_path / "runs", "--resume", "latest", "--kimg", "0.064"))
-    assert _dispatch._run_choices == recorded == trainer.cfg["backends"]["choices"]
+    assert _dispatch._run_choices == recorded == trainer.cfg.backends["choices"]
     x = torch.randn(8, 8, 4, 4)   # a case the run recorded, dispatched as recorded, not as the cache says now
     key = next(k for k in recorded if k.startswith("bias_act(lrelu,bias,pn) float32 contiguous n8x8x4x4"))
     counts = spy(monkeypatch, "bias_act")
