@@ -37,7 +37,8 @@ def child(resolutions, rounds: int, threads: int, amp: bool) -> list:
     from fastpggan.compiled_step import CompiledStep
     from fastpggan.networks import Discriminator, Generator
     from fastpggan.ops import backends
-    from fastpggan.step import TrainStep, make_optimizer, random_inputs
+    from fastpggan.optim import make_optimizer
+    from fastpggan.step import TrainStep, random_inputs
     backends.prepare("cpu")
     rows = []
     for res in resolutions:

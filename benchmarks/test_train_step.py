@@ -33,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from conftest import LONG, PGGAN_SHAPES, devices, matmul_peak_tflops, record, run_synced
-from fastpggan import autotune
+from fastpggan import autotune, optim
 from fastpggan import step as step_mod
 from fastpggan.compiled_step import CompiledStep
 from fastpggan.networks import Discriminator, Generator
@@ -116,8 +116,8 @@ def build(device, res, batch, impl, amp, channels_last, graphs, seed=0, amp_min_
         D.to(memory_format=torch.channels_last)
     G_ema = Generator(resolution=res, fused_scale=fused_scale, impl=impl).to(dev).requires_grad_(False)
     G_ema.load_state_dict(G.state_dict())
-    opt_G = step_mod.make_optimizer(G.parameters(), dev, capturable=graphs)
-    opt_D = step_mod.make_optimizer(D.parameters(), dev, capturable=graphs)
+    opt_G = optim.make_optimizer(G.parameters(), dev, capturable=graphs)
+    opt_D = optim.make_optimizer(D.parameters(), dev, capturable=graphs)
     cls = CompiledStep if compiled else step_mod.TrainStep
     train_step = cls(G, D, G_ema, opt_G, opt_D, impl=impl, amp_dtype=amp, channels_last=channels_last)
     runner = step_mod.CudaGraphStep(train_step, log=print) if graphs else train_step

@@ -12,6 +12,9 @@ import torch.nn.functional as F
 
 from . import ops
 
+# the public layers, the one list of them (tests iterate it; README "API" names the same)
+__all__ = ["EqualizedConv2d", "EqualizedLinear", "PixelNorm", "MinibatchStdDev"]
+
 
 def _ready(impl: str) -> str:
     """`impl`, with what choosing a fast backend on the CPU needs done now (ops.backends.prepare), so that the

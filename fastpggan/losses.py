@@ -30,8 +30,9 @@ def _label_term(logits, labels):
     return F.cross_entropy(logits, target, reduction="none")
 
 
-def gp_interpolate(reals: torch.Tensor, fakes: torch.Tensor, u: torch.Tensor, impl: str = "auto") -> torch.Tensor:
-    """xhat = real + u * (fake - real), with u of shape (N,)."""
+def penalty_points(reals: torch.Tensor, fakes: torch.Tensor, u: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """The points where the gradient penalty is taken: xhat = real + u * (fake - real), u of shape (N,), the fakes
+    in the reals' dtype (ops.gp_interpolate computes it)."""
     return ops.gp_interpolate(reals, fakes.to(reals.dtype), u, impl=impl)
 
 
@@ -62,7 +63,7 @@ def d_loss_wgan_gp(D: Callable[[torch.Tensor], torch.Tensor], reals: torch.Tenso
     fake_scores, fake_logits = _split(D(fakes))
     if u is None:
         u = torch.rand(reals.shape[0], device=reals.device)
-    xhat = gp_interpolate(reals.detach(), fakes, u, impl).requires_grad_(True)
+    xhat = penalty_points(reals.detach(), fakes, u, impl).requires_grad_(True)
     mixed_scores = D(xhat)[:, :1]
     out = upcast(mixed_scores).sum()
     grads, = torch.autograd.grad(out if grad_scale is None else out * grad_scale, xhat, create_graph=True)

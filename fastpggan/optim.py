@@ -111,3 +111,53 @@ class TFAdam(torch.optim.Optimizer):
             for key in list(group):
                 if key not in ("params", "lr", "betas", "eps", "param_names"):
                     del group[key]
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], device: torch.device, lr: float = 1e-3,
+                   capturable: bool = False) -> TFAdam:
+    """Official Adam (config.py G_opt/D_opt: beta1 0, beta2 0.99, TF's eps 1e-8). capturable=True (CUDA graphs)
+    keeps the lr in a device tensor, so that a captured step reads the value set_lr writes."""
+    return TFAdam(params, lr=torch.tensor(lr, device=device) if capturable else lr, betas=(0.0, 0.99), eps=1e-8)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's lr in place (a device tensor lr keeps its identity, so a captured graph sees it)."""
+    for group in opt.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> dict:
+    """opt.state_dict() with a tensor lr written as a float, so checkpoints load on any device."""
+    sd = opt.state_dict()
+    for group in sd["param_groups"]:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"] = float(group["lr"])
+    return sd
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, sd: dict) -> None:
+    """opt.load_state_dict(sd), keeping each group's lr a tensor on the optimizer's device where it was one."""
+    kinds = [group["lr"] for group in opt.param_groups]
+    opt.load_state_dict(sd)
+    for group, old in zip(opt.param_groups, kinds):
+        if isinstance(old, torch.Tensor):
+            old.fill_(float(group["lr"]))
+            group["lr"] = old
+
+
+def zero_state_(state):
+    """One parameter's Adam state back to its initial value (step 0, zero moments), in place."""
+    for v in state.values():
+        if isinstance(v, torch.Tensor):
+            v.zero_()
+
+
+def reset_optimizer_(opt: torch.optim.Optimizer) -> None:
+    """Adam state back to its initial value in place: the official reset_opt_for_new_lod.
+
+    Zeroing instead of clearing keeps the state tensors a captured graph points at."""
+    for st in opt.state.values():
+        zero_state_(st)

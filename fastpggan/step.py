@@ -27,14 +27,14 @@ parameters, Adam state and G_ema stay fp32.
 """
 import functools
 from dataclasses import dataclass, fields
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
 from . import distributed, losses, ops
 from .images import from_uint8
-from .optim import TFAdam
+from .optim import zero_state_
 
 # What a checkpoint's config records as "step_version": 2, the official step (this module's doc). Checkpoints without
 # it were written by fastpggan 0.1, whose step took the penalty at target 1 at every resolution, added Adam's eps
@@ -72,56 +72,6 @@ def random_inputs(n: int, channels: int, res: int, latent_size: int, device: tor
         flip=flags, labels_d=classes, labels_g=classes)
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], device: torch.device, lr: float = 1e-3,
-                   capturable: bool = False) -> TFAdam:
-    """Official Adam (config.py G_opt/D_opt: beta1 0, beta2 0.99, TF's eps 1e-8). capturable=True (CUDA graphs)
-    keeps the lr in a device tensor, so that a captured step reads the value set_lr writes."""
-    return TFAdam(params, lr=torch.tensor(lr, device=device) if capturable else lr, betas=(0.0, 0.99), eps=1e-8)
-
-
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    """Set every group's lr in place (a device tensor lr keeps its identity, so a captured graph sees it)."""
-    for group in opt.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
-
-
-def optimizer_state(opt: torch.optim.Optimizer) -> dict:
-    """opt.state_dict() with a tensor lr written as a float, so checkpoints load on any device."""
-    sd = opt.state_dict()
-    for group in sd["param_groups"]:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"] = float(group["lr"])
-    return sd
-
-
-def load_optimizer_state(opt: torch.optim.Optimizer, sd: dict) -> None:
-    """opt.load_state_dict(sd), keeping each group's lr a tensor on the optimizer's device where it was one."""
-    kinds = [group["lr"] for group in opt.param_groups]
-    opt.load_state_dict(sd)
-    for group, old in zip(opt.param_groups, kinds):
-        if isinstance(old, torch.Tensor):
-            old.fill_(float(group["lr"]))
-            group["lr"] = old
-
-
-def _zero_state_(state):
-    """One parameter's Adam state back to its initial value (step 0, zero moments), in place."""
-    for v in state.values():
-        if isinstance(v, torch.Tensor):
-            v.zero_()
-
-
-def reset_optimizer_(opt: torch.optim.Optimizer) -> None:
-    """Adam state back to its initial value in place: the official reset_opt_for_new_lod.
-
-    Zeroing instead of clearing keeps the state tensors a captured graph points at."""
-    for st in opt.state.values():
-        _zero_state_(st)
-
-
 def reals_to_float(reals_u8: torch.Tensor, flip: Optional[torch.Tensor], alpha: Union[float, torch.Tensor],
                    fading: bool, channels_last: bool, impl: str) -> torch.Tensor:
     """uint8 -> [-1, 1], per-sample mirror, and official process_reals: lerp(upsample(avgpool(x)), x, alpha)."""
@@ -141,7 +91,7 @@ class TrainStep:
 
     Args:
         G, D, G_ema: the networks, on one device; G_ema is updated in place.
-        opt_G, opt_D: their optimizers (make_optimizer).
+        opt_G, opt_D: their optimizers (optim.make_optimizer).
         lambda_gp, drift: the WGAN-GP loss weights (losses.d_loss_wgan_gp).
         ema: G_ema's smoothing per step (official 0.999).
         gp_native_res: penalty target 1 at every resolution, instead of the official 2^floor(lod) (module doc).
@@ -354,7 +304,7 @@ class CudaGraphStep:
             for opt in (s.opt_G, s.opt_D):   # state the warm-up created: back to Adam's initial zeros
                 for p, st in opt.state.items():
                     if id(p) not in had_state:
-                        _zero_state_(st)
+                        zero_state_(st)
         s.load_scaler_state(scalers)
 
     def _fill(self, inputs, alpha):

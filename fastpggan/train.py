@@ -4,9 +4,7 @@ This module is the command line only: the flags, opening the dataset and the run
 configuration is built in fastpggan.config and the loop runs in fastpggan.trainer.
 """
 import argparse
-import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -15,25 +13,14 @@ from typing import Callable, Optional
 import torch
 
 from . import checkpoint as ckpt
-from . import distributed, writes
-from .config import (
-    DEFAULTS,
-    PRESET_NAMES,
-    RESUMABLE,
-    RUN_TIME,
-    RunConfig,
-    resolve_config,
-    resume_config,
-    validate_config,
-)
+from . import distributed, resume, writes
+from .config import DEFAULTS, PRESET_NAMES, RunConfig, resolve_config
 from .data import build_dataset, check_resolution
 from .errors import ArgumentParser, UserError, cli_entry, env_flag, is_disk_full, number
 from .metrics import suite
 from .ops import IMPLS, backends
 from .rundir import RunLock, remove_partial_writes, rewind_log
-from .runtime import device_memory, silent
-from .schedule import Schedule
-from .step import STEP_VERSION
+from .runtime import silent
 from .trainer import Terminated, Trainer
 
 # A kimg flag is at least one image and at most ten billion (about 800 times the official longest run), so that
@@ -155,50 +142,12 @@ def _unique_run_dir(out, name):
     return path
 
 
-def _refuse_rewinding(path: str, state: dict) -> None:
-    """Resuming a checkpoint whose run folder holds newer ones would rewind log.jsonl past them and let --keep
-    prune them (checkpoint names sort by kimg across both histories): refused, and the user says which history to
-    keep. A branch is a copy of the checkpoint in a folder of its own, resumed there."""
-    run_dir = os.path.dirname(os.path.abspath(path))
-    here = state["progress"]["nimg"] / 1000
-    newer = [p for p in ckpt.list_checkpoints(run_dir) if ckpt.kimg_of(p) > here + 1e-9]
-    if newer:
-        raise UserError(f"'{path}' is at kimg {here:g}, and its run folder holds {len(newer)} newer checkpoint(s), up "
-                        f"to {os.path.basename(newer[-1])}; resuming it would overwrite that history. Resume the "
-                        f"newest (--resume latest --out {os.path.dirname(run_dir) or '.'} --name "
-                        f"{os.path.basename(run_dir)}), delete the newer checkpoints to rewind this run, or copy "
-                        "the checkpoint into a new folder and resume the copy to branch from it")
-
-
-def _find_resume(args):
-    if args.resume != "latest":
-        return args.resume
-    dirs = [os.path.join(args.out, args.name)] if args.name else \
-        [os.path.join(args.out, d) for d in os.listdir(args.out)] if os.path.isdir(args.out) else []
-    found = [c for c in (ckpt.latest(d) for d in dirs if os.path.isdir(d)) if c]
-    if not found:
-        raise UserError(f"--resume latest: no checkpoint found under '{args.out}'" +
-                        (f" for run '{args.name}'" if args.name else ""))
-    return max(found, key=os.path.getmtime)
-
-
-# flags that are not settings of the run's configuration: where it is written, what is measured, what is shown
-CLI_ONLY = ("out", "name", "resume", "init", "resolution", "cache_dir", "no_progress", "metrics", "metric_kimg",
-            "metric_num", "inception")
-
-
 def config_kwargs(args: argparse.Namespace) -> dict:
     """The keyword arguments of config.resolve_config that the parsed command line gives."""
     kw = {k: v for k, v in vars(args).items() if k in DEFAULTS}
     kw.update(reset_opt=not args.no_reset_opt, fused_scale=bool(args.fused_scale),
               compile_step=args.compile_step == "on")
     return kw
-
-
-def _flag(dest: str, value) -> str:
-    """'--flag value' of a parsed argument."""
-    name = "mbstd-group" if dest == "mbstd_group_size" else dest.replace("_", "-")
-    return f"--{name}" if value is True else f"--{name} {value}"
 
 
 def describe(cfg: RunConfig, dataset, G, D, run_dir) -> str:
@@ -229,95 +178,6 @@ def describe(cfg: RunConfig, dataset, G, D, run_dir) -> str:
             "global minibatch"] if cfg.world > 1 else []))
 
 
-def _resume_config(state, path, args, device, world, say) -> RunConfig:
-    """The config a resumed run continues with: the recorded one, with the flags that may change applied."""
-    recorded = dict(state["config"])
-    if "source" in recorded:
-        raise UserError(f"'{path}' was converted from an official pickle and has no training state (optimizer, "
-                        "random state, data order) to resume; use it with fastpggan.generate, evaluate or export")
-    version = recorded.get("step_version", 1)
-    if not isinstance(version, int) or version > STEP_VERSION:
-        raise UserError(f"checkpoint '{path}' was written by a newer fastpggan (training step version "
-                        f"{version}, this one has {STEP_VERSION}); upgrade fastpggan to resume it")
-    if version < STEP_VERSION:
-        say(f"note: {path} was written by fastpggan 0.1, whose training step was not the official one "
-            "(penalty target, Adam's epsilon, G_ema order); it continues with the official step, so it "
-            "will not retrace what 0.1 would have trained")
-        recorded["step_version"] = STEP_VERSION
-    kw, given = config_kwargs(args), vars(build_parser().parse_args([]))
-    changes, applied, ignored = {}, [], []
-    for dest, value in vars(args).items():
-        if value == given[dest] or (dest in CLI_ONLY and dest not in ("resolution", "init")):
-            continue
-        key = "reset_opt" if dest == "no_reset_opt" else dest
-        if key in RUN_TIME:
-            changes[key] = kw[key]
-        elif key in RESUMABLE:
-            changes[key] = kw[key]
-            applied.append(_flag(dest, value))
-        else:
-            ignored.append(_flag(dest, value))
-    if applied:
-        say(f"resume: applying {', '.join(applied)}")
-    if ignored:
-        say(f"resume: ignoring {', '.join(ignored)}: a resumed run keeps the data, network, schedule "
-            "and seed recorded in its checkpoint (start a new run to change them)")
-    changes.pop("device", None)
-    cfg = resume_config(recorded, device=device, world=world, log=say, where=f"checkpoint '{path}'", **changes)
-    nimg = state["progress"]["nimg"]
-    if cfg.total_kimg * 1000 <= nimg:   # not an error: a job that always says --resume latest may rerun
-        say(f"resume: the run in '{path}' is already at {nimg / 1000:g} kimg of {cfg.total_kimg:g}; "
-            "nothing to train (pass a larger --kimg to continue it)")
-    return cfg
-
-
-def _check_dataset_matches(dataset, cfg: RunConfig, path):
-    net = cfg.network
-    if (dataset.resolution, dataset.num_channels) != (net["resolution"], net["num_channels"]):
-        raise UserError(f"the data '{cfg.data}' is now {dataset.resolution}x{dataset.resolution} with "
-                        f"{dataset.num_channels} channel(s), but the run in '{path}' trained on "
-                        f"{net['resolution']}x{net['resolution']} with {net['num_channels']}; resume with the "
-                        "data it started with")
-    if net["label_size"] and dataset.num_classes != net["label_size"]:
-        raise UserError(f"the data '{cfg.data}' now has {dataset.num_classes} classes, but the run in '{path}' "
-                        f"was conditioned on {net['label_size']}; resume with the data it started with")
-
-
-def _init_config(args, state, cfg: RunConfig, dataset):
-    """--init: (the config, which takes the checkpoint's network; the checkpoint's state; the nimg to start at).
-    Network flags that contradict it, and data of another shape or class count, are refused in one line."""
-    net = dict(state["config"]["network"], fused_scale=state["config"]["network"].get("fused_scale", True))
-    given = vars(build_parser().parse_args([]))
-    for key in ("fmap_base", "fmap_max", "latent_size", "fused_scale"):
-        value = getattr(args, key)
-        if value != given[key] and (bool(value) if key == "fused_scale" else value) != net[key]:
-            raise UserError(f"--{key.replace('_', '-')} {value} contradicts the network of --init '{args.init}' "
-                            f"({key} {net[key]}); a run started with --init keeps that network")
-    if args.mbstd_group_size is not None:
-        if (args.mbstd_group_size > 1) != (net["mbstd_group_size"] > 1):
-            raise UserError(f"--mbstd-group {args.mbstd_group_size} would add or remove the minibatch-stddev input "
-                            f"of the network of --init '{args.init}' (group {net['mbstd_group_size']})")
-        net["mbstd_group_size"] = args.mbstd_group_size
-    r, c = net["resolution"], net["num_channels"]
-    if (dataset.resolution, dataset.num_channels) != (r, c):
-        raise UserError(f"the network of --init '{args.init}' is {r}x{r} with {c} channel(s), the data "
-                        f"'{args.data}' {dataset.resolution}x{dataset.resolution} with {dataset.num_channels}; "
-                        f"use data of that shape (--resolution {r} scales it)")
-    if net["label_size"] != cfg.network["label_size"]:
-        raise UserError(f"the network of --init '{args.init}' is conditioned on {net['label_size']} classes; pass "
-                        f"--cond with data of {net['label_size']} classes" if net["label_size"] else
-                        f"the network of --init '{args.init}' is unconditional; leave out --cond")
-    prog = state["progress"]
-    lod = math.log2(r / prog["resolution"]) + 1.0 - float(prog["alpha"])
-    kimg = Schedule(**cfg.schedule).kimg_at_lod(lod)
-    if cfg.total_kimg <= kimg:
-        raise UserError(f"the run ends at {cfg.total_kimg:g} kimg, before its schedule reaches lod {lod:g} of the "
-                        f"network of --init (at {kimg:g} kimg); pass a larger --kimg")
-    cfg = dataclasses.replace(cfg, network=net, init=dict(checkpoint=os.path.abspath(args.init), lod=lod, kimg=kimg))
-    validate_config(cfg, memory=device_memory(cfg.torch_device))   # the network's mbstd group may differ
-    return cfg, state, int(round(kimg * 1000))
-
-
 def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
     """Train as the parsed command line says (a new run, or --resume); returns the Trainer at the end."""
     backends.forced()   # FASTPGGAN_IMPL and FASTPGGAN_TUNE are read later: checked here, before any work
@@ -332,16 +192,17 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
     if not ctx.main:
         distributed.barrier(ctx)   # rank 0 builds the dataset cache first
     if args.resume:
-        path = _find_resume(args)
+        path = resume.find_resume(args)
         state = ckpt.load(path)
         if args.resume != "latest":   # the newest when looked up; a newer one means a concurrent run (the lock's error)
-            _refuse_rewinding(path, state)
-        cfg = _resume_config(state, path, args, device, ctx.world, log)
+            resume.refuse_rewinding(path, state)
+        cfg = resume.resumed_config(state, path, args, vars(build_parser().parse_args([])), config_kwargs(args),
+                                    device, ctx.world, log)
         dataset = build_dataset(cfg.data, resolution=cfg.resolution, strict=cfg.strict, max_images=cfg.max_images,
                                 cache_dir=args.cache_dir, progress=not args.no_progress, log=log)
         if dataset.meta["source_hash"] != cfg.dataset_hash:
             log(f"warning: the data '{cfg.data}' changed since this run started; resuming with the new data")
-        _check_dataset_matches(dataset, cfg, path)
+        resume.check_dataset_matches(dataset, cfg, path)
         run_dir = os.path.dirname(os.path.abspath(path))
     else:
         if ctx.main:
@@ -352,7 +213,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
                                 log=log)
         cfg = resolve_config(dataset, **dict(config_kwargs(args), device=device, world=ctx.world), log=log)
         if init is not None:
-            cfg, *init = _init_config(args, init, cfg, dataset)
+            cfg, *init = resume.init_config(args, vars(build_parser().parse_args([])), init, cfg, dataset)
         run_dir = _unique_run_dir(args.out, args.name or f"{dataset.name}-{dataset.resolution}") if ctx.main else None
     if ctx.main:
         distributed.barrier(ctx)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from fastpggan import ops
+from fastpggan import layers, ops
 from fastpggan.layers import EqualizedConv2d, EqualizedLinear, MinibatchStdDev, PixelNorm
 from fastpggan.ops import backends
 
@@ -41,11 +41,11 @@ def _case(name):
     if name == "gp_interpolate":
         u = torch.full((2,), 0.25, dtype=D)
         return lambda impl, re, fa: ops.gp_interpolate(re, fa, u, impl=impl), (x, r(2, 5, 4, 4))
-    layer = {"conv": lambda impl: EqualizedConv2d(5, 3, 3, impl=impl),
-             "linear": lambda impl: EqualizedLinear(80, 6, impl=impl),
-             "pixel_norm": lambda impl: PixelNorm(impl=impl),
-             "mbstd": lambda impl: MinibatchStdDev(2, impl=impl)}[name]
-    inp = x.reshape(2, 80) if name == "linear" else (r(4, 5, 4, 4) if name == "mbstd" else x)
+    layer = {"EqualizedConv2d": lambda impl: EqualizedConv2d(5, 3, 3, impl=impl),
+             "EqualizedLinear": lambda impl: EqualizedLinear(80, 6, impl=impl),
+             "PixelNorm": lambda impl: PixelNorm(impl=impl),
+             "MinibatchStdDev": lambda impl: MinibatchStdDev(2, impl=impl)}[name]
+    inp = x.reshape(2, 80) if name == "EqualizedLinear" else (r(4, 5, 4, 4) if name == "MinibatchStdDev" else x)
     modules = {}   # built before any transform (their init draws and writes weights), the same weights for all
     for impl in ("ref", "auto", *FAST):
         modules[impl] = layer(impl).to(D)
@@ -54,7 +54,7 @@ def _case(name):
 
 OPS = ["bias_act", "bias_act_pn", "fade_in_up", "fade_in_same", "minibatch_stddev", "gradient_penalty",
        "gp_interpolate"]
-LAYERS = ["conv", "linear", "pixel_norm", "mbstd"]
+LAYERS = layers.__all__   # every public layer: _case has a sample of each, or the test fails
 
 
 def _finite_difference(f, xs, ts, eps=1e-6):
@@ -118,7 +118,7 @@ def test_torch_func_grad_and_jacrev_auto_matches_ref_and_a_fast_impl_refuses(nam
             torch.func.grad(lambda *a: f(impl, *a).square().sum())(*xs)
 
 
-@pytest.mark.parametrize("name", ["bias_act_pn", "fade_in_up", "gp_interpolate", "conv"])
+@pytest.mark.parametrize("name", ["bias_act_pn", "fade_in_up", "gp_interpolate", "EqualizedConv2d"])
 def test_vmap_auto_runs_ref_and_an_explicit_impl_loops_correctly(name):
     f, xs = _case(name)
     batched = tuple(torch.stack([x, 2 * x]) for x in xs)
@@ -137,7 +137,7 @@ def test_the_choice_log_names_the_transform():
 
 
 @pytest.mark.parametrize("name,impl", [(name, "ext") for name in LAYERS + ["bias_act_pn"]] + [
-    pytest.param("pixel_norm", "triton", marks=pytest.mark.slow)])   # the interpreter takes minutes per layer
+    pytest.param("PixelNorm", "triton", marks=pytest.mark.slow)])   # the interpreter takes minutes per layer
 def test_second_order_on_the_fast_backends(name, impl):
     f, xs = _case(name)
     xs = tuple(x.detach().requires_grad_(True) for x in xs)

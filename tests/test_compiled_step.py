@@ -23,7 +23,8 @@ from fastpggan.errors import UserError
 from fastpggan.losses import d_loss_wgan_gp
 from fastpggan.networks import Discriminator, Generator
 from fastpggan.ops import _dispatch, backends
-from fastpggan.step import TrainStep, make_optimizer, random_inputs
+from fastpggan.optim import make_optimizer
+from fastpggan.step import TrainStep, random_inputs
 
 
 def test_a_trace_on_an_unprepared_device_says_what_to_do(monkeypatch):

@@ -10,6 +10,7 @@ from conftest import train_quietly
 from fastpggan import checkpoint as ckpt
 from fastpggan import config, train
 from fastpggan.errors import UserError
+from fastpggan.step import STEP_VERSION
 
 
 def _tiny(data, out, *extra):
@@ -24,7 +25,7 @@ def test_every_auto_setting_is_decided_and_the_config_is_frozen():
                                 minibatch={4: 16, "base": 8}, lr=0.002)
     want = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert cfg.device == str(want) and cfg.amp_dtype == "bf16" and cfg.autocast_dtype is torch.bfloat16
-    assert cfg.cuda_graphs is (want.type == "cuda") and cfg.world == 1 and cfg.step_version == train.STEP_VERSION
+    assert cfg.cuda_graphs is (want.type == "cuda") and cfg.world == 1 and cfg.step_version == STEP_VERSION
     assert cfg.schedule["minibatch"] == {4: 16} and cfg.schedule["minibatch_base"] == 8
     assert cfg.schedule["lr_base"] == 0.002 and cfg.schedule["lr"] == {}
     with pytest.raises(dataclasses.FrozenInstanceError):

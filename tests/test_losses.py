@@ -64,6 +64,6 @@ def test_interpolation_weights_are_per_sample():
     reals, fakes = torch.zeros(64, 1, 2, 2), torch.ones(64, 1, 2, 2)
     torch.manual_seed(0)
     u = torch.rand(64)
-    x = losses.gp_interpolate(reals, fakes, u)
+    x = losses.penalty_points(reals, fakes, u)
     assert torch.equal(x[:, 0, 0, 0], u) and x.flatten(1).std(1).max() == 0
     assert u.std() > 0.2

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import official
+from fastpggan import optim
 from fastpggan import step as step_mod
 
 
@@ -81,8 +82,8 @@ def _run_official_iterations(impl, amp_dtype=None, **step_kw):
         res, alpha = _lod_phase(lod, 16)
         G, D, Gs = copy.deepcopy(G0), copy.deepcopy(D0), copy.deepcopy(Gs0).requires_grad_(False)
         cpu = torch.device("cpu")
-        ts = step_mod.TrainStep(G, D, Gs, step_mod.make_optimizer(G.parameters(), cpu, cfg["lr"]),
-                                step_mod.make_optimizer(D.parameters(), cpu, cfg["lr"]), impl=impl,
+        ts = step_mod.TrainStep(G, D, Gs, optim.make_optimizer(G.parameters(), cpu, cfg["lr"]),
+                                optim.make_optimizer(D.parameters(), cpu, cfg["lr"]), impl=impl,
                                 amp_dtype=amp_dtype, **step_kw)
         if amp_dtype == torch.float16:
             sc = dict(scale=256.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000, _growth_tracker=0)

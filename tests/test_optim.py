@@ -5,8 +5,7 @@ import copy
 import pytest
 import torch
 
-from fastpggan.optim import TFAdam
-from fastpggan.step import reset_optimizer_
+from fastpggan.optim import TFAdam, reset_optimizer_
 
 
 def _params(seed=0, shapes=((7, 5), (3,), (2, 3, 3, 3))):

@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import checkpoint_tensors, slow, tiny_train_args, train_quietly
 from fastpggan import checkpoint as ckpt
-from fastpggan import config, losses, trainer
+from fastpggan import config, losses, optim, trainer
 from fastpggan import step as step_mod
 from fastpggan.errors import UserError
 from fastpggan.networks import Discriminator, Generator
@@ -50,8 +50,8 @@ def _tiny_step(amp_dtype, **kw):
     G_ema = Generator(resolution=8, latent_size=16, fmap_base=64, fmap_max=16).requires_grad_(False)
     G_ema.load_state_dict(G.state_dict())
     dev = torch.device("cpu")
-    s = step_mod.TrainStep(G, D, G_ema, step_mod.make_optimizer(G.parameters(), dev),
-                           step_mod.make_optimizer(D.parameters(), dev), amp_dtype=amp_dtype, **kw)
+    s = step_mod.TrainStep(G, D, G_ema, optim.make_optimizer(G.parameters(), dev),
+                           optim.make_optimizer(D.parameters(), dev), amp_dtype=amp_dtype, **kw)
     inputs = step_mod.StepInputs(reals=torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8),
                                  z_d=torch.randn(4, 16), u=torch.rand(4), z_g=torch.randn(4, 16))
     return s, inputs
@@ -114,16 +114,16 @@ def test_step_reads_nothing_back_to_the_host(amp, impl):
 def test_reset_optimizer_in_place_equals_a_fresh_optimizer():
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(5, 3))
-    opt = step_mod.make_optimizer([w], torch.device("cpu"))
+    opt = optim.make_optimizer([w], torch.device("cpu"))
     for _ in range(3):
         w.grad = torch.randn_like(w)
         opt.step()
     state_tensors = [id(v) for v in opt.state[w].values()] + [id(opt.t)]
-    step_mod.reset_optimizer_(opt)
+    optim.reset_optimizer_(opt)
     assert [id(v) for v in opt.state[w].values()] + [id(opt.t)] == state_tensors   # a captured graph stays valid
     assert float(opt.t) == 0
     w2 = torch.nn.Parameter(w.detach().clone())
-    fresh = step_mod.make_optimizer([w2], torch.device("cpu"))
+    fresh = optim.make_optimizer([w2], torch.device("cpu"))
     g = torch.randn_like(w)
     w.grad, w2.grad = g.clone(), g.clone()
     opt.step()
@@ -133,14 +133,14 @@ def test_reset_optimizer_in_place_equals_a_fresh_optimizer():
 
 def test_optimizer_state_writes_a_float_lr_and_loading_keeps_the_tensor():
     w = torch.nn.Parameter(torch.randn(3))
-    opt = step_mod.make_optimizer([w], torch.device("cpu"), lr=0.01, capturable=True)
+    opt = optim.make_optimizer([w], torch.device("cpu"), lr=0.01, capturable=True)
     lr = opt.param_groups[0]["lr"]
-    step_mod.set_lr(opt, 0.002)
+    optim.set_lr(opt, 0.002)
     assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.002)
-    sd = step_mod.optimizer_state(opt)
+    sd = optim.optimizer_state(opt)
     assert isinstance(sd["param_groups"][0]["lr"], float)
-    step_mod.set_lr(opt, 0.5)
-    step_mod.load_optimizer_state(opt, sd)
+    optim.set_lr(opt, 0.5)
+    optim.load_optimizer_state(opt, sd)
     assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.002)
 
 

@@ -355,12 +355,12 @@ def test_one_time_estimate_line_and_per_resolution_rates(tiny_npz, tmp_path):
                                "--lod-transition-kimg", "0.16", "--tick-kimg", "1"), log=lines.append)
     notes = [ln for ln in lines if ln.startswith("estimate: about ")]
     assert len(notes) == 1 and "to train the remaining" in notes[0] and "\n" not in notes[0], lines
-    assert set(t.sec_per_img) == {4, 8} and all(v > 0 for v in t.sec_per_img.values())   # 20 steps a phase
-    images = sum(n for _, n in t.measured.values())
+    assert set(t.eta.sec_per_img) == {4, 8} and all(v > 0 for v in t.eta.sec_per_img.values())   # 20 steps a phase
+    images = sum(n for _, n in t.eta.measured.values())
     assert 0 < images <= t.nimg
-    assert set(t.forward_cost) == {4, 8} and all(v > 0 for v in t.forward_cost.values())
+    assert set(t.eta.forward_cost) == {4, 8} and all(v > 0 for v in t.eta.forward_cost.values())
     before = torch.get_rng_state()
-    probe = t.probe_forward_cost({4, 16}, repeats=1)
+    probe = t.eta.probe_forward_cost({4, 16}, repeats=1)
     assert set(probe) == {4, 16} and torch.equal(torch.get_rng_state(), before)   # the run's RNG is untouched
 
 
