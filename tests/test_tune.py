@@ -137,9 +137,10 @@ def test_a_wrong_backend_is_never_chosen(tmp_path, monkeypatch):
 # impl='compiled' in the tuner. Injected, not raced: the child's clock makes compiled the fastest by far, and its
 # compiled kernels can be made wrong or made to fail to compile.
 FAST_COMPILED = """
-from fastpggan import autotune
-_time_case = autotune.time_case
-autotune.time_case = lambda case, impl, *a, **k: _time_case(case, impl, *a, **k) * (1e-3 if impl == "compiled" else 1)
+from fastpggan import backend_measure
+_time_case = backend_measure.time_case
+backend_measure.time_case = lambda case, impl, *a, **k: _time_case(case, impl, *a, **k) * (1e-3 if impl == "compiled"
+                                                                                         else 1)
 """
 WRONG_COMPILED = """
 from fastpggan.ops import _compiled
