@@ -7,6 +7,7 @@ torch exist, else a CPU-only
 CppExtension, always with ninja. The build is optional: if it fails, or is skipped (FASTPGGAN_NO_EXT=1 or no
 torch), fastpggan installs anyway and builds the extension on first use (fastpggan/ops/_ext.py).
 """
+
 import importlib.util
 import os
 
@@ -26,20 +27,28 @@ def _extension():
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
     home, why_not = build.cuda_available_for_build(torch)
-    common = dict(name="fastpggan._C", include_dirs=[os.path.abspath("csrc")], extra_link_args=build.LINK_FLAGS,
-                  optional=True)
+    common = dict(
+        name="fastpggan._C", include_dirs=[os.path.abspath("csrc")], extra_link_args=build.LINK_FLAGS, optional=True
+    )
     if home is not None:
         build.use_cuda_home(torch, home)
         os.environ["TORCH_CUDA_ARCH_LIST"] = build.arch_list(torch)
-        print(f"fastpggan: building the CUDA extension with {home} for "
-              f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
-        ext = CUDAExtension(sources=[os.path.relpath(p) for p in build.sources(True)],
-                            extra_compile_args={"cxx": build.CXX_FLAGS, "nvcc": build.NVCC_FLAGS},
-                            **dict(common, include_dirs=common["include_dirs"] + build.extra_include_dirs()))
+        print(
+            f"fastpggan: building the CUDA extension with {home} for "
+            f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}"
+        )
+        ext = CUDAExtension(
+            sources=[os.path.relpath(p) for p in build.sources(True)],
+            extra_compile_args={"cxx": build.CXX_FLAGS, "nvcc": build.NVCC_FLAGS},
+            **dict(common, include_dirs=common["include_dirs"] + build.extra_include_dirs()),
+        )
     else:
         print(f"fastpggan: building the CPU-only extension ({why_not})")
-        ext = CppExtension(sources=[os.path.relpath(p) for p in build.sources(False)],
-                           extra_compile_args={"cxx": build.CXX_FLAGS}, **common)
+        ext = CppExtension(
+            sources=[os.path.relpath(p) for p in build.sources(False)],
+            extra_compile_args={"cxx": build.CXX_FLAGS},
+            **common,
+        )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

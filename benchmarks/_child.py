@@ -1,5 +1,6 @@
 """What the stand-alone benchmark scripts (compiled_settings.py, compiled_step.py) share: a measurement in a fresh
 child process that prints one `RESULT <json>` line, and the commit the figures came from."""
+
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ def run(cmd: List[str], what: str, env: Optional[Dict[str, str]] = None) -> Any:
     line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         sys.exit(f"{what} failed:\n{r.stderr[-3000:]}")
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def result(value: Any) -> None:
@@ -26,8 +27,12 @@ def result(value: Any) -> None:
 
 def commit() -> str:
     """The short hash of HEAD of this checkout, or 'unknown'."""
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=_HERE).stdout.strip() or "unknown"
+    return (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=_HERE
+        ).stdout.strip()
+        or "unknown"
+    )
 
 
 def write_text(path: Optional[str], text: str) -> None:

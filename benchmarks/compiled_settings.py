@@ -16,6 +16,7 @@ impl='auto' forced to 'compiled' (a failed setting falls back to 'ref', and says
 minibatch 8), then the op alone: bias_act forward + backward on [32, 128, 32, 32] fp32. 'pass 2' times the same
 passes again (nothing left to compile).
 """
+
 import argparse
 import json
 import os
@@ -27,17 +28,24 @@ import time
 
 import _child
 
-SETTINGS = {"static": (False, False, None), "automatic": (None, False, None), "dynamic": (True, False, None),
-            "marked": (None, True, None), "marked-max-autotune": (None, True, "max-autotune-no-cudagraphs")}
+SETTINGS = {
+    "static": (False, False, None),
+    "automatic": (None, False, None),
+    "dynamic": (True, False, None),
+    "marked": (None, True, None),
+    "marked-max-autotune": (None, True, "max-autotune-no-cudagraphs"),
+}
 
 
 def child(setting: str, threads: int) -> dict:
     import torch
+
     torch.set_num_threads(threads)
     from fastpggan import ops
     from fastpggan.losses import d_loss_wgan_gp, g_loss_wgan
     from fastpggan.networks import Discriminator, Generator
     from fastpggan.ops import _compiled, backends
+
     backends.set_default("compiled")
     _compiled.DYNAMIC, _compiled.MARK_DYNAMIC, _compiled.MODE = SETTINGS[setting]
 
@@ -88,23 +96,31 @@ def main() -> None:
             for cache_state in ("cold", "warm"):
                 env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
                 t0 = time.perf_counter()
-                measured = _child.run([sys.executable, __file__, "--child", setting, "--threads", str(args.threads)],
-                                      f"{setting} ({cache_state})", env)
+                measured = _child.run(
+                    [sys.executable, __file__, "--child", setting, "--threads", str(args.threads)],
+                    f"{setting} ({cache_state})",
+                    env,
+                )
                 row = dict(measured, cache=cache_state, process_s=time.perf_counter() - t0)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     import torch
 
     from fastpggan.ops import tune_cache
+
     commit = _child.commit()
-    head = (f"# compiled backend settings ({tune_cache.device_info('cpu')['name']}, {args.threads} thread(s), "
-            f"torch {torch.__version__}, {platform.python_version()}, commit {commit})\n\n"
-            f"`python benchmarks/compiled_settings.py --threads {args.threads}`\n\n"
-            "| setting | inductor cache | graphs | compile s | fallbacks | pass 1 s | pass 2 s | bias_act fwd+bwd ms "
-            "| failure |\n|---|---|---:|---:|---:|---:|---:|---:|---|\n")
+    head = (
+        f"# compiled backend settings ({tune_cache.device_info('cpu')['name']}, {args.threads} thread(s), "
+        f"torch {torch.__version__}, {platform.python_version()}, commit {commit})\n\n"
+        f"`python benchmarks/compiled_settings.py --threads {args.threads}`\n\n"
+        "| setting | inductor cache | graphs | compile s | fallbacks | pass 1 s | pass 2 s | bias_act fwd+bwd ms "
+        "| failure |\n|---|---|---:|---:|---:|---:|---:|---:|---|\n"
+    )
     table = head + "".join(
         f"| {r['setting']} | {r['cache']} | {r['graphs']} | {r['compile_s']:.1f} | {r['fallbacks']} | "
-        f"{r['pass1_s']:.1f} | {r['pass2_s']:.3f} | {r['op_ms']:.1f} | {r['failure'] or ''} |\n" for r in rows)
+        f"{r['pass1_s']:.1f} | {r['pass2_s']:.3f} | {r['op_ms']:.1f} | {r['failure'] or ''} |\n"
+        for r in rows
+    )
     print(table)
     if args.out:
         with open(args.out, "w") as f:

@@ -1,4 +1,5 @@
 """Shared benchmark helpers: devices, PGGAN shapes, a CUDA-synchronising timer wrapper, measured bandwidth."""
+
 import datetime
 import json
 import os
@@ -13,15 +14,29 @@ import report
 from fastpggan.errors import env_flag
 
 # v2-1gpu minibatch per resolution, and the feature maps the G/D block at that resolution has (paper Table 2).
-PGGAN_SHAPES = {4: (128, 512), 8: (128, 512), 16: (128, 512), 32: (64, 512), 64: (32, 256), 128: (16, 128),
-                256: (8, 64), 512: (4, 32), 1024: (4, 16)}
+PGGAN_SHAPES = {
+    4: (128, 512),
+    8: (128, 512),
+    16: (128, 512),
+    32: (64, 512),
+    64: (32, 256),
+    128: (16, 128),
+    256: (8, 64),
+    512: (4, 32),
+    1024: (4, 16),
+}
 CPU_RESOLUTIONS = (4, 8, 16, 32)
 
 
 def devices():
-    return [pytest.param("cpu", id="cpu"),
-            pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                      reason="no CUDA GPU on this machine"))]
+    return [
+        pytest.param("cpu", id="cpu"),
+        pytest.param(
+            "cuda",
+            id="cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine"),
+        ),
+    ]
 
 
 def shape_cases():
@@ -38,10 +53,12 @@ def shape_cases():
 def run_synced(benchmark, fn, device):
     """Benchmark fn, synchronising CUDA after each call so the timings cover the kernels."""
     if device == "cuda":
+
         def wrapped():
             out = fn()
             torch.cuda.synchronize()
             return out
+
         return benchmark(wrapped)
     return benchmark(fn)
 
@@ -69,7 +86,7 @@ def device_bandwidth_gbs(device):
     if device != "cuda":
         return None
     if "cuda" not in _bandwidth:
-        src = torch.empty(256 * 2 ** 20, dtype=torch.float32, device="cuda")  # 1 GiB, far beyond L2
+        src = torch.empty(256 * 2**20, dtype=torch.float32, device="cuda")  # 1 GiB, far beyond L2
         dst = torch.empty_like(src)
         _bandwidth["cuda"] = 2 * src.numel() * 4 / cuda_median_seconds(lambda: dst.copy_(src)) / 1e9
         del src, dst
@@ -87,7 +104,7 @@ def matmul_peak_tflops(n=8192, dtype=torch.bfloat16):
     if "cuda" not in _matmul:
         a = torch.randn(n, n, device="cuda", dtype=dtype)
         b = torch.randn(n, n, device="cuda", dtype=dtype)
-        _matmul["cuda"] = 2 * n ** 3 / cuda_median_seconds(lambda: a @ b) / 1e12
+        _matmul["cuda"] = 2 * n**3 / cuda_median_seconds(lambda: a @ b) / 1e12
         del a, b
     return _matmul["cuda"]
 
@@ -96,6 +113,7 @@ def versions():
     info = {"torch": torch.__version__}
     try:
         import triton
+
         info["triton"] = triton.__version__
     except Exception:  # Triton missing or broken: the report says so
         info["triton"] = None
@@ -105,8 +123,9 @@ def versions():
 
 
 def record(benchmark, device, **info):
-    benchmark.extra_info.update(device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
-                                **versions(), **info)
+    benchmark.extra_info.update(
+        device=torch.cuda.get_device_name() if device == "cuda" else "cpu", **versions(), **info
+    )
     bw = device_bandwidth_gbs(device)
     if bw is not None and "bytes" in info:
         benchmark.extra_info["bandwidth_gbs"] = bw
@@ -114,31 +133,48 @@ def record(benchmark, device, **info):
 
 # --- The default run, the long form, CI's smoke run and the peer ---------------------------------------------
 
-SHAPE_PARAMS = ("res", "batch", "case")   # test_ops: the op case holds the shape
-LONG = pytest.mark.long   # a case only the long form runs (--long or FASTPGGAN_BENCH_LONG=1)
+SHAPE_PARAMS = ("res", "batch", "case")  # test_ops: the op case holds the shape
+LONG = pytest.mark.long  # a case only the long form runs (--long or FASTPGGAN_BENCH_LONG=1)
 
 
 def pytest_addoption(parser):
-    parser.addoption("--smoke", action="store_true",
-                     help="keep only the smallest resolution of each case (CI: with --benchmark-disable, each once)")
-    parser.addoption("--long", action="store_true", default=env_flag("FASTPGGAN_BENCH_LONG"),
-                     help="run the long form: every case, not only the default's (also FASTPGGAN_BENCH_LONG=1)")
-    parser.addoption("--peer", default=os.environ.get("FASTPGGAN_PEER"), metavar="PATH",
-                     help="a folder holding the peer pro-gan-pth (pip install --target PATH --no-deps pro-gan-pth "
-                          "torchvision tensorboard absl-py); without it the peer is imported where it is installed "
-                          "(also FASTPGGAN_PEER=PATH)")
-    parser.addoption("--results-jsonl", metavar="PATH", default=None,
-                     help="append each case's result to PATH as one JSON line the moment it is measured, so that a "
-                          "run stopped part-way keeps what it measured (benchmarks/report.py reads it)")
+    parser.addoption(
+        "--smoke",
+        action="store_true",
+        help="keep only the smallest resolution of each case (CI: with --benchmark-disable, each once)",
+    )
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=env_flag("FASTPGGAN_BENCH_LONG"),
+        help="run the long form: every case, not only the default's (also FASTPGGAN_BENCH_LONG=1)",
+    )
+    parser.addoption(
+        "--peer",
+        default=os.environ.get("FASTPGGAN_PEER"),
+        metavar="PATH",
+        help="a folder holding the peer pro-gan-pth (pip install --target PATH --no-deps pro-gan-pth "
+        "torchvision tensorboard absl-py); without it the peer is imported where it is installed "
+        "(also FASTPGGAN_PEER=PATH)",
+    )
+    parser.addoption(
+        "--results-jsonl",
+        metavar="PATH",
+        default=None,
+        help="append each case's result to PATH as one JSON line the moment it is measured, so that a "
+        "run stopped part-way keeps what it measured (benchmarks/report.py reads it)",
+    )
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "long: a benchmark case only the long form (--long) runs")
     path = config.getoption("--results-jsonl")
     if path:
-        head = {"commit_info": {"id": _child.commit(), "dirty": None}, "datetime": datetime.datetime.now(
-            datetime.timezone.utc).isoformat(), "machine_info": {"node": platform.node(), "cpu": {
-                "brand_raw": platform.processor() or platform.machine()}}}
+        head = {
+            "commit_info": {"id": _child.commit(), "dirty": None},
+            "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "machine_info": {"node": platform.node(), "cpu": {"brand_raw": platform.processor() or platform.machine()}},
+        }
         _append_line(path, {"header": head})
 
 

@@ -8,6 +8,7 @@ FASTPGGAN_PEER=PATH names, for example one made by
 `pip install --target PATH --no-deps pro-gan-pth torchvision tensorboard absl-py` (it imports torchvision and
 tensorboard at module level; tensorboard needs absl).
 """
+
 import contextlib
 import importlib
 import io
@@ -31,7 +32,7 @@ def load(path: Optional[str] = None):
         sys.path.insert(0, path)
     try:
         return tuple(importlib.import_module(f"pro_gan_pytorch.{m}") for m in ("gan", "losses", "networks"))
-    except Exception as e:   # not installed, or its torchvision/tensorboard imports fail
+    except Exception as e:  # not installed, or its torchvision/tensorboard imports fail
         raise PeerMissing(f"the peer pro-gan-pth does not import ({type(e).__name__}: {e}); {INSTALL}") from e
     finally:
         if path:
@@ -45,17 +46,19 @@ def _old_output_padding(cls):
 
     def _output_padding(self, input, output_size, stride, padding, kernel_size, num_spatial_dims=2, dilation=None):
         return base(self, input, output_size, stride, padding, kernel_size, num_spatial_dims, dilation)
+
     cls._output_padding = _output_padding
 
 
-def make_step(device: str, res: int, batch: int, path: Optional[str] = None, alpha: float = 0.5,
-              seed: int = 0) -> Callable[[], None]:
+def make_step(
+    device: str, res: int, batch: int, path: Optional[str] = None, alpha: float = 0.5, seed: int = 0
+) -> Callable[[], None]:
     """The peer's D step + G step at `res`, as a function of no arguments that draws its own latents."""
     gan_mod, losses, networks = load(path)
     _old_output_padding(importlib.import_module("pro_gan_pytorch.custom_layers").EqualizedConvTranspose2d)
     dev, depth = torch.device(device), int(math.log2(res))
     torch.manual_seed(seed)
-    with contextlib.redirect_stdout(io.StringIO()):   # it prints both networks
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints both networks
         gan = gan_mod.ProGAN(networks.Generator(depth=depth), networks.Discriminator(depth=depth), device=dev)
     loss = losses.WganGP()
     opt_g = torch.optim.Adam(gan.gen.parameters(), lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
@@ -66,4 +69,5 @@ def make_step(device: str, res: int, batch: int, path: Optional[str] = None, alp
         z = torch.randn(batch, gan.latent_size, device=dev)
         gan.optimize_discriminator(loss, opt_d, z, reals, depth, alpha)
         gan.optimize_generator(loss, opt_g, z, reals, depth, alpha)
+
     return step

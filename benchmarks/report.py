@@ -17,6 +17,7 @@ run): each of our variants against ref, against the compiler and against the pee
 
 usage: python benchmarks/report.py RESULTS.json [--command "pytest ..."] [--peak-gbs GB/s] > RESULTS.md
 """
+
 import argparse
 import json
 from collections import defaultdict
@@ -24,7 +25,7 @@ from collections import defaultdict
 from _child import write_text
 
 TRAIN_STEP = "train step "
-BASELINES = ("ref-fp32", "ref-bf16-cl", ("ref-bf16-cl-compiled", "ref-compiled-fp32"))   # (3): the first present
+BASELINES = ("ref-fp32", "ref-bf16-cl", ("ref-bf16-cl-compiled", "ref-compiled-fp32"))  # (3): the first present
 
 DEFAULT_COMMAND = "pytest benchmarks/ --benchmark-only --benchmark-json RESULTS.json"
 
@@ -33,13 +34,19 @@ def _header(data, command):
     m, c = data.get("machine_info", {}), data.get("commit_info", {})
     info = next((b.get("extra_info", {}) for b in data.get("benchmarks", [])), {})
     devices = sorted({b.get("extra_info", {}).get("device", "?") for b in data.get("benchmarks", [])})
-    lines = [f"# Benchmarks: {', '.join(devices)}", "",
-             f"- host: {m.get('node', '?')} ({m.get('cpu', {}).get('brand_raw', '?')})",
-             f"- torch {info.get('torch', '?')}, triton {info.get('triton', '?')}, CUDA {info.get('cuda', '-')}",
-             f"- commit {c.get('id', '?')[:12]}{' (dirty)' if c.get('dirty') else ''}, {data.get('datetime', '?')}",
-             f"- command: `{command}`"]
-    bws = {b["extra_info"]["bandwidth_gbs"] for b in data.get("benchmarks", [])
-           if "bandwidth_gbs" in b.get("extra_info", {})}
+    lines = [
+        f"# Benchmarks: {', '.join(devices)}",
+        "",
+        f"- host: {m.get('node', '?')} ({m.get('cpu', {}).get('brand_raw', '?')})",
+        f"- torch {info.get('torch', '?')}, triton {info.get('triton', '?')}, CUDA {info.get('cuda', '-')}",
+        f"- commit {c.get('id', '?')[:12]}{' (dirty)' if c.get('dirty') else ''}, {data.get('datetime', '?')}",
+        f"- command: `{command}`",
+    ]
+    bws = {
+        b["extra_info"]["bandwidth_gbs"]
+        for b in data.get("benchmarks", [])
+        if "bandwidth_gbs" in b.get("extra_info", {})
+    }
     if bws:
         lines.append(f"- measured copy bandwidth (1 GiB device-to-device, read + write): {max(bws):.0f} GB/s")
     return "\n".join(lines) + "\n"
@@ -56,12 +63,15 @@ def _throughput(info, median, peak):
 
 
 def render(data, command=DEFAULT_COMMAND, peak_gbs=None):
-    out = [_header(data, command),
-           "Median per case; `vs ref` = ref median / this median in the same run (higher is faster), `vs "
-           "compiled` likewise against impl='compiled' (torch.compile of the op's plain-PyTorch kernels); "
-           "GB/s counts the minimum bytes the op must move (see each suite's docstring), with the fraction of "
-           "the measured copy bandwidth in brackets.\n",
-           "| group | impl | median ms | vs ref | vs compiled | throughput |", "|---|---|---:|---:|---:|---:|"]
+    out = [
+        _header(data, command),
+        "Median per case; `vs ref` = ref median / this median in the same run (higher is faster), `vs "
+        "compiled` likewise against impl='compiled' (torch.compile of the op's plain-PyTorch kernels); "
+        "GB/s counts the minimum bytes the op must move (see each suite's docstring), with the fraction of "
+        "the measured copy bandwidth in brackets.\n",
+        "| group | impl | median ms | vs ref | vs compiled | throughput |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     groups = defaultdict(list)
     for b in data["benchmarks"]:
         if not (b.get("group") or "").startswith(TRAIN_STEP):
@@ -74,8 +84,9 @@ def render(data, command=DEFAULT_COMMAND, peak_gbs=None):
             med, info = r["stats"]["median"], r["extra_info"]
             ratios = [f"{base / med:.2f}x" if base else "-" for base in (ref, comp)]
             impl = info.get("impl", r["name"].split("[")[-1].rstrip("]"))
-            out.append(f"| {g} | {impl} | {med * 1e3:.3f} | {ratios[0]} | {ratios[1]} | "
-                       f"{_throughput(info, med, peak_gbs)} |")
+            out.append(
+                f"| {g} | {impl} | {med * 1e3:.3f} | {ratios[0]} | {ratios[1]} | {_throughput(info, med, peak_gbs)} |"
+            )
     if not groups:
         out = out[:1]
     return "\n".join(out) + "\n" + render_train_steps(data) + ratio_table(data["benchmarks"])
@@ -84,12 +95,17 @@ def render(data, command=DEFAULT_COMMAND, peak_gbs=None):
 def kimg_per_resolution(preset="v2-1gpu", max_resolution=1024):
     """{resolution: kimg shown there} over the preset's whole schedule, fade-in into a resolution counted at it."""
     from fastpggan.schedule import PRESETS, Schedule
+
     p = PRESETS[preset]
-    sched = Schedule(max_resolution=max_resolution, lod_training_kimg=p["lod_training_kimg"],
-                     lod_transition_kimg=p["lod_transition_kimg"], minibatch_base=p["minibatch_base"],
-                     minibatch=p["minibatch"])
+    sched = Schedule(
+        max_resolution=max_resolution,
+        lod_training_kimg=p["lod_training_kimg"],
+        lod_transition_kimg=p["lod_transition_kimg"],
+        minibatch_base=p["minibatch_base"],
+        minibatch=p["minibatch"],
+    )
     out = defaultdict(float)
-    for k in range(int(p["total_kimg"])):   # the resolution at the middle of each kimg
+    for k in range(int(p["total_kimg"])):  # the resolution at the middle of each kimg
         out[sched.at(k * 1000 + 500).resolution] += 1.0
     return dict(out)
 
@@ -118,25 +134,34 @@ def render_train_steps(data, preset="v2-1gpu"):
         return ""
     out = []
     for device, by_res in rows.items():
-        out += ["", f"## Training step on {device}", "",
-                "One D step (WGAN-GP) + G step + EMA, alpha 0.5, at the suite's minibatch (v2-1gpu on CUDA). "
-                "`vs (1)`/`vs (2)`/`vs (3)`: "
-                "speed over ref-fp32, ref-bf16-cl and the ref step compiled whole (ref-bf16-cl-compiled, or "
-                "ref-compiled-fp32 on the CPU) in the same run. MFU: counted FLOPs per step / median / the "
-                "measured bf16 matmul peak.", "",
-                "| res | variant | img/s | vs (1) | vs (2) | vs (3) | peak MB | TFLOP/s | MFU |",
-                "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        out += [
+            "",
+            f"## Training step on {device}",
+            "",
+            "One D step (WGAN-GP) + G step + EMA, alpha 0.5, at the suite's minibatch (v2-1gpu on CUDA). "
+            "`vs (1)`/`vs (2)`/`vs (3)`: "
+            "speed over ref-fp32, ref-bf16-cl and the ref step compiled whole (ref-bf16-cl-compiled, or "
+            "ref-compiled-fp32 on the CPU) in the same run. MFU: counted FLOPs per step / median / the "
+            "measured bf16 matmul peak.",
+            "",
+            "| res | variant | img/s | vs (1) | vs (2) | vs (3) | peak MB | TFLOP/s | MFU |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for res in sorted(by_res):
             variants = by_res[res]
-            base = [next((variants[n][0] for n in ((b,) if isinstance(b, str) else b) if n in variants), None)
-                    for b in BASELINES]
+            base = [
+                next((variants[n][0] for n in ((b,) if isinstance(b, str) else b) if n in variants), None)
+                for b in BASELINES
+            ]
             for name, (ips, med, info) in sorted(variants.items(), key=lambda kv: -kv[1][0]):
                 ratios = [f"{ips / b:.2f}x" if b else "-" for b in base]
                 tflops = info["flops"] / med / 1e12 if info.get("flops") else None
                 peak = info.get("matmul_peak_tflops")
-                out.append(f"| {res} | {name} | {ips:.1f} | {ratios[0]} | {ratios[1]} | {ratios[2]} | "
-                           f"{info.get('peak_mem_mb', '-')} | {f'{tflops:.3g}' if tflops else '-'} | "
-                           f"{f'{tflops / peak:.1%}' if tflops and peak else '-'} |")
+                out.append(
+                    f"| {res} | {name} | {ips:.1f} | {ratios[0]} | {ratios[1]} | {ratios[2]} | "
+                    f"{info.get('peak_mem_mb', '-')} | {f'{tflops:.3g}' if tflops else '-'} | "
+                    f"{f'{tflops / peak:.1%}' if tflops and peak else '-'} |"
+                )
         peaks = {v[2].get("matmul_peak_tflops") for r in by_res.values() for v in r.values()} - {None}
         if peaks:
             out.append(f"\nmeasured bf16 matmul peak (8192^3, median of 20): {max(peaks):.0f} TFLOP/s")
@@ -145,11 +170,19 @@ def render_train_steps(data, preset="v2-1gpu"):
         projected = {n: project_hours({r: v[n][0] for r, v in by_res.items() if n in v}, kimg) for n in names}
         projected = {n: h for n, h in projected.items() if h is not None}
         if projected:
-            out += ["", f"### Projected wall time of the {preset} schedule ({sum(kimg.values()):.0f} kimg to "
-                    f"{max(kimg)}x{max(kimg)})", "",
-                    "kimg per resolution: " + ", ".join(f"{r}: {k:g}" for r, k in sorted(kimg.items())) +
-                    ". Every step is timed at alpha 0.5, so stable phases (no fade branch) are slightly "
-                    "overestimated.", "", "| variant | hours | days |", "|---|---:|---:|"]
+            out += [
+                "",
+                f"### Projected wall time of the {preset} schedule ({sum(kimg.values()):.0f} kimg to "
+                f"{max(kimg)}x{max(kimg)})",
+                "",
+                "kimg per resolution: "
+                + ", ".join(f"{r}: {k:g}" for r, k in sorted(kimg.items()))
+                + ". Every step is timed at alpha 0.5, so stable phases (no fade branch) are slightly "
+                "overestimated.",
+                "",
+                "| variant | hours | days |",
+                "|---|---:|---:|",
+            ]
             for n, h in sorted(projected.items(), key=lambda kv: kv[1]):
                 out.append(f"| {n} | {h:.2f} | {h / 24:.2f} |")
     return "\n".join(out) + "\n"
@@ -195,25 +228,39 @@ def ratio_table(benchmarks):
             if kernels in ("ref", "peer"):
                 continue
             cells = []
-            for base in (_baseline(rows, "ref", False, precision), _baseline(rows, "ref", True, precision),
-                         _baseline(rows, "peer", False, precision)):
+            for base in (
+                _baseline(rows, "ref", False, precision),
+                _baseline(rows, "ref", True, precision),
+                _baseline(rows, "peer", False, precision),
+            ):
                 if base is None:
                     cells.append("-")
                     continue
                 note = "" if _kind(base)[2] == precision else f" ({base['extra_info'].get('impl', '?')})"
                 cells.append(f"{_speed(r) / _speed(base):.2f}x{note}")
-            if cells == ["-"] * 3:   # nothing of the same group to compare with (a tuning time, say)
+            if cells == ["-"] * 3:  # nothing of the same group to compare with (a tuning time, say)
                 continue
             name = r["extra_info"].get("impl", r["name"])
             out.append(f"| {g} | {name} | {r['stats']['median'] * 1e3:.3f} | " + " | ".join(cells) + " |")
     if not out:
         return ""
-    return "\n".join(["", "## Ratios: ours against ref, the compiler and the peer", "",
-                      "Speed over the same group's ref (eager), compiled (an op: impl='compiled'; a step: the ref "
-                      "step compiled whole) and the peer pro-gan-pth, in the same run; higher is faster. A "
-                      "baseline of another precision is named in brackets.", "",
-                      "| group | ours | median ms | vs ref | vs compiled | vs peer |",
-                      "|---|---|---:|---:|---:|---:|"] + out) + "\n"
+    return (
+        "\n".join(
+            [
+                "",
+                "## Ratios: ours against ref, the compiler and the peer",
+                "",
+                "Speed over the same group's ref (eager), compiled (an op: impl='compiled'; a step: the ref "
+                "step compiled whole) and the peer pro-gan-pth, in the same run; higher is faster. A "
+                "baseline of another precision is named in brackets.",
+                "",
+                "| group | ours | median ms | vs ref | vs compiled | vs peer |",
+                "|---|---|---:|---:|---:|---:|",
+            ]
+            + out
+        )
+        + "\n"
+    )
 
 
 def load(path):
@@ -238,8 +285,12 @@ def main(argv=None):
     p.add_argument("json", help="--benchmark-json output, or a --results-jsonl file (.jsonl)")
     p.add_argument("--command", default=DEFAULT_COMMAND, help="the command that produced the JSON, for the header")
     p.add_argument("-o", "--output", help="write the markdown here (whole or not at all), not to stdout")
-    p.add_argument("--peak-gbs", type=float, default=None,
-                   help="bandwidth for the fraction where the JSON has no measured one (CPU runs)")
+    p.add_argument(
+        "--peak-gbs",
+        type=float,
+        default=None,
+        help="bandwidth for the fraction where the JSON has no measured one (CPU runs)",
+    )
     args = p.parse_args(argv)
     write_text(args.output, render(load(args.json), args.command, args.peak_gbs))
 

@@ -14,6 +14,7 @@ measured copy bandwidth is the roofline fraction. On the CPU the Triton cases sk
 interpreter); the extension's C++ kernels run there. The default run times the training pass, fwd+bwd; `--long`
 adds the forward alone.
 """
+
 import pytest
 import torch
 
@@ -32,12 +33,20 @@ def _cases():
             for label, res, variant, shape, extra in spec.bench_cases(PGGAN_SHAPES):
                 if device == "cpu" and res not in CPU_RESOLUTIONS:
                     continue
-                for dtype in (["float32"] if device == "cpu" else ["float32", "bfloat16"]):
+                for dtype in ["float32"] if device == "cpu" else ["float32", "bfloat16"]:
                     case = autotune.Case(spec.name, variant, tuple(shape), dtype, "contiguous", device, dict(extra))
                     for mode in ("fwd", "fwd+bwd"):
                         marks = tuple(dev.marks) + ((LONG,) if mode == "fwd" else ())
-                        cases.append(pytest.param(case, label, res, mode, marks=marks,
-                                                  id=f"{device}-{label.replace(' ', '_')}-{res}-{dtype}-{mode}"))
+                        cases.append(
+                            pytest.param(
+                                case,
+                                label,
+                                res,
+                                mode,
+                                marks=marks,
+                                id=f"{device}-{label.replace(' ', '_')}-{res}-{dtype}-{mode}",
+                            )
+                        )
     return cases
 
 
@@ -51,14 +60,25 @@ def test_op(benchmark, case, label, res, mode, impl):
     except ops.BackendUnavailable as e:
         pytest.skip(str(e))
     benchmark.group = f"{label} {mode} {case.device} {case.dtype} {res}x{res}"
-    record(benchmark, case.device, op=label, mode=mode, res=res, dtype=case.dtype, impl=impl,
-           bytes=autotune.traffic_bytes(case, backward=mode != "fwd"))
+    record(
+        benchmark,
+        case.device,
+        op=label,
+        mode=mode,
+        res=res,
+        dtype=case.dtype,
+        impl=impl,
+        bytes=autotune.traffic_bytes(case, backward=mode != "fwd"),
+    )
     if mode == "fwd":
+
         def forward():
             with torch.no_grad():
                 return probe.call(impl)
+
         run_synced(benchmark, forward, case.device)
         return
     gy = torch.randn_like(out)
-    run_synced(benchmark, lambda: torch.autograd.grad(probe.call(impl), probe.inputs, gy, allow_unused=True),
-               case.device)
+    run_synced(
+        benchmark, lambda: torch.autograd.grad(probe.call(impl), probe.inputs, gy, allow_unused=True), case.device
+    )

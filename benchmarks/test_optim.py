@@ -5,6 +5,7 @@ Both are one fused pass per tensor: read p, g, m, v and write p, m, v, so `bytes
 bytes / median / measured copy bandwidth is the roofline fraction. TFAdam adds a few 0-d ops per step (its lr_t).
 Networks: at 16x16 on the CPU (G and D about 15M parameters together), at 1024x1024 on CUDA (46M).
 """
+
 import pytest
 import torch
 
@@ -13,8 +14,9 @@ from fastpggan.networks import Discriminator, Generator
 from fastpggan.optim import TFAdam
 
 OPTIMIZERS = {
-    "ref": lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.0, 0.99), eps=1e-8, fused=True,
-                                               capturable=isinstance(lr, torch.Tensor)),
+    "ref": lambda params, lr: torch.optim.Adam(
+        params, lr=lr, betas=(0.0, 0.99), eps=1e-8, fused=True, capturable=isinstance(lr, torch.Tensor)
+    ),
     "tfadam": lambda params, lr: TFAdam(params, lr=lr, betas=(0.0, 0.99), eps=1e-8),
 }
 
@@ -33,10 +35,10 @@ def _params(device, res):
 def test_adam_step(benchmark, device, name):
     res = 1024 if device == "cuda" else 16
     params = _params(device, res)
-    lr = torch.tensor(1e-3, device=device) if device == "cuda" else 1e-3   # the trainer's CUDA-graph lr
+    lr = torch.tensor(1e-3, device=device) if device == "cuda" else 1e-3  # the trainer's CUDA-graph lr
     opt = OPTIMIZERS[name](params, lr)
     n = sum(p.numel() for p in params)
     benchmark.group = f"adam step {device} G+D at {res}"
     record(benchmark, device, impl=name, params=n, bytes=7 * 4 * n)
-    opt.step()   # lazy state
+    opt.step()  # lazy state
     run_synced(benchmark, opt.step, device)

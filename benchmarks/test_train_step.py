@@ -27,6 +27,7 @@ CPU: minibatch 16 at 8x8 and 16x16 (ref vs ext, fp32 and bf16); benchmarks/test_
 pro-gan-pth on the same shapes in the same run, where it is installed. The default run times CPU_DEFAULT at 8x8
 and CUDA_DEFAULT; `--long` every variant at every resolution.
 """
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -74,10 +75,17 @@ CPU_VARIANTS = {
 
 # The default run's variants (the others need --long): the baselines, our kernels as the trainer runs them, and
 # each compiled whole
-CUDA_DEFAULT = ("ref-fp32", "ref-bf16-cl", "fast-triton", "fast-ext", "fast-auto", "ref-bf16-cl-compiled",
-                "fast-ext-compiled")
+CUDA_DEFAULT = (
+    "ref-fp32",
+    "ref-bf16-cl",
+    "fast-triton",
+    "fast-ext",
+    "fast-auto",
+    "ref-bf16-cl-compiled",
+    "fast-ext-compiled",
+)
 CPU_DEFAULT = ("ref-fp32", "ext-fp32", "ext-bf16", "ref-compiled-fp32", "ref-compiled-bf16", "ext-compiled-bf16")
-CPU_RESOLUTIONS = (8, 16)   # minibatch 16; the default run times 8x8 only
+CPU_RESOLUTIONS = (8, 16)  # minibatch 16; the default run times 8x8 only
 CPU_BATCH = 16
 
 
@@ -86,8 +94,9 @@ def step_cases():
     out = []
     for dev in devices():
         if dev.values[0] == "cpu":
-            out += [pytest.param("cpu", r, CPU_BATCH, id=f"cpu-{r}", marks=() if r == 8 else LONG)
-                    for r in CPU_RESOLUTIONS]
+            out += [
+                pytest.param("cpu", r, CPU_BATCH, id=f"cpu-{r}", marks=() if r == 8 else LONG) for r in CPU_RESOLUTIONS
+            ]
         else:
             out += [pytest.param("cuda", r, n, id=f"cuda-{r}", marks=dev.marks) for r, (n, _) in PGGAN_SHAPES.items()]
     return out
@@ -98,13 +107,18 @@ def _cases():
     for case in step_cases():
         device, res, batch = case.values
         variants, default = (CPU_VARIANTS, CPU_DEFAULT) if device == "cpu" else (CUDA_VARIANTS, CUDA_DEFAULT)
-        out += [pytest.param(device, res, batch, v, id=f"{case.id}-{v}",
-                             marks=tuple(case.marks) + (() if v in default else (LONG,))) for v in variants]
+        out += [
+            pytest.param(
+                device, res, batch, v, id=f"{case.id}-{v}", marks=tuple(case.marks) + (() if v in default else (LONG,))
+            )
+            for v in variants
+        ]
     return out
 
 
-def build(device, res, batch, impl, amp, channels_last, graphs, seed=0, amp_min_res=None, fused_scale=True,
-          compiled=False):
+def build(
+    device, res, batch, impl, amp, channels_last, graphs, seed=0, amp_min_res=None, fused_scale=True, compiled=False
+):
     """Table-2 G, D, G_ema and their optimizers at `res`, wrapped in the trainer's step; -> (runner, draw_inputs)."""
     dev = torch.device(device)
     torch.manual_seed(seed)
@@ -124,8 +138,13 @@ def build(device, res, batch, impl, amp, channels_last, graphs, seed=0, amp_min_
     reals = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8, device=dev)
 
     def draw_inputs():
-        return step_mod.StepInputs(reals=reals, z_d=torch.randn(batch, G.latent_size, device=dev),
-                                   u=torch.rand(batch, device=dev), z_g=torch.randn(batch, G.latent_size, device=dev))
+        return step_mod.StepInputs(
+            reals=reals,
+            z_d=torch.randn(batch, G.latent_size, device=dev),
+            u=torch.rand(batch, device=dev),
+            z_g=torch.randn(batch, G.latent_size, device=dev),
+        )
+
     return runner, draw_inputs
 
 
@@ -170,15 +189,25 @@ def test_train_step(benchmark, device, res, batch, variant):
     flops = step_flops(device, res, batch, fused_scale)
     amp_min_res = max(res // 8, 4) if variant.endswith("-top4") else None
     compiled = "compiled" in variant
-    runner, draw = build(device, res, batch, impl, amp, channels_last, graphs, amp_min_res=amp_min_res,
-                         fused_scale=fused_scale, compiled=compiled)
+    runner, draw = build(
+        device,
+        res,
+        batch,
+        impl,
+        amp,
+        channels_last,
+        graphs,
+        amp_min_res=amp_min_res,
+        fused_scale=fused_scale,
+        compiled=compiled,
+    )
     if impl == "auto":
         eager = getattr(runner, "step_eager", runner)
         records = autotune.record(eager.run, draw(), res, eager.alpha_arg(alpha), update=False)
         backends.use_choices(autotune.tune_cases(autotune.cases_from_records(records))["choices"])
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
-    for _ in range(3):   # warm-up: cuDNN autotuning, Triton compilation, graph capture, allocator
+    for _ in range(3):  # warm-up: cuDNN autotuning, Triton compilation, graph capture, allocator
         runner.step(draw(), res, alpha)
     if graphs and runner.failed:
         pytest.fail("CUDA-graph capture failed (see the warning above)")
@@ -188,12 +217,26 @@ def test_train_step(benchmark, device, res, batch, variant):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     benchmark.group = f"train step {device} {res}"
-    record(benchmark, device, impl=variant, res=res, batch=batch, images=batch, alpha=alpha, flops=flops,
-           kernels=impl, amp=str(amp).replace("torch.", ""), amp_min_res=amp_min_res, channels_last=channels_last,
-           cuda_graphs=graphs, fused_scale=fused_scale, compiled_step=compiled,
-           compile_s=round(sum(runner.compile_seconds.values()), 1) if compiled else None)
+    record(
+        benchmark,
+        device,
+        impl=variant,
+        res=res,
+        batch=batch,
+        images=batch,
+        alpha=alpha,
+        flops=flops,
+        kernels=impl,
+        amp=str(amp).replace("torch.", ""),
+        amp_min_res=amp_min_res,
+        channels_last=channels_last,
+        cuda_graphs=graphs,
+        fused_scale=fused_scale,
+        compiled_step=compiled,
+        compile_s=round(sum(runner.compile_seconds.values()), 1) if compiled else None,
+    )
     run_synced(benchmark, lambda: runner.step(draw(), res, alpha), device)
     if device == "cuda":
-        benchmark.extra_info["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+        benchmark.extra_info["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         benchmark.extra_info["matmul_peak_tflops"] = matmul_peak_tflops()
     backends.use_choices(None)

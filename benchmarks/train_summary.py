@@ -5,6 +5,7 @@ median of the later ticks there, with the first shown beside it.
 
 usage: python benchmarks/train_summary.py RUN/log.jsonl [--res 256] [--copy OUT.jsonl] [-o OUT.md]
 """
+
 import argparse
 import json
 import shutil
@@ -21,11 +22,18 @@ def summarize(records, res):
         seen = sorted({r.get("res") for r in records if "res" in r})
         return "\n".join(out + [f"No tick at {res}x{res} in the log (resolutions reached: {seen or 'none'})."]) + "\n"
     later = [t["img_per_s"] for t in ticks[1:]] or [ticks[0]["img_per_s"]]
-    out += [f"median img/s over {len(later)} tick(s) after the first: **{statistics.median(later):.1f}** "
-            f"(first tick {ticks[0]['img_per_s']:.1f}, with the stage's start)", "",
-            "| tick | kimg | minibatch | img/s | sec/kimg | peak MB |", "|---:|---:|---:|---:|---:|---:|"]
-    out += [f"| {t['tick']} | {t['kimg']} | {t.get('minibatch', '-')} | {t['img_per_s']} | "
-            f"{t.get('sec_per_kimg', '-')} | {t.get('peak_mem_mb', '-')} |" for t in ticks]
+    out += [
+        f"median img/s over {len(later)} tick(s) after the first: **{statistics.median(later):.1f}** "
+        f"(first tick {ticks[0]['img_per_s']:.1f}, with the stage's start)",
+        "",
+        "| tick | kimg | minibatch | img/s | sec/kimg | peak MB |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    out += [
+        f"| {t['tick']} | {t['kimg']} | {t.get('minibatch', '-')} | {t['img_per_s']} | "
+        f"{t.get('sec_per_kimg', '-')} | {t.get('peak_mem_mb', '-')} |"
+        for t in ticks
+    ]
     return "\n".join(out) + "\n"
 
 

@@ -5,4 +5,5 @@ ops (functional hot ops with backends); layers (equalized-LR modules); networks 
 losses (WGAN-GP), optim (TF's Adam), checkpoint, data, schedule, distributed, metrics; step (one training step);
 config; trainer; and the command lines train, generate, evaluate.
 """
+
 __version__ = "0.2.0"

@@ -10,6 +10,7 @@ in fastpggan.ops._ext. Standard library only at import; torch is imported by the
   built library holds is read back from its fatbinary (`fatbin_archs`), and `cuda_mismatch` says whether it
   runs on a GPU, so that fastpggan.ops._ext never launches a kernel that has no image for the device.
 """
+
 import glob
 import hashlib
 import os
@@ -40,8 +41,11 @@ def csrc_dir():
 
 
 def _valid_toolkit(path):
-    return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and \
-        os.path.isfile(os.path.join(path, "include", "cuda_runtime.h"))
+    return (
+        bool(path)
+        and os.path.isfile(os.path.join(path, "bin", "nvcc"))
+        and os.path.isfile(os.path.join(path, "include", "cuda_runtime.h"))
+    )
 
 
 def find_cuda_home():
@@ -71,6 +75,7 @@ def extra_include_dirs():
     """Include folders of the nvidia-* wheels that hold headers a bare toolkit may lack (cusparse.h)."""
     try:
         import nvidia
+
         roots = list(nvidia.__path__)
     except ImportError:
         return []
@@ -96,6 +101,7 @@ def use_cuda_home(torch, home):
     """Point torch.utils.cpp_extension (which reads CUDA_HOME once, at import) at `home`."""
     os.environ["CUDA_HOME"] = home
     import torch.utils.cpp_extension as cpp
+
     cpp.CUDA_HOME = home
 
 
@@ -123,14 +129,14 @@ def _elf_section(data: bytes, name: bytes) -> Optional[bytes]:
     """The bytes of section `name` of a 64-bit little-endian ELF file, or None."""
     if data[:6] != b"\x7fELF\x02\x01":
         return None
-    shoff, = struct.unpack_from("<Q", data, 0x28)
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
     headers = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
     names_at = headers[shstrndx][4]
     for sh_name, _type, _flags, _addr, offset, size in headers:
         end = data.index(b"\0", names_at + sh_name)
-        if data[names_at + sh_name:end] == name:
-            return data[offset:offset + size]
+        if data[names_at + sh_name : end] == name:
+            return data[offset : offset + size]
     return None
 
 
@@ -149,12 +155,12 @@ def fatbin_archs(path: str) -> Optional[dict]:
     while pos + 16 <= len(section):
         magic, _version, header, size = struct.unpack_from("<IHHQ", section, pos)
         if magic != _FATBIN_MAGIC:
-            pos += 8   # blobs are 8-byte aligned, with padding between them
+            pos += 8  # blobs are 8-byte aligned, with padding between them
             continue
         entry, end = pos + header, pos + header + size
         while entry + 32 <= end:
             kind, _, entry_header, payload = struct.unpack_from("<HHIQ", section, entry)
-            arch, = struct.unpack_from("<I", section, entry + 28)
+            (arch,) = struct.unpack_from("<I", section, entry + 28)
             if kind in (_ELF_SASS, _ELF_PTX):
                 out["sass" if kind == _ELF_SASS else "ptx"].add(arch)
             entry += entry_header + payload
@@ -172,8 +178,11 @@ def cuda_mismatch(archs: Optional[dict], capability: Tuple[int, int]) -> Optiona
 
     def names(kind):
         return ", ".join(f"{a // 10}.{a % 10}" for a in sorted(archs[kind])) if archs and archs[kind] else "none"
-    return (f"its CUDA kernels hold machine code for {names('sass')} and PTX for {names('ptx')}, none of which runs "
-            f"on this GPU of compute capability {capability[0]}.{capability[1]}")
+
+    return (
+        f"its CUDA kernels hold machine code for {names('sass')} and PTX for {names('ptx')}, none of which runs "
+        f"on this GPU of compute capability {capability[0]}.{capability[1]}"
+    )
 
 
 def sources(with_cuda):
@@ -188,5 +197,7 @@ def build_key(torch, with_cuda, archs):
     for path in sources(with_cuda) + [os.path.join(csrc_dir(), n) for n in HEADERS]:
         with open(path, "rb") as f:
             h.update(f.read())
-    h.update(f"{torch.__version__}|{torch.version.cuda}|{with_cuda}|{archs}|{CXX_FLAGS}|{NVCC_FLAGS}|{LINK_FLAGS}".encode())
+    h.update(
+        f"{torch.__version__}|{torch.version.cuda}|{with_cuda}|{archs}|{CXX_FLAGS}|{NVCC_FLAGS}|{LINK_FLAGS}".encode()
+    )
     return h.hexdigest()[:16]

@@ -19,6 +19,7 @@ runs: tuning then only reads what is cached.
 `tune_model(module, example_inputs)` tunes a user's own model: it records the cases one forward and backward
 runs, then tunes those. fastpggan.trainer tunes the cases of its whole schedule at start-up.
 """
+
 import math
 import time
 import warnings
@@ -26,18 +27,11 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from .backend_measure import (  # noqa: F401  (Case, make_probe, time_case, candidates: this module's API, as before)
-    ITEM_TIMEOUT_S,
-    Case,
-    candidates,
-    cases_from_records,
-    make_probe,
-    measure,
-    time_case,
-)
+from .backend_measure import ITEM_TIMEOUT_S, Case, candidates, cases_from_records, make_probe, measure, time_case  # noqa: F401  (Case, make_probe, time_case, candidates: this module's API, as before)
 from .ops import backends, tune_cache
 
 # -- choosing and the cache --------------------------------------------------------------------------------------
+
 
 def measuring_forbidden() -> Optional[str]:
     """Why nothing may be measured right now (a CUDA-graph capture, a torch.compile trace, an export), or None."""
@@ -57,8 +51,15 @@ def _device_of(cases):
     return torch.device(devices.pop())
 
 
-def tune_cases(cases: Sequence[Case], *, force: bool = False, measure_new: bool = True, log: Callable = print,
-               seed: Optional[int] = None, timeout_s: float = ITEM_TIMEOUT_S) -> dict:
+def tune_cases(
+    cases: Sequence[Case],
+    *,
+    force: bool = False,
+    measure_new: bool = True,
+    log: Callable = print,
+    seed: Optional[int] = None,
+    timeout_s: float = ITEM_TIMEOUT_S,
+) -> dict:
     """Choose a backend for each case: the cached choice, or (for cases not cached, or all with `force`) the
     fastest backend that matches the reference, measured now and cached.
 
@@ -84,14 +85,16 @@ def tune_cases(cases: Sequence[Case], *, force: bool = False, measure_new: bool 
     todo = [c for k, c in unique.items() if force or k not in cached] if measure_new else []
     forbidden = measuring_forbidden()
     if forbidden and todo:
-        warnings.warn(f"fastpggan.autotune: not measuring while {forbidden}; {len(todo)} case(s) keep the static "
-                      "backend order", stacklevel=2)
+        warnings.warn(
+            f"fastpggan.autotune: not measuring while {forbidden}; {len(todo)} case(s) keep the static backend order",
+            stacklevel=2,
+        )
         todo = []
     entries, bandwidth = {}, None
     if todo:
         try:
             measured = measure(todo, seed=seed, timeout_s=timeout_s)
-        except (OSError, RuntimeError, ValueError) as e:   # 'auto' never errors: the static order stands in
+        except (OSError, RuntimeError, ValueError) as e:  # 'auto' never errors: the static order stands in
             _warn(f"tuning failed ({str(e)[:300]}); {len(todo)} case(s) keep the static order", log)
             todo, measured = [], dict(bandwidth=None, results=[])
         bandwidth = measured["bandwidth"]
@@ -101,8 +104,13 @@ def tune_cases(cases: Sequence[Case], *, force: bool = False, measure_new: bool 
             tune_cache.write(device, entries)
     all_entries = {k: entries.get(k) or cached.get(k) for k in unique}
     choices = {k: e["impl"] for k, e in all_entries.items() if e}
-    return dict(device=tune_cache.device_key(device), choices=choices, entries=all_entries, measured=len(todo),
-                bandwidth=bandwidth)
+    return dict(
+        device=tune_cache.device_key(device),
+        choices=choices,
+        entries=all_entries,
+        measured=len(todo),
+        bandwidth=bandwidth,
+    )
 
 
 def _warn(what: str, log: Callable) -> None:
@@ -120,15 +128,19 @@ def _entry(case, res, bandwidth, log):
             _warn(f"{case.op} on {case.key}: excluding impl='{impl}': {r['error']}", log)
     if ok:
         impl = min(ok, key=lambda i: ok[i]["seconds"])
-    else:   # nothing passed, not even ref (which is not compared): keep ref, the oracle
+    else:  # nothing passed, not even ref (which is not compared): keep ref, the oracle
         impl = "ref"
-    entry = dict(impl=impl, shape=list(case.shape), bytes=traffic_bytes(case),
-                 seconds={i: r["seconds"] for i, r in ok.items()},
-                 compile_seconds={i: r["compile_seconds"] for i, r in ok.items() if "compile_seconds" in r},
-                 tolerance_ratio={i: round(r["ratio"], 4) for i, r in ok.items() if i != "ref"},
-                 max_error={i: r["max_error"] for i, r in ok.items() if i != "ref"},
-                 excluded={i: r["error"] for i, r in res.items() if not r.get("ok")},
-                 measured=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    entry = dict(
+        impl=impl,
+        shape=list(case.shape),
+        bytes=traffic_bytes(case),
+        seconds={i: r["seconds"] for i, r in ok.items()},
+        compile_seconds={i: r["compile_seconds"] for i, r in ok.items() if "compile_seconds" in r},
+        tolerance_ratio={i: round(r["ratio"], 4) for i, r in ok.items() if i != "ref"},
+        max_error={i: r["max_error"] for i, r in ok.items() if i != "ref"},
+        excluded={i: r["error"] for i, r in res.items() if not r.get("ok")},
+        measured=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
     if bandwidth:
         entry["copy_bytes_per_s"] = bandwidth
     return entry
@@ -143,6 +155,7 @@ def traffic_bytes(case: Case, backward: bool = True) -> int:
 
 # -- recording the cases of a model ------------------------------------------------------------------------------
 
+
 def record(fn: Callable, *args, **kwargs) -> List[dict]:
     """The `ops.backends.recording()` records of every impl='auto' op call that fn(*args, **kwargs) makes (the calls
     run the reference)."""
@@ -151,8 +164,14 @@ def record(fn: Callable, *args, **kwargs) -> List[dict]:
     return calls
 
 
-def tune_model(module: torch.nn.Module, example_inputs: Sequence, *, backward: bool = True, force: bool = False,
-               log: Callable = print) -> dict:
+def tune_model(
+    module: torch.nn.Module,
+    example_inputs: Sequence,
+    *,
+    backward: bool = True,
+    force: bool = False,
+    log: Callable = print,
+) -> dict:
     """Tune the cases that `module(*example_inputs)` runs, ahead of use: drop-in fastpggan layers in a user's own
     model then use the measured backends (impl='auto' reads the tune cache).
 
@@ -167,12 +186,17 @@ def tune_model(module: torch.nn.Module, example_inputs: Sequence, *, backward: b
     Returns:
         tune_cases' result: {"device", "choices": {case key: impl}, "entries", "measured", "bandwidth"}.
     """
+
     def run():
         out = module(*example_inputs)
         if backward:
-            outs = [o for o in (out if isinstance(out, (tuple, list)) else [out])
-                    if isinstance(o, torch.Tensor) and o.requires_grad]
+            outs = [
+                o
+                for o in (out if isinstance(out, (tuple, list)) else [out])
+                if isinstance(o, torch.Tensor) and o.requires_grad
+            ]
             if outs:
                 torch.autograd.backward([o.float().sum() for o in outs])
+
     cases = cases_from_records(record(run))
     return tune_cases(cases, force=force, log=log)

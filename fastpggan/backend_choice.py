@@ -1,6 +1,7 @@
 """The op backends of a training run, chosen once at its start (README "Backends"): the op calls of every stage
 of its step are recorded, and `auto` either takes a resumed run's recorded choices or tunes those cases
 (fastpggan.autotune: validated against the reference, timed, cached) on rank 0 and shares them."""
+
 import os
 import time
 from typing import Optional
@@ -24,12 +25,21 @@ def training_cases(trainer) -> dict:
         per = max(trainer.schedule.at(trainer.schedule.kimg_to_reach(r) * 1000).minibatch // trainer.ctx.world, 1)
         rows = min(trainer.train_step.batch_gpu or per, per)
         n = min(group, rows) if group > 1 else 1
-        inputs = random_inputs(n, trainer.cfg.network["num_channels"], r, trainer.G.latent_size, trainer.device, gen,
-                               mirror=trainer.cfg.mirror, labels=trainer.labels is not None)
+        inputs = random_inputs(
+            n,
+            trainer.cfg.network["num_channels"],
+            r,
+            trainer.G.latent_size,
+            trainer.device,
+            gen,
+            mirror=trainer.cfg.mirror,
+            labels=trainer.labels is not None,
+        )
         records = []
-        for alpha in ((1.0, 0.5) if r > 4 else (1.0,)):
-            records += autotune.record(trainer.train_step.run, inputs, r, trainer.train_step.alpha_arg(alpha),
-                                       update=False)
+        for alpha in (1.0, 0.5) if r > 4 else (1.0,):
+            records += autotune.record(
+                trainer.train_step.run, inputs, r, trainer.train_step.alpha_arg(alpha), update=False
+            )
         out[r] = autotune.cases_from_records(records, batch=rows)
         r *= 2
     return out
@@ -54,25 +64,36 @@ def choose_backends(trainer, recorded: Optional[dict] = None) -> Optional[dict]:
             cached = (tune_cache.read(trainer.device) or {}).get("choices", {})
             todo = {c.key for c in flat} - set(cached)
             if measure_new and todo and backends.impl_unavailable("compiled", trainer.device) is None:
-                trainer.log(f"tune: checking and timing each backend on {len(todo)} op cases, once for this device; "
-                         "impl='compiled' compiles each (on a 2-core CPU about 2 min with a cold inductor cache, "
-                         "20 s with a warm one; FASTPGGAN_NO_COMPILE=1 leaves it out)")
+                trainer.log(
+                    f"tune: checking and timing each backend on {len(todo)} op cases, once for this device; "
+                    "impl='compiled' compiles each (on a 2-core CPU about 2 min with a cold inductor cache, "
+                    "20 s with a warm one; FASTPGGAN_NO_COMPILE=1 leaves it out)"
+                )
             t0 = time.time()
             result = autotune.tune_cases(flat, log=trainer.log, measure_new=measure_new)
             if result["measured"]:
-                trainer.log(f"tune: measured {result['measured']} op cases in {time.time() - t0:.1f} s "
-                         f"(cached in {os.path.dirname(tune_cache.cache_path(trainer.device))})")
+                trainer.log(
+                    f"tune: measured {result['measured']} op cases in {time.time() - t0:.1f} s "
+                    f"(cached in {os.path.dirname(tune_cache.cache_path(trainer.device))})"
+                )
         result = distributed.broadcast_object(result, trainer.ctx)
         recorded = dict(device=here, choices=result["choices"])
     if recorded["choices"] and recorded.get("device") not in (None, here):
-        trainer.log(f"note: this run's backends were chosen on {recorded['device']}; it goes on with them on "
-                 f"{here} (a new run tunes for this device)")
+        trainer.log(
+            f"note: this run's backends were chosen on {recorded['device']}; it goes on with them on "
+            f"{here} (a new run tunes for this device)"
+        )
     backends.use_choices(recorded["choices"])
     for op in sorted({c.op for cs in cases.values() for c in cs}):
         per_res = []
         for r, cs in cases.items():
-            impls = sorted({backends.auto_backend(c.op, c.variant, c.shape, c.dtype, c.layout, trainer.device)
-                            for c in cs if c.op == op})
+            impls = sorted(
+                {
+                    backends.auto_backend(c.op, c.variant, c.shape, c.dtype, c.layout, trainer.device)
+                    for c in cs
+                    if c.op == op
+                }
+            )
             if impls:
                 per_res.append(f"{r}:{'+'.join(impls)}")
         trainer.log(f"backend {op}: {' '.join(per_res)}")

@@ -6,6 +6,7 @@ ops.TOLERANCE) and, where it passes, timed (a warm-up, then the median of severa
 access poisons a CUDA context, and a crash there cannot take the caller down. After a crash a new child goes on
 with the next backend; a backend that hangs past ITEM_TIMEOUT_S is killed and excluded for that case.
 """
+
 import json
 import os
 import queue
@@ -23,9 +24,9 @@ import torch
 from .ops import backends, opspec, tolerance_ratio, tune_cache
 from .ops.opspec import Probe
 
-MARK = "@fastpggan-tune "   # prefix of the protocol lines the child writes on its stdout
-ITEM_TIMEOUT_S = 600.0      # a backend that takes longer than this on one case is treated as hung
-TIME_BUDGET_S = 0.25        # timing per backend and case, after the warm-up (at least MIN_RUNS runs)
+MARK = "@fastpggan-tune "  # prefix of the protocol lines the child writes on its stdout
+ITEM_TIMEOUT_S = 600.0  # a backend that takes longer than this on one case is treated as hung
+TIME_BUDGET_S = 0.25  # timing per backend and case, after the warm-up (at least MIN_RUNS runs)
 MIN_RUNS, MAX_RUNS = 5, 50
 
 
@@ -33,6 +34,7 @@ MIN_RUNS, MAX_RUNS = 5, 50
 class Case:
     """One op call's kind, with a representative shape (the key keeps only its shape class). `variant` is the op's
     variant type (ops: OpSpec.variant); its text, as in a case key, is parsed on construction."""
+
     op: str
     variant: Any
     shape: tuple
@@ -50,13 +52,21 @@ class Case:
         return tune_cache.case_key(self.op, self.variant, getattr(torch, self.dtype), self.layout, self.shape)
 
     def to_json(self) -> dict:
-        return dict(op=self.op, variant=str(self.variant), shape=list(self.shape), dtype=self.dtype, layout=self.layout,
-                    device=self.device, extra=self.extra)
+        return dict(
+            op=self.op,
+            variant=str(self.variant),
+            shape=list(self.shape),
+            dtype=self.dtype,
+            layout=self.layout,
+            device=self.device,
+            extra=self.extra,
+        )
 
     @classmethod
     def from_json(cls, d: dict) -> "Case":
-        return cls(d["op"], d["variant"], tuple(d["shape"]), d["dtype"], d["layout"], d["device"],
-                   dict(d.get("extra") or {}))
+        return cls(
+            d["op"], d["variant"], tuple(d["shape"]), d["dtype"], d["layout"], d["device"], dict(d.get("extra") or {})
+        )
 
 
 def cases_from_records(records: Iterable[dict], batch: Optional[int] = None) -> List[Case]:
@@ -72,6 +82,7 @@ def cases_from_records(records: Iterable[dict], batch: Optional[int] = None) -> 
 
 
 # -- one case: its inputs, the call, the check and the clock -------------------------------------------------------
+
 
 def make_probe(case: Case, dtype: Optional[str] = None, seed: int = 0) -> Probe:
     """Fresh random inputs of `case` (in `dtype` if given: the float64 second-order check) and its call, from the
@@ -91,8 +102,9 @@ def _outputs_and_grads(probe, impl, create_graph=False, seed=1):
 def _second_order(probe, impl):
     _, grads = _outputs_and_grads(probe, impl, create_graph=True)
     gen = torch.Generator(device=grads[0].device).manual_seed(2)
-    s = sum((g * torch.randn(g.shape, generator=gen, device=g.device).to(g.dtype)).sum()
-            for g in grads if g.requires_grad)
+    s = sum(
+        (g * torch.randn(g.shape, generator=gen, device=g.device).to(g.dtype)).sum() for g in grads if g.requires_grad
+    )
     if not isinstance(s, torch.Tensor):
         return [torch.zeros_like(x) for x in probe.inputs]
     gg = torch.autograd.grad(s, probe.inputs, allow_unused=True)
@@ -115,20 +127,26 @@ def validate(case: Case, impl: str, seed: int) -> dict:
     worst = 0.0
     probe = make_probe(case, seed=seed)
     (y0, g0), (y1, g1) = (_outputs_and_grads(probe, which) for which in ("ref", impl))
-    named = [("output", y1, y0, 1)] + [(f"gradient of input {i}", a, e, c)
-                                       for i, (a, e, c) in enumerate(zip(g1, g0, probe.counts))]
+    named = [("output", y1, y0, 1)] + [
+        (f"gradient of input {i}", a, e, c) for i, (a, e, c) in enumerate(zip(g1, g0, probe.counts))
+    ]
     if probe.second_order:
         probe64 = make_probe(case, dtype="float64", seed=seed)
         s0, s1 = _second_order(probe64, "ref"), _second_order(probe64, impl)
-        named += [(f"second-order gradient of input {i}", a, e, c)
-                  for i, (a, e, c) in enumerate(zip(s1, s0, probe64.counts))]
+        named += [
+            (f"second-order gradient of input {i}", a, e, c) for i, (a, e, c) in enumerate(zip(s1, s0, probe64.counts))
+        ]
     for what, actual, expected, count in named:
         tol_dtype = torch.float64 if what.startswith("second") else dtype
         ratio = tolerance_ratio(actual, expected, tol_dtype, count)
         if not ratio <= 1.0:
             err = (actual.detach().double() - expected.detach().double()).abs()
-            detail = "non-finite values" if not bool(torch.isfinite(actual).all()) else \
-                f"max error {err.max().item():.3g}, {ratio:.3g}x the {str(tol_dtype).replace('torch.', '')} tolerance"
+            detail = (
+                "non-finite values"
+                if not bool(torch.isfinite(actual).all())
+                else f"max error {err.max().item():.3g}, {ratio:.3g}x the "
+                f"{str(tol_dtype).replace('torch.', '')} tolerance"
+            )
             raise Mismatch(f"{what} differs from ref ({detail})")
         worst = max(worst, ratio)
     return dict(ratio=worst, max_error=(y1.detach().double() - y0.detach().double()).abs().max().item())
@@ -171,7 +189,7 @@ def time_case(case: Case, impl: str, budget_s: float = TIME_BUDGET_S) -> float:
 def copy_bandwidth(device, mib: int = 64) -> float:
     """Bytes per second of a device-to-device copy (read + write), the roofline the op figures are compared to."""
     device = torch.device(device)
-    src = torch.empty(mib * 2 ** 20 // 4, device=device).normal_()
+    src = torch.empty(mib * 2**20 // 4, device=device).normal_()
     dst = torch.empty_like(src)
     for _ in range(2):
         dst.copy_(src)
@@ -195,6 +213,7 @@ def candidates(case: Case) -> List[str]:
 
 # -- the child process -------------------------------------------------------------------------------------------
 
+
 def _emit(**msg):
     sys.stdout.write(MARK + json.dumps(msg) + "\n")
     sys.stdout.flush()
@@ -203,7 +222,7 @@ def _emit(**msg):
 def worker(job: dict) -> None:
     """The child's side: validate, then time, each (case, backend) of `job`, reporting on stdout as it goes."""
     torch.set_num_threads(job["threads"])
-    for name, path in job.get("modules", {}).items():   # ops declared outside fastpggan
+    for name, path in job.get("modules", {}).items():  # ops declared outside fastpggan
         _import_declaring_module(name, path)
     cases = [Case.from_json(c) for c in job["cases"]]
     skip = {tuple(s) for s in job.get("skip", ())}
@@ -220,7 +239,7 @@ def worker(job: dict) -> None:
                 before = backends.compile_stats(total=True) if impl == "compiled" else None
                 checked = dict(ratio=0.0, max_error=0.0) if impl == "ref" else validate(case, impl, job["seed"] + i)
                 seconds = time_case(case, impl) if job.get("time", True) else None
-                if impl == "compiled":   # compiled code ran, never the uncompiled body; and what compiling cost
+                if impl == "compiled":  # compiled code ran, never the uncompiled body; and what compiling cost
                     after = backends.compile_stats(total=True)
                     if after.fallbacks != before.fallbacks:
                         raise Uncompiled(f"ran uncompiled ({after.failure})")
@@ -228,9 +247,14 @@ def worker(job: dict) -> None:
                 _emit(done=[i, impl], ok=True, seconds=seconds, **checked)
             except (Mismatch, Uncompiled) as e:
                 _emit(done=[i, impl], ok=False, error=str(e))
-            except Exception as e:   # any error excludes the backend for this case
-                _emit(done=[i, impl], ok=False, error=f"raised {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                      if str(e) else f"raised {type(e).__name__}")
+            except Exception as e:  # any error excludes the backend for this case
+                _emit(
+                    done=[i, impl],
+                    ok=False,
+                    error=f"raised {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                    if str(e)
+                    else f"raised {type(e).__name__}",
+                )
 
 
 def _declaring_modules(cases) -> Dict[str, str]:
@@ -246,6 +270,7 @@ def _declaring_modules(cases) -> Dict[str, str]:
 
 def _import_declaring_module(name: str, path: str) -> None:
     import importlib.util
+
     if name in sys.modules:
         return
     sys.path.insert(0, os.path.dirname(path))
@@ -261,15 +286,21 @@ def _read_lines(stream, q):
     q.put(None)
 
 
-def measure(cases: Sequence[Case], seed: Optional[int] = None, timeout_s: float = ITEM_TIMEOUT_S,
-            timed: bool = True) -> dict:
+def measure(
+    cases: Sequence[Case], seed: Optional[int] = None, timeout_s: float = ITEM_TIMEOUT_S, timed: bool = True
+) -> dict:
     """Validate and (if `timed`) time every available backend on each case, in child processes. Returns
     {"bandwidth": copy bytes/s or None, "results": [{impl: {"ok": True, "ratio", "max_error", "seconds"} or
     {"ok": False, "error"}} per case]}."""
     results: List[Dict[str, dict]] = [{} for _ in cases]
-    seed = int(time.time_ns() % 2 ** 31) if seed is None else seed   # fresh inputs on every tuning
-    job = dict(cases=[c.to_json() for c in cases], threads=torch.get_num_threads(), seed=seed, time=timed,
-               modules=_declaring_modules(cases))
+    seed = int(time.time_ns() % 2**31) if seed is None else seed  # fresh inputs on every tuning
+    job = dict(
+        cases=[c.to_json() for c in cases],
+        threads=torch.get_num_threads(),
+        seed=seed,
+        time=timed,
+        modules=_declaring_modules(cases),
+    )
     bandwidth, start, skip = None, 0, []
     while start < len(cases):
         job.update(start=start, skip=skip, bandwidth=timed and bandwidth is None)
@@ -278,7 +309,7 @@ def measure(cases: Sequence[Case], seed: Optional[int] = None, timeout_s: float 
             bandwidth = finished["bandwidth"]
         if current is None:
             break
-        i, impl, error = current   # the (case, backend) the child died on: excluded, and a new child goes on
+        i, impl, error = current  # the (case, backend) the child died on: excluded, and a new child goes on
         results[i][impl] = dict(ok=False, error=error)
         skip.append([i, impl])
         start = i
@@ -289,13 +320,20 @@ def _run_child(job, results, timeout_s):
     """One child over job['cases'][job['start']:]; fills `results`. Returns ((case, impl, why) it died on, or None,
     {'bandwidth': ...} if it reported one)."""
     info = {}
-    with tempfile.TemporaryFile(mode="w+") as err, \
-            subprocess.Popen([sys.executable, "-m", "fastpggan.backend_measure"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+    with (
+        tempfile.TemporaryFile(mode="w+") as err,
+        subprocess.Popen(
+            [sys.executable, "-m", "fastpggan.backend_measure"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        ) as proc,
+    ):
         try:
             proc.stdin.write(json.dumps(job))
             proc.stdin.close()
-        except BrokenPipeError:   # it died before reading its job: its exit status and stderr say why, below
+        except BrokenPipeError:  # it died before reading its job: its exit status and stderr say why, below
             pass
         lines = queue.Queue()
         threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
@@ -311,7 +349,7 @@ def _run_child(job, results, timeout_s):
                 break
             if not line.startswith(MARK):
                 continue
-            msg = json.loads(line[len(MARK):])
+            msg = json.loads(line[len(MARK) :])
             if "bandwidth" in msg:
                 info["bandwidth"] = msg["bandwidth"]
             elif "start" in msg:
@@ -327,11 +365,12 @@ def _run_child(job, results, timeout_s):
         tail = [ln.strip() for ln in err.read().splitlines() if ln.strip()]
         why = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
         why = f"the process {why}" + (f" ({tail[-1][:160]})" if tail else "")
-        if current is None:   # died between items (at start-up): nothing to blame, so stop here
+        if current is None:  # died between items (at start-up): nothing to blame, so stop here
             raise RuntimeError(f"fastpggan.autotune: the tuning process failed: {why}")
         return (*current, why), info
 
 
-if __name__ == "__main__":   # the child process of measure(), run by the imported module (one copy of its state)
+if __name__ == "__main__":  # the child process of measure(), run by the imported module (one copy of its state)
     from fastpggan.backend_measure import worker as _worker
+
     _worker(json.loads(sys.stdin.read()))

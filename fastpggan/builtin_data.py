@@ -5,6 +5,7 @@ power of two are zero-padded to the next one (black is these datasets' backgroun
 MNIST-likes get official create_mnist's 2 pixels a side, through the same idx reader and padding as an MNIST
 folder given as --data (fastpggan.formats.idx).
 """
+
 import importlib.util
 import io
 import os
@@ -20,12 +21,18 @@ EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 
 
 def load_fashion_mnist():
-    names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    names = [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ]
     paths = [os.path.join(FASHION_MNIST_DIR, n) for n in names]
     if not all(os.path.exists(p) for p in paths):
-        raise UserError("built-in dataset 'fashion-mnist' needs the Debian package dataset-fashion-mnist: "
-                        "run `sudo apt-get install dataset-fashion-mnist` (or pass --data PATH)")
+        raise UserError(
+            "built-in dataset 'fashion-mnist' needs the Debian package dataset-fashion-mnist: "
+            "run `sudo apt-get install dataset-fashion-mnist` (or pass --data PATH)"
+        )
     x = np.concatenate([read_idx(paths[0]), read_idx(paths[2])])[:, None]
     y = np.concatenate([read_idx(paths[1]), read_idx(paths[3])]).astype(np.int64)
     return pad_to_power_of_two(x), y, paths
@@ -55,13 +62,16 @@ def load_emoji():
     """The colour emoji bitmaps of Noto Color Emoji (CBDT strike, 136x128 PNGs), centre-cropped to 128x128 RGB
     and composited over black."""
     if not os.path.exists(EMOJI_FONT):
-        raise UserError("built-in dataset 'emoji' needs the Debian package fonts-noto-color-emoji: "
-                        "run `sudo apt-get install fonts-noto-color-emoji`")
+        raise UserError(
+            "built-in dataset 'emoji' needs the Debian package fonts-noto-color-emoji: "
+            "run `sudo apt-get install fonts-noto-color-emoji`"
+        )
     try:
         from fontTools.ttLib import TTFont
     except ImportError:
         raise UserError("built-in dataset 'emoji' needs fontTools: run `pip install fonttools`") from None
     from PIL import Image
+
     strike = TTFont(EMOJI_FONT, lazy=True)["CBDT"].strikeData[0]
     out = []
     for name in sorted(strike):

@@ -14,6 +14,7 @@ A checkpoint converted from an official pickle (fastpggan.convert) has the netwo
 `resolution`, its `progress` and a `source`, but no optimizer, RNG or sampler state: it is for inference and
 export, and cannot be resumed.
 """
+
 import glob
 import math
 import os
@@ -49,8 +50,11 @@ class NonFiniteWeights(UserError):
 def nonfinite(state: dict) -> Optional[str]:
     """'G_ema (3 tensors, first: b.torgb.weight)' for the first of G, D, G_ema holding NaN or inf, else None."""
     for part in NETWORKS:
-        bad = [k for k, v in state.get(part, {}).items()
-               if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        bad = [
+            k
+            for k, v in state.get(part, {}).items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+        ]
         if bad:
             return f"{part} ({len(bad)} tensor{'s' * (len(bad) > 1)}, first: {bad[0]})"
     return None
@@ -65,10 +69,16 @@ def save(state: dict, run_dir: str, nimg: int, keep: int = 3, protect: Sequence[
     path = os.path.join(run_dir, f"checkpoint_{kimg_tag(nimg)}.pt")
     bad = nonfinite(state)
     if bad:
-        raise NonFiniteWeights(f"not writing {path}: {bad} holds NaN or inf; the last checkpoint with finite "
-                               f"weights is {latest(run_dir)}", bad)
-    write(state, path, disk_full_hint=f"the last intact checkpoint is {latest(run_dir)}; free space, then "
-                                      "continue with --resume latest")
+        raise NonFiniteWeights(
+            f"not writing {path}: {bad} holds NaN or inf; the last checkpoint with finite weights is {latest(run_dir)}",
+            bad,
+        )
+    write(
+        state,
+        path,
+        disk_full_hint=f"the last intact checkpoint is {latest(run_dir)}; free space, then "
+        "continue with --resume latest",
+    )
     if keep and keep > 0:
         spared = {os.path.realpath(p) for p in (path, *protect) if p and os.path.exists(p)}
         for old in list_checkpoints(run_dir)[:-keep]:
@@ -80,8 +90,7 @@ def save(state: dict, run_dir: str, nimg: int, keep: int = 3, protect: Sequence[
 def write(state: dict, path: str, disk_full_hint: str = "free space and try again") -> None:
     """torch.save `state` (stamped with this format and version) to `path` atomically: a temp file, fsync, then a
     rename, so `path` is the old file or the whole new one. A full disk is one UserError ending in the hint."""
-    writes.atomic(path, lambda tmp: torch.save(dict(state, format=FORMAT, version=VERSION), tmp),
-                  hint=disk_full_hint)
+    writes.atomic(path, lambda tmp: torch.save(dict(state, format=FORMAT, version=VERSION), tmp), hint=disk_full_hint)
 
 
 def list_checkpoints(run_dir: str) -> List[str]:
@@ -114,21 +123,30 @@ def load(path: str, map_location="cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"'{path}' is not a fastpggan checkpoint")
     if state.get("version") != VERSION:
-        raise UserError(f"checkpoint '{path}' has format version {state.get('version')}; "
-                        f"this fastpggan reads {VERSION}")
+        raise UserError(
+            f"checkpoint '{path}' has format version {state.get('version')}; this fastpggan reads {VERSION}"
+        )
     check(state, path)
     return state
 
 
-_NETWORK_RANGES = dict(resolution=(4, 1 << 14), latent_size=(1, 1 << 16), num_channels=(1, 3),
-                       fmap_base=(1, 1 << 20), fmap_max=(1, 1 << 16), mbstd_group_size=(0, 1 << 16),
-                       label_size=(0, 1 << 16))
+_NETWORK_RANGES = dict(
+    resolution=(4, 1 << 14),
+    latent_size=(1, 1 << 16),
+    num_channels=(1, 3),
+    fmap_base=(1, 1 << 20),
+    fmap_max=(1, 1 << 16),
+    mbstd_group_size=(0, 1 << 16),
+    label_size=(0, 1 << 16),
+)
 
 
 def check(state: dict, path: str) -> None:
     """The checks of `load` (see the module docstring); raises UserError naming what is wrong."""
+
     def bad(what):
         return UserError(f"checkpoint '{path}' is damaged: {what}")
+
     cfg = state.get("config")
     net = cfg.get("network") if isinstance(cfg, dict) else None
     if not isinstance(net, dict):
@@ -144,8 +162,15 @@ def check(state: dict, path: str) -> None:
     prog = state.get("progress")
     try:
         res, alpha, nimg = prog["resolution"], float(prog["alpha"]), prog["nimg"]
-        ok = type(res) is int and 4 <= res <= net["resolution"] and not res & (res - 1) and \
-            math.isfinite(alpha) and 0 <= alpha <= 1 and type(nimg) is int and nimg >= 0
+        ok = (
+            type(res) is int
+            and 4 <= res <= net["resolution"]
+            and not res & (res - 1)
+            and math.isfinite(alpha)
+            and 0 <= alpha <= 1
+            and type(nimg) is int
+            and nimg >= 0
+        )
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok:
@@ -154,15 +179,16 @@ def check(state: dict, path: str) -> None:
         sd = state.get(part)
         if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
             raise bad(f"{part} is not a state dict")
-    with torch.device("meta"):   # shapes only: nothing is allocated, however large the config says it is
+    with torch.device("meta"):  # shapes only: nothing is allocated, however large the config says it is
         G, D = build_networks(cfg)
     for part, model in (("G", G), ("D", D), ("G_ema", G)):
         want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in state[part].items()}
         if want != got:
             k = next(k for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k))
-            raise bad(f"{part} does not match its recorded network ({k}: {got.get(k)} where the network has "
-                      f"{want.get(k)})")
+            raise bad(
+                f"{part} does not match its recorded network ({k}: {got.get(k)} where the network has {want.get(k)})"
+            )
     bad_part = nonfinite(state)
     if bad_part:
         raise UserError(f"checkpoint '{path}' has NaN or inf weights in {bad_part}; use an earlier checkpoint")
@@ -173,12 +199,26 @@ def build_networks(config: dict, impl: str = "auto") -> Tuple[torch.nn.Module, t
     every checkpoint before it was)."""
     net = config["network"]
     fused = net.get("fused_scale", True)
-    G = Generator(resolution=net["resolution"], latent_size=net["latent_size"], num_channels=net["num_channels"],
-                  fmap_base=net["fmap_base"], fmap_max=net["fmap_max"], label_size=net["label_size"],
-                  fused_scale=fused, impl=impl)
-    D = Discriminator(resolution=net["resolution"], num_channels=net["num_channels"], fmap_base=net["fmap_base"],
-                      fmap_max=net["fmap_max"], mbstd_group_size=net["mbstd_group_size"],
-                      label_size=net["label_size"], fused_scale=fused, impl=impl)
+    G = Generator(
+        resolution=net["resolution"],
+        latent_size=net["latent_size"],
+        num_channels=net["num_channels"],
+        fmap_base=net["fmap_base"],
+        fmap_max=net["fmap_max"],
+        label_size=net["label_size"],
+        fused_scale=fused,
+        impl=impl,
+    )
+    D = Discriminator(
+        resolution=net["resolution"],
+        num_channels=net["num_channels"],
+        fmap_base=net["fmap_base"],
+        fmap_max=net["fmap_max"],
+        mbstd_group_size=net["mbstd_group_size"],
+        label_size=net["label_size"],
+        fused_scale=fused,
+        impl=impl,
+    )
     return G, D
 
 

@@ -12,6 +12,7 @@ and dynamic=False: within a key every size is fixed. A key compiles once, at its
 logged. If compiling fails, one warning is logged and every later step runs eagerly; the step that failed runs
 eagerly too (dynamo traces and inductor compiles before anything runs, so nothing was half done).
 """
+
 import time
 import types
 from typing import Callable, Dict, Optional, Union
@@ -27,9 +28,12 @@ from .step import TrainStep
 def unsupported() -> Optional[str]:
     """Why this torch cannot compile a whole pass, or None."""
     import torch._dynamo
+
     if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
-        return (f"torch {torch.__version__} has no torch._dynamo.config.trace_autograd_ops, which compiling a "
-                "backward inside a graph needs")
+        return (
+            f"torch {torch.__version__} has no torch._dynamo.config.trace_autograd_ops, which compiling a "
+            "backward inside a graph needs"
+        )
     return None
 
 
@@ -58,8 +62,9 @@ class CompiledStep(TrainStep):
         fn = self._compiled.get(key)
         if fn is None:
             name = f"{method.__name__}_{len(self._compiled)}"
-            fn = self._compiled[key] = torch.compile(types.MethodType(own_code(method, name), self),
-                                                     fullgraph=True, dynamic=False, backend=self._inductor)
+            fn = self._compiled[key] = torch.compile(
+                types.MethodType(own_code(method, name), self), fullgraph=True, dynamic=False, backend=self._inductor
+            )
         return fn
 
     def run(self, inputs, res, alpha, update: bool = True) -> torch.Tensor:
@@ -75,6 +80,7 @@ class CompiledStep(TrainStep):
 
     def _inductor(self, gm: torch.fx.GraphModule, example_inputs) -> Callable:
         from torch._inductor.compile_fx import compile_fx
+
         self.graphs += 1
         return compile_fx(gm, example_inputs)
 
@@ -90,26 +96,44 @@ class CompiledStep(TrainStep):
                     out = self._function(key, method)(*args)
             except dynamo_errors() as e:
                 self.failure = compile_failure(e)
-                self.log(f"warning: --compile-step: compiling the {key[0]} pass failed ({self.failure}); training "
-                         "continues eagerly (--compile-step off hides this warning)")
+                self.log(
+                    f"warning: --compile-step: compiling the {key[0]} pass failed ({self.failure}); training "
+                    "continues eagerly (--compile-step off hides this warning)"
+                )
             else:
                 if first:
                     self.compile_seconds[key] = seconds = time.perf_counter() - start
-                    self.log(f"compile-step: the {key[0]} pass at {key[1]}x{key[1]}, minibatch {key[2]}"
-                             f"{', fading' if key[3] else ''}, compiled in {seconds:.1f} s")
+                    self.log(
+                        f"compile-step: the {key[0]} pass at {key[1]}x{key[1]}, minibatch {key[2]}"
+                        f"{', fading' if key[3] else ''}, compiled in {seconds:.1f} s"
+                    )
                 return out
         return method(self, *args)
 
-    def d_pass(self, reals: torch.Tensor, z: torch.Tensor, u: torch.Tensor, labels: Optional[torch.Tensor], res: int,
-               alpha: Union[float, torch.Tensor], loss_scale: Optional[torch.Tensor]) -> torch.Tensor:
+    def d_pass(
+        self,
+        reals: torch.Tensor,
+        z: torch.Tensor,
+        u: torch.Tensor,
+        labels: Optional[torch.Tensor],
+        res: int,
+        alpha: Union[float, torch.Tensor],
+        loss_scale: Optional[torch.Tensor],
+    ) -> torch.Tensor:
         key = ("D", res, reals.shape[0], isinstance(alpha, torch.Tensor), labels is not None, loss_scale is not None)
         # G's gradients of the last G step (already applied) would be one more guard, met from the second step on:
         # a recompile for nothing, as G runs under no_grad here.
         self.opt_G.zero_grad(set_to_none=True)
         return self._run(key, TrainStep.d_pass, reals, z, u, labels, res, alpha, loss_scale)
 
-    def g_pass(self, z: torch.Tensor, labels: Optional[torch.Tensor], res: int,
-               alpha: Union[float, torch.Tensor], loss_scale: Optional[torch.Tensor]) -> torch.Tensor:
+    def g_pass(
+        self,
+        z: torch.Tensor,
+        labels: Optional[torch.Tensor],
+        res: int,
+        alpha: Union[float, torch.Tensor],
+        loss_scale: Optional[torch.Tensor],
+    ) -> torch.Tensor:
         key = ("G", res, z.shape[0], isinstance(alpha, torch.Tensor), labels is not None, loss_scale is not None)
-        self.opt_D.zero_grad(set_to_none=True)   # likewise D's, applied already; D is frozen here
+        self.opt_D.zero_grad(set_to_none=True)  # likewise D's, applied already; D is frozen here
         return self._run(key, TrainStep.g_pass, z, labels, res, alpha, loss_scale)

@@ -8,6 +8,7 @@ settings of RESUMABLE, and resolves those of RUN_TIME anew for this process.
 
 The presets are official config.py's (see schedule.PRESETS); `--preset auto` is README "The bare command".
 """
+
 import dataclasses
 import inspect
 import math
@@ -54,8 +55,9 @@ def _res_dict(text: str, flag: str, whole: bool) -> dict:
         if k != "base" and (k < 4 or k & (k - 1)):
             raise UserError(f"{flag}: {k} is not a resolution (a power of two >= 4), in {text!r}")
         if not math.isfinite(v) or v <= 0 or (whole and v != int(v)):
-            raise UserError(f"{flag} values must be {'whole numbers >= 1' if whole else 'finite and > 0'}, "
-                            f"got {part!r}")
+            raise UserError(
+                f"{flag} values must be {'whole numbers >= 1' if whole else 'finite and > 0'}, got {part!r}"
+            )
         out[k] = int(v) if whole else v
     return out
 
@@ -63,11 +65,22 @@ def _res_dict(text: str, flag: str, whole: bool) -> dict:
 def preset_settings(name: str, **overrides) -> dict:
     """Settings of an official preset: Table-2 networks, its schedule, G EMA 0.999 and a checkpoint every 10 ticks."""
     pre = PRESETS[name]
-    s = dict(fmap_base=8192, fmap_max=512, latent_size=512, minibatch_base=pre["minibatch_base"],
-             minibatch=dict(pre["minibatch"]), lr_base=pre["lr_base"], lr=dict(pre["lr"]),
-             lod_training_kimg=pre["lod_training_kimg"], lod_transition_kimg=pre["lod_transition_kimg"],
-             total_kimg=pre["total_kimg"], tick_kimg=None, snap_ticks=10, ema=0.999,
-             mbstd_group_size=pre.get("mbstd_group_size", 4))
+    s = dict(
+        fmap_base=8192,
+        fmap_max=512,
+        latent_size=512,
+        minibatch_base=pre["minibatch_base"],
+        minibatch=dict(pre["minibatch"]),
+        lr_base=pre["lr_base"],
+        lr=dict(pre["lr"]),
+        lod_training_kimg=pre["lod_training_kimg"],
+        lod_transition_kimg=pre["lod_transition_kimg"],
+        total_kimg=pre["total_kimg"],
+        tick_kimg=None,
+        snap_ticks=10,
+        ema=0.999,
+        mbstd_group_size=pre.get("mbstd_group_size", 4),
+    )
     s.update(overrides)
     return s
 
@@ -77,24 +90,38 @@ def auto_settings(device: torch.device, resolution: int) -> dict:
     steps = max(int(math.log2(resolution)) - 2, 0)
     if device.type == "cuda":
         phase = 600 if resolution >= 128 else 300
-        return preset_settings("v2-1gpu", lod_training_kimg=phase, lod_transition_kimg=phase,
-                               total_kimg=(2 * steps + 1) * phase)
+        return preset_settings(
+            "v2-1gpu", lod_training_kimg=phase, lod_transition_kimg=phase, total_kimg=(2 * steps + 1) * phase
+        )
     # 2-core CPU: narrow nets (64 maps at most, 32 at 32x32), minibatch 32, bf16 autocast with --amp; measured
     # about 2000/700/340/180 img/s at 4/8/16/32 px on this project's 2-core CPU, so 20-kimg phases reach 32x32
     # and finish in about 7 minutes (README, Results).
     # The official per-step EMA of 0.999 averages over ~700 steps, most of such a short run (G_ema would still
     # be half its random init after 20 kimg), so the EMA half-life is set to 2 kimg here.
     phase, minibatch = (20 if resolution <= 32 else 10), 32
-    return preset_settings("v2-1gpu", fmap_base=512, fmap_max=64, latent_size=128, minibatch_base=minibatch,
-                           minibatch={}, lr_base=0.001, lr={}, lod_training_kimg=phase, lod_transition_kimg=phase,
-                           total_kimg=(2 * steps + 1) * phase, tick_kimg=phase / 2, snap_ticks=2,
-                           ema=round(0.5 ** (minibatch / 2000), 6))
+    return preset_settings(
+        "v2-1gpu",
+        fmap_base=512,
+        fmap_max=64,
+        latent_size=128,
+        minibatch_base=minibatch,
+        minibatch={},
+        lr_base=0.001,
+        lr={},
+        lod_training_kimg=phase,
+        lod_transition_kimg=phase,
+        total_kimg=(2 * steps + 1) * phase,
+        tick_kimg=phase / 2,
+        snap_ticks=2,
+        ema=round(0.5 ** (minibatch / 2000), 6),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class DataShapes:
     """What resolve_config (and a Trainer that only tunes or benchmarks) needs of a dataset: its shapes. A stand-in
     for data.ImageDataset where there are no images."""
+
     resolution: int
     num_channels: int
     num_classes: int = 0
@@ -126,20 +153,23 @@ def pick_amp(mode: str, device: torch.device) -> Tuple[str, Optional[str]]:
     return "fp32", "amp: this GPU has no bf16; running fp32 (--amp fp16 for mixed precision)"
 
 
-def pick_cuda_graphs(mode: str, device: torch.device, world: int, compile_step: bool = False
-                     ) -> Tuple[bool, Optional[str]]:
+def pick_cuda_graphs(
+    mode: str, device: torch.device, world: int, compile_step: bool = False
+) -> Tuple[bool, Optional[str]]:
     """--cuda-graphs auto|on|off -> (use graphs?, notice or None). --compile-step turns them off."""
     if mode not in ("auto", "on", "off"):
         raise UserError(f"cuda_graphs must be auto, on or off, got {mode!r}")
     if compile_step and mode == "on":
-        raise UserError("--compile-step on and --cuda-graphs on do not combine (the compiled passes are not "
-                        "captured); choose one")
+        raise UserError(
+            "--compile-step on and --cuda-graphs on do not combine (the compiled passes are not captured); choose one"
+        )
     if mode == "off" or compile_step:
         return False, None
     if device.type != "cuda":
         if mode == "on":
-            raise UserError(f"--cuda-graphs on needs a CUDA device, and this run is on {device}; "
-                            "use --cuda-graphs auto or off")
+            raise UserError(
+                f"--cuda-graphs on needs a CUDA device, and this run is on {device}; use --cuda-graphs auto or off"
+            )
         return False, None
     if world > 1:
         # The step's gradient all-reduce would have to be captured too (NCCL); not validated yet, so run eagerly.
@@ -157,6 +187,7 @@ class RunConfig:
     arguments, `schedule` those of schedule.Schedule; `backends` the op backends chosen at the start
     (trainer.choose_backends), `init` where --init started the run.
     """
+
     data: Optional[str]
     resolution: int
     network: Dict[str, Any]
@@ -218,9 +249,10 @@ class RunConfig:
         UserError."""
         d = dict(d)
         d.update(d.pop("resolved", None) or {})
-        if isinstance(d.get("schedule"), dict):   # config.json's keys are strings
-            d["schedule"] = {k: {int(r): x for r, x in v.items()} if isinstance(v, dict) else v
-                             for k, v in d["schedule"].items()}
+        if isinstance(d.get("schedule"), dict):  # config.json's keys are strings
+            d["schedule"] = {
+                k: {int(r): x for r, x in v.items()} if isinstance(v, dict) else v for k, v in d["schedule"].items()
+            }
         d.setdefault("step_version", 1)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
@@ -238,8 +270,16 @@ RESUMABLE = ("kimg", "lr", "minibatch", "snap_ticks", "keep", "grid")
 RUN_TIME = ("device", "world", "channels_last", "cuda_graphs", "compile_step", "batch_gpu")
 
 
-def _runtime(device: Union[str, torch.device], world: int, amp: str, cuda_graphs: str, compile_step: bool,
-             channels_last: bool, batch_gpu: Optional[int], impl: str) -> Tuple[dict, list]:
+def _runtime(
+    device: Union[str, torch.device],
+    world: int,
+    amp: str,
+    cuda_graphs: str,
+    compile_step: bool,
+    channels_last: bool,
+    batch_gpu: Optional[int],
+    impl: str,
+) -> Tuple[dict, list]:
     """The RESOLVED fields for this process, and the notices they come with."""
     dev = device if isinstance(device, torch.device) else pick_device(device)
     amp_dtype, amp_notice = pick_amp(amp, dev)
@@ -249,24 +289,58 @@ def _runtime(device: Union[str, torch.device], world: int, amp: str, cuda_graphs
     missing = impl_unavailable(impl, dev)
     if missing:
         raise UserError(f"--impl {impl} cannot run on {dev} here ({missing}); use --impl auto or ref")
-    fields = dict(device=str(dev), world=int(world), amp_dtype=amp_dtype, cuda_graphs=graphs,
-                  compile_step=bool(compile_step), channels_last=bool(channels_last), batch_gpu=batch_gpu)
+    fields = dict(
+        device=str(dev),
+        world=int(world),
+        amp_dtype=amp_dtype,
+        cuda_graphs=graphs,
+        compile_step=bool(compile_step),
+        channels_last=bool(channels_last),
+        batch_gpu=batch_gpu,
+    )
     return fields, [n for n in (amp_notice, graphs_notice) if n]
 
 
-def resolve_config(dataset, *, data: Optional[str] = None, device: Union[str, torch.device] = "auto",
-                   world: int = 1, preset: str = "auto", seed: int = 0, amp: str = "auto",
-                   amp_min_res: Optional[int] = None, channels_last: bool = False, cuda_graphs: str = "auto",
-                   compile_step: bool = False, batch_gpu: Optional[int] = None, kimg: Optional[float] = None,
-                   lod_training_kimg: Optional[float] = None, lod_transition_kimg: Optional[float] = None,
-                   minibatch: Union[None, str, int, dict] = None, lr: Union[None, str, float, dict] = None,
-                   tick_kimg: Optional[float] = None, snap_ticks: Optional[int] = None, keep: int = 3,
-                   reset_opt: bool = True, fmap_base: Optional[int] = None, fmap_max: Optional[int] = None,
-                   latent_size: Optional[int] = None, mbstd_group_size: Optional[int] = None,
-                   fused_scale: bool = True, lambda_gp: float = 10.0, drift: float = 1e-3,
-                   ema: Optional[float] = None, gp_native_res: bool = False, impl: str = "auto",
-                   mirror: bool = False, cond: bool = False, strict: bool = False, max_images: Optional[int] = None,
-                   grid: Optional[int] = None, log=None) -> RunConfig:
+def resolve_config(
+    dataset,
+    *,
+    data: Optional[str] = None,
+    device: Union[str, torch.device] = "auto",
+    world: int = 1,
+    preset: str = "auto",
+    seed: int = 0,
+    amp: str = "auto",
+    amp_min_res: Optional[int] = None,
+    channels_last: bool = False,
+    cuda_graphs: str = "auto",
+    compile_step: bool = False,
+    batch_gpu: Optional[int] = None,
+    kimg: Optional[float] = None,
+    lod_training_kimg: Optional[float] = None,
+    lod_transition_kimg: Optional[float] = None,
+    minibatch: Union[None, str, int, dict] = None,
+    lr: Union[None, str, float, dict] = None,
+    tick_kimg: Optional[float] = None,
+    snap_ticks: Optional[int] = None,
+    keep: int = 3,
+    reset_opt: bool = True,
+    fmap_base: Optional[int] = None,
+    fmap_max: Optional[int] = None,
+    latent_size: Optional[int] = None,
+    mbstd_group_size: Optional[int] = None,
+    fused_scale: bool = True,
+    lambda_gp: float = 10.0,
+    drift: float = 1e-3,
+    ema: Optional[float] = None,
+    gp_native_res: bool = False,
+    impl: str = "auto",
+    mirror: bool = False,
+    cond: bool = False,
+    strict: bool = False,
+    max_images: Optional[int] = None,
+    grid: Optional[int] = None,
+    log=None,
+) -> RunConfig:
     """The run's whole configuration, every auto setting decided and checked (README, "Training" for each).
 
     Args:
@@ -288,46 +362,100 @@ def resolve_config(dataset, *, data: Optional[str] = None, device: Union[str, to
     dev = device if isinstance(device, torch.device) else pick_device(device)
     check_resolution(amp_min_res, what="--amp-min-res")
     if cond and dataset.labels is None:
-        raise UserError(f"--cond needs class labels, and dataset '{dataset.name}' has none "
-                        "(labels come from .npz 'labels', class subfolders, or the built-in sets)")
+        raise UserError(
+            f"--cond needs class labels, and dataset '{dataset.name}' has none "
+            "(labels come from .npz 'labels', class subfolders, or the built-in sets)"
+        )
     if preset not in PRESET_NAMES:
         raise UserError(f"preset must be one of {', '.join(PRESET_NAMES)}, got {preset!r}")
     s = auto_settings(dev, dataset.resolution) if preset == "auto" else preset_settings(preset)
-    given = dict(fmap_base=fmap_base, fmap_max=fmap_max, latent_size=latent_size, ema=ema, snap_ticks=snap_ticks,
-                 lod_training_kimg=lod_training_kimg, lod_transition_kimg=lod_transition_kimg, tick_kimg=tick_kimg,
-                 mbstd_group_size=mbstd_group_size, total_kimg=kimg)
+    given = dict(
+        fmap_base=fmap_base,
+        fmap_max=fmap_max,
+        latent_size=latent_size,
+        ema=ema,
+        snap_ticks=snap_ticks,
+        lod_training_kimg=lod_training_kimg,
+        lod_transition_kimg=lod_transition_kimg,
+        tick_kimg=tick_kimg,
+        mbstd_group_size=mbstd_group_size,
+        total_kimg=kimg,
+    )
     s.update({k: v for k, v in given.items() if v is not None})
     for key, value in (("minibatch", minibatch), ("lr", lr)):
         if value is not None:
             _apply_res_flag(s, key, value)
-    schedule = dict(max_resolution=dataset.resolution, lod_training_kimg=s["lod_training_kimg"],
-                    lod_transition_kimg=s["lod_transition_kimg"], minibatch_base=int(s["minibatch_base"]),
-                    minibatch={int(k): int(v) for k, v in s["minibatch"].items()}, lr_base=float(s["lr_base"]),
-                    lr={int(k): float(v) for k, v in s["lr"].items()})
+    schedule = dict(
+        max_resolution=dataset.resolution,
+        lod_training_kimg=s["lod_training_kimg"],
+        lod_transition_kimg=s["lod_transition_kimg"],
+        minibatch_base=int(s["minibatch_base"]),
+        minibatch={int(k): int(v) for k, v in s["minibatch"].items()},
+        lr_base=float(s["lr_base"]),
+        lr={int(k): float(v) for k, v in s["lr"].items()},
+    )
     if s["tick_kimg"]:
-        schedule["tick_kimg"] = {2 ** k: s["tick_kimg"] for k in range(2, 15)}
-    network = dict(resolution=dataset.resolution, latent_size=s["latent_size"], num_channels=dataset.num_channels,
-                   fmap_base=s["fmap_base"], fmap_max=s["fmap_max"], mbstd_group_size=s["mbstd_group_size"],
-                   label_size=dataset.num_classes if cond else 0, fused_scale=bool(fused_scale))
+        schedule["tick_kimg"] = {2**k: s["tick_kimg"] for k in range(2, 15)}
+    network = dict(
+        resolution=dataset.resolution,
+        latent_size=s["latent_size"],
+        num_channels=dataset.num_channels,
+        fmap_base=s["fmap_base"],
+        fmap_max=s["fmap_max"],
+        mbstd_group_size=s["mbstd_group_size"],
+        label_size=dataset.num_classes if cond else 0,
+        fused_scale=bool(fused_scale),
+    )
     fields, notices = _runtime(dev, world, amp, cuda_graphs, compile_step, channels_last, batch_gpu, impl)
-    cfg = RunConfig(data=data, resolution=dataset.resolution, dataset_hash=dataset.meta["source_hash"],
-                    preset=preset, seed=seed, amp=amp, amp_min_res=amp_min_res, mirror=mirror, cond=cond,
-                    total_kimg=float(s["total_kimg"]), snap_ticks=int(s["snap_ticks"]), keep=keep,
-                    reset_opt=reset_opt, lambda_gp=lambda_gp, drift=drift, ema=float(s["ema"]),
-                    gp_native_res=gp_native_res, step_version=STEP_VERSION, impl=impl, strict=strict,
-                    max_images=max_images, grid=grid, network=network, schedule=schedule, **fields)
+    cfg = RunConfig(
+        data=data,
+        resolution=dataset.resolution,
+        dataset_hash=dataset.meta["source_hash"],
+        preset=preset,
+        seed=seed,
+        amp=amp,
+        amp_min_res=amp_min_res,
+        mirror=mirror,
+        cond=cond,
+        total_kimg=float(s["total_kimg"]),
+        snap_ticks=int(s["snap_ticks"]),
+        keep=keep,
+        reset_opt=reset_opt,
+        lambda_gp=lambda_gp,
+        drift=drift,
+        ema=float(s["ema"]),
+        gp_native_res=gp_native_res,
+        step_version=STEP_VERSION,
+        impl=impl,
+        strict=strict,
+        max_images=max_images,
+        grid=grid,
+        network=network,
+        schedule=schedule,
+        **fields,
+    )
     validate_config(cfg, memory=device_memory(dev))
     for line in notices:
         (log or (lambda *a: None))(line)
     return cfg
 
 
-DEFAULTS = {k: p.default for k, p in inspect.signature(resolve_config).parameters.items()
-            if p.kind is p.KEYWORD_ONLY and k != "log"}
+DEFAULTS = {
+    k: p.default
+    for k, p in inspect.signature(resolve_config).parameters.items()
+    if p.kind is p.KEYWORD_ONLY and k != "log"
+}
 
 
-def resume_config(recorded: dict, *, device: Union[str, torch.device] = "auto", world: int = 1, log=None,
-                  where: str = "the checkpoint's config", **changes) -> RunConfig:
+def resume_config(
+    recorded: dict,
+    *,
+    device: Union[str, torch.device] = "auto",
+    world: int = 1,
+    log=None,
+    where: str = "the checkpoint's config",
+    **changes,
+) -> RunConfig:
     """The configuration a resumed run goes on with: `recorded` (a checkpoint's "config") with `changes` of
     RESUMABLE applied (resolve_config's meanings), and this process's settings of RUN_TIME (resolve_config's
     defaults where not given) resolved anew. Other settings cannot change on resume: a ValueError."""
@@ -370,22 +498,30 @@ def validate_config(cfg: RunConfig, memory: Optional[int] = None) -> Schedule:
         if ph.minibatch < 1:
             raise UserError(f"the minibatch at {r}x{r} is {ph.minibatch}; it must be at least 1 (--minibatch)")
         if ph.minibatch % world:
-            raise UserError(f"the global minibatch {ph.minibatch} at {r}x{r} is not divisible by the {world} "
-                            "processes; change --minibatch or the process count")
+            raise UserError(
+                f"the global minibatch {ph.minibatch} at {r}x{r} is not divisible by the {world} "
+                "processes; change --minibatch or the process count"
+            )
         per = ph.minibatch // world
         chunk = min(batch_gpu or per, per)
         if per % chunk:
             raise UserError(f"the per-process batch {per} at {r}x{r} is not a multiple of --batch-gpu {chunk}")
         g = min(group, chunk) if group > 1 else 1
         if chunk % g:
-            raise UserError(f"the batch {chunk} that each forward pass sees at {r}x{r} is not divisible by the "
-                            f"minibatch-stddev group size {g}; change --minibatch, --batch-gpu or --mbstd-group")
+            raise UserError(
+                f"the batch {chunk} that each forward pass sees at {r}x{r} is not divisible by the "
+                f"minibatch-stddev group size {g}; change --minibatch, --batch-gpu or --mbstd-group"
+            )
         net = cfg.network
-        need = chunk * (3 * conv_outputs_per_image(net["fmap_base"], net["fmap_max"], r) * 2 +
-                        4 * (net["latent_size"] + 2 * net["num_channels"] * r * r))
+        need = chunk * (
+            3 * conv_outputs_per_image(net["fmap_base"], net["fmap_max"], r) * 2
+            + 4 * (net["latent_size"] + 2 * net["num_channels"] * r * r)
+        )
         if memory is not None and need > memory:
-            raise UserError(f"{chunk} images per forward pass at {r}x{r} need at least {need / 2 ** 30:.1f} GiB for "
-                            f"the activations alone, and the device has {memory / 2 ** 30:.1f} GiB; lower "
-                            "--minibatch, or set --batch-gpu to split each minibatch into smaller passes")
+            raise UserError(
+                f"{chunk} images per forward pass at {r}x{r} need at least {need / 2**30:.1f} GiB for "
+                f"the activations alone, and the device has {memory / 2**30:.1f} GiB; lower "
+                "--minibatch, or set --batch-gpu to split each minibatch into smaller passes"
+            )
         r *= 2
     return sched

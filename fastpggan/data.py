@@ -15,6 +15,7 @@ strict=True). LSUN values are cropped and resized as official create_lsun does (
 `max_images` keeps the first N usable images in the source's order. A cache that fails its checks on opening is
 rebuilt, with one line.
 """
+
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ from .images import channels_of
 from .runtime import cache_root
 from .sources import Source, check_labels, open_source, quantize
 
-CACHE_VERSION = 2          # 2: 16-bit grayscale scaled, channel count decided by the whole set
+CACHE_VERSION = 2  # 2: 16-bit grayscale scaled, channel count decided by the whole set
 
 
 class BrokenCache(Exception):
@@ -65,9 +66,15 @@ class ImageDataset:
             self.name, self.resolution = str(m["name"]), m["resolution"]
             self.num_channels, self.num_images = m["num_channels"], m["num_images"]
             res = self.resolution
-            if not (type(res) is int and res >= 4 and not res & (res - 1)
-                    and self.num_channels in (1, 3) and type(self.num_images) is int and self.num_images > 0
-                    and isinstance(m["source_hash"], str)):
+            if not (
+                type(res) is int
+                and res >= 4
+                and not res & (res - 1)
+                and self.num_channels in (1, 3)
+                and type(self.num_images) is int
+                and self.num_images > 0
+                and isinstance(m["source_hash"], str)
+            ):
                 raise BrokenCache("meta.json has impossible values")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise BrokenCache(f"meta.json: {e}") from None
@@ -76,7 +83,7 @@ class ImageDataset:
         while r >= 4:
             p = os.path.join(folder, f"res{r}.npy")
             try:
-                a = np.load(p, mmap_mode="r", allow_pickle=False)   # a truncated file fails here
+                a = np.load(p, mmap_mode="r", allow_pickle=False)  # a truncated file fails here
             except (OSError, ValueError) as e:
                 raise BrokenCache(f"res{r}.npy: {str(e).splitlines()[0]}") from None
             if a.dtype != np.uint8 or a.shape != (self.num_images, self.num_channels, r, r):
@@ -116,17 +123,20 @@ def _set_channels(src: Source, log):
     if src.channels is not None:
         return 1 if src.channels == 1 else 3
     from PIL import Image
+
     gray = colour = 0
     for name, _ in src.entries():
         try:
             with src.header(name) as f, Image.open(f) as img:
                 c = channels_of(img)
-        except Exception:   # undecodable: counted as corrupt when the pixels are read
+        except Exception:  # undecodable: counted as corrupt when the pixels are read
             continue
         gray, colour = gray + (c == 1), colour + (c == 3)
     if gray and colour:
-        log(f"data: '{src.name}' mixes {gray} grayscale and {colour} colour images; caching all as RGB "
-            "(grayscale ones repeated in 3 channels)")
+        log(
+            f"data: '{src.name}' mixes {gray} grayscale and {colour} colour images; caching all as RGB "
+            "(grayscale ones repeated in 3 channels)"
+        )
     return 3 if colour else 1
 
 
@@ -157,14 +167,18 @@ def _native_resolution(src: Source, strict):
 def _array_images(src, channels, resolution):
     """(index, name, uint8 (C, R, R) or None when too small) of an in-memory source."""
     from PIL import Image
+
     for i in range(src.count):
         a = src.array[i]
         if a.shape[0] != channels:
             a = np.repeat(a, channels, 0) if a.shape[0] == 1 else a[:channels]
         arr = None
         if min(a.shape[-2:]) >= resolution:
-            arr = a if a.shape[-2:] == (resolution, resolution) else src.square(
-                Image.fromarray(a[0] if channels == 1 else a.transpose(1, 2, 0)), channels, resolution)
+            arr = (
+                a
+                if a.shape[-2:] == (resolution, resolution)
+                else src.square(Image.fromarray(a[0] if channels == 1 else a.transpose(1, 2, 0)), channels, resolution)
+            )
         yield i, str(i), arr
 
 
@@ -190,14 +204,24 @@ def _write_levels(src: Source, resolution, channels, folder, strict, progress, l
     """Decode, resize and box-downsample the source into res{R}.npy ... res4.npy; returns (levels, kept indices,
     corrupt, too small, the first bad one)."""
     from tqdm import tqdm
+
     n = min(src.count, limit or src.count)
     levels = [resolution >> i for i in range(int(np.log2(resolution)) - 1)]  # R, R/2, ..., 4
     mm = {r: _new_memmap(os.path.join(folder, f"res{r}.npy"), (n, channels, r, r)) for r in levels}
     kept, corrupt, small, first_bad = [], 0, 0, None
-    stream = _array_images(src, channels, resolution) if src.array is not None else \
-        _encoded_images(src, channels, resolution, strict)
-    with tqdm(stream, total=src.count, desc=f"caching {src.name} at {resolution}x{resolution}", unit="img",
-              disable=not progress, leave=False) as bar:   # closed (and cleared) on an error too
+    stream = (
+        _array_images(src, channels, resolution)
+        if src.array is not None
+        else _encoded_images(src, channels, resolution, strict)
+    )
+    with tqdm(
+        stream,
+        total=src.count,
+        desc=f"caching {src.name} at {resolution}x{resolution}",
+        unit="img",
+        disable=not progress,
+        leave=False,
+    ) as bar:  # closed (and cleared) on an error too
         for i, name, arr in bar:
             if isinstance(arr, Exception):
                 corrupt += 1
@@ -225,11 +249,18 @@ def _write_levels(src: Source, resolution, channels, folder, strict, progress, l
 def _write_record_levels(src: Source, resolution, folder, progress, limit):
     """Each level of an official TFRecords folder from its own file, record for record."""
     from tqdm import tqdm
+
     n = min(src.count, limit or src.count)
     for r in src.levels.resolutions(resolution):
         mm = _new_memmap(os.path.join(folder, f"res{r}.npy"), (n, src.channels, r, r))
-        with tqdm(src.levels.level(r, limit=n), total=n, desc=f"reading {src.name} at {r}x{r}", unit="img",
-                  disable=not progress, leave=False) as bar:
+        with tqdm(
+            src.levels.level(r, limit=n),
+            total=n,
+            desc=f"reading {src.name} at {r}x{r}",
+            unit="img",
+            disable=not progress,
+            leave=False,
+        ) as bar:
             for i, img in bar:
                 mm[i] = img
         mm.flush()
@@ -237,9 +268,16 @@ def _write_record_levels(src: Source, resolution, folder, progress, limit):
     return list(range(n))
 
 
-def build_dataset(spec: Optional[str] = None, *, resolution: Optional[int] = None, strict: bool = False,
-                  max_images: Optional[int] = None, cache_dir: Optional[str] = None, progress: bool = True,
-                  log: Callable = print) -> "ImageDataset":
+def build_dataset(
+    spec: Optional[str] = None,
+    *,
+    resolution: Optional[int] = None,
+    strict: bool = False,
+    max_images: Optional[int] = None,
+    cache_dir: Optional[str] = None,
+    progress: bool = True,
+    log: Callable = print,
+) -> "ImageDataset":
     """Open (building the cache on first use) the dataset named by `spec` at `resolution` (default: native).
 
     Args:
@@ -263,8 +301,10 @@ def build_dataset(spec: Optional[str] = None, *, resolution: Optional[int] = Non
         raise UserError(f"--max-images must be a whole number >= 1, got {max_images}")
     src = open_source(spec)
     if src.ignored:
-        log(f"data: ignored {len(src.ignored)} entries of '{src.name}' that are not readable regular files "
-            f"(first: {src.ignored[0]})")
+        log(
+            f"data: ignored {len(src.ignored)} entries of '{src.name}' that are not readable regular files "
+            f"(first: {src.ignored[0]})"
+        )
     native = _native_resolution(src, strict)
     if native < 4:
         raise UserError(f"images in '{src.name}' are smaller than 4x4")
@@ -284,9 +324,14 @@ def build_dataset(spec: Optional[str] = None, *, resolution: Optional[int] = Non
         return _build(src, resolution, strict, max_images, root, final, progress, log)
     except OSError as e:
         if not os.path.abspath(e.filename or root).startswith(os.path.abspath(root)):
-            raise   # not the cache's: reading the source
-        raise writes.explain(e, e.filename or root, "free space or choose another --cache-dir (FASTPGGAN_CACHE)"
-                             if is_disk_full(e) else "choose another --cache-dir (FASTPGGAN_CACHE)") from None
+            raise  # not the cache's: reading the source
+        raise writes.explain(
+            e,
+            e.filename or root,
+            "free space or choose another --cache-dir (FASTPGGAN_CACHE)"
+            if is_disk_full(e)
+            else "choose another --cache-dir (FASTPGGAN_CACHE)",
+        ) from None
 
 
 def _build(src: Source, resolution, strict, max_images, root, final, progress, log) -> "ImageDataset":
@@ -302,22 +347,36 @@ def _build(src: Source, resolution, strict, max_images, root, final, progress, l
         if src.levels is not None:
             kept = _write_record_levels(src, resolution, tmp, progress, max_images)
         else:
-            mm, kept, corrupt, small, first_bad = _write_levels(src, resolution, channels, tmp, strict, progress,
-                                                                max_images)
+            mm, kept, corrupt, small, first_bad = _write_levels(
+                src, resolution, channels, tmp, strict, progress, max_images
+            )
             if not kept:
-                raise UserError(f"no usable images in '{src.name}': {small} smaller than {resolution}x{resolution}, "
-                                f"{corrupt} corrupt (first: {first_bad}); pass a smaller --resolution")
+                raise UserError(
+                    f"no usable images in '{src.name}': {small} smaller than {resolution}x{resolution}, "
+                    f"{corrupt} corrupt (first: {first_bad}); pass a smaller --resolution"
+                )
             if corrupt or small:
-                log(f"data: skipped {corrupt} corrupt and {small} too-small images of {len(kept) + corrupt + small} "
-                    f"(first: {first_bad}); use --strict to reject instead")
+                log(
+                    f"data: skipped {corrupt} corrupt and {small} too-small images of {len(kept) + corrupt + small} "
+                    f"(first: {first_bad}); use --strict to reject instead"
+                )
             if len(kept) < next(iter(mm.values())).shape[0]:
                 _shrink(mm, len(kept), tmp)
             del mm
         if src.labels is not None:
             np.save(os.path.join(tmp, "labels.npy"), np.asarray(src.labels, dtype=np.int64)[kept])
-        meta = dict(name=src.name, format=src.kind, resolution=resolution, num_channels=channels,
-                    num_images=len(kept), skipped_corrupt=corrupt, skipped_small=small, max_images=max_images,
-                    source_hash=src.fingerprint, version=CACHE_VERSION)
+        meta = dict(
+            name=src.name,
+            format=src.kind,
+            resolution=resolution,
+            num_channels=channels,
+            num_images=len(kept),
+            skipped_corrupt=corrupt,
+            skipped_small=small,
+            max_images=max_images,
+            source_hash=src.fingerprint,
+            version=CACHE_VERSION,
+        )
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(meta, f)
         _install(tmp, final)
@@ -342,7 +401,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:   # alive, someone else's
+    except PermissionError:  # alive, someone else's
         return True
     return True
 

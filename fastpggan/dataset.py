@@ -10,6 +10,7 @@ so what it shows is what training sees:
   files (`img%08d.png`, in one folder per class when labelled), both of which --data reads back. Written to a
   temporary name and renamed, so an interrupted export leaves nothing half-written.
 """
+
 import argparse
 import json
 import os
@@ -26,12 +27,18 @@ from .images import from_uint8, to_pil, write_grid
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m fastpggan.dataset",
-                       description="Inspect or convert a dataset as fastpggan.train --data reads it.")
+    p = ArgumentParser(
+        prog="python -m fastpggan.dataset",
+        description="Inspect or convert a dataset as fastpggan.train --data reads it.",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="info|grid|export")
     common = ArgumentParser(add_help=False)
-    common.add_argument("data", metavar="DATA", help="what --data takes: a folder, zip, .npy/.npz, TFRecords "
-                        "folder, LSUN lmdb, CIFAR-10 batches, MNIST idx files, or a built-in name")
+    common.add_argument(
+        "data",
+        metavar="DATA",
+        help="what --data takes: a folder, zip, .npy/.npz, TFRecords "
+        "folder, LSUN lmdb, CIFAR-10 batches, MNIST idx files, or a built-in name",
+    )
     common.add_argument("--resolution", type=int, default=None, help="cached resolution (default: the data's)")
     common.add_argument("--max-images", type=number(int, min=1), default=None, help="keep the first N images")
     common.add_argument("--strict", action="store_true", help="reject corrupt or too-small images")
@@ -44,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--res", type=int, default=None, help="level to show (default: the cached resolution)")
     g.add_argument("--num", type=number(int, min=1, max=4096), default=64, help="images in the grid")
     g.add_argument("--seed", type=number(int, min=0), default=0, help="which random images")
-    g.add_argument("--upscale", type=number(int, min=1, max=4096), default=None,
-                   help="nearest-upscale each image to this size")
+    g.add_argument(
+        "--upscale", type=number(int, min=1, max=4096), default=None, help="nearest-upscale each image to this size"
+    )
     e = sub.add_parser("export", parents=[common], help="one level as .npz or PNG files")
     e.add_argument("--to", required=True, help="out.npz, or a folder for PNG files")
     e.add_argument("--res", type=int, default=None, help="level to export (default: the cached resolution)")
@@ -56,13 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _open(args, log) -> ImageDataset:
     check_resolution(args.resolution)
-    return build_dataset(args.data, resolution=args.resolution, strict=args.strict, max_images=args.max_images,
-                         cache_dir=args.cache_dir, progress=not args.no_progress, log=log)
+    return build_dataset(
+        args.data,
+        resolution=args.resolution,
+        strict=args.strict,
+        max_images=args.max_images,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+        log=log,
+    )
 
 
 def _level(ds: ImageDataset, res: Optional[int]) -> int:
     res = check_resolution(res, what="--res") or ds.resolution
-    ds.level(res)   # one line if there is no such level
+    ds.level(res)  # one line if there is no such level
     return res
 
 
@@ -71,11 +86,21 @@ def describe(ds: ImageDataset) -> dict:
     size = sum(os.path.getsize(os.path.join(ds.folder, f)) for f in os.listdir(ds.folder))
     counts = np.bincount(ds.labels, minlength=ds.num_classes).tolist() if ds.labels is not None else None
     m = ds.meta
-    return dict(name=ds.name, format=m.get("format", "unknown"), images=ds.num_images, resolution=ds.resolution,
-                levels=ds.resolutions, channels=ds.num_channels, classes=ds.num_classes,
-                class_counts=counts, skipped_corrupt=m.get("skipped_corrupt", 0),
-                skipped_small=m.get("skipped_small", 0), max_images=m.get("max_images"), cache=ds.folder,
-                cache_bytes=size)
+    return dict(
+        name=ds.name,
+        format=m.get("format", "unknown"),
+        images=ds.num_images,
+        resolution=ds.resolution,
+        levels=ds.resolutions,
+        channels=ds.num_channels,
+        classes=ds.num_classes,
+        class_counts=counts,
+        skipped_corrupt=m.get("skipped_corrupt", 0),
+        skipped_small=m.get("skipped_small", 0),
+        max_images=m.get("max_images"),
+        cache=ds.folder,
+        cache_bytes=size,
+    )
 
 
 def info(args, log):
@@ -83,16 +108,22 @@ def info(args, log):
     if args.json:
         log(json.dumps(d))
         return d
-    labels = "none" if not d["classes"] else f"{d['classes']} classes, images per class " + ", ".join(
-        f"{k}: {n}" for k, n in enumerate(d["class_counts"]))
+    labels = (
+        "none"
+        if not d["classes"]
+        else f"{d['classes']} classes, images per class "
+        + ", ".join(f"{k}: {n}" for k, n in enumerate(d["class_counts"]))
+    )
     log(f"data:       {args.data} ({d['format']})")
-    log(f"images:     {d['images']}" + (f" (the first of the source, --max-images {d['max_images']})"
-                                        if d["max_images"] else ""))
+    log(
+        f"images:     {d['images']}"
+        + (f" (the first of the source, --max-images {d['max_images']})" if d["max_images"] else "")
+    )
     log(f"resolution: {d['resolution']}x{d['resolution']}, levels {', '.join(map(str, d['levels']))}")
     log(f"channels:   {d['channels']}")
     log(f"labels:     {labels}")
     log(f"skipped:    {d['skipped_corrupt']} corrupt, {d['skipped_small']} too small")
-    log(f"cache:      {d['cache']} ({d['cache_bytes'] / 2 ** 20:.1f} MiB)")
+    log(f"cache:      {d['cache']} ({d['cache_bytes'] / 2**20:.1f} MiB)")
     return d
 
 
@@ -100,8 +131,7 @@ def grid(args, log):
     writes.check_output(args.out, "--out", args.force, (args.data,))
     ds = _open(args, log)
     res = _level(ds, args.res)
-    pick = np.sort(np.random.default_rng(args.seed).choice(ds.num_images, min(args.num, ds.num_images),
-                                                           replace=False))
+    pick = np.sort(np.random.default_rng(args.seed).choice(ds.num_images, min(args.num, ds.num_images), replace=False))
     x = from_uint8(torch.from_numpy(np.array(ds.level(res)[pick])))
     write_grid(x, args.out, upscale_to=args.upscale)
     log(f"wrote {args.out}: {len(pick)} random images at {res}x{res} (seed {args.seed})")
@@ -110,7 +140,7 @@ def grid(args, log):
 
 def export(args, log):
     dst = args.to.rstrip("/") or args.to
-    writes.check_output(dst, "--to", args.force, (args.data,), folder_ok=True)   # before the cache is built
+    writes.check_output(dst, "--to", args.force, (args.data,), folder_ok=True)  # before the cache is built
     ds = _open(args, log)
     res = _level(ds, args.res)
     if dst.endswith(".npz"):
@@ -128,8 +158,10 @@ def export(args, log):
         finally:
             if os.path.isdir(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
-    log(f"wrote {dst}: {ds.num_images} images at {res}x{res}" +
-        (f" with {ds.num_classes} classes" if ds.labels is not None else ""))
+    log(
+        f"wrote {dst}: {ds.num_images} images at {res}x{res}"
+        + (f" with {ds.num_classes} classes" if ds.labels is not None else "")
+    )
     return dst
 
 

@@ -8,6 +8,7 @@ run's numbers do not depend on how many processes share them. Gradients are aver
 all-reduce per network per step (the stock DDP wrapper does not support the WGAN-GP double backward well),
 which keeps G, D, the optimizers and G_ema identical on every rank. Only rank 0 writes files.
 """
+
 import datetime
 import os
 from dataclasses import dataclass
@@ -46,8 +47,10 @@ def init(device_spec):
         return Context(), pick_device(device_spec)
     rank, local = env_int("RANK", -1, min=0), env_int("LOCAL_RANK", 0, min=0)
     if not 0 <= rank < world:
-        raise UserError(f"the environment variable RANK must be set to a rank below WORLD_SIZE={world} (torchrun sets "
-                        f"both), got {os.environ.get('RANK')!r}")
+        raise UserError(
+            f"the environment variable RANK must be set to a rank below WORLD_SIZE={world} (torchrun sets "
+            f"both), got {os.environ.get('RANK')!r}"
+        )
     use_cuda = torch.cuda.is_available() and device_spec in ("auto", "cuda")
     if use_cuda:
         device = torch.device("cuda", local)
@@ -56,8 +59,9 @@ def init(device_spec):
         device = pick_device("cpu" if device_spec == "auto" else device_spec)
     if not dist.is_initialized():
         timeout_min = env_int("FASTPGGAN_DIST_TIMEOUT_MIN", 30, min=1)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=timeout_min))
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=timeout_min)
+        )
     return Context(rank, world, local), device
 
 
@@ -70,7 +74,7 @@ def all_reduce_mean_(tensors, ctx):
     flat /= ctx.world
     offset = 0
     for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
         offset += t.numel()
 
 

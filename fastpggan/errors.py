@@ -1,4 +1,5 @@
 """User-facing errors: one clear line, no traceback. Standard library only; any module may import it."""
+
 import argparse
 import errno
 import functools
@@ -20,24 +21,33 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def number(kind: type = float, min: Optional[float] = None, above: Optional[float] = None,
-           max: Optional[float] = None) -> Callable[[str], float]:
+def number(
+    kind: type = float, min: Optional[float] = None, above: Optional[float] = None, max: Optional[float] = None
+) -> Callable[[str], float]:
     """An argparse `type=` for a finite int or float within bounds: min <= x, above < x, x <= max."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
-        bad = not math.isfinite(value) or (min is not None and value < min) or \
-            (above is not None and value <= above) or (max is not None and value > max)
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        bad = (
+            not math.isfinite(value)
+            or (min is not None and value < min)
+            or (above is not None and value <= above)
+            or (max is not None and value > max)
+        )
         if bad:
             lo = f">= {min:g}" if min is not None else f"> {above:g}" if above is not None else ""
             hi = f"<= {max:g}" if max is not None else ""
-            raise argparse.ArgumentTypeError(f"must be a finite number {' and '.join(s for s in (lo, hi) if s)}, "
-                                             f"got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {' and '.join(s for s in (lo, hi) if s)}, got {text!r}"
+            )
         return value
-    parse.__name__ = kind.__name__   # argparse names the type in its messages
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
 
 
@@ -72,13 +82,15 @@ def is_disk_full(e: BaseException) -> bool:
     if isinstance(e, OSError):
         return e.errno in DISK_FULL
     text = str(e)
-    return isinstance(e, RuntimeError) and ("unexpected pos" in text or "No space left" in text or
-                                            "file write failed" in text)
+    return isinstance(e, RuntimeError) and (
+        "unexpected pos" in text or "No space left" in text or "file write failed" in text
+    )
 
 
 def cli_entry(fn):
     """Wrap a CLI main: a UserError prints `error: ...` on stderr and exits with status 2; a Ctrl-C outside the
     training loop (which handles its own) prints `interrupted` and exits with status 130."""
+
     @functools.wraps(fn)
     def wrapper(argv=None):
         try:
@@ -89,4 +101,5 @@ def cli_entry(fn):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+
     return wrapper

@@ -1,5 +1,6 @@
 """The training loop's estimate of the time left (`Eta`): each remaining resolution at its measured rate, or,
 before it has trained, at one predicted from a G+D forward pass timed at every resolution once."""
+
 import math
 import time
 from typing import Callable, Dict, Optional
@@ -21,8 +22,8 @@ class Eta:
 
     def __init__(self, trainer, say: Callable):
         self.trainer, self.say = trainer, say
-        self.measured: Dict[int, tuple] = {}   # {resolution: (training seconds, images)}
-        self.forward_cost: Optional[Dict[int, float]] = None   # {resolution: forward seconds per image}
+        self.measured: Dict[int, tuple] = {}  # {resolution: (training seconds, images)}
+        self.forward_cost: Optional[Dict[int, float]] = None  # {resolution: forward seconds per image}
 
     @property
     def sec_per_img(self) -> Dict[int, float]:
@@ -41,10 +42,12 @@ class Eta:
             self.forward_cost = self.probe_forward_cost(set(left) | set(self.measured))
         eta = remaining_seconds(left, self.sec_per_img, self.forward_cost)
         if first:
-            self.say(f"estimate: about {tqdm.format_interval(eta)} to train the remaining {(total - nimg) / 1000:g} "
-                     f"kimg on this machine (training measured at {res}x{res}; the other resolutions scaled by the "
-                     "time of a G+D forward pass at each; the progress bar's eta is refined as each resolution is "
-                     "trained)")
+            self.say(
+                f"estimate: about {tqdm.format_interval(eta)} to train the remaining {(total - nimg) / 1000:g} "
+                f"kimg on this machine (training measured at {res}x{res}; the other resolutions scaled by the "
+                "time of a G+D forward pass at each; the progress bar's eta is refined as each resolution is "
+                "trained)"
+            )
         return eta
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ Before the file is kept, onnxruntime runs it at batch 1 and 5 against PyTorch, w
 The export runs on the CPU.
 `--torchscript OUT.pt` writes a torch.jit.trace of the same module too.
 """
+
 import argparse
 import contextlib
 import io
@@ -22,7 +23,7 @@ from . import checkpoint as ckpt
 from . import writes
 from .errors import ArgumentParser, UserError, cli_entry, number
 
-TOLERANCE = 1e-4   # ONNX Runtime vs PyTorch, relative to the largest output magnitude (fp32)
+TOLERANCE = 1e-4  # ONNX Runtime vs PyTorch, relative to the largest output magnitude (fp32)
 
 
 class FixedGenerator(torch.nn.Module):
@@ -72,22 +73,36 @@ def export_onnx(module: FixedGenerator, path: str, opset: Optional[int] = None) 
         import onnx  # torch.onnx.export needs onnx and onnxscript
         import onnxscript  # noqa: F401
     except ImportError as e:
-        raise UserError(f"ONNX export needs the onnx and onnxscript packages ({e.name} is missing): "
-                        "pip install 'fastpggan[export]'") from None
+        raise UserError(
+            f"ONNX export needs the onnx and onnxscript packages ({e.name} is missing): pip install 'fastpggan[export]'"
+        ) from None
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and opset > newest:
-        raise UserError(f"--opset {opset} is newer than the installed onnx knows (up to {newest}); choose 18 to "
-                        f"{newest}, or upgrade onnx")
-    names = ["latents", "labels"][:2 if module.G.label_size else 1]
+        raise UserError(
+            f"--opset {opset} is newer than the installed onnx knows (up to {newest}); choose 18 to "
+            f"{newest}, or upgrade onnx"
+        )
+    names = ["latents", "labels"][: 2 if module.G.label_size else 1]
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     with _quiet():
-        torch.onnx.export(module, example_inputs(module.G, 2), path, input_names=names, output_names=["images"],
-                          dynamic_shapes=tuple({0: batch} for _ in names), opset_version=opset, dynamo=True,
-                          external_data=False, verbose=False)
+        torch.onnx.export(
+            module,
+            example_inputs(module.G, 2),
+            path,
+            input_names=names,
+            output_names=["images"],
+            dynamic_shapes=tuple({0: batch} for _ in names),
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
     wrote = {o.domain: o.version for o in onnx.load(path, load_external_data=False).opset_import}.get("")
-    if opset is not None and wrote != opset:   # the exporter falls back to its own opset where converting fails
-        raise UserError(f"the exporter could not write opset {opset} (it wrote {wrote}); nothing was written; "
-                        "choose another --opset, or leave it out")
+    if opset is not None and wrote != opset:  # the exporter falls back to its own opset where converting fails
+        raise UserError(
+            f"the exporter could not write opset {opset} (it wrote {wrote}); nothing was written; "
+            "choose another --opset, or leave it out"
+        )
 
 
 def write_onnx(module: FixedGenerator, path: str, opset: Optional[int] = None) -> Optional[float]:
@@ -100,8 +115,11 @@ def write_onnx(module: FixedGenerator, path: str, opset: Optional[int] = None) -
         export_onnx(module, tmp, opset)
         err = check_onnx(module, tmp)
         if err is not None and err > TOLERANCE:
-            raise RuntimeError(f"onnxruntime's images differ from PyTorch's by {err:.1e} (relative; bound "
-                               f"{TOLERANCE:g}); nothing was written")
+            raise RuntimeError(
+                f"onnxruntime's images differ from PyTorch's by {err:.1e} (relative; bound "
+                f"{TOLERANCE:g}); nothing was written"
+            )
+
     writes.atomic(path, write)
     return err
 
@@ -122,8 +140,9 @@ def check_onnx(module: FixedGenerator, path: str, batches=(1, 5)) -> Optional[fl
             want = module(*inputs)
         got = torch.from_numpy(session.run(["images"], {k: v.numpy() for k, v in zip(names, inputs)})[0])
         if got.shape != want.shape:
-            raise RuntimeError(f"onnxruntime gave images of shape {tuple(got.shape)} for batch {n}, PyTorch "
-                               f"{tuple(want.shape)}")
+            raise RuntimeError(
+                f"onnxruntime gave images of shape {tuple(got.shape)} for batch {n}, PyTorch {tuple(want.shape)}"
+            )
         worst = max(worst, ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item())
     return worst
 
@@ -136,15 +155,17 @@ def export_torchscript(module: FixedGenerator, path: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m fastpggan.export", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Export a checkpoint's generator to ONNX (and TorchScript) with a dynamic batch.")
+    p = ArgumentParser(
+        prog="python -m fastpggan.export",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Export a checkpoint's generator to ONNX (and TorchScript) with a dynamic batch.",
+    )
     p.add_argument("--checkpoint", required=True, help="a checkpoint of fastpggan.train or fastpggan.convert")
     p.add_argument("--onnx", default=None, metavar="OUT.onnx", help="ONNX file to write")
     p.add_argument("--torchscript", default=None, metavar="OUT.pt", help="TorchScript file to write (jit.trace)")
     p.add_argument("--which", default="G_ema", choices=["G_ema", "G"], help="generator weights to export")
     p.add_argument("--res", type=int, default=None, help="output resolution (default: the checkpoint's)")
-    p.add_argument("--alpha", type=number(min=0, max=1), default=None,
-                   help="fade-in of the newest block (default: 1)")
+    p.add_argument("--alpha", type=number(min=0, max=1), default=None, help="fade-in of the newest block (default: 1)")
     p.add_argument("--opset", type=number(int, min=18), default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     return p
@@ -170,9 +191,14 @@ def run(args: argparse.Namespace, log: Callable = print) -> list:
     if args.onnx:
         err = write_onnx(module, args.onnx, args.opset)
         inputs = "latents, labels" if G.label_size else "latents"
-        log(f"wrote {args.onnx}: {what}; inputs {inputs}, output images; " +
-            ("onnxruntime not installed, not checked" if err is None else
-             f"onnxruntime equals PyTorch at batch 1 and 5 within {err:.1e}"))
+        log(
+            f"wrote {args.onnx}: {what}; inputs {inputs}, output images; "
+            + (
+                "onnxruntime not installed, not checked"
+                if err is None
+                else f"onnxruntime equals PyTorch at batch 1 and 5 within {err:.1e}"
+            )
+        )
     if args.torchscript:
         export_torchscript(module, args.torchscript)
         log(f"wrote {args.torchscript}: {what} (torch.jit.trace)")

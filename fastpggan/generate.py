@@ -3,6 +3,7 @@
 Writes a grid (default), single images (--singles), and/or a latent interpolation (--interp FRAMES) as PNG
 frames or an animated GIF (--gif). Uses G_ema, at the resolution and fade-in the checkpoint had reached.
 """
+
 import argparse
 import os
 from typing import Callable, Optional
@@ -35,7 +36,7 @@ def parse_seeds(text):
         raise UserError(f"--seeds must look like '0-15' or '1,5,9', got {text!r}") from None
     if not seeds:
         raise UserError("--seeds selects no seed")
-    if len(seeds) > 100000 or min(seeds) < 0 or max(seeds) >= 2 ** 32:
+    if len(seeds) > 100000 or min(seeds) < 0 or max(seeds) >= 2**32:
         raise UserError(f"--seeds must select at most 100000 seeds in [0, 2^32), got {text!r}")
     return seeds
 
@@ -54,23 +55,34 @@ def slerp(a, b, t):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m fastpggan.generate",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Generate images from a fastpggan checkpoint (through G_ema).")
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint_<kimg>.pt written by fastpggan.train, or fastpggan.convert's")
+    p = ArgumentParser(
+        prog="python -m fastpggan.generate",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Generate images from a fastpggan checkpoint (through G_ema).",
+    )
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint_<kimg>.pt written by fastpggan.train, or fastpggan.convert's"
+    )
     p.add_argument("--seeds", default="0-15", help="latent seeds, e.g. '0-15' or '3,7,42'")
     p.add_argument("--out", default="generated", help="output folder")
     p.add_argument("--singles", action="store_true", help="also write one PNG per seed")
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
-    p.add_argument("--interp", type=number(int, min=0, max=10000), default=0, metavar="FRAMES",
-                   help="interpolate between consecutive seeds with "
-                   "this many frames per pair (slerp in latent space)")
+    p.add_argument(
+        "--interp",
+        type=number(int, min=0, max=10000),
+        default=0,
+        metavar="FRAMES",
+        help="interpolate between consecutive seeds with this many frames per pair (slerp in latent space)",
+    )
     p.add_argument("--gif", action="store_true", help="write the interpolation as interp.gif instead of PNG frames")
     p.add_argument("--fps", type=number(int, min=1, max=1000), default=24, help="GIF frame rate")
-    p.add_argument("--class", dest="label", type=number(int, min=0), default=None,
-                   help="class index for a conditional model "
-                   "(default: seed mod classes)")
+    p.add_argument(
+        "--class",
+        dest="label",
+        type=number(int, min=0),
+        default=None,
+        help="class index for a conditional model (default: seed mod classes)",
+    )
     p.add_argument("--res", type=int, default=None, help="output resolution (default: where training had got to)")
     p.add_argument("--which", default="G_ema", choices=["G_ema", "G"], help="generator weights to use")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -79,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-MAX_IMAGES = 100000   # per command (seeds and interpolation frames); more only with --force
+MAX_IMAGES = 100000  # per command (seeds and interpolation frames); more only with --force
 
 
 def check_amount(num_seeds: int, interp: int, grid_or_singles: bool, channels: int, res: int, force: bool) -> None:
@@ -88,12 +100,16 @@ def check_amount(num_seeds: int, interp: int, grid_or_singles: bool, channels: i
     frames = (num_seeds - 1) * interp + 1 if interp else 0
     count = (num_seeds if grid_or_singles else 0) + frames
     if count > MAX_IMAGES and not force:
-        raise UserError(f"--seeds and --interp make {count} images (seeds {num_seeds}, frames {frames}), more than "
-                        f"{MAX_IMAGES}; use fewer, or add --force")
+        raise UserError(
+            f"--seeds and --interp make {count} images (seeds {num_seeds}, frames {frames}), more than "
+            f"{MAX_IMAGES}; use fewer, or add --force"
+        )
     need, have = count * channels * res * res * 5, device_memory(torch.device("cpu"))
     if have is not None and need > have:
-        raise UserError(f"{count} images at {res}x{res} need {need / 2 ** 30:.1f} GiB of memory and this machine has "
-                        f"{have / 2 ** 30:.1f} GiB; use fewer --seeds or --interp frames, or a lower --res")
+        raise UserError(
+            f"{count} images at {res}x{res} need {need / 2**30:.1f} GiB of memory and this machine has "
+            f"{have / 2**30:.1f} GiB; use fewer --seeds or --interp frames, or a lower --res"
+        )
 
 
 def check_flags(args: argparse.Namespace) -> None:
@@ -129,9 +145,17 @@ def run(args: argparse.Namespace, log: Callable = print) -> list:
                 raise UserError(f"--class must be in [0, {G.label_size})")
             labels = labels.to(device)
         with torch.no_grad():
-            return torch.cat([G(z[i:i + args.batch].to(device), res, alpha,
-                                None if labels is None else labels[i:i + args.batch])
-                              for i in range(0, len(z), args.batch)]).cpu()
+            return torch.cat(
+                [
+                    G(
+                        z[i : i + args.batch].to(device),
+                        res,
+                        alpha,
+                        None if labels is None else labels[i : i + args.batch],
+                    )
+                    for i in range(0, len(z), args.batch)
+                ]
+            ).cpu()
 
     z = latents_for(seeds, G.latent_size)
     imgs = synth(z, seeds)
@@ -155,8 +179,17 @@ def run(args: argparse.Namespace, log: Callable = print) -> list:
         if args.gif:
             pil = [to_pil(to_uint8(f)) for f in frames]
             written.append(os.path.join(args.out, "interp.gif"))
-            writes.atomic(written[-1], lambda tmp: pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:],
-                                                               duration=max(1, round(1000 / args.fps)), loop=0))
+            writes.atomic(
+                written[-1],
+                lambda tmp: pil[0].save(
+                    tmp,
+                    format="GIF",
+                    save_all=True,
+                    append_images=pil[1:],
+                    duration=max(1, round(1000 / args.fps)),
+                    loop=0,
+                ),
+            )
         else:
             fdir = os.path.join(args.out, "interp")
             for i, f in enumerate(frames):

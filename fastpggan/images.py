@@ -1,6 +1,7 @@
 """Images in and out: decoded pictures to uint8 arrays for the datasets, and G's [-1, 1] output to uint8, PIL
 images and PNG grids. numpy, torch and Pillow (imported when first needed) only; any module may import it.
 """
+
 import io
 import math
 import warnings
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from . import writes
 
 # Bounds on untrusted image files (README "Robustness"), read at call time so that tests can lower them.
-MAX_FILE_BYTES = 1 << 28    # 256 MiB: an encoded image bigger than this is not a training image
+MAX_FILE_BYTES = 1 << 28  # 256 MiB: an encoded image bigger than this is not a training image
 MAX_IMAGE_PIXELS = 1 << 28  # 16384^2 decoded pixels (Pillow's own bound, set explicitly)
 
 
@@ -30,6 +31,7 @@ def from_uint8(images_uint8: torch.Tensor) -> torch.Tensor:
 def to_pil(image_uint8: torch.Tensor):
     """One (C, H, W) uint8 tensor, C = 1 or 3, as a PIL image ("L" or "RGB")."""
     from PIL import Image
+
     x = image_uint8.cpu()
     if x.shape[0] == 1:
         return Image.fromarray(x[0].numpy(), "L")
@@ -48,11 +50,11 @@ def write_grid(images: torch.Tensor, path: str, upscale_to: Optional[int] = None
     grid = torch.zeros(c, rows * h, cols * w, dtype=torch.uint8)
     for i in range(n):
         r, q = divmod(i, cols)
-        grid[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = x[i]
+        grid[:, r * h : (r + 1) * h, q * w : (q + 1) * w] = x[i]
     writes.atomic(path, lambda tmp: to_pil(grid).save(tmp, format="PNG"))
 
 
-WIDE_GRAY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")   # 16- and 32-bit integer grayscale
+WIDE_GRAY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # 16- and 32-bit integer grayscale
 GRAY_MODES = ("1", "L", "LA", "La", "F") + WIDE_GRAY_MODES
 
 
@@ -65,6 +67,7 @@ def to_8bit(img):
     """16- and 32-bit grayscale ("I;16*", "I") scaled to 8-bit "L" (x / 257, so 65535 -> 255) rather than clipped;
     an "I" image whose values all fit in 0..255 is taken as 8-bit. Other modes are returned as they are."""
     from PIL import Image
+
     if img.mode not in WIDE_GRAY_MODES:
         return img
     a = np.asarray(img).astype(np.float64)
@@ -80,6 +83,7 @@ def to_square_array(img, channels: int, resolution: int) -> Optional[np.ndarray]
     bits; transparency is composited over black; `channels` 1 gives grayscale, 3 RGB.
     """
     from PIL import Image
+
     img = to_8bit(img)
     if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
         img = img.convert("RGBA")
@@ -108,10 +112,11 @@ def decode(data: bytes):
     MAX_IMAGE_PIXELS decoded, the latter checked from the header before any pixel is decoded. Raises ValueError
     (or Pillow's errors) for what is out of bounds or undecodable."""
     from PIL import Image
+
     if len(data) > MAX_FILE_BYTES:
         raise ValueError(too_big(len(data)))
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():   # Pillow only warns between 1x and 2x its bound: make that an error too
+    with warnings.catch_warnings():  # Pillow only warns between 1x and 2x its bound: make that an error too
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         img = Image.open(io.BytesIO(data))
     if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:

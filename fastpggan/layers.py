@@ -4,6 +4,7 @@ Equalized learning rate (paper Sec. 4.1): weights are stored N(0, 1) and scaled 
 gain / sqrt(fan_in); biases start at zero. The scale is linear, so it is applied in the bias_act epilogue
 (`gain=`) instead of to the weight: conv(x, w) * s == conv(x, w * s).
 """
+
 import math
 
 import torch
@@ -23,6 +24,7 @@ def _ready(impl: str) -> str:
     if impl != "ref":
         ops.backends.prepare("cpu")
     return impl
+
 
 LRELU_SLOPE = 0.2
 _SLOPES = {"lrelu": LRELU_SLOPE, "linear": 1.0}
@@ -63,9 +65,21 @@ class EqualizedConv2d(nn.Module):
         impl: the ops backend ('auto', 'ref', 'triton', 'ext', 'compiled').
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, *, gain: float = math.sqrt(2), bias: bool = True,
-                 up: bool = False, down: bool = False, fused_scale: bool = True, act: str = "lrelu",
-                 pixel_norm: bool = False, impl: str = "auto"):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        *,
+        gain: float = math.sqrt(2),
+        bias: bool = True,
+        up: bool = False,
+        down: bool = False,
+        fused_scale: bool = True,
+        act: str = "lrelu",
+        pixel_norm: bool = False,
+        impl: str = "auto",
+    ):
         super().__init__()
         if up and down:
             raise ValueError("EqualizedConv2d: up and down are exclusive")
@@ -93,14 +107,17 @@ class EqualizedConv2d(nn.Module):
             if self.up:
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
             y = F.conv2d(x, w, padding=self.kernel_size // 2)
-        y = ops.bias_act(y, self.bias, gain=gain, negative_slope=self.negative_slope, pixel_norm=self.pixel_norm,
-                         impl=self.impl)
+        y = ops.bias_act(
+            y, self.bias, gain=gain, negative_slope=self.negative_slope, pixel_norm=self.pixel_norm, impl=self.impl
+        )
         return F.avg_pool2d(y, 2) if self.down and not self.fused_scale else y
 
     def extra_repr(self):
         scale = f", fused_scale={self.fused_scale}" if self.up or self.down else ""
-        return (f"{self.in_ch}, {self.out_ch}, kernel_size={self.kernel_size}, up={self.up}, down={self.down}"
-                f"{scale}, act={self.act!r}, pixel_norm={self.pixel_norm}")
+        return (
+            f"{self.in_ch}, {self.out_ch}, kernel_size={self.kernel_size}, up={self.up}, down={self.down}"
+            f"{scale}, act={self.act!r}, pixel_norm={self.pixel_norm}"
+        )
 
 
 class EqualizedLinear(nn.Module):
@@ -111,11 +128,25 @@ class EqualizedLinear(nn.Module):
         gain, bias, act, pixel_norm, impl: as for EqualizedConv2d.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, gain: float = math.sqrt(2), bias: bool = True,
-                 act: str = "lrelu", pixel_norm: bool = False, impl: str = "auto"):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        gain: float = math.sqrt(2),
+        bias: bool = True,
+        act: str = "lrelu",
+        pixel_norm: bool = False,
+        impl: str = "auto",
+    ):
         super().__init__()
-        self.in_features, self.out_features, self.act, self.pixel_norm, self.impl = \
-            in_features, out_features, act, pixel_norm, _ready(impl)
+        self.in_features, self.out_features, self.act, self.pixel_norm, self.impl = (
+            in_features,
+            out_features,
+            act,
+            pixel_norm,
+            _ready(impl),
+        )
         self.negative_slope = _slope(act)
         self.weight = nn.Parameter(torch.randn(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
@@ -123,8 +154,14 @@ class EqualizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x.flatten(1), self.weight.to(x.dtype))
-        return ops.bias_act(y, self.bias, gain=self.scale, negative_slope=self.negative_slope,
-                            pixel_norm=self.pixel_norm, impl=self.impl)
+        return ops.bias_act(
+            y,
+            self.bias,
+            gain=self.scale,
+            negative_slope=self.negative_slope,
+            pixel_norm=self.pixel_norm,
+            impl=self.impl,
+        )
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, act={self.act!r}, pixel_norm={self.pixel_norm}"

@@ -9,6 +9,7 @@ cross-entropy term for reals and fakes (D) or fakes (G), weight 1. The per-sampl
 minibatch, as officially (tfutil.Optimizer gets tf.reduce_mean of them).
 `D` is any callable mapping images to scores. The fakes are detached in the D loss.
 """
+
 from typing import Callable, Optional
 
 import torch
@@ -36,10 +37,19 @@ def penalty_points(reals: torch.Tensor, fakes: torch.Tensor, u: torch.Tensor, im
     return ops.gp_interpolate(reals, fakes.to(reals.dtype), u, impl=impl)
 
 
-def d_loss_wgan_gp(D: Callable[[torch.Tensor], torch.Tensor], reals: torch.Tensor, fakes: torch.Tensor, *,
-                   lambda_gp: float = 10.0, drift: float = 1e-3, labels: Optional[torch.Tensor] = None,
-                   target: float = 1.0, impl: str = "auto", u: Optional[torch.Tensor] = None,
-                   grad_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+def d_loss_wgan_gp(
+    D: Callable[[torch.Tensor], torch.Tensor],
+    reals: torch.Tensor,
+    fakes: torch.Tensor,
+    *,
+    lambda_gp: float = 10.0,
+    drift: float = 1e-3,
+    labels: Optional[torch.Tensor] = None,
+    target: float = 1.0,
+    impl: str = "auto",
+    u: Optional[torch.Tensor] = None,
+    grad_scale: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Scalar WGAN-GP critic loss, averaged over the minibatch (official loss.py D_wgangp_acgan).
 
     Args:
@@ -66,18 +76,20 @@ def d_loss_wgan_gp(D: Callable[[torch.Tensor], torch.Tensor], reals: torch.Tenso
     xhat = penalty_points(reals.detach(), fakes, u, impl).requires_grad_(True)
     mixed_scores = D(xhat)[:, :1]
     out = upcast(mixed_scores).sum()
-    grads, = torch.autograd.grad(out if grad_scale is None else out * grad_scale, xhat, create_graph=True)
+    (grads,) = torch.autograd.grad(out if grad_scale is None else out * grad_scale, xhat, create_graph=True)
     if grad_scale is not None:
         grads = upcast(grads) / grad_scale
     gp = ops.gradient_penalty(grads, target=target, impl=impl)
-    loss = ((fake_scores - real_scores).squeeze(1) + gp * (lambda_gp / target ** 2)
-            + drift * real_scores.square().squeeze(1))
+    loss = (
+        (fake_scores - real_scores).squeeze(1) + gp * (lambda_gp / target**2) + drift * real_scores.square().squeeze(1)
+    )
     loss = loss + _label_term(real_logits, labels) + _label_term(fake_logits, labels)
     return loss.mean()
 
 
-def g_loss_wgan(D: Callable[[torch.Tensor], torch.Tensor], fakes: torch.Tensor, *,
-                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+def g_loss_wgan(
+    D: Callable[[torch.Tensor], torch.Tensor], fakes: torch.Tensor, *, labels: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Scalar WGAN generator loss -D(fake), plus the AC-GAN term with labels, averaged over the minibatch
     (official loss.py G_wgan_acgan)."""
     scores, logits = _split(D(fakes))

@@ -17,6 +17,7 @@ layers at resolutions >= amp_min_res run in low precision; the lower ones run in
 the low-precision layers are clamped to +-AMP_CLAMP (stylegan2-ada's conv_clamp 256) so that they cannot overflow.
 None (the default) leaves autocast on everywhere.
 """
+
 import math
 from typing import Optional, Union
 
@@ -30,14 +31,14 @@ from .layers import EqualizedConv2d, EqualizedLinear, MinibatchStdDev
 
 def _log2_res(res, max_res, what):
     k = int(round(math.log2(res))) if res and res > 0 else -1
-    if res < 4 or 2 ** k != res or res > max_res:
+    if res < 4 or 2**k != res or res > max_res:
         raise ValueError(f"{what}: resolution must be a power of two in [4, {max_res}], got {res}")
     return k
 
 
 def _nf(fmap_base, fmap_max):
     # Clamped at 1 so that narrow test/CPU configurations stay valid at high resolutions (official: no clamp).
-    return lambda stage: max(min(int(fmap_base / 2.0 ** stage), fmap_max), 1)
+    return lambda stage: max(min(int(fmap_base / 2.0**stage), fmap_max), 1)
 
 
 def conv_outputs_per_image(fmap_base: int, fmap_max: int, res: int) -> int:
@@ -87,10 +88,19 @@ class Generator(nn.Module):
         impl: the ops backend ('auto', 'ref', 'triton', 'ext', 'compiled').
     """
 
-    def __init__(self, resolution: int = 1024, latent_size: int = 512, num_channels: int = 3, fmap_base: int = 8192,
-                 fmap_max: int = 512, label_size: int = 0, fused_scale: bool = True, impl: str = "auto"):
+    def __init__(
+        self,
+        resolution: int = 1024,
+        latent_size: int = 512,
+        num_channels: int = 3,
+        fmap_base: int = 8192,
+        fmap_max: int = 512,
+        label_size: int = 0,
+        fused_scale: bool = True,
+        impl: str = "auto",
+    ):
         super().__init__()
-        self.resolution_log2 = _log2_res(resolution, 2 ** 30, "Generator")
+        self.resolution_log2 = _log2_res(resolution, 2**30, "Generator")
         self.resolution, self.latent_size, self.num_channels = resolution, latent_size, num_channels
         self.label_size, self.fused_scale, self.impl = label_size, bool(fused_scale), impl
         self.amp_min_res = None
@@ -98,26 +108,41 @@ class Generator(nn.Module):
         c4 = nf(1)
         # 4x4: dense latent -> c4*16 with gain sqrt(2)/4 (official "to match the original Theano implementation"),
         # reshaped to (c4, 4, 4), then per-channel bias, LReLU, pixel norm.
-        self.dense = EqualizedLinear(latent_size + label_size, c4 * 16, gain=math.sqrt(2) / 4, bias=False,
-                                     act="linear", impl=impl)
+        self.dense = EqualizedLinear(
+            latent_size + label_size, c4 * 16, gain=math.sqrt(2) / 4, bias=False, act="linear", impl=impl
+        )
         self.dense_bias = nn.Parameter(torch.zeros(c4))
         self.blocks = nn.ModuleList([EqualizedConv2d(c4, c4, 3, pixel_norm=True, impl=impl)])
         for k in range(3, self.resolution_log2 + 1):
-            self.blocks.append(nn.Sequential(
-                EqualizedConv2d(nf(k - 2), nf(k - 1), 3, up=True, fused_scale=fused_scale, pixel_norm=True, impl=impl),
-                EqualizedConv2d(nf(k - 1), nf(k - 1), 3, pixel_norm=True, impl=impl)))
-        self.to_rgb = nn.ModuleList([EqualizedConv2d(nf(k - 1), num_channels, 1, gain=1.0, act="linear", impl=impl)
-                                     for k in range(2, self.resolution_log2 + 1)])
+            self.blocks.append(
+                nn.Sequential(
+                    EqualizedConv2d(
+                        nf(k - 2), nf(k - 1), 3, up=True, fused_scale=fused_scale, pixel_norm=True, impl=impl
+                    ),
+                    EqualizedConv2d(nf(k - 1), nf(k - 1), 3, pixel_norm=True, impl=impl),
+                )
+            )
+        self.to_rgb = nn.ModuleList(
+            [
+                EqualizedConv2d(nf(k - 1), num_channels, 1, gain=1.0, act="linear", impl=impl)
+                for k in range(2, self.resolution_log2 + 1)
+            ]
+        )
 
     def _block4(self, z, labels):
         x = z if self.label_size == 0 else torch.cat([z, _labels_to_onehot(labels, self.label_size, z.dtype)], 1)
-        x = ops.bias_act(x, None, negative_slope=1.0, pixel_norm=True, impl=self.impl)   # normalize_latents
+        x = ops.bias_act(x, None, negative_slope=1.0, pixel_norm=True, impl=self.impl)  # normalize_latents
         x = self.dense(x).reshape(x.shape[0], -1, 4, 4)
         x = ops.bias_act(x, self.dense_bias, pixel_norm=True, impl=self.impl)
         return self.blocks[0](x)
 
-    def forward(self, z: torch.Tensor, res: Optional[int] = None, alpha: Union[float, torch.Tensor] = 1.0,
-                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        z: torch.Tensor,
+        res: Optional[int] = None,
+        alpha: Union[float, torch.Tensor] = 1.0,
+        labels: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Images at `res` (default: the largest), with the newest block faded in by `alpha` (a float or 0-d
         tensor); `labels`: (N,) class indices or (N, label_size) vectors, required for a conditional G."""
         k = _log2_res(res or self.resolution, self.resolution, "Generator")
@@ -129,7 +154,7 @@ class Generator(nn.Module):
             x = run(2 ** (i + 2), self.blocks[i], x)
         if k == 2:
             return run(4, self.to_rgb[0], x)
-        high = run(2 ** k, lambda x: self.to_rgb[k - 2](self.blocks[k - 2](x)), x)
+        high = run(2**k, lambda x: self.to_rgb[k - 2](self.blocks[k - 2](x)), x)
         if isinstance(alpha, (int, float)) and alpha >= 1:
             return high
         return ops.fade_in(run(2 ** (k - 1), self.to_rgb[k - 3], x), high, alpha, impl=self.impl)
@@ -148,27 +173,45 @@ class Discriminator(nn.Module):
         impl: the ops backend ('auto', 'ref', 'triton', 'ext', 'compiled').
     """
 
-    def __init__(self, resolution: int = 1024, num_channels: int = 3, fmap_base: int = 8192, fmap_max: int = 512,
-                 mbstd_group_size: int = 4, label_size: int = 0, fused_scale: bool = True, impl: str = "auto"):
+    def __init__(
+        self,
+        resolution: int = 1024,
+        num_channels: int = 3,
+        fmap_base: int = 8192,
+        fmap_max: int = 512,
+        mbstd_group_size: int = 4,
+        label_size: int = 0,
+        fused_scale: bool = True,
+        impl: str = "auto",
+    ):
         super().__init__()
-        self.resolution_log2 = _log2_res(resolution, 2 ** 30, "Discriminator")
+        self.resolution_log2 = _log2_res(resolution, 2**30, "Discriminator")
         self.resolution, self.num_channels, self.label_size, self.impl = resolution, num_channels, label_size, impl
         self.fused_scale = bool(fused_scale)
         self.amp_min_res = None
         nf = _nf(fmap_base, fmap_max)
-        self.from_rgb = nn.ModuleList([EqualizedConv2d(num_channels, nf(k - 1), 1, impl=impl)
-                                       for k in range(2, self.resolution_log2 + 1)])
+        self.from_rgb = nn.ModuleList(
+            [EqualizedConv2d(num_channels, nf(k - 1), 1, impl=impl) for k in range(2, self.resolution_log2 + 1)]
+        )
         c4 = nf(1)
         layers4 = [MinibatchStdDev(mbstd_group_size, impl=impl)] if mbstd_group_size > 1 else []
-        self.blocks = nn.ModuleList([nn.Sequential(
-            *layers4,
-            EqualizedConv2d(c4 + len(layers4), c4, 3, impl=impl),
-            EqualizedLinear(c4 * 16, nf(0), impl=impl),           # the paper's conv 4x4; officially dense
-            EqualizedLinear(nf(0), 1 + label_size, gain=1.0, act="linear", impl=impl))])
+        self.blocks = nn.ModuleList(
+            [
+                nn.Sequential(
+                    *layers4,
+                    EqualizedConv2d(c4 + len(layers4), c4, 3, impl=impl),
+                    EqualizedLinear(c4 * 16, nf(0), impl=impl),  # the paper's conv 4x4; officially dense
+                    EqualizedLinear(nf(0), 1 + label_size, gain=1.0, act="linear", impl=impl),
+                )
+            ]
+        )
         for k in range(3, self.resolution_log2 + 1):
-            self.blocks.append(nn.Sequential(
-                EqualizedConv2d(nf(k - 1), nf(k - 1), 3, impl=impl),
-                EqualizedConv2d(nf(k - 1), nf(k - 2), 3, down=True, fused_scale=fused_scale, impl=impl)))
+            self.blocks.append(
+                nn.Sequential(
+                    EqualizedConv2d(nf(k - 1), nf(k - 1), 3, impl=impl),
+                    EqualizedConv2d(nf(k - 1), nf(k - 2), 3, down=True, fused_scale=fused_scale, impl=impl),
+                )
+            )
 
     def forward(self, images: torch.Tensor, alpha: Union[float, torch.Tensor] = 1.0) -> torch.Tensor:
         """Scores of (N, num_channels, R, R) images, R a power of two up to `resolution`; `alpha` fades in the
@@ -177,9 +220,9 @@ class Discriminator(nn.Module):
             raise ValueError(f"Discriminator expects (N, {self.num_channels}, R, R) images, got {tuple(images.shape)}")
         k = _log2_res(images.shape[-1], self.resolution, "Discriminator")
         run = _Precision(images, self.amp_min_res)
-        x = run(2 ** k, self.from_rgb[k - 2], images)
+        x = run(2**k, self.from_rgb[k - 2], images)
         if k > 2:
-            x = run(2 ** k, self.blocks[k - 2], x)
+            x = run(2**k, self.blocks[k - 2], x)
             if not (isinstance(alpha, (int, float)) and alpha >= 1):
                 low = run(2 ** (k - 1), self.from_rgb[k - 3], F.avg_pool2d(images, 2))
                 x = ops.fade_in(low, x, alpha, impl=self.impl)

@@ -15,6 +15,7 @@ checked against the variables' shapes. The weights are mapped to fastpggan's lay
   L86-96: the transposed conv of the flipped kernel is nearest upsampling then the correlation fastpggan runs);
 - G's 4x4 Dense bias (one per feature map, applied after the reshape) -> `dense_bias`.
 """
+
 import hashlib
 import math
 import os
@@ -45,13 +46,43 @@ _ALLOWED = {("tfutil", "Network"): _Network, **safe_pickle.NUMPY_ARRAYS}
 
 
 # G_paper / D_paper defaults (official networks.py), and the settings fastpggan builds: anything else is refused.
-_G_DEFAULTS = dict(num_channels=1, resolution=32, label_size=0, fmap_base=8192, fmap_decay=1.0, fmap_max=512,
-                   latent_size=None, normalize_latents=True, use_wscale=True, use_pixelnorm=True,
-                   pixelnorm_epsilon=1e-8, use_leakyrelu=True, dtype="float32", fused_scale=True)
-_D_DEFAULTS = dict(num_channels=1, resolution=32, label_size=0, fmap_base=8192, fmap_decay=1.0, fmap_max=512,
-                   use_wscale=True, mbstd_group_size=4, dtype="float32", fused_scale=True)
-_REQUIRED = dict(fmap_decay=1.0, normalize_latents=True, use_wscale=True, use_pixelnorm=True, pixelnorm_epsilon=1e-8,
-                 use_leakyrelu=True, dtype="float32")
+_G_DEFAULTS = dict(
+    num_channels=1,
+    resolution=32,
+    label_size=0,
+    fmap_base=8192,
+    fmap_decay=1.0,
+    fmap_max=512,
+    latent_size=None,
+    normalize_latents=True,
+    use_wscale=True,
+    use_pixelnorm=True,
+    pixelnorm_epsilon=1e-8,
+    use_leakyrelu=True,
+    dtype="float32",
+    fused_scale=True,
+)
+_D_DEFAULTS = dict(
+    num_channels=1,
+    resolution=32,
+    label_size=0,
+    fmap_base=8192,
+    fmap_decay=1.0,
+    fmap_max=512,
+    use_wscale=True,
+    mbstd_group_size=4,
+    dtype="float32",
+    fused_scale=True,
+)
+_REQUIRED = dict(
+    fmap_decay=1.0,
+    normalize_latents=True,
+    use_wscale=True,
+    use_pixelnorm=True,
+    pixelnorm_epsilon=1e-8,
+    use_leakyrelu=True,
+    dtype="float32",
+)
 # Theano-era settings that legacy.py asserts away; G_paper would ignore them, so a pickle carrying them was not made
 # by the official TF code and is not what fastpggan computes.
 _FOREIGN = dict(use_batchnorm=False, tanh_at_end=None, use_layernorm=False, mbdisc_kernels=None)
@@ -68,27 +99,37 @@ def read_pickle(path: str) -> Tuple[dict, dict, dict]:
             nets = safe_pickle.load(f, _ALLOWED)
     except safe_pickle.Refused as e:
         if str(e) == "network.Network":
-            raise OfficialPickleError(f"'{path}' is a Theano-era network; import it with the official legacy.py "
-                                      "and save it again first") from None
+            raise OfficialPickleError(
+                f"'{path}' is a Theano-era network; import it with the official legacy.py and save it again first"
+            ) from None
         raise OfficialPickleError(
             f"'{path}' is not an official PGGAN network pickle: it needs {e}, and only tfutil.Network and numpy "
             "arrays may be loaded from one (nothing it names was run; StyleGAN and stylegan2-ada pickles are other "
-            "networks)") from None
+            "networks)"
+        ) from None
     except safe_pickle.LOAD_ERRORS as e:
         what = "truncated" if isinstance(e, EOFError) else f"corrupt ({type(e).__name__}: {str(e)[:120]})"
         raise OfficialPickleError(f"'{path}' is {what}: not a readable official PGGAN pickle") from None
     if not (isinstance(nets, tuple) and len(nets) == 3 and all(isinstance(n, _Network) for n in nets)):
-        raise OfficialPickleError(f"'{path}' is not an official PGGAN snapshot: it does not hold the tuple (G, D, Gs) "
-                                  "of tfutil.Network that official train.py writes")
+        raise OfficialPickleError(
+            f"'{path}' is not an official PGGAN snapshot: it does not hold the tuple (G, D, Gs) "
+            "of tfutil.Network that official train.py writes"
+        )
     states = []
     for n, role, func in zip(nets, ("G", "D", "Gs"), ("G_paper", "D_paper", "G_paper")):
         st = getattr(n, "state", None)
-        if not isinstance(st, dict) or st.get("version") != 2 or not isinstance(st.get("variables"), list) or \
-                not isinstance(st.get("static_kwargs"), dict):
+        if (
+            not isinstance(st, dict)
+            or st.get("version") != 2
+            or not isinstance(st.get("variables"), list)
+            or not isinstance(st.get("static_kwargs"), dict)
+        ):
             raise OfficialPickleError(f"'{path}': its {role} is not a tfutil.Network state of version 2")
         if st.get("build_func_name") != func:
-            raise OfficialPickleError(f"'{path}': its {role} was built by {st.get('build_func_name')!r}; fastpggan "
-                                      f"reproduces official {func} only")
+            raise OfficialPickleError(
+                f"'{path}': its {role} was built by {st.get('build_func_name')!r}; fastpggan "
+                f"reproduces official {func} only"
+            )
         try:
             variables = {str(k): np.asarray(v) for k, v in st["variables"]}
         except (TypeError, ValueError):
@@ -100,13 +141,17 @@ def read_pickle(path: str) -> Tuple[dict, dict, dict]:
 def _settings(kwargs, defaults, role, path):
     for key, ok in _FOREIGN.items():
         if kwargs.get(key, ok) != ok:
-            raise OfficialPickleError(f"'{path}': {role} has {key}={kwargs[key]!r}, which official G_paper/D_paper "
-                                      "and fastpggan do not implement")
+            raise OfficialPickleError(
+                f"'{path}': {role} has {key}={kwargs[key]!r}, which official G_paper/D_paper "
+                "and fastpggan do not implement"
+            )
     s = {k: kwargs.get(k, v) for k, v in defaults.items()}
     for key, want in _REQUIRED.items():
         if key in s and s[key] != want:
-            raise OfficialPickleError(f"'{path}': {role} has {key}={s[key]!r}; fastpggan reproduces official "
-                                      f"networks with {key}={want!r} only")
+            raise OfficialPickleError(
+                f"'{path}': {role} has {key}={s[key]!r}; fastpggan reproduces official "
+                f"networks with {key}={want!r} only"
+            )
     return s
 
 
@@ -121,17 +166,21 @@ def network_config(states: Tuple[dict, dict, dict], path: str = "official pickle
         raise OfficialPickleError(f"'{path}': Gs was built with other settings than G")
     for key in ("num_channels", "resolution", "label_size", "fmap_base", "fmap_max"):
         if g[key] != d[key]:
-            raise OfficialPickleError(f"'{path}': G has {key}={g[key]!r} and D {key}={d[key]!r}; a snapshot's "
-                                      "networks agree on it")
-    given = {k: g[k] for k in ("resolution", "num_channels", "fmap_base", "fmap_max", "label_size", "latent_size")
-             if g[k] is not None}
+            raise OfficialPickleError(
+                f"'{path}': G has {key}={g[key]!r} and D {key}={d[key]!r}; a snapshot's networks agree on it"
+            )
+    given = {
+        k: g[k]
+        for k in ("resolution", "num_channels", "fmap_base", "fmap_max", "label_size", "latent_size")
+        if g[k] is not None
+    }
     given["mbstd_group_size"] = d["mbstd_group_size"]
     ints = {}
     for key, value in given.items():
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
             raise OfficialPickleError(f"'{path}': {key}={value!r} is not an integer")
         ints[key] = int(value)
-    ints.setdefault("latent_size", min(ints["fmap_base"], ints["fmap_max"]))   # official latent_size=None: nf(0)
+    ints.setdefault("latent_size", min(ints["fmap_base"], ints["fmap_max"]))  # official latent_size=None: nf(0)
     res = ints["resolution"]
     if res < 4 or res & (res - 1):
         raise OfficialPickleError(f"'{path}': resolution {res} is not a power of two >= 4")
@@ -161,29 +210,46 @@ def _place_g(log2r):
     def place(k, layer, rgb_lod):
         if layer is None:
             return f"to_rgb.{log2r - rgb_lod - 2}", _conv
-        return {"Dense": ("dense", _dense), "Conv": ("blocks.0", _conv), "Conv0_up": (f"blocks.{k - 2}.0", _conv_up),
-                "Conv0": (f"blocks.{k - 2}.0", _conv), "Conv1": (f"blocks.{k - 2}.1", _conv)}[layer]
+        return {
+            "Dense": ("dense", _dense),
+            "Conv": ("blocks.0", _conv),
+            "Conv0_up": (f"blocks.{k - 2}.0", _conv_up),
+            "Conv0": (f"blocks.{k - 2}.0", _conv),
+            "Conv1": (f"blocks.{k - 2}.1", _conv),
+        }[layer]
+
     return place
 
 
 def _place_d(log2r, mbstd):
-    off = 1 if mbstd else 0   # blocks.0 starts with the minibatch-stddev layer
+    off = 1 if mbstd else 0  # blocks.0 starts with the minibatch-stddev layer
 
     def place(k, layer, rgb_lod):
         if layer is None:
             return f"from_rgb.{log2r - rgb_lod - 2}", _conv
-        return {"Conv": (f"blocks.0.{off}", _conv), "Dense0": (f"blocks.0.{off + 1}", _dense),
-                "Dense1": (f"blocks.0.{off + 2}", _dense), "Conv0": (f"blocks.{k - 2}.0", _conv),
-                "Conv1_down": (f"blocks.{k - 2}.1", _conv), "Conv1": (f"blocks.{k - 2}.1", _conv)}[layer]
+        return {
+            "Conv": (f"blocks.0.{off}", _conv),
+            "Dense0": (f"blocks.0.{off + 1}", _dense),
+            "Dense1": (f"blocks.0.{off + 2}", _dense),
+            "Conv0": (f"blocks.{k - 2}.0", _conv),
+            "Conv1_down": (f"blocks.{k - 2}.1", _conv),
+            "Conv1": (f"blocks.{k - 2}.1", _conv),
+        }[layer]
+
     return place
 
 
 _AT_4X4 = ("Dense", "Conv", "Dense0", "Dense1")
-_OFFICIAL_LAYOUT = {_conv: (2, 3, 1, 0), _conv_up: (2, 3, 0, 1), _dense: (1, 0)}   # fastpggan axes -> official
+_OFFICIAL_LAYOUT = {_conv: (2, 3, 1, 0), _conv_up: (2, 3, 0, 1), _dense: (1, 0)}  # fastpggan axes -> official
 
 
-def state_dict(variables: Dict[str, np.ndarray], net: torch.nn.Module, role: str, path: str = "official pickle",
-               fused_names: bool = True) -> Dict[str, torch.Tensor]:
+def state_dict(
+    variables: Dict[str, np.ndarray],
+    net: torch.nn.Module,
+    role: str,
+    path: str = "official pickle",
+    fused_names: bool = True,
+) -> Dict[str, torch.Tensor]:
     """fastpggan's state dict for `net` (a Generator or Discriminator) from official variables {name: array},
     checked name by name and shape by shape; `lod` is skipped. `fused_names`: the pickle's own fused_scale, which
     names G's first conv of each block Conv0_up (fused) or Conv0, and D's second Conv1_down or Conv1."""
@@ -200,12 +266,19 @@ def state_dict(variables: Dict[str, np.ndarray], net: torch.nn.Module, role: str
         m = pattern.fullmatch(name)
         res, layer, rgb_lod, what = m.groups() if m else (None,) * 4
         k = int(res).bit_length() - 1 if res else None
-        known = m is not None and layer != other_form and (
-            (rgb_lod is not None and int(rgb_lod) <= log2r - 2) or
-            (2 ** k == int(res) and (k == 2) == (layer in _AT_4X4) and 2 <= k <= log2r))
+        known = (
+            m is not None
+            and layer != other_form
+            and (
+                (rgb_lod is not None and int(rgb_lod) <= log2r - 2)
+                or (2**k == int(res) and (k == 2) == (layer in _AT_4X4) and 2 <= k <= log2r)
+            )
+        )
         if not known:
-            raise OfficialPickleError(f"'{path}': {role} has the variable '{name}', which a {2 ** log2r}x"
-                                      f"{2 ** log2r} official {'G' if is_g else 'D'}_paper with its settings lacks")
+            raise OfficialPickleError(
+                f"'{path}': {role} has the variable '{name}', which a {2**log2r}x"
+                f"{2**log2r} official {'G' if is_g else 'D'}_paper with its settings lacks"
+            )
         module, to_torch = place(k, layer, int(rgb_lod or 0))
         key = f"{module}.{what}" if module != "dense" else "dense.weight" if what == "weight" else "dense_bias"
         try:
@@ -217,13 +290,16 @@ def state_dict(variables: Dict[str, np.ndarray], net: torch.nn.Module, role: str
             shape = want.get(key)
             if shape is not None and what == "weight":
                 shape = tuple(shape[i] for i in _OFFICIAL_LAYOUT[to_torch])
-            raise OfficialPickleError(f"'{path}': {role} variable '{name}' has shape {tuple(w.shape)}, but the "
-                                      f"network its settings describe needs {shape}")
+            raise OfficialPickleError(
+                f"'{path}': {role} variable '{name}' has shape {tuple(w.shape)}, but the "
+                f"network its settings describe needs {shape}"
+            )
         out[key] = t
     missing = sorted(set(want) - set(out))
     if missing:
-        raise OfficialPickleError(f"'{path}': {role} lacks {len(missing)} variable(s) its settings imply "
-                                  f"(first: fastpggan's {missing[0]})")
+        raise OfficialPickleError(
+            f"'{path}': {role} lacks {len(missing)} variable(s) its settings imply (first: fastpggan's {missing[0]})"
+        )
     return out
 
 
@@ -243,15 +319,18 @@ def convert(path: str) -> dict:
     """
     states = read_pickle(path)
     net = network_config(states, path)
-    cfg = dict(network=net, resolution=net["resolution"],
-               source=dict(kind="official PGGAN pickle", file=os.path.basename(path), sha256=_sha256(path)))
-    with torch.device("meta"):   # shapes only: nothing is allocated, whatever the pickle says the network is
+    cfg = dict(
+        network=net,
+        resolution=net["resolution"],
+        source=dict(kind="official PGGAN pickle", file=os.path.basename(path), sha256=_sha256(path)),
+    )
+    with torch.device("meta"):  # shapes only: nothing is allocated, whatever the pickle says the network is
         G, D = ckpt.build_networks(cfg)
     out = dict(config=cfg)
     for role, part, st in (("G", "G", states[0]), ("D", "D", states[1]), ("Gs", "G_ema", states[2])):
         fused = bool(st["kwargs"].get("fused_scale", True))
         out[part] = state_dict(st["vars"], D if role == "D" else G, role, path, fused_names=fused)
-    try:   # G's lod: official train.py assigns it every iteration (Gs copies it in its moving-average update)
+    try:  # G's lod: official train.py assigns it every iteration (Gs copies it in its moving-average update)
         lod = float(np.asarray(states[0]["vars"]["lod"]).reshape(()))
     except (KeyError, TypeError, ValueError):
         raise OfficialPickleError(f"'{path}': G has no scalar 'lod' variable") from None
@@ -263,7 +342,7 @@ def convert(path: str) -> dict:
     bad = ckpt.nonfinite(out)
     if bad:
         raise OfficialPickleError(f"'{path}': {bad} holds NaN or inf")
-    ckpt.check(out, path)   # what checkpoint.load will check
+    ckpt.check(out, path)  # what checkpoint.load will check
     return out
 
 

@@ -13,6 +13,7 @@ device tensor and a step count at which its own bias corrections are exactly 1. 
 can be captured in a CUDA graph, and reads a GradScaler's found_inf on the device: an overflowed step leaves
 parameters, moments and t unchanged.
 """
+
 from typing import Iterable, Tuple, Union
 
 import torch
@@ -35,10 +36,15 @@ class TFAdam(torch.optim.Optimizer):
     per-parameter step).
     """
 
-    _step_supports_amp_scaling = True   # GradScaler hands over grad_scale / found_inf instead of syncing
+    _step_supports_amp_scaling = True  # GradScaler hands over grad_scale / found_inf instead of syncing
 
-    def __init__(self, params: Iterable, lr: Union[float, torch.Tensor] = 1e-3,
-                 betas: Tuple[float, float] = (0.0, 0.99), eps: float = 1e-8):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: Union[float, torch.Tensor] = 1e-3,
+        betas: Tuple[float, float] = (0.0, 0.99),
+        eps: float = 1e-8,
+    ):
         if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0 or not eps >= 0.0:
             raise ValueError(f"TFAdam: need 0 <= beta < 1 and eps >= 0, got betas={betas}, eps={eps}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
@@ -72,7 +78,7 @@ class TFAdam(torch.optim.Optimizer):
             t.add_(1 - found_inf.to(t))
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            buckets = {}   # the fused kernel takes tensors of one device and dtype
+            buckets = {}  # the fused kernel takes tensors of one device and dtype
             for p in group["params"]:
                 if p.grad is not None:
                     buckets.setdefault((p.device, p.dtype), []).append(p)
@@ -86,12 +92,23 @@ class TFAdam(torch.optim.Optimizer):
                 # TF's lr_t; the clamp makes t = 0 (a skipped first step) give 0 rather than 0/0
                 lr_t = (1 - torch.pow(beta2, t_here)).sqrt() / (1 - torch.pow(beta1, t_here)).clamp_min(1e-30)
                 lr_t = lr_t * group["lr"]
-                torch._fused_adam_(params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
-                                   [self.state[p]["exp_avg_sq"] for p in params], [],
-                                   self._constant_steps(device, len(params)), lr=lr_t, beta1=beta1, beta2=beta2,
-                                   weight_decay=0.0, eps=group["eps"], amsgrad=False, maximize=False,
-                                   grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
-                                   found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True))
+                torch._fused_adam_(
+                    params,
+                    [p.grad for p in params],
+                    [self.state[p]["exp_avg"] for p in params],
+                    [self.state[p]["exp_avg_sq"] for p in params],
+                    [],
+                    self._constant_steps(device, len(params)),
+                    lr=lr_t,
+                    beta1=beta1,
+                    beta2=beta2,
+                    weight_decay=0.0,
+                    eps=group["eps"],
+                    amsgrad=False,
+                    maximize=False,
+                    grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
+                    found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True),
+                )
         return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -101,7 +118,7 @@ class TFAdam(torch.optim.Optimizer):
         shared = self.state.pop("shared", None)
         if shared is not None:
             saved = shared["step"]
-        else:   # torch.optim.Adam: a step per parameter
+        else:  # torch.optim.Adam: a step per parameter
             saved = max((float(st["step"]) for st in self.state.values() if "step" in st), default=0.0)
         for st in self.state.values():
             st.pop("step", None)
@@ -113,8 +130,9 @@ class TFAdam(torch.optim.Optimizer):
                     del group[key]
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], device: torch.device, lr: float = 1e-3,
-                   capturable: bool = False) -> TFAdam:
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter], device: torch.device, lr: float = 1e-3, capturable: bool = False
+) -> TFAdam:
     """Official Adam (config.py G_opt/D_opt: beta1 0, beta2 0.99, TF's eps 1e-8). capturable=True (CUDA graphs)
     keeps the lr in a device tensor, so that a captured step reads the value set_lr writes."""
     return TFAdam(params, lr=torch.tensor(lr, device=device) if capturable else lr, betas=(0.0, 0.99), eps=1e-8)

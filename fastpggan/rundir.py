@@ -3,6 +3,7 @@ restarts where a resumed checkpoint was written.
 
 Standard library only, below the trainer; `train` uses it before the first step.
 """
+
 import glob
 import json
 import os
@@ -24,7 +25,7 @@ class RunLock:
         self.path, self.file = os.path.join(run_dir, LOCK), None
         try:
             import fcntl
-        except ImportError:   # no flock (Windows): one trainer per folder is then up to the user
+        except ImportError:  # no flock (Windows): one trainer per folder is then up to the user
             return
         f = open(self.path, "a+")
         try:
@@ -33,8 +34,10 @@ class RunLock:
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
-            raise UserError(f"the run folder {run_dir} is in use by {holder}; wait for it to finish, or train "
-                            "into another folder (--name)") from None
+            raise UserError(
+                f"the run folder {run_dir} is in use by {holder}; wait for it to finish, or train "
+                "into another folder (--name)"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -43,7 +46,7 @@ class RunLock:
 
     def release(self) -> None:
         if self.file is not None:
-            self.file.close()   # closing drops the flock
+            self.file.close()  # closing drops the flock
             self.file = None
 
 
@@ -55,8 +58,10 @@ def remove_partial_writes(run_dir: str, log: Callable = print) -> int:
     for p in stale:
         os.remove(p)
     if stale:
-        log(f"removed {len(stale)} unfinished file{'s' * (len(stale) > 1)} left by an interrupted write "
-            f"({os.path.basename(stale[0])})")
+        log(
+            f"removed {len(stale)} unfinished file{'s' * (len(stale) > 1)} left by an interrupted write "
+            f"({os.path.basename(stale[0])})"
+        )
     return len(stale)
 
 

@@ -3,6 +3,7 @@ shares. Shared by every command line and below.
 
 Standard library and torch only; any module of the package may import it.
 """
+
 import os
 import types
 from typing import Any, Callable, Optional
@@ -66,4 +67,5 @@ def compile_failure(e: BaseException) -> str:
 def dynamo_errors() -> tuple:
     """The exception types of torch.compile failing to trace or compile (as opposed to the compiled code failing)."""
     import torch._dynamo.exc as exc
+
     return (exc.TorchDynamoException,) + tuple(e for e in (getattr(exc, "FailOnRecompileLimitHit", None),) if e)

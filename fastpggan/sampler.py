@@ -1,4 +1,5 @@
 """Which images each minibatch takes: a fresh shuffle per epoch from (seed, epoch), resumable from its state."""
+
 import numpy as np
 
 from .errors import UserError
@@ -20,8 +21,8 @@ class Sampler:
         out = []
         while batch > 0:
             perm = self._permutation()
-            take = perm[self.pos:self.pos + batch]
-            if not len(take):   # load_state_dict keeps pos in [0, n): never reached, but never a silent endless loop
+            take = perm[self.pos : self.pos + batch]
+            if not len(take):  # load_state_dict keeps pos in [0, n): never reached, but never a silent endless loop
                 raise RuntimeError(f"the sampler is stuck at position {self.pos} of {self.n}")
             out.append(take)
             batch -= len(take)
@@ -38,10 +39,14 @@ class Sampler:
         try:
             seed, epoch, pos = (int(s[k]) for k in ("seed", "epoch", "pos"))
         except (KeyError, TypeError, ValueError):
-            raise UserError(f"the checkpoint's sampler state {s!r} is not seed, epoch and pos as whole numbers; "
-                            "the checkpoint is damaged") from None
-        if not (0 <= seed < 2 ** 32 and epoch >= 0 and 0 <= pos < self.n):
-            raise UserError(f"the checkpoint's sampler state (seed {seed}, epoch {epoch}, pos {pos}) does not fit "
-                            f"a dataset of {self.n} images (0 <= pos < {self.n}); the checkpoint is damaged or of "
-                            "another dataset")
+            raise UserError(
+                f"the checkpoint's sampler state {s!r} is not seed, epoch and pos as whole numbers; "
+                "the checkpoint is damaged"
+            ) from None
+        if not (0 <= seed < 2**32 and epoch >= 0 and 0 <= pos < self.n):
+            raise UserError(
+                f"the checkpoint's sampler state (seed {seed}, epoch {epoch}, pos {pos}) does not fit "
+                f"a dataset of {self.n} images (0 <= pos < {self.n}); the checkpoint is damaged or of "
+                "another dataset"
+            )
         self.seed, self.epoch, self.pos, self._perm = seed, epoch, pos, None

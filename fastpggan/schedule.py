@@ -8,6 +8,7 @@ Starting at 4x4, each resolution trains for `lod_training_kimg` and then the nex
 
 Presets are the official config.py ones; minibatch and lr dicts map resolution -> value, with a base value.
 """
+
 import dataclasses
 import math
 from typing import Optional
@@ -16,19 +17,52 @@ TICK_KIMG = {4: 160, 8: 140, 16: 120, 32: 100, 64: 80, 128: 60, 256: 40, 512: 20
 
 PRESETS = {
     # Paper / v1: minibatch 16 and 800+800 kimg phases (mbstd group 16 in the official v1 preset).
-    "v1": dict(mbstd_group_size=16, minibatch_base=16, minibatch={256: 14, 512: 6, 1024: 3}, lr_base=0.001, lr={},
-               lod_training_kimg=800, lod_transition_kimg=800, total_kimg=19000),
-    "v2-1gpu": dict(minibatch_base=4, minibatch={4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4},
-                    lr_base=0.001, lr={1024: 0.0015}, lod_training_kimg=600, lod_transition_kimg=600, total_kimg=12000),
-    "v2-2gpus": dict(minibatch_base=8, minibatch={4: 256, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8},
-                     lr_base=0.001, lr={512: 0.0015, 1024: 0.002}, lod_training_kimg=600, lod_transition_kimg=600,
-                     total_kimg=12000),
-    "v2-4gpus": dict(minibatch_base=16, minibatch={4: 512, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16},
-                     lr_base=0.001, lr={256: 0.0015, 512: 0.002, 1024: 0.003}, lod_training_kimg=600,
-                     lod_transition_kimg=600, total_kimg=12000),
-    "v2-8gpus": dict(minibatch_base=32, minibatch={4: 512, 8: 256, 16: 128, 32: 64, 64: 32},
-                     lr_base=0.001, lr={128: 0.0015, 256: 0.002, 512: 0.003, 1024: 0.003}, lod_training_kimg=600,
-                     lod_transition_kimg=600, total_kimg=12000),
+    "v1": dict(
+        mbstd_group_size=16,
+        minibatch_base=16,
+        minibatch={256: 14, 512: 6, 1024: 3},
+        lr_base=0.001,
+        lr={},
+        lod_training_kimg=800,
+        lod_transition_kimg=800,
+        total_kimg=19000,
+    ),
+    "v2-1gpu": dict(
+        minibatch_base=4,
+        minibatch={4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4},
+        lr_base=0.001,
+        lr={1024: 0.0015},
+        lod_training_kimg=600,
+        lod_transition_kimg=600,
+        total_kimg=12000,
+    ),
+    "v2-2gpus": dict(
+        minibatch_base=8,
+        minibatch={4: 256, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8},
+        lr_base=0.001,
+        lr={512: 0.0015, 1024: 0.002},
+        lod_training_kimg=600,
+        lod_transition_kimg=600,
+        total_kimg=12000,
+    ),
+    "v2-4gpus": dict(
+        minibatch_base=16,
+        minibatch={4: 512, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16},
+        lr_base=0.001,
+        lr={256: 0.0015, 512: 0.002, 1024: 0.003},
+        lod_training_kimg=600,
+        lod_transition_kimg=600,
+        total_kimg=12000,
+    ),
+    "v2-8gpus": dict(
+        minibatch_base=32,
+        minibatch={4: 512, 8: 256, 16: 128, 32: 64, 64: 32},
+        lr_base=0.001,
+        lr={128: 0.0015, 256: 0.002, 512: 0.003, 1024: 0.003},
+        lod_training_kimg=600,
+        lod_transition_kimg=600,
+        total_kimg=12000,
+    ),
 }
 
 
@@ -66,10 +100,15 @@ class Schedule:
             lod -= max(kimg - phase * dur - self.lod_training_kimg, 0.0) / self.lod_transition_kimg
         lod = max(lod, 0.0)
         res = 2 ** (log2max - int(math.floor(lod)))
-        return Phase(kimg=kimg, lod=lod, resolution=res, alpha=1.0 - (lod - math.floor(lod)),
-                     minibatch=int(self.minibatch.get(res, self.minibatch_base)),
-                     lr=float(self.lr.get(res, self.lr_base)),
-                     tick_kimg=float(self.tick_kimg.get(res, self.tick_kimg_base)))
+        return Phase(
+            kimg=kimg,
+            lod=lod,
+            resolution=res,
+            alpha=1.0 - (lod - math.floor(lod)),
+            minibatch=int(self.minibatch.get(res, self.minibatch_base)),
+            lr=float(self.lr.get(res, self.lr_base)),
+            tick_kimg=float(self.tick_kimg.get(res, self.tick_kimg_base)),
+        )
 
     @staticmethod
     def lod_crossed_integer(prev_lod, lod):
@@ -88,8 +127,9 @@ class Schedule:
         d = min(max(top - lod, 0.0), float(top))
         p = int(math.floor(d))
         frac = d - p
-        return p * (self.lod_training_kimg + self.lod_transition_kimg) + \
-            (self.lod_training_kimg + frac * self.lod_transition_kimg if frac > 0 else 0.0)
+        return p * (self.lod_training_kimg + self.lod_transition_kimg) + (
+            self.lod_training_kimg + frac * self.lod_transition_kimg if frac > 0 else 0.0
+        )
 
     def images_per_resolution(self, nimg: int, total_nimg: int) -> dict:
         """{resolution: images} that training from `nimg` to `total_nimg` spends at each resolution (a fade-in

@@ -13,6 +13,7 @@ images.MAX_FILE_BYTES, or a decoded image over images.MAX_IMAGE_PIXELS, counts a
 declare more than MAX_ZIP_RATIO times the archive's size uncompressed is refused. Pickles (CIFAR-10) load numpy
 arrays only.
 """
+
 import hashlib
 import os
 import stat
@@ -27,7 +28,7 @@ from .formats import cifar, idx, lsun, tfrecords
 from .images import to_square_array
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-MAX_ZIP_RATIO = 100        # images in a zip are already compressed; a bomb declares 1000x its archive's size
+MAX_ZIP_RATIO = 100  # images in a zip are already compressed; a bomb declares 1000x its archive's size
 MAX_CLASSES = 1 << 16
 FINGERPRINT_BYTES = 1 << 30
 
@@ -52,14 +53,27 @@ class Source:
         ignored: entries of a folder that are not readable regular files, with the reason.
     """
 
-    def __init__(self, name: str, kind: str, fingerprint: str, *, array=None, entries=None, count=None,
-                 square=to_square_array, header=None, channels=None, levels=None, labels=None,
-                 default_resolution=None, ignored=()):
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        fingerprint: str,
+        *,
+        array=None,
+        entries=None,
+        count=None,
+        square=to_square_array,
+        header=None,
+        channels=None,
+        levels=None,
+        labels=None,
+        default_resolution=None,
+        ignored=(),
+    ):
         self.name, self.kind, self.fingerprint = name, kind, fingerprint
         self.array, self.entries, self.square, self.header, self.levels = array, entries, square, header, levels
         self.count = array.shape[0] if array is not None else levels.count if levels is not None else count
-        self.channels = array.shape[1] if array is not None else levels.num_channels if levels is not None \
-            else channels
+        self.channels = array.shape[1] if array is not None else levels.num_channels if levels is not None else channels
         self.labels, self.default_resolution, self.ignored = labels, default_resolution, ignored
 
 
@@ -105,13 +119,17 @@ def check_labels(raw, n: int, where: str) -> np.ndarray:
         lab = lab.argmax(1)
     lab = lab.reshape(-1)
     if lab.dtype.kind == "f" and (lab != np.round(lab)).any():
-        raise UserError(f"{where}: labels must be whole class indices, and some are fractional (first "
-                        f"{lab[lab != np.round(lab)][0]:g}); store one integer class per image")
+        raise UserError(
+            f"{where}: labels must be whole class indices, and some are fractional (first "
+            f"{lab[lab != np.round(lab)][0]:g}); store one integer class per image"
+        )
     if lab.shape[0] != n:
         raise UserError(f"{where}: {lab.shape[0]} labels for {n} images")
     if n and (lab.min() < 0 or lab.max() >= MAX_CLASSES):
-        raise UserError(f"{where}: labels must be class indices in [0, {MAX_CLASSES}), got values from "
-                        f"{lab.min():g} to {lab.max():g}")
+        raise UserError(
+            f"{where}: labels must be class indices in [0, {MAX_CLASSES}), got values from "
+            f"{lab.min():g} to {lab.max():g}"
+        )
     return lab.astype(np.int64)
 
 
@@ -134,7 +152,7 @@ def _array_source(path):
         try:
             arr = obj[key]
             labels = obj[lkey] if lkey else None
-        except Exception as e:   # object arrays need pickle, which is not allowed
+        except Exception as e:  # object arrays need pickle, which is not allowed
             raise UserError(f"cannot read {path}: {str(e).splitlines()[0]}; store plain numeric arrays") from None
     else:
         arr = obj
@@ -145,8 +163,10 @@ def _array_source(path):
     elif arr.ndim == 4 and arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
         arr = arr.transpose(0, 3, 1, 2)
     if arr.ndim != 4 or arr.shape[1] not in (1, 3, 4) or arr.shape[0] == 0:
-        raise UserError(f"{path}: expected uint8 images shaped (N, H, W), (N, H, W, C) or (N, C, H, W) with C in "
-                        f"1/3/4, got {arr.shape}")
+        raise UserError(
+            f"{path}: expected uint8 images shaped (N, H, W), (N, H, W, C) or (N, C, H, W) with C in "
+            f"1/3/4, got {arr.shape}"
+        )
     if arr.shape[1] == 4:
         arr = quantize(arr[:, :3].astype(np.float32) * (arr[:, 3:4].astype(np.float32) / 255.0))
     if labels is not None:
@@ -171,7 +191,7 @@ def _folder_source(spec, path):
                 continue
             r = os.path.relpath(os.path.join(d, f), path)
             try:
-                st = os.stat(os.path.join(path, r))   # a symlink loop or a dangling link raises here
+                st = os.stat(os.path.join(path, r))  # a symlink loop or a dangling link raises here
             except OSError as e:
                 ignored.append(f"{r} ({e.strerror})")
                 continue
@@ -185,13 +205,24 @@ def _folder_source(spec, path):
         h.update(f"{r}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     ignored.sort()
     if not rel:
-        raise UserError(f"data folder '{spec}' contains no images ({', '.join(IMAGE_EXTS)}, searched "
-                        "recursively)" + (f"; ignored {ignored[0]}" if ignored else ""))
+        raise UserError(
+            f"data folder '{spec}' contains no images ({', '.join(IMAGE_EXTS)}, searched "
+            "recursively)" + (f"; ignored {ignored[0]}" if ignored else "")
+        )
 
     def entries():
         return ((r, lambda r=r: _read_regular(os.path.join(path, r))) for r in rel)
-    return Source(os.path.basename(os.path.normpath(path)), "folder", h.hexdigest(), entries=entries, count=len(rel),
-                  labels=_labels_from_dirs(rel), header=lambda r: open(os.path.join(path, r), "rb"), ignored=ignored)
+
+    return Source(
+        os.path.basename(os.path.normpath(path)),
+        "folder",
+        h.hexdigest(),
+        entries=entries,
+        count=len(rel),
+        labels=_labels_from_dirs(rel),
+        header=lambda r: open(os.path.join(path, r), "rb"),
+        ignored=ignored,
+    )
 
 
 def _zip_source(spec, path):
@@ -207,9 +238,11 @@ def _zip_source(spec, path):
         raise UserError(f"zip '{spec}' contains no images ({', '.join(IMAGE_EXTS)})")
     declared, archive = sum(i.file_size for i in infos.values()), os.path.getsize(path)
     if declared > MAX_ZIP_RATIO * archive + images.MAX_FILE_BYTES:
-        raise UserError(f"zip '{spec}' declares {declared / 2 ** 30:.1f} GiB of images in a "
-                        f"{archive / 2 ** 20:.1f} MiB archive (over {MAX_ZIP_RATIO}x): refusing a likely zip bomb; "
-                        "unpack it yourself and pass the folder")
+        raise UserError(
+            f"zip '{spec}' declares {declared / 2**30:.1f} GiB of images in a "
+            f"{archive / 2**20:.1f} MiB archive (over {MAX_ZIP_RATIO}x): refusing a likely zip bomb; "
+            "unpack it yourself and pass the folder"
+        )
 
     def read(name):
         size = infos[name].file_size
@@ -220,8 +253,16 @@ def _zip_source(spec, path):
 
     def entries():
         return ((r, lambda r=r: read(r)) for r in rel)
-    return Source(os.path.basename(path), "zip", fingerprint(path), entries=entries, count=len(rel),
-                  labels=_labels_from_dirs(rel), header=zf.open)
+
+    return Source(
+        os.path.basename(path),
+        "zip",
+        fingerprint(path),
+        entries=entries,
+        count=len(rel),
+        labels=_labels_from_dirs(rel),
+        header=zf.open,
+    )
 
 
 def _builtin_source(spec):
@@ -237,7 +278,7 @@ def _tfrecords_source(path):
     folder = tfrecords.Folder(path)
     files = list(folder.files.values()) + ([folder.labels_file] if folder.labels_file else [])
     h = hashlib.sha256()
-    for p in files:   # stat only: official datasets run to tens of GB
+    for p in files:  # stat only: official datasets run to tens of GB
         st = os.stat(p)
         h.update(f"{os.path.basename(p)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     raw = folder.read_labels()
@@ -258,9 +299,18 @@ def _lsun_source(path):
 
     def entries() -> Iterator[Tuple[str, Callable[[], bytes]]]:
         return ((k, lambda v=v: v) for k, v in lsun.values(path))
-    name = os.path.basename(os.path.dirname(os.path.abspath(data)))   # <category>_train_lmdb
-    return Source(name, "lsun", h.hexdigest(), entries=entries, count=count, square=square, channels=3,
-                  default_resolution=lsun.DEFAULT_RESOLUTION)
+
+    name = os.path.basename(os.path.dirname(os.path.abspath(data)))  # <category>_train_lmdb
+    return Source(
+        name,
+        "lsun",
+        h.hexdigest(),
+        entries=entries,
+        count=count,
+        square=square,
+        channels=3,
+        default_resolution=lsun.DEFAULT_RESOLUTION,
+    )
 
 
 def _cifar_source(path):
@@ -285,9 +335,11 @@ def open_source(spec: Optional[str]) -> Source:
     if not os.path.exists(path):
         if spec in builtin_data.BUILTINS:
             return _builtin_source(spec)
-        raise UserError(f"data path '{spec}' does not exist; give a folder of images, a .zip, a .npy/.npz array, an "
-                        "official TFRecords folder, an LSUN lmdb folder, CIFAR-10 batches or MNIST idx files, or a "
-                        f"built-in dataset: {', '.join(builtin_data.BUILTINS)}")
+        raise UserError(
+            f"data path '{spec}' does not exist; give a folder of images, a .zip, a .npy/.npz array, an "
+            "official TFRecords folder, an LSUN lmdb folder, CIFAR-10 batches or MNIST idx files, or a "
+            f"built-in dataset: {', '.join(builtin_data.BUILTINS)}"
+        )
     if os.path.isdir(path):
         if any(f.endswith(".tfrecords") for f in os.listdir(path)):
             return _tfrecords_source(path)
@@ -313,7 +365,8 @@ def open_source(spec: Optional[str]) -> Source:
         return _lsun_source(path)
     if lower.endswith(".tfrecords"):
         raise UserError(f"'{spec}' is one file of an official dataset: pass its folder, which holds every resolution")
-    raise UserError(f"don't know how to read '{spec}': give a folder of images, a .zip, a .npy/.npz array, an "
-                    "official TFRecords folder, an LSUN lmdb folder, CIFAR-10 batches (folder or .tar.gz) or MNIST "
-                    "idx files")
-
+    raise UserError(
+        f"don't know how to read '{spec}': give a folder of images, a .zip, a .npy/.npz array, an "
+        "official TFRecords folder, an LSUN lmdb folder, CIFAR-10 batches (folder or .tar.gz) or MNIST "
+        "idx files"
+    )

@@ -25,6 +25,7 @@ Mixed precision (`amp_dtype`):
 In every backend the pixel-norm and minibatch-stddev statistics, the GP norm and the losses are computed in fp32;
 parameters, Adam state and G_ema stay fp32.
 """
+
 import functools
 from dataclasses import dataclass, fields
 from typing import Callable, Optional, Union
@@ -45,20 +46,29 @@ STEP_VERSION = 2
 @dataclass
 class StepInputs:
     """Everything random or data-dependent that one step consumes, as tensors on the training device."""
-    reals: torch.Tensor                       # (N, C, R, R) uint8
-    z_d: torch.Tensor                         # (N, latent) latents of the D step's fakes
-    u: torch.Tensor                           # (N,) GP mixing factors
-    z_g: torch.Tensor                         # (N, latent) latents of the G step
-    flip: Optional[torch.Tensor] = None       # (N,) bool mirror flags, or None without --mirror
-    labels_d: Optional[torch.Tensor] = None   # (N,) labels of the reals (and of the D step's fakes)
-    labels_g: Optional[torch.Tensor] = None   # (N,) labels of the G step's fakes
+
+    reals: torch.Tensor  # (N, C, R, R) uint8
+    z_d: torch.Tensor  # (N, latent) latents of the D step's fakes
+    u: torch.Tensor  # (N,) GP mixing factors
+    z_g: torch.Tensor  # (N, latent) latents of the G step
+    flip: Optional[torch.Tensor] = None  # (N,) bool mirror flags, or None without --mirror
+    labels_d: Optional[torch.Tensor] = None  # (N,) labels of the reals (and of the D step's fakes)
+    labels_g: Optional[torch.Tensor] = None  # (N,) labels of the G step's fakes
 
     def tensors(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
-def random_inputs(n: int, channels: int, res: int, latent_size: int, device: torch.device,
-                  generator: torch.Generator, mirror: bool = False, labels: bool = False) -> StepInputs:
+def random_inputs(
+    n: int,
+    channels: int,
+    res: int,
+    latent_size: int,
+    device: torch.device,
+    generator: torch.Generator,
+    mirror: bool = False,
+    labels: bool = False,
+) -> StepInputs:
     """Inputs of one step from `generator` (random images, latents, GP factors; no flips, class 0): what
     autotune records a stage's op calls with, and what the self-test times the step on."""
     dev = torch.device(device)
@@ -69,11 +79,20 @@ def random_inputs(n: int, channels: int, res: int, latent_size: int, device: tor
         z_d=torch.randn(n, latent_size, generator=generator, device=dev),
         u=torch.rand(n, generator=generator, device=dev),
         z_g=torch.randn(n, latent_size, generator=generator, device=dev),
-        flip=flags, labels_d=classes, labels_g=classes)
+        flip=flags,
+        labels_d=classes,
+        labels_g=classes,
+    )
 
 
-def reals_to_float(reals_u8: torch.Tensor, flip: Optional[torch.Tensor], alpha: Union[float, torch.Tensor],
-                   fading: bool, channels_last: bool, impl: str) -> torch.Tensor:
+def reals_to_float(
+    reals_u8: torch.Tensor,
+    flip: Optional[torch.Tensor],
+    alpha: Union[float, torch.Tensor],
+    fading: bool,
+    channels_last: bool,
+    impl: str,
+) -> torch.Tensor:
     """uint8 -> [-1, 1], per-sample mirror, and official process_reals: lerp(upsample(avgpool(x)), x, alpha)."""
     x = from_uint8(reals_u8)
     if flip is not None:
@@ -102,11 +121,24 @@ class TrainStep:
         batch_gpu: rows per forward pass; fewer than the minibatch accumulate gradients.
     """
 
-    def __init__(self, G: torch.nn.Module, D: torch.nn.Module, G_ema: torch.nn.Module, opt_G: torch.optim.Optimizer,
-                 opt_D: torch.optim.Optimizer, *, lambda_gp: float = 10.0, drift: float = 1e-3, ema: float = 0.999,
-                 gp_native_res: bool = False, impl: str = "auto", amp_dtype: Optional[torch.dtype] = None,
-                 channels_last: bool = False, ctx: Optional[distributed.Context] = None,
-                 batch_gpu: Optional[int] = None):
+    def __init__(
+        self,
+        G: torch.nn.Module,
+        D: torch.nn.Module,
+        G_ema: torch.nn.Module,
+        opt_G: torch.optim.Optimizer,
+        opt_D: torch.optim.Optimizer,
+        *,
+        lambda_gp: float = 10.0,
+        drift: float = 1e-3,
+        ema: float = 0.999,
+        gp_native_res: bool = False,
+        impl: str = "auto",
+        amp_dtype: Optional[torch.dtype] = None,
+        channels_last: bool = False,
+        ctx: Optional[distributed.Context] = None,
+        batch_gpu: Optional[int] = None,
+    ):
         self.G, self.D, self.G_ema, self.opt_G, self.opt_D = G, D, G_ema, opt_G, opt_D
         self.lambda_gp, self.drift, self.ema, self.impl = lambda_gp, drift, ema, impl
         self.gp_native_res = gp_native_res
@@ -136,8 +168,12 @@ class TrainStep:
     def _autocast(self):
         # No weight-cast cache: it would be captured into a graph, and without it each of D's three calls per
         # D step casts its own copy, so their weight gradients are summed in fp32 rather than in fp16.
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                              enabled=self.amp_dtype is not None, cache_enabled=False)
+        return torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+            cache_enabled=False,
+        )
 
     def _chunks(self, n):
         """Row slices of at most --batch-gpu rows (gradient accumulation)."""
@@ -192,8 +228,16 @@ class TrainStep:
         self.D.requires_grad_(True)
         return torch.stack([loss_D.float(), loss_G.float()])
 
-    def d_pass(self, reals: torch.Tensor, z: torch.Tensor, u: torch.Tensor, labels: Optional[torch.Tensor], res: int,
-               alpha: Union[float, torch.Tensor], loss_scale: Optional[torch.Tensor]) -> torch.Tensor:
+    def d_pass(
+        self,
+        reals: torch.Tensor,
+        z: torch.Tensor,
+        u: torch.Tensor,
+        labels: Optional[torch.Tensor],
+        res: int,
+        alpha: Union[float, torch.Tensor],
+        loss_scale: Optional[torch.Tensor],
+    ) -> torch.Tensor:
         """D's loss on reals, fakes and the penalty, and its backward into D's .grad (chunk by chunk), scaled by
         `loss_scale` (fp16's GradScaler; None: 1); -> the detached loss. What fastpggan.compiled_step compiles as
         one graph."""
@@ -205,16 +249,31 @@ class TrainStep:
             with self._autocast():
                 with torch.no_grad():
                     fakes = self.G(z[c], res, alpha, lab)
-                part = losses.d_loss_wgan_gp(functools.partial(self.D, alpha=alpha), reals[c], fakes,
-                                             lambda_gp=self.lambda_gp, drift=self.drift, labels=lab, target=gp_target,
-                                             impl=self.impl, u=u[c], grad_scale=loss_scale)
+                part = losses.d_loss_wgan_gp(
+                    functools.partial(self.D, alpha=alpha),
+                    reals[c],
+                    fakes,
+                    lambda_gp=self.lambda_gp,
+                    drift=self.drift,
+                    labels=lab,
+                    target=gp_target,
+                    impl=self.impl,
+                    u=u[c],
+                    grad_scale=loss_scale,
+                )
             part = part * ((c.stop - c.start) / n)
             (part if loss_scale is None else part * loss_scale).backward()
             loss = loss + part.detach()
         return loss
 
-    def g_pass(self, z: torch.Tensor, labels: Optional[torch.Tensor], res: int,
-               alpha: Union[float, torch.Tensor], loss_scale: Optional[torch.Tensor]) -> torch.Tensor:
+    def g_pass(
+        self,
+        z: torch.Tensor,
+        labels: Optional[torch.Tensor],
+        res: int,
+        alpha: Union[float, torch.Tensor],
+        loss_scale: Optional[torch.Tensor],
+    ) -> torch.Tensor:
         """G's loss -D(G(z)) and its backward into G's .grad (D frozen), scaled by `loss_scale`; -> the detached
         loss."""
         n = z.shape[0]
@@ -222,8 +281,9 @@ class TrainStep:
         for c in self._chunks(n):
             lab = labels[c] if labels is not None else None
             with self._autocast():
-                part = losses.g_loss_wgan(functools.partial(self.D, alpha=alpha), self.G(z[c], res, alpha, lab),
-                                          labels=lab)
+                part = losses.g_loss_wgan(
+                    functools.partial(self.D, alpha=alpha), self.G(z[c], res, alpha, lab), labels=lab
+                )
             part = part * ((c.stop - c.start) / n)
             (part if loss_scale is None else part * loss_scale).backward()
             loss = loss + part.detach()
@@ -292,8 +352,7 @@ class CudaGraphStep:
     def _snapshot(self):
         s = self.step_eager
         had_state = {id(p) for opt in (s.opt_G, s.opt_D) for p in opt.state}
-        return ([(t, t.detach().clone()) for t in self._state_tensors()], had_state,
-                s.scaler_state())
+        return ([(t, t.detach().clone()) for t in self._state_tensors()], had_state, s.scaler_state())
 
     def _restore(self, snap):
         s = self.step_eager
@@ -301,7 +360,7 @@ class CudaGraphStep:
         with torch.no_grad():
             for t, v in saved:
                 t.copy_(v)
-            for opt in (s.opt_G, s.opt_D):   # state the warm-up created: back to Adam's initial zeros
+            for opt in (s.opt_G, s.opt_D):  # state the warm-up created: back to Adam's initial zeros
                 for p, st in opt.state.items():
                     if id(p) not in had_state:
                         zero_state_(st)
@@ -317,12 +376,12 @@ class CudaGraphStep:
         self.graph = None
         self.static = {name: torch.empty_like(t) for name, t in inputs.tensors().items()}
         static_inputs = StepInputs(**self.static)
-        alpha_arg = s.alpha_arg(alpha)   # 1.0, or alpha_t, which _fill rewrites before every run
+        alpha_arg = s.alpha_arg(alpha)  # 1.0, or alpha_t, which _fill rewrites before every run
 
         def body():
             self.out.copy_(s.run(static_inputs, key[0], alpha_arg))
 
-        if s.scaler_D.is_enabled():   # lazy-create the scale tensors outside the capture
+        if s.scaler_D.is_enabled():  # lazy-create the scale tensors outside the capture
             s.scaler_D.scale(torch.ones((), device=s.device))
             s.scaler_G.scale(torch.ones((), device=s.device))
         snap = self._snapshot()
@@ -343,14 +402,16 @@ class CudaGraphStep:
             s.opt_D.zero_grad(set_to_none=True)
             self.graph = self.capture(body)
             self.key = key
-        except Exception as e:   # any capture failure falls back to the eager step
+        except Exception as e:  # any capture failure falls back to the eager step
             self.failed, self.graph, self.static = True, None, {}
             if s.device.type == "cuda":
                 torch.cuda.synchronize(s.device)
             self._restore(snap)
-            self.log(f"warning: CUDA-graph capture failed at {key[0]}x{key[0]} ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0][:200] if str(e) else ''}); training continues eagerly "
-                     "(--cuda-graphs off hides this warning)")
+            self.log(
+                f"warning: CUDA-graph capture failed at {key[0]}x{key[0]} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200] if str(e) else ''}); training continues eagerly "
+                "(--cuda-graphs off hides this warning)"
+            )
 
     def step(self, inputs: StepInputs, res: int, alpha: float) -> torch.Tensor:
         if self.failed:

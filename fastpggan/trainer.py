@@ -5,6 +5,7 @@ G step, TF's Adam), with Adam reset whenever lod crosses an integer. A tick of `
 grid from fixed latents through G_ema and, every `snap_ticks` ticks, writes a checkpoint. Deviation (tiny): the
 schedule is re-evaluated every step rather than every 4 minibatches.
 """
+
 import contextlib
 import copy
 import dataclasses
@@ -48,15 +49,16 @@ def _stop_signals(trainer):
         if trainer.stop_requested or trainer.sigint_seen:
             raise KeyboardInterrupt
         if trainer.ctx.world > 1:
-            trainer.sigint_seen = True   # shared at the end of the step, so that every rank stops at the same one
+            trainer.sigint_seen = True  # shared at the end of the step, so that every rank stops at the same one
         else:
             trainer.stop_requested = True
+
     try:
-        if old_int is not signal.SIG_IGN:   # a background job ignores Ctrl-C; so does its training loop
+        if old_int is not signal.SIG_IGN:  # a background job ignores Ctrl-C; so does its training loop
             signal.signal(signal.SIGINT, on_sigint)
         if trainer.ctx.world > 1:
             old_term = signal.signal(signal.SIGTERM, _raise_terminated)
-    except ValueError:   # not the main thread
+    except ValueError:  # not the main thread
         old_int = None
     try:
         yield
@@ -81,8 +83,16 @@ class Trainer:
         dist_ctx: the distributed context (default: one process); its world size is cfg.world.
     """
 
-    def __init__(self, cfg: RunConfig, dataset, run_dir: str, progress: bool = True, log: Callable = print,
-                 metrics: Optional[dict] = None, dist_ctx: Optional[distributed.Context] = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        dataset,
+        run_dir: str,
+        progress: bool = True,
+        log: Callable = print,
+        metrics: Optional[dict] = None,
+        dist_ctx: Optional[distributed.Context] = None,
+    ):
         self.cfg, self.dataset, self.run_dir, self.progress, self.log = cfg, dataset, run_dir, progress, log
         self.device = device = cfg.torch_device
         self.ctx = dist_ctx or distributed.Context()
@@ -103,15 +113,24 @@ class Trainer:
         self.opt_G = make_optimizer(self.G.parameters(), device, self.schedule.lr_base, capturable=cfg.cuda_graphs)
         self.opt_D = make_optimizer(self.D.parameters(), device, self.schedule.lr_base, capturable=cfg.cuda_graphs)
         self.amp_dtype = cfg.autocast_dtype
-        step_args = dict(lambda_gp=cfg.lambda_gp, drift=cfg.drift, ema=cfg.ema, gp_native_res=cfg.gp_native_res,
-                         impl=cfg.impl, amp_dtype=self.amp_dtype, channels_last=cfg.channels_last, ctx=self.ctx,
-                         batch_gpu=cfg.batch_gpu)
+        step_args = dict(
+            lambda_gp=cfg.lambda_gp,
+            drift=cfg.drift,
+            ema=cfg.ema,
+            gp_native_res=cfg.gp_native_res,
+            impl=cfg.impl,
+            amp_dtype=self.amp_dtype,
+            channels_last=cfg.channels_last,
+            ctx=self.ctx,
+            batch_gpu=cfg.batch_gpu,
+        )
         if cfg.compile_step:
             step_args["log"] = log
-        self.train_step = (CompiledStep if cfg.compile_step else TrainStep)(self.G, self.D, self.G_ema, self.opt_G,
-                                                                              self.opt_D, **step_args)
+        self.train_step = (CompiledStep if cfg.compile_step else TrainStep)(
+            self.G, self.D, self.G_ema, self.opt_G, self.opt_D, **step_args
+        )
         self.runner = CudaGraphStep(self.train_step, log=log) if cfg.cuda_graphs else self.train_step
-        self.stop_flag = None   # multi-process: the all-reduced Ctrl-C flag of the last step (read every 10 steps)
+        self.stop_flag = None  # multi-process: the all-reduced Ctrl-C flag of the last step (read every 10 steps)
         self.sampler = Sampler(len(dataset), seed=cfg.seed)
         self.nimg, self.prev_lod, self.tick, self.tick_start_nimg = 0, None, 0, 0
         gen = torch.Generator().manual_seed(cfg.seed + 123456789)
@@ -122,7 +141,7 @@ class Trainer:
         self.stop_requested = False
         self.sigint_seen = False
         self.resumed_nimg = None
-        self.resumed_from = None   # the checkpoint this run resumed from: --keep never deletes it
+        self.resumed_from = None  # the checkpoint this run resumed from: --keep never deletes it
         self.eta = Eta(self, say=tqdm.write if progress else log)
         self.ticks = Ticks(self)
 
@@ -141,13 +160,24 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return dict(config=self.cfg.to_dict(), G=self.G.state_dict(), D=self.D.state_dict(),
-                    G_ema=self.G_ema.state_dict(),
-                    opt_G=optimizer_state(self.opt_G), opt_D=optimizer_state(self.opt_D),
-                    scaler=self.train_step.scaler_state(), rng=rng,
-                    sampler=self.sampler.state_dict(),
-                    progress=dict(nimg=self.nimg, prev_lod=self.prev_lod, tick=self.tick,
-                                  tick_start_nimg=self.tick_start_nimg, **self._phase_info()))
+        return dict(
+            config=self.cfg.to_dict(),
+            G=self.G.state_dict(),
+            D=self.D.state_dict(),
+            G_ema=self.G_ema.state_dict(),
+            opt_G=optimizer_state(self.opt_G),
+            opt_D=optimizer_state(self.opt_D),
+            scaler=self.train_step.scaler_state(),
+            rng=rng,
+            sampler=self.sampler.state_dict(),
+            progress=dict(
+                nimg=self.nimg,
+                prev_lod=self.prev_lod,
+                tick=self.tick,
+                tick_start_nimg=self.tick_start_nimg,
+                **self._phase_info(),
+            ),
+        )
 
     def load_state_dict(self, state, path):
         self.resumed_from = path
@@ -163,12 +193,17 @@ class Trainer:
             if self.device.type == "cuda" and "cuda" in state["rng"]:
                 torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
             p = state["progress"]
-            self.nimg, self.prev_lod, self.tick, self.tick_start_nimg = \
-                int(p["nimg"]), p["prev_lod"], int(p["tick"]), int(p["tick_start_nimg"])
+            self.nimg, self.prev_lod, self.tick, self.tick_start_nimg = (
+                int(p["nimg"]),
+                p["prev_lod"],
+                int(p["tick"]),
+                int(p["tick_start_nimg"]),
+            )
             self.resumed_nimg = self.nimg
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise UserError(f"checkpoint '{path}' is incompatible with this run "
-                            f"({str(e).splitlines()[0][:200]})") from None
+            raise UserError(
+                f"checkpoint '{path}' is incompatible with this run ({str(e).splitlines()[0][:200]})"
+            ) from None
 
     def start_from(self, state: dict, nimg: int) -> None:
         """Begin this new run with another checkpoint's G, D and G_ema (train --init) at `nimg` of the schedule; the
@@ -197,7 +232,7 @@ class Trainer:
     # -- one step -----------------------------------------------------------------------------------------------
     def _to_device(self, array):
         t = torch.from_numpy(np.ascontiguousarray(array))
-        if self.device.type == "cuda":   # pinned, so the copy overlaps the previous step's kernels
+        if self.device.type == "cuda":  # pinned, so the copy overlaps the previous step's kernels
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 
@@ -212,8 +247,9 @@ class Trainer:
         z_d = torch.randn(n, self.G.latent_size, device=dev)[shard]
         u = torch.rand(n, device=dev)[shard]
         z_g = torch.randn(n, self.G.latent_size, device=dev)[shard]
-        labels_g = self.labels[torch.randint(len(self.labels), (n,), device=dev)[shard]] \
-            if self.labels is not None else None
+        labels_g = (
+            self.labels[torch.randint(len(self.labels), (n,), device=dev)[shard]] if self.labels is not None else None
+        )
         return StepInputs(reals=reals, z_d=z_d, u=u, z_g=z_g, flip=flip, labels_d=labels_d, labels_g=labels_g)
 
     def step(self, ph):
@@ -242,9 +278,15 @@ class Trainer:
         bar = None
         if self.progress:
             # tqdm's own remaining time assumes every kimg costs the same; the eta in the postfix does not
-            bar = tqdm(total=round(total / 1000, 3), initial=round(self.nimg / 1000, 3), unit="kimg",
-                       dynamic_ncols=True, smoothing=0.05, mininterval=1.0,
-                       bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}{postfix}]")
+            bar = tqdm(
+                total=round(total / 1000, 3),
+                initial=round(self.nimg / 1000, 3),
+                unit="kimg",
+                dynamic_ncols=True,
+                smoothing=0.05,
+                mininterval=1.0,
+                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}{postfix}]",
+            )
         tick_time, tick_losses, steps = time.time(), [], 0
         rate_mark = (tick_time, self.nimg)
         if self.device.type == "cuda":
@@ -259,17 +301,19 @@ class Trainer:
                 try:
                     losses_ = self.step(ph)
                 except torch.cuda.OutOfMemoryError:
-                    raise UserError(f"CUDA out of memory at {ph.resolution}x{ph.resolution} with minibatch "
-                                    f"{ph.minibatch}: pass a smaller one (--minibatch {ph.resolution}:"
-                                    f"{max(ph.minibatch // 2, 1)}) or use --amp") from None
-                if self.compile_seconds != compiled:   # --compile-step's compiles count in neither sec/kimg nor eta
+                    raise UserError(
+                        f"CUDA out of memory at {ph.resolution}x{ph.resolution} with minibatch "
+                        f"{ph.minibatch}: pass a smaller one (--minibatch {ph.resolution}:"
+                        f"{max(ph.minibatch // 2, 1)}) or use --amp"
+                    ) from None
+                if self.compile_seconds != compiled:  # --compile-step's compiles count in neither sec/kimg nor eta
                     tick_time += self.compile_seconds - compiled
                     rate_mark = (rate_mark[0] + self.compile_seconds - compiled, rate_mark[1])
                 tick_losses.append(losses_)
                 steps += 1
-                if steps % 10 == 1:   # losses are the same on every rank, so all ranks stop together on a NaN
+                if steps % 10 == 1:  # losses are the same on every rank, so all ranks stop together on a NaN
                     values = losses_.tolist()
-                    if not self.loss_scaling:   # fp16: an overflow step is skipped; judged per tick instead
+                    if not self.loss_scaling:  # fp16: an overflow step is skipped; judged per tick instead
                         self.ticks.check_finite(values, ph, last_ckpt)
                     if self.stop_flag is not None and self.stop_flag.item() > 0:
                         self.stop_requested = True
@@ -277,21 +321,29 @@ class Trainer:
                     now = time.time()
                     rate = (self.nimg - rate_mark[1]) / max(now - rate_mark[0], 1e-9)
                     if steps > 1:
-                        eta = self.eta.update(ph.resolution, now - rate_mark[0], self.nimg - rate_mark[1], self.nimg,
-                                              total)
-                    rate_mark = (time.time(), self.nimg)   # after the eta's one-off forward-pass probe
+                        eta = self.eta.update(
+                            ph.resolution, now - rate_mark[0], self.nimg - rate_mark[1], self.nimg, total
+                        )
+                    rate_mark = (time.time(), self.nimg)  # after the eta's one-off forward-pass probe
                     if bar is not None and steps > 1:
-                        bar.set_postfix_str(f"<{tqdm.format_interval(eta)}, res {ph.resolution} alpha {ph.alpha:.2f} "
-                                            f"D {values[0]:.3f} G {values[1]:.3f} {rate:.0f} img/s", refresh=False)
+                        bar.set_postfix_str(
+                            f"<{tqdm.format_interval(eta)}, res {ph.resolution} alpha {ph.alpha:.2f} "
+                            f"D {values[0]:.3f} G {values[1]:.3f} {rate:.0f} img/s",
+                            refresh=False,
+                        )
                 if bar is not None:
                     bar.update(round(ph.minibatch / 1000, 3))
                 done = self.nimg >= total
                 if self.nimg >= self.tick_start_nimg + ph.tick_kimg * 1000 or done or self.stop_requested:
-                    last_ckpt = self.ticks.end(ph, tick_losses, tick_time, last_ckpt,
-                                               force_snapshot=done or self.stop_requested) or last_ckpt
-                    tick_time, tick_losses = time.time(), []   # snapshot time is excluded from sec/kimg
+                    last_ckpt = (
+                        self.ticks.end(
+                            ph, tick_losses, tick_time, last_ckpt, force_snapshot=done or self.stop_requested
+                        )
+                        or last_ckpt
+                    )
+                    tick_time, tick_losses = time.time(), []  # snapshot time is excluded from sec/kimg
                     rate_mark = (tick_time, self.nimg)
-        if self.stop_requested:   # the tick that saw the request ended with a checkpoint
+        if self.stop_requested:  # the tick that saw the request ended with a checkpoint
             self.log(f"interrupted: saved {last_ckpt}; continue with --resume {last_ckpt}")
             raise SystemExit(130)
         return last_ckpt

@@ -6,6 +6,7 @@ Also the checks a command makes before its work: an explicit output that exists 
 that is the command's own input always (`check_output`), and a folder that cannot take the output is found out
 before minutes of work, not after (`check_writable`).
 """
+
 import errno
 import os
 from typing import Callable, Optional, Sequence
@@ -21,7 +22,7 @@ _WHY = {
     errno.EPERM: ("permission denied", "choose a folder you may write to"),
     errno.EISDIR: ("it is a folder", "give a file path"),
     errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
-    errno.EEXIST: ("a part of the path is a file, not a folder", "check the path"),   # os.makedirs says EEXIST
+    errno.EEXIST: ("a part of the path is a file, not a folder", "check the path"),  # os.makedirs says EEXIST
     errno.ENAMETOOLONG: ("the name is too long", "choose a shorter path"),
 }
 
@@ -54,7 +55,7 @@ def atomic(path: str, write: Callable[[str], None], hint: Optional[str] = None) 
         os.makedirs(folder, exist_ok=True)
         if os.path.isdir(path):
             raise IsADirectoryError(errno.EISDIR, "is a folder", path)
-        if os.path.exists(path) and not os.path.isfile(path):   # the rename would replace a device node
+        if os.path.exists(path) and not os.path.isfile(path):  # the rename would replace a device node
             raise WriteFailed(path, "it is not a regular file (a device, pipe or socket)", "give a file path")
         write(tmp)
         with open(tmp, "rb") as f:
@@ -74,9 +75,11 @@ def atomic(path: str, write: Callable[[str], None], hint: Optional[str] = None) 
 
 def write_npz(path: str, **arrays) -> None:
     """numpy.savez of `arrays` to `path`, atomically (see atomic); `path` keeps its name, .npz or not."""
+
     def write(tmp):
-        with open(tmp, "wb") as f:   # a file object: savez would append .npz to a name
+        with open(tmp, "wb") as f:  # a file object: savez would append .npz to a name
             np.savez(f, **arrays)
+
     atomic(path, write)
 
 
@@ -90,7 +93,7 @@ def reserve(path: str, offset: int, length: int) -> None:
             try:
                 os.posix_fallocate(f.fileno(), offset, length)
                 return
-            except AttributeError:   # no posix_fallocate on this platform
+            except AttributeError:  # no posix_fallocate on this platform
                 pass
             except OSError as e:
                 if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
@@ -98,7 +101,7 @@ def reserve(path: str, offset: int, length: int) -> None:
             f.seek(offset)
             chunk = bytes(1 << 20)
             for start in range(0, length, len(chunk)):
-                f.write(chunk[:min(len(chunk), length - start)])
+                f.write(chunk[: min(len(chunk), length - start)])
             f.flush()
     except OSError as e:
         raise OSError(e.errno, e.strerror, path) from None
@@ -106,14 +109,22 @@ def reserve(path: str, offset: int, length: int) -> None:
 
 def write_text(path: str, text: str, hint: Optional[str] = None) -> None:
     """`text` to `path`, atomically (see atomic)."""
+
     def write(tmp):
         with open(tmp, "w") as f:
             f.write(text)
+
     atomic(path, write, hint)
 
 
-def check_output(path: str, flag: str, force: bool, inputs: Sequence[Optional[str]] = (),
-                 force_flag: Optional[str] = "--force", folder_ok: bool = False) -> None:
+def check_output(
+    path: str,
+    flag: str,
+    force: bool,
+    inputs: Sequence[Optional[str]] = (),
+    force_flag: Optional[str] = "--force",
+    folder_ok: bool = False,
+) -> None:
     """Refuse, before any work, an output path that is one of the command's `inputs` (always), a folder (unless
     `folder_ok`), an existing file unless `force`, or one whose folder cannot be written (a missing folder is fine:
     the write creates it). `flag` names the option in the message; `force_flag` the option that allows
@@ -122,7 +133,7 @@ def check_output(path: str, flag: str, force: bool, inputs: Sequence[Optional[st
     if os.path.exists(path):
         if os.path.isdir(path) and not folder_ok:
             raise UserError(f"{flag} '{path}' is a folder; give a file path")
-        if not os.path.isdir(path) and not os.path.isfile(path):   # --force or not: the rename would replace it
+        if not os.path.isdir(path) and not os.path.isfile(path):  # --force or not: the rename would replace it
             raise UserError(f"{flag} '{path}' is not a regular file (a device, pipe or socket); give a file path")
         if not force:
             todo = f"add {force_flag} to overwrite it, or choose" if force_flag else "remove it or choose"
@@ -162,7 +173,7 @@ def check_writable(folder: str, flag: str) -> None:
     finally:
         if os.path.lexists(probe):
             os.remove(probe)
-        for d in made:   # deepest first: leave no folder the command did not write into
+        for d in made:  # deepest first: leave no folder the command did not write into
             try:
                 os.rmdir(d)
             except OSError:

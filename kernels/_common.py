@@ -1,5 +1,6 @@
 """Launch helpers shared by the kernels: output allocation, block sizes, index width and the Triton
 accumulator dtype (layouts and the accumulator rule itself are in _tensors)."""
+
 import os
 
 import torch
@@ -43,7 +44,7 @@ def acc_dtype(t):
 
 def needs_int64(*tensors):
     """Whether element offsets can pass int32 (with a block of slack); int64 index arithmetic costs far more."""
-    return any(t.numel() >= 2 ** 31 - 2 ** 16 for t in tensors)
+    return any(t.numel() >= 2**31 - 2**16 for t in tensors)
 
 
 @triton.jit

@@ -1,5 +1,6 @@
 """What the kernels' tensors look like, in plain torch (no Triton), so that the ops' fake functions and the
 kernels' launchers share one rule each: the memory layouts they accept and keep, and the dtype they sum in."""
+
 import torch
 
 
@@ -29,5 +30,6 @@ def like_layout(t, ref):
 def empty_in_layout_of(ref, shape=None, dtype=None):
     """An empty tensor laid out as the kernels lay out their output for input `ref`."""
     fmt = torch.channels_last if is_channels_last(ref) else torch.contiguous_format
-    return torch.empty(ref.shape if shape is None else shape, dtype=dtype or ref.dtype, device=ref.device,
-                       memory_format=fmt)
+    return torch.empty(
+        ref.shape if shape is None else shape, dtype=dtype or ref.dtype, device=ref.device, memory_format=fmt
+    )

@@ -11,6 +11,7 @@ Each function is the body of the op of the same name (fastpggan.ops registers th
 Tensors are NCHW-contiguous (any rank >= 2, channel axis 1) or 4-d channels_last; outputs keep the layout.
 fp16/bf16 are computed in fp32, fp64 in fp64.
 """
+
 import triton
 import triton.language as tl
 
@@ -31,9 +32,22 @@ PIXEL_NORM_EPS = 1e-8
 
 
 @triton.jit
-def _bias_act_kernel(x_ptr, b_ptr, ref_ptr, y_ptr, numel, C, c_stride, gain, slope,
-                     HAS_BIAS: tl.constexpr, MASK_FROM_REF: tl.constexpr, INT64: tl.constexpr, ACC: tl.constexpr,
-                     BLOCK: tl.constexpr):
+def _bias_act_kernel(
+    x_ptr,
+    b_ptr,
+    ref_ptr,
+    y_ptr,
+    numel,
+    C,
+    c_stride,
+    gain,
+    slope,
+    HAS_BIAS: tl.constexpr,
+    MASK_FROM_REF: tl.constexpr,
+    INT64: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     offs = program_start(BLOCK, INT64) + tl.arange(0, BLOCK)
     inb = offs < numel
     v = tl.load(x_ptr + offs, mask=inb).to(ACC) * gain
@@ -69,9 +83,21 @@ def bias_act(x, bias, gain, slope, ref=None):
         return y
     c, _, c_stride, _, _ = _channel_geometry(x)
     _bias_act_kernel[(cdiv(x.numel(), ELEMENTWISE_BLOCK),)](
-        x, bias if bias is not None else x, ref if ref is not None else x, y, x.numel(), c, c_stride,
-        float(gain), float(slope), HAS_BIAS=bias is not None, MASK_FROM_REF=ref is not None, INT64=needs_int64(x),
-        ACC=acc_dtype(x), BLOCK=ELEMENTWISE_BLOCK)
+        x,
+        bias if bias is not None else x,
+        ref if ref is not None else x,
+        y,
+        x.numel(),
+        c,
+        c_stride,
+        float(gain),
+        float(slope),
+        HAS_BIAS=bias is not None,
+        MASK_FROM_REF=ref is not None,
+        INT64=needs_int64(x),
+        ACC=acc_dtype(x),
+        BLOCK=ELEMENTWISE_BLOCK,
+    )
     return y
 
 
@@ -102,11 +128,29 @@ def _activated(x_ptr, b_ptr, offs, m, c, C, gain, slope, HAS_BIAS: tl.constexpr,
 
 
 @triton.jit
-def _pixel_norm_fwd_kernel(x_ptr, b_ptr, y_ptr, r_ptr, P, HW, C, s_c, s_p, s_n, gain, slope, eps,
-                           HAS_BIAS: tl.constexpr, INT64: tl.constexpr, CHUNKED: tl.constexpr, ACC: tl.constexpr,
-                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _pixel_norm_fwd_kernel(
+    x_ptr,
+    b_ptr,
+    y_ptr,
+    r_ptr,
+    P,
+    HW,
+    C,
+    s_c,
+    s_p,
+    s_n,
+    gain,
+    slope,
+    eps,
+    HAS_BIAS: tl.constexpr,
+    INT64: tl.constexpr,
+    CHUNKED: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     p0 = program_start(BLOCK_P, INT64)
-    if CHUNKED:   # more channels than a tile holds in registers: sum the squares chunk by chunk, then write
+    if CHUNKED:  # more channels than a tile holds in registers: sum the squares chunk by chunk, then write
         p, _, _ = _pixel_tile(p0, P, HW, C, s_c, s_p, s_n, BLOCK_P, BLOCK_C)
         base = ((p // HW) * s_n + (p % HW) * s_p)[:, None]
         ss = tl.zeros([BLOCK_P], ACC)
@@ -131,21 +175,38 @@ def _pixel_norm_fwd_kernel(x_ptr, b_ptr, y_ptr, r_ptr, P, HW, C, s_c, s_p, s_n, 
 
 
 @triton.jit
-def _pixel_norm_bwd_kernel(dy_ptr, y_ptr, r_ptr, dx_ptr, P, HW, C, s_c, s_p, s_n, gain, slope,
-                           INT64: tl.constexpr, CHUNKED: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr,
-                           BLOCK_C: tl.constexpr):
+def _pixel_norm_bwd_kernel(
+    dy_ptr,
+    y_ptr,
+    r_ptr,
+    dx_ptr,
+    P,
+    HW,
+    C,
+    s_c,
+    s_p,
+    s_n,
+    gain,
+    slope,
+    INT64: tl.constexpr,
+    CHUNKED: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     p0 = program_start(BLOCK_P, INT64)
     p, offs, m = _pixel_tile(p0, P, HW, C, s_c, s_p, s_n, BLOCK_P, BLOCK_C)
     r = tl.load(r_ptr + p, mask=p < P, other=0).to(ACC)
-    if CHUNKED:   # the dot product chunk by chunk, then dx
+    if CHUNKED:  # the dot product chunk by chunk, then dx
         base = ((p // HW) * s_n + (p % HW) * s_p)[:, None]
         dot = tl.zeros([BLOCK_P], ACC)
         for c0 in range(0, C, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
             m = (p < P)[:, None] & (c < C)[None, :]
             offs = base + (c * s_c)[None, :]
-            dot += tl.sum(tl.load(dy_ptr + offs, mask=m, other=0).to(ACC) *
-                          tl.load(y_ptr + offs, mask=m, other=0).to(ACC), axis=1)
+            dot += tl.sum(
+                tl.load(dy_ptr + offs, mask=m, other=0).to(ACC) * tl.load(y_ptr + offs, mask=m, other=0).to(ACC), axis=1
+            )
         dot = dot / C
         for c0 in range(0, C, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
@@ -199,9 +260,27 @@ def bias_act_pn(x, bias, gain, slope):
     if x.numel() == 0:
         return y, r
     _pixel_norm_fwd_kernel[(cdiv(pixels, block_p),)](
-        x, bias if bias is not None else x, y, r, pixels, hw, c, s_c, s_p, s_n, float(gain), float(slope),
-        PIXEL_NORM_EPS, HAS_BIAS=bias is not None, INT64=needs_int64(x), CHUNKED=chunked, ACC=acc_dtype(x),
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps)
+        x,
+        bias if bias is not None else x,
+        y,
+        r,
+        pixels,
+        hw,
+        c,
+        s_c,
+        s_p,
+        s_n,
+        float(gain),
+        float(slope),
+        PIXEL_NORM_EPS,
+        HAS_BIAS=bias is not None,
+        INT64=needs_int64(x),
+        CHUNKED=chunked,
+        ACC=acc_dtype(x),
+        BLOCK_P=block_p,
+        BLOCK_C=block_c,
+        num_warps=warps,
+    )
     return y, r
 
 
@@ -214,6 +293,23 @@ def bias_act_pn_grad(dy, y, r, gain, slope):
     if y.numel() == 0:
         return dx
     _pixel_norm_bwd_kernel[(cdiv(pixels, block_p),)](
-        dy, y, r, dx, pixels, hw, c, s_c, s_p, s_n, float(gain), float(slope),
-        INT64=needs_int64(y), CHUNKED=chunked, ACC=acc_dtype(y), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps)
+        dy,
+        y,
+        r,
+        dx,
+        pixels,
+        hw,
+        c,
+        s_c,
+        s_p,
+        s_n,
+        float(gain),
+        float(slope),
+        INT64=needs_int64(y),
+        CHUNKED=chunked,
+        ACC=acc_dtype(y),
+        BLOCK_P=block_p,
+        BLOCK_C=block_c,
+        num_warps=warps,
+    )
     return dx

@@ -7,6 +7,7 @@ high the same size) both are elementwise.
 `alpha` is a float, or a 1-element device tensor read by the kernel (so CUDA graphs can update it in place).
 Both tensors are NCHW-contiguous or both channels_last.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -44,9 +45,23 @@ def _low_offset(offs, C, H, W, UP: tl.constexpr, CHANNELS_LAST: tl.constexpr):
 
 
 @triton.jit
-def _fade_in_fwd_kernel(low_ptr, high_ptr, y_ptr, alpha, alpha_ptr, numel, C, H, W, UP: tl.constexpr,
-                        CHANNELS_LAST: tl.constexpr, ALPHA_PTR: tl.constexpr, INT64: tl.constexpr,
-                        ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _fade_in_fwd_kernel(
+    low_ptr,
+    high_ptr,
+    y_ptr,
+    alpha,
+    alpha_ptr,
+    numel,
+    C,
+    H,
+    W,
+    UP: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
+    ALPHA_PTR: tl.constexpr,
+    INT64: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     offs = program_start(BLOCK, INT64) + tl.arange(0, BLOCK)
     inb = offs < numel
     a = _alpha(alpha, alpha_ptr, ALPHA_PTR, ACC)
@@ -56,9 +71,23 @@ def _fade_in_fwd_kernel(low_ptr, high_ptr, y_ptr, alpha, alpha_ptr, numel, C, H,
 
 
 @triton.jit
-def _fade_in_bwd_kernel(dy_ptr, dlow_ptr, dhigh_ptr, alpha, alpha_ptr, numel_low, C, H, W, UP: tl.constexpr,
-                        CHANNELS_LAST: tl.constexpr, ALPHA_PTR: tl.constexpr, INT64: tl.constexpr,
-                        ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _fade_in_bwd_kernel(
+    dy_ptr,
+    dlow_ptr,
+    dhigh_ptr,
+    alpha,
+    alpha_ptr,
+    numel_low,
+    C,
+    H,
+    W,
+    UP: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
+    ALPHA_PTR: tl.constexpr,
+    INT64: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     j = program_start(BLOCK, INT64) + tl.arange(0, BLOCK)
     inb = j < numel_low
     a = _alpha(alpha, alpha_ptr, ALPHA_PTR, ACC)
@@ -93,8 +122,20 @@ def _fade_in_bwd_kernel(dy_ptr, dlow_ptr, dhigh_ptr, alpha, alpha_ptr, numel_low
 
 
 @triton.jit
-def _fade_in_bwd_rows_kernel(dy_ptr, dlow_ptr, dhigh_ptr, alpha, alpha_ptr, rows, W, ALPHA_PTR: tl.constexpr,
-                             INT64: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+def _fade_in_bwd_rows_kernel(
+    dy_ptr,
+    dlow_ptr,
+    dhigh_ptr,
+    alpha,
+    alpha_ptr,
+    rows,
+    W,
+    ALPHA_PTR: tl.constexpr,
+    INT64: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
     """NCHW upsampling backward over `rows` low rows (n, c, hl): high rows 2L and 2L + 1, W wide."""
     r = program_start(BLOCK_R, INT64) + tl.arange(0, BLOCK_R)
     a = _alpha(alpha, alpha_ptr, ALPHA_PTR, ACC)
@@ -110,8 +151,9 @@ def _fade_in_bwd_rows_kernel(dy_ptr, dlow_ptr, dhigh_ptr, alpha, alpha_ptr, rows
         pairs = tl.sum(tl.reshape(d0 + d1, [BLOCK_R, BLOCK_W // 2, 2]), axis=2)
         wl = w0 // 2 + tl.arange(0, BLOCK_W // 2)
         ml = (r < rows)[:, None] & (wl < W // 2)[None, :]
-        tl.store(dlow_ptr + (r * (W // 2))[:, None] + wl[None, :], ((1 - a) * pairs).to(dlow_ptr.dtype.element_ty),
-                 mask=ml)
+        tl.store(
+            dlow_ptr + (r * (W // 2))[:, None] + wl[None, :], ((1 - a) * pairs).to(dlow_ptr.dtype.element_ty), mask=ml
+        )
 
 
 def rows_tile(w):
@@ -131,9 +173,22 @@ def fade_in(low, high, alpha, alpha_t=None):
         return y
     n, c, h, w = high.shape
     _fade_in_fwd_kernel[(cdiv(high.numel(), ELEMENTWISE_BLOCK),)](
-        low, high, y, float(alpha), alpha_t if alpha_t is not None else high, high.numel(), c, h, w,
-        UP=low.shape[-1] != w, CHANNELS_LAST=is_channels_last(high), ALPHA_PTR=alpha_t is not None,
-        INT64=needs_int64(high), ACC=acc_dtype(high), BLOCK=ELEMENTWISE_BLOCK)
+        low,
+        high,
+        y,
+        float(alpha),
+        alpha_t if alpha_t is not None else high,
+        high.numel(),
+        c,
+        h,
+        w,
+        UP=low.shape[-1] != w,
+        CHANNELS_LAST=is_channels_last(high),
+        ALPHA_PTR=alpha_t is not None,
+        INT64=needs_int64(high),
+        ACC=acc_dtype(high),
+        BLOCK=ELEMENTWISE_BLOCK,
+    )
     return y
 
 
@@ -144,20 +199,49 @@ def fade_in_grad(dy, low_shape, alpha, alpha_t=None):
     up = low_shape[-1] != w
     cl = is_channels_last(dy)
     dhigh = empty(None, like=dy)
-    dlow = empty(low_shape, dtype=dy.dtype, device=dy.device,
-                 memory_format=torch.channels_last if cl else torch.contiguous_format)
+    dlow = empty(
+        low_shape,
+        dtype=dy.dtype,
+        device=dy.device,
+        memory_format=torch.channels_last if cl else torch.contiguous_format,
+    )
     if dy.numel() == 0:
         return dlow, dhigh
     if up and not cl:
         rows = dlow.numel() // (w // 2)
         block_r, block_w, warps = rows_tile(w)
         _fade_in_bwd_rows_kernel[(cdiv(rows, block_r),)](
-            dy, dlow, dhigh, float(alpha), alpha_t if alpha_t is not None else dy, rows, w,
-            ALPHA_PTR=alpha_t is not None, INT64=needs_int64(dy), ACC=acc_dtype(dy), BLOCK_R=block_r,
-            BLOCK_W=block_w, num_warps=warps)
+            dy,
+            dlow,
+            dhigh,
+            float(alpha),
+            alpha_t if alpha_t is not None else dy,
+            rows,
+            w,
+            ALPHA_PTR=alpha_t is not None,
+            INT64=needs_int64(dy),
+            ACC=acc_dtype(dy),
+            BLOCK_R=block_r,
+            BLOCK_W=block_w,
+            num_warps=warps,
+        )
         return dlow, dhigh
     _fade_in_bwd_kernel[(cdiv(dlow.numel(), ELEMENTWISE_BLOCK),)](
-        dy, dlow, dhigh, float(alpha), alpha_t if alpha_t is not None else dy, dlow.numel(), c, h, w,
-        UP=up, CHANNELS_LAST=cl, ALPHA_PTR=alpha_t is not None, INT64=needs_int64(dy), ACC=acc_dtype(dy),
-        BLOCK=ELEMENTWISE_BLOCK, num_warps=NUM_WARPS["_fade_in_bwd_kernel"])
+        dy,
+        dlow,
+        dhigh,
+        float(alpha),
+        alpha_t if alpha_t is not None else dy,
+        dlow.numel(),
+        c,
+        h,
+        w,
+        UP=up,
+        CHANNELS_LAST=cl,
+        ALPHA_PTR=alpha_t is not None,
+        INT64=needs_int64(dy),
+        ACC=acc_dtype(dy),
+        BLOCK=ELEMENTWISE_BLOCK,
+        num_warps=NUM_WARPS["_fade_in_bwd_kernel"],
+    )
     return dlow, dhigh

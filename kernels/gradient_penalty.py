@@ -7,6 +7,7 @@ elements, so any dense layout is read in memory order.
 
 Also the WGAN-GP interpolation xhat = real + u[n] (fake - real), one elementwise pass.
 """
+
 import triton
 import triton.language as tl
 
@@ -76,14 +77,16 @@ def gradient_penalty_grad(dgp, g, r, target):
     d = g[0].numel() if n else 0
     if n == 0 or d == 0:
         return dg
-    _bwd_kernel[(cdiv(d, ELEMENTWISE_BLOCK), n)](dgp, g, r, dg, d, float(target), ACC=acc_dtype(g),
-                                                BLOCK=ELEMENTWISE_BLOCK)
+    _bwd_kernel[(cdiv(d, ELEMENTWISE_BLOCK), n)](
+        dgp, g, r, dg, d, float(target), ACC=acc_dtype(g), BLOCK=ELEMENTWISE_BLOCK
+    )
     return dg
 
 
 @triton.jit
-def _interpolate_kernel(real_ptr, fake_ptr, u_ptr, out_ptr, numel, D, INT64: tl.constexpr, ACC: tl.constexpr,
-                        BLOCK: tl.constexpr):
+def _interpolate_kernel(
+    real_ptr, fake_ptr, u_ptr, out_ptr, numel, D, INT64: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr
+):
     offs = program_start(BLOCK, INT64) + tl.arange(0, BLOCK)
     inb = offs < numel
     a = tl.load(real_ptr + offs, mask=inb).to(ACC)
@@ -102,6 +105,14 @@ def gp_interpolate(real, fake, u):
     if real.numel() == 0:
         return out
     _interpolate_kernel[(cdiv(real.numel(), ELEMENTWISE_BLOCK),)](
-        real, fake, u, out, real.numel(), real.numel() // n, INT64=needs_int64(real), ACC=acc_dtype(real),
-        BLOCK=ELEMENTWISE_BLOCK)
+        real,
+        fake,
+        u,
+        out,
+        real.numel(),
+        real.numel() // n,
+        INT64=needs_int64(real),
+        ACC=acc_dtype(real),
+        BLOCK=ELEMENTWISE_BLOCK,
+    )
     return out

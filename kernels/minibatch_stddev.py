@@ -9,6 +9,7 @@ Backward: one launch, dx = dout[:, :C] + ds[m] * (x - mean) / (F * G * std), ds[
 over the group. The statistic is a mean over all f, so each sample's elements are visited in memory order and
 NCHW-contiguous and channels_last inputs take the same statistics kernel.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -19,7 +20,7 @@ from ._tensors import accumulator_dtype, dense, is_channels_last, like_layout
 EPS = 1e-8
 STATS_BLOCK = 1024
 FINISH_BLOCK = 128
-BWD_BLOCK = 512   # 1024 features per program take 108 registers a thread (25 % occupancy on sm_90)
+BWD_BLOCK = 512  # 1024 features per program take 108 registers a thread (25 % occupancy on sm_90)
 
 
 @triton.jit
@@ -59,8 +60,9 @@ def _finish_kernel(part_ptr, s_ptr, chunks, F, ACC: tl.constexpr, BLOCK: tl.cons
 
 
 @triton.jit
-def _concat_kernel(x_ptr, s_ptr, out_ptr, numel, M, C, HW, CHANNELS_LAST: tl.constexpr, INT64: tl.constexpr,
-                   BLOCK: tl.constexpr):
+def _concat_kernel(
+    x_ptr, s_ptr, out_ptr, numel, M, C, HW, CHANNELS_LAST: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr
+):
     offs = program_start(BLOCK, INT64) + tl.arange(0, BLOCK)
     inb = offs < numel
     if CHANNELS_LAST:
@@ -80,8 +82,21 @@ def _concat_kernel(x_ptr, s_ptr, out_ptr, numel, M, C, HW, CHANNELS_LAST: tl.con
 
 
 @triton.jit
-def _bwd_kernel(dout_ptr, x_ptr, dx_ptr, M, G, C, HW, F, eps, CHANNELS_LAST: tl.constexpr, ACC: tl.constexpr,
-                BLOCK: tl.constexpr, BLOCK_HW: tl.constexpr):
+def _bwd_kernel(
+    dout_ptr,
+    x_ptr,
+    dx_ptr,
+    M,
+    G,
+    C,
+    HW,
+    F,
+    eps,
+    CHANNELS_LAST: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+):
     # grid (feature blocks, groups): the large dimension on axis 0, whose limit is 2^31 - 1 (axis 1's is 65535).
     # F = C * HW comes from the host (an int64 argument once it passes int32).
     m = tl.program_id(1)
@@ -95,8 +110,8 @@ def _bwd_kernel(dout_ptr, x_ptr, dx_ptr, M, G, C, HW, F, eps, CHANNELS_LAST: tl.
             else:
                 off = n * (C + 1) * HW + C * HW + hw
             ds += tl.load(dout_ptr + off, mask=hw < HW, other=0).to(ACC)
-    coef = tl.sum(ds, axis=0) / F / G   # not / (F * G): that product overflows int32 at 2^31
-    f = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)   # int32 (F < 2^31): f // C needs no 64-bit division
+    coef = tl.sum(ds, axis=0) / F / G  # not / (F * G): that product overflows int32 at 2^31
+    f = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # int32 (F < 2^31): f // C needs no 64-bit division
     fm = f < F
     mean, sd = _group_moments(x_ptr, m, M, G, F, f, fm, eps, ACC, BLOCK)
     for g in range(0, G):
@@ -126,10 +141,19 @@ def minibatch_stddev(x, group_size):
         _stats_kernel[(chunks, m)](x, part, m, group_size, c * h * w, EPS, ACC=acc_dtype(x), BLOCK=STATS_BLOCK)
         _finish_kernel[(m,)](part, s, chunks, c * h * w, ACC=acc_dtype(x), BLOCK=FINISH_BLOCK)
     else:
-        s.fill_(EPS ** 0.5)
+        s.fill_(EPS**0.5)
     _concat_kernel[(cdiv(out.numel(), ELEMENTWISE_BLOCK),)](
-        x, s, out, out.numel(), m, c, h * w, CHANNELS_LAST=fmt is torch.channels_last, INT64=needs_int64(out),
-        BLOCK=ELEMENTWISE_BLOCK)
+        x,
+        s,
+        out,
+        out.numel(),
+        m,
+        c,
+        h * w,
+        CHANNELS_LAST=fmt is torch.channels_last,
+        INT64=needs_int64(out),
+        BLOCK=ELEMENTWISE_BLOCK,
+    )
     return out
 
 
@@ -142,9 +166,21 @@ def minibatch_stddev_grad(dout, x, group_size):
     if x.numel() == 0:
         return dx
     m = n // group_size
-    if c * h * w >= 2 ** 31:
+    if c * h * w >= 2**31:
         raise ValueError("minibatch_stddev: more than 2^31 - 1 features per sample")
     _bwd_kernel[(cdiv(c * h * w, BWD_BLOCK), m)](
-        dout, x, dx, m, group_size, c, h * w, c * h * w, EPS, CHANNELS_LAST=is_channels_last(x), ACC=acc_dtype(x),
-        BLOCK=BWD_BLOCK, BLOCK_HW=min(256, triton.next_power_of_2(h * w)))
+        dout,
+        x,
+        dx,
+        m,
+        group_size,
+        c,
+        h * w,
+        c * h * w,
+        EPS,
+        CHANNELS_LAST=is_channels_last(x),
+        ACC=acc_dtype(x),
+        BLOCK=BWD_BLOCK,
+        BLOCK_HW=min(256, triton.next_power_of_2(h * w)),
+    )
     return dx

@@ -29,6 +29,7 @@ def _isolated(tmp_path, monkeypatch):
     FASTPGGAN_TUNE=0: a trainer started by a test uses the tune cache and the static backend order without
     measuring (seconds per run saved); the tests of tuning (test_tune.py) turn it back on."""
     from fastpggan.ops import _dispatch
+
     torch.manual_seed(1234)
     monkeypatch.setenv("FASTPGGAN_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("FASTPGGAN_IMPL", raising=False)
@@ -45,14 +46,16 @@ def slow(*values, id=None):
 
 def run_python(code, timeout=900, **env):
     """Run `code` in a fresh Python with extra environment variables; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=dict(os.environ, **env), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, **env), timeout=timeout
+    )
 
 
 @pytest.fixture
 def bench_module():
     """load(name): import benchmarks/NAME.py by path, with benchmarks/ on sys.path while it loads (its imports)."""
     import importlib.util
+
     folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
     def load(name):
@@ -64,6 +67,7 @@ def bench_module():
             return mod
         finally:
             sys.path.remove(folder)
+
     return load
 
 
@@ -71,6 +75,7 @@ def bench_module():
 def ext_broken(monkeypatch):
     """The C++/CUDA extension as if its build had failed."""
     from fastpggan.ops import _ext
+
     monkeypatch.setattr(_ext, "_state", {"error": "simulated build failure"})
 
 
@@ -87,6 +92,7 @@ def tiny_npz(tmp_path):
 def train_quietly(argv, log=lambda *a: None):
     """fastpggan.train.run on CLI arguments, in this process; returns the Trainer."""
     from fastpggan import train
+
     return train.run(train.build_parser().parse_args(argv), log=log)
 
 
@@ -103,6 +109,33 @@ def checkpoint_tensors(state):
 
 def tiny_train_args(data, out, *extra):
     """CLI arguments for a seconds-long run: 4x4 -> 8x8 -> 16x16 with transitions, tiny widths."""
-    return ["--data", data, "--out", str(out), "--name", "run", "--fmap-base", "32", "--fmap-max", "8",
-            "--latent-size", "8", "--minibatch", "8", "--lod-training-kimg", "0.016", "--lod-transition-kimg", "0.016",
-            "--tick-kimg", "0.016", "--snap-ticks", "2", "--kimg", "0.08", "--no-progress", "--device", "cpu", *extra]
+    return [
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--name",
+        "run",
+        "--fmap-base",
+        "32",
+        "--fmap-max",
+        "8",
+        "--latent-size",
+        "8",
+        "--minibatch",
+        "8",
+        "--lod-training-kimg",
+        "0.016",
+        "--lod-transition-kimg",
+        "0.016",
+        "--tick-kimg",
+        "0.016",
+        "--snap-ticks",
+        "2",
+        "--kimg",
+        "0.08",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]

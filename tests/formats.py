@@ -5,6 +5,7 @@ resolution (uint8 (N, C, R, R)) and the int64 labels (or None). The files are la
 counterparts are (CIFAR-10's cifar-10-batches-py/ and its .tar.gz, MNIST's idx files, LSUN's lmdb with image ids
 as keys), but small.
 """
+
 import gzip
 import hashlib
 import io
@@ -29,6 +30,7 @@ class Made(NamedTuple):
 
 # ---- official TFRecords (the genuine ones are in tests/fixtures/official; this writer makes variations of them)
 
+
 def tfrecords(tmp_path, name="rgb16_cond3") -> Made:
     """A copy of an official dataset of tests/fixtures/official/tfrecords (written by the official exporter)."""
     dst = os.path.join(str(tmp_path), name)
@@ -41,6 +43,7 @@ def tfrecords(tmp_path, name="rgb16_cond3") -> Made:
 
 def _masked_crc(data):
     import google_crc32c
+
     c = google_crc32c.value(data)
     return ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
@@ -48,6 +51,7 @@ def _masked_crc(data):
 def _example_bytes(shape, data):
     """A tf.train.Example with int64 `shape` and bytes `data`, in protobuf wire format written out by hand (so the
     reader is not tested against itself)."""
+
     def varint(n):
         out = b""
         while True:
@@ -56,15 +60,16 @@ def _example_bytes(shape, data):
             if not n:
                 return out
 
-    def field(num, payload):   # length-delimited field
+    def field(num, payload):  # length-delimited field
         return varint(num << 3 | 2) + varint(len(payload)) + payload
 
     packed = b"".join(varint(v) for v in shape)
-    shape_feature = field(3, field(1, packed))            # Feature.int64_list { value: [packed] }
-    data_feature = field(1, field(1, data))               # Feature.bytes_list { value: [data] }
-    entries = field(1, field(1, b"shape") + field(2, shape_feature)) + \
-        field(1, field(1, b"data") + field(2, data_feature))
-    return field(1, entries)                              # Example.features
+    shape_feature = field(3, field(1, packed))  # Feature.int64_list { value: [packed] }
+    data_feature = field(1, field(1, data))  # Feature.bytes_list { value: [data] }
+    entries = field(1, field(1, b"shape") + field(2, shape_feature)) + field(
+        1, field(1, b"data") + field(2, data_feature)
+    )
+    return field(1, entries)  # Example.features
 
 
 def write_tfrecord(path, images):
@@ -81,7 +86,7 @@ def record_spans(path):
     spans, data = [], open(path, "rb").read()
     pos = 0
     while pos < len(data):
-        n = struct.unpack("<Q", data[pos:pos + 8])[0]
+        n = struct.unpack("<Q", data[pos : pos + 8])[0]
         spans.append((pos, pos + 12, pos + 12 + n + 4))
         pos += 12 + n + 4
     return spans
@@ -89,10 +94,12 @@ def record_spans(path):
 
 # ---- LSUN lmdb
 
+
 def lsun(tmp_path, n=6, corrupt=(), kinds=("webp", "jpeg")) -> Made:
     """An lmdb database shaped like LSUN's: 40-hex-digit image ids as keys, webp/jpeg bytes of non-square images
     as values. `images` is None here: what create_lsun makes depends on the resolution (see lsun_expected)."""
     import lmdb
+
     rng = np.random.default_rng(7)
     path = os.path.join(str(tmp_path), "bedroom_train_lmdb")
     env = lmdb.open(path, map_size=1 << 26)
@@ -105,7 +112,7 @@ def lsun(tmp_path, n=6, corrupt=(), kinds=("webp", "jpeg")) -> Made:
             value = b"not an image at all" if i in corrupt else buf.getvalue()
             txn.put(hashlib.sha1(str(i).encode()).hexdigest().encode(), value)
     env.close()
-    os.remove(os.path.join(path, "lock.mdb"))   # as LSUN ships it: data.mdb only
+    os.remove(os.path.join(path, "lock.mdb"))  # as LSUN ships it: data.mdb only
     return Made(path, None, None)
 
 
@@ -113,6 +120,7 @@ def lsun_expected(path, resolution, limit=None):
     """What official create_lsun makes of each value, with Pillow alone: decode, RGB, the numpy centre crop of
     dataset_tool.py L421-422, PIL resize with ANTIALIAS (LANCZOS). Undecodable values are skipped."""
     import lmdb
+
     out = []
     env = lmdb.open(path, readonly=True, lock=False)
     with env.begin() as txn:
@@ -122,8 +130,10 @@ def lsun_expected(path, resolution, limit=None):
             except OSError:
                 continue
             crop = np.min(img.shape[:2])
-            img = img[(img.shape[0] - crop) // 2:(img.shape[0] + crop) // 2,
-                      (img.shape[1] - crop) // 2:(img.shape[1] + crop) // 2]
+            img = img[
+                (img.shape[0] - crop) // 2 : (img.shape[0] + crop) // 2,
+                (img.shape[1] - crop) // 2 : (img.shape[1] + crop) // 2,
+            ]
             img = Image.fromarray(img, "RGB").resize((resolution, resolution), Image.LANCZOS)
             out.append(np.asarray(img).transpose(2, 0, 1))
             if len(out) == limit:
@@ -134,9 +144,14 @@ def lsun_expected(path, resolution, limit=None):
 
 # ---- CIFAR-10 python batches
 
+
 def _batch_pickle(x, y, bytes_keys=False):
-    d = {"batch_label": "training batch", "labels": [int(v) for v in y], "data": x.reshape(len(x), -1),
-         "filenames": [f"img_{i}.png" for i in range(len(x))]}
+    d = {
+        "batch_label": "training batch",
+        "labels": [int(v) for v in y],
+        "data": x.reshape(len(x), -1),
+        "filenames": [f"img_{i}.png" for i in range(len(x))],
+    }
     if bytes_keys:
         d = {k.encode(): v for k, v in d.items()}
     return pickle.dumps(d, protocol=2)
@@ -186,6 +201,7 @@ def malicious_batch(marker):
 
 # ---- MNIST idx
 
+
 def _idx(array):
     head = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
     return head + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
@@ -203,7 +219,7 @@ def mnist(tmp_path, n=12, gz=True, dotted=False) -> Made:
     for stem, arr in ((f"train-images{sep}idx3-ubyte", x), (f"train-labels{sep}idx1-ubyte", y)):
         raw = _idx(arr)
         path = os.path.join(root, stem + (".gz" if gz else ""))
-        with (gzip.open(path, "wb") if gz else open(path, "wb")) as f:
+        with gzip.open(path, "wb") if gz else open(path, "wb") as f:
             f.write(raw)
     padded = np.pad(x[:, None], [(0, 0), (0, 0), (2, 2), (2, 2)], "constant", constant_values=0)
     return Made(root, padded, y.astype(np.int64))
@@ -215,6 +231,7 @@ def idx_bytes(array):
 
 # ---- the formats fastpggan read before: image folder, zip, npz
 
+
 def image_folder(tmp_path, n=6) -> Made:
     """PNG files in two class folders, 16x16 RGB."""
     rng = np.random.default_rng(11)
@@ -224,7 +241,7 @@ def image_folder(tmp_path, n=6) -> Made:
     for i in range(n):
         os.makedirs(os.path.join(root, f"class{labels[i]}"), exist_ok=True)
         Image.fromarray(x[i].transpose(1, 2, 0)).save(os.path.join(root, f"class{labels[i]}", f"{i:03d}.png"))
-    order = sorted(range(n), key=lambda i: f"class{labels[i]}/{i:03d}.png")   # the reader's order
+    order = sorted(range(n), key=lambda i: f"class{labels[i]}/{i:03d}.png")  # the reader's order
     return Made(root, x[order], labels[order].astype(np.int64))
 
 
@@ -246,9 +263,17 @@ def npz(tmp_path) -> Made:
 
 def every_format(tmp_path, kind) -> Made:
     """One small dataset of each kind --data reads (LSUN with its 16x16 images in `images`)."""
-    makers = {"folder": image_folder, "zip": image_zip, "npz": npz, "tfrecords": tfrecords,
-              "lsun": lambda p: lsun(p, n=4), "cifar10": cifar, "cifar10.tar.gz": lambda p: cifar(p, archive=True),
-              "mnist.gz": mnist, "mnist": lambda p: mnist(p, gz=False)}
+    makers = {
+        "folder": image_folder,
+        "zip": image_zip,
+        "npz": npz,
+        "tfrecords": tfrecords,
+        "lsun": lambda p: lsun(p, n=4),
+        "cifar10": cifar,
+        "cifar10.tar.gz": lambda p: cifar(p, archive=True),
+        "mnist.gz": mnist,
+        "mnist": lambda p: mnist(p, gz=False),
+    }
     os.makedirs(str(tmp_path), exist_ok=True)
     made = makers[kind](tmp_path)
     if kind == "lsun":

@@ -5,6 +5,7 @@ The fault table's rows for machines where no small file system can be mounted: w
 it writes, and writes.reserve reserves every memory-mapped cache file, so failing os.fsync and
 os.posix_fallocate reaches each write the commands make through fastpggan.writes.
 """
+
 import errno
 import os
 import runpy
@@ -14,6 +15,7 @@ import sys
 def _fail(code):
     def fail(*args, **kwargs):
         raise OSError(code, os.strerror(code))
+
     return fail
 
 

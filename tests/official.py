@@ -1,5 +1,6 @@
 """Test helper: the official fixtures of tests/fixtures/official (see its README), and their networks through
 fastpggan.official."""
+
 import json
 import os
 
@@ -13,8 +14,10 @@ def fixture(name):
     """Path of a file in tests/fixtures/official; fails (never skips) where it is missing."""
     path = os.path.normpath(os.path.join(OFFICIAL, name))
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: the official fixtures are part of the repository "
-                                "(tests/fixtures/official); restore them from git")
+        raise FileNotFoundError(
+            f"{path} is missing: the official fixtures are part of the repository "
+            "(tests/fixtures/official); restore them from git"
+        )
     return path
 
 
@@ -35,4 +38,3 @@ def state(vars_, net, role):
 
 def load_json(npz, key="config_json"):
     return json.loads(str(npz[key]))
-

@@ -7,6 +7,7 @@ forward-mode AD (torch.func.jvp, torch.autograd.forward_ad), torch.func.grad/vjp
 alone an explicit impl runs through torch's loop over the batch. float64 throughout: tangents against central
 finite differences to 1e-6, gradients against ref to 1e-10.
 """
+
 import warnings
 
 import pytest
@@ -24,7 +25,7 @@ D = torch.float64
 def _case(name):
     """(function of impl and tensors, the tensors): one small odd-shaped call of each op or layer."""
     g = torch.Generator().manual_seed(7)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=D)   # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g, dtype=D)  # noqa: E731
     x = r(2, 5, 4, 4)
     if name == "bias_act":
         return lambda impl, x, b: ops.bias_act(x, b, gain=0.7, impl=impl), (x, r(5))
@@ -41,20 +42,30 @@ def _case(name):
     if name == "gp_interpolate":
         u = torch.full((2,), 0.25, dtype=D)
         return lambda impl, re, fa: ops.gp_interpolate(re, fa, u, impl=impl), (x, r(2, 5, 4, 4))
-    layer = {"EqualizedConv2d": lambda impl: EqualizedConv2d(5, 3, 3, impl=impl),
-             "EqualizedLinear": lambda impl: EqualizedLinear(80, 6, impl=impl),
-             "PixelNorm": lambda impl: PixelNorm(impl=impl),
-             "MinibatchStdDev": lambda impl: MinibatchStdDev(2, impl=impl)}[name]
+    layer = {
+        "EqualizedConv2d": lambda impl: EqualizedConv2d(5, 3, 3, impl=impl),
+        "EqualizedLinear": lambda impl: EqualizedLinear(80, 6, impl=impl),
+        "PixelNorm": lambda impl: PixelNorm(impl=impl),
+        "MinibatchStdDev": lambda impl: MinibatchStdDev(2, impl=impl),
+    }[name]
     inp = x.reshape(2, 80) if name == "EqualizedLinear" else (r(4, 5, 4, 4) if name == "MinibatchStdDev" else x)
-    modules = {}   # built before any transform (their init draws and writes weights), the same weights for all
+    modules = {}  # built before any transform (their init draws and writes weights), the same weights for all
     for impl in ("ref", "auto", *FAST):
         modules[impl] = layer(impl).to(D)
         modules[impl].load_state_dict(modules["ref"].state_dict())
     return lambda impl, inp: modules[impl](inp), (inp,)
 
-OPS = ["bias_act", "bias_act_pn", "fade_in_up", "fade_in_same", "minibatch_stddev", "gradient_penalty",
-       "gp_interpolate"]
-LAYERS = layers.__all__   # every public layer: _case has a sample of each, or the test fails
+
+OPS = [
+    "bias_act",
+    "bias_act_pn",
+    "fade_in_up",
+    "fade_in_same",
+    "minibatch_stddev",
+    "gradient_penalty",
+    "gp_interpolate",
+]
+LAYERS = layers.__all__  # every public layer: _case has a sample of each, or the test fails
 
 
 def _finite_difference(f, xs, ts, eps=1e-6):
@@ -108,11 +119,13 @@ def test_a_forced_backend_runs_ref_under_a_transform_with_one_warning():
 def test_torch_func_grad_and_jacrev_auto_matches_ref_and_a_fast_impl_refuses(name):
     f, xs = _case(name)
     want = torch.func.jacrev(lambda *a: f("ref", *a), argnums=0)(*xs)
-    torch.testing.assert_close(torch.func.jacrev(lambda *a: f("auto", *a), argnums=0)(*xs), want,
-                               rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        torch.func.jacrev(lambda *a: f("auto", *a), argnums=0)(*xs), want, rtol=1e-10, atol=1e-10
+    )
     g_ref = torch.func.grad(lambda *a: f("ref", *a).square().sum())(*xs)
-    torch.testing.assert_close(torch.func.grad(lambda *a: f("auto", *a).square().sum())(*xs), g_ref,
-                               rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        torch.func.grad(lambda *a: f("auto", *a).square().sum())(*xs), g_ref, rtol=1e-10, atol=1e-10
+    )
     for impl in FAST:
         with pytest.raises(ops.BackendUnavailable, match="cannot run under torch.func.grad"):
             torch.func.grad(lambda *a: f(impl, *a).square().sum())(*xs)
@@ -125,7 +138,7 @@ def test_vmap_auto_runs_ref_and_an_explicit_impl_loops_correctly(name):
     want = torch.stack([f("ref", *xs), f("ref", *[2 * x for x in xs])])
     torch.testing.assert_close(torch.vmap(lambda *a: f("auto", *a))(*batched), want)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # torch's "no batching rule: a loop" warning
+        warnings.simplefilter("ignore")  # torch's "no batching rule: a loop" warning
         torch.testing.assert_close(torch.vmap(lambda *a: f("ext", *a))(*batched), want)
 
 
@@ -136,25 +149,35 @@ def test_the_choice_log_names_the_transform():
     assert log and log[-1]["impl"] == "ref" and log[-1]["why"] == "forward-mode AD (torch.func.jvp/jacfwd)"
 
 
-@pytest.mark.parametrize("name,impl", [(name, "ext") for name in LAYERS + ["bias_act_pn"]] + [
-    pytest.param("PixelNorm", "triton", marks=pytest.mark.slow)])   # the interpreter takes minutes per layer
+@pytest.mark.parametrize(
+    "name,impl",
+    [(name, "ext") for name in LAYERS + ["bias_act_pn"]]
+    + [pytest.param("PixelNorm", "triton", marks=pytest.mark.slow)],
+)  # the interpreter takes minutes per layer
 def test_second_order_on_the_fast_backends(name, impl):
     f, xs = _case(name)
     xs = tuple(x.detach().requires_grad_(True) for x in xs)
     assert torch.autograd.gradgradcheck(lambda *a: f(impl, *a), xs)
 
 
-@pytest.mark.parametrize("impls", [["ref", "ext", "auto"],
-                                   pytest.param(["triton", "compiled", "--layers"], marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "impls", [["ref", "ext", "auto"], pytest.param(["triton", "compiled", "--layers"], marks=pytest.mark.slow)]
+)
 def test_compile_from_the_very_first_call(impls):
     """torch.compile(fullgraph=True) of each op alone (and layer, slow) on its first call in a fresh process, with a
     fresh tune cache: no graph break, and ref's values."""
     import os
     import subprocess
     import sys
+
     here = os.path.dirname(os.path.abspath(__file__))
-    out = subprocess.run([sys.executable, os.path.join(here, "first_call_compile.py"), *impls], capture_output=True,
-                         text=True, timeout=900, env={**os.environ, "TRITON_INTERPRET": "1"})
+    out = subprocess.run(
+        [sys.executable, os.path.join(here, "first_call_compile.py"), *impls],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+    )
     lines = [line for line in out.stdout.splitlines() if line.startswith(("OK", "FAIL"))]
     assert out.returncode == 0 and lines, out.stderr[-3000:]
     assert all(line.startswith("OK") for line in lines), "\n".join(lines)
@@ -167,10 +190,12 @@ def test_a_checkout_named_fastpggan_in_the_working_folder_fails_at_import_and_sa
     import os
     import subprocess
     import sys
+
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (tmp_path / "fastpggan").symlink_to(repo, target_is_directory=True)
-    out = subprocess.run([sys.executable, "-c", "import fastpggan.layers"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", "import fastpggan.layers"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: fastpggan was imported as a namespace package from")

@@ -1,5 +1,6 @@
 """The public backend API (fastpggan.ops.backends, fastpggan.ops.tune_cache): what can run, forcing 'auto', what it
 chose and why, and the tune cache's file; and that nothing outside fastpggan/ops reaches into its private modules."""
+
 import os
 import re
 import warnings
@@ -27,7 +28,7 @@ def test_available_says_which_backends_run_here_and_why_not():
     assert PGGAN_OPS <= set(table) and all(set(row) == set(backends.IMPLS) for row in table.values())
     assert all(row["ref"] is None for row in table.values())
     if not os.environ.get("TRITON_INTERPRET"):
-        assert "CUDA" in table["bias_act"]["triton"]   # a sentence, not a flag
+        assert "CUDA" in table["bias_act"]["triton"]  # a sentence, not a flag
     assert set(backends.available("fade_in")) == {"fade_in"}
     assert {s.name for s in backends.declared()} >= PGGAN_OPS
     assert backends.op_spec("bias_act").auto_order["cpu"][0] == ops.AUTO_ORDER["bias_act"]["cpu"][0]
@@ -38,8 +39,11 @@ def test_auto_reports_what_it_chose_and_why(monkeypatch):
     available = backends.available("bias_act")["bias_act"]
     entry = _bias_act_choice()
     assert entry["op"] == "bias_act" and entry["case"] == "bias_act(lrelu,bias) float32 contiguous n2x5x4x4"
-    assert entry == dict(entry, impl=first if available[first] is None else "ref",
-                         why="static order" if available[first] is None else "static order, fallback")
+    assert entry == dict(
+        entry,
+        impl=first if available[first] is None else "ref",
+        why="static order" if available[first] is None else "static order, fallback",
+    )
     backends.use_choices({entry["case"]: "ref"})
     assert _bias_act_choice() == dict(entry, impl="ref", why="run choices")
     backends.use_choices(None)
@@ -55,7 +59,7 @@ def test_pin_set_default_and_the_environment_force_auto_in_that_order(monkeypatc
     assert _bias_act_choice()["why"] == "set_default"
     with backends.pin("ref"):
         assert _bias_act_choice()["why"] == "pin"
-        with backends.pin("auto"):   # lifts the pins outside, set_default and the environment
+        with backends.pin("auto"):  # lifts the pins outside, set_default and the environment
             assert _bias_act_choice()["why"].startswith("static order")
             assert backends.forced() == ("auto", "pin")
         assert backends.forced() == ("ref", "pin")
@@ -63,14 +67,15 @@ def test_pin_set_default_and_the_environment_force_auto_in_that_order(monkeypatc
     monkeypatch.delenv("FASTPGGAN_IMPL")
     assert backends.forced() == ("auto", "")
     x = torch.randn(2, 5, 4, 4)
-    with backends.pin("ref"):   # an explicit impl= is unchanged by a pin
+    with backends.pin("ref"):  # an explicit impl= is unchanged by a pin
         with backends.choices_made() as log:
             ops.bias_act(x, impl="ref")
-        assert log == []   # only 'auto' calls are reported
+        assert log == []  # only 'auto' calls are reported
 
 
 def test_a_pinned_backend_that_cannot_run_falls_back_with_one_warning():
     import toy_ops  # toy ops with no Triton backend
+
     toy_ops.declare()
     try:
         x = torch.randn(2, 3, 4, 4)
@@ -95,7 +100,7 @@ def test_bad_backend_names_are_refused():
 
 def test_the_tune_cache_reads_back_what_it_wrote_in_its_documented_format(tmp_path):
     cpu = torch.device("cpu")
-    assert tune_cache.read(cpu) is None   # the test's empty cache folder
+    assert tune_cache.read(cpu) is None  # the test's empty cache folder
     key = tune_cache.case_key("fade_in", "up", torch.float32, "contiguous", (3, 4, 8, 8))
     assert key == "fade_in(up) float32 contiguous n4x4x8x8"
     path = tune_cache.write(cpu, {key: dict(impl="ref", seconds={"ref": 1e-4})})
@@ -104,7 +109,7 @@ def test_the_tune_cache_reads_back_what_it_wrote_in_its_documented_format(tmp_pa
     assert data["format"] == tune_cache.FORMAT and data["format_version"] == tune_cache.FORMAT_VERSION
     assert data["device"] == tune_cache.device_info(cpu) and data["versions"] == tune_cache.versions()
     assert data["choices"] == {key: dict(impl="ref", seconds={"ref": 1e-4})}
-    tune_cache.write(cpu, {"other": dict(impl="ext")})   # merged, not replaced
+    tune_cache.write(cpu, {"other": dict(impl="ext")})  # merged, not replaced
     assert set(tune_cache.read(cpu)["choices"]) == {key, "other"}
 
 

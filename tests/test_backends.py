@@ -12,6 +12,7 @@ Tolerances per dtype, elementwise |triton - ref| <= atol * max(1, max|ref|) * sq
 the same (low-precision) inputs. atol is relative to the tensor's scale because a gradient's absolute error follows
 its largest terms; count is the number of terms a value sums over (bias grads, dlow), 1 elsewhere.
 """
+
 import functools
 import warnings
 
@@ -49,6 +50,7 @@ def fast(request):
 def _poison(monkeypatch):
     if ops._util.triton_unavailable(torch.empty(1, device=DEV)) is None:
         from fastpggan.kernels import _common
+
         monkeypatch.setattr(_common, "POISON", True)
     if ops._ext.load_error() is None:
         torch.ops.fastpggan_ext.set_poison(True)
@@ -93,6 +95,7 @@ LAYOUTS = [pytest.param(False, id="nchw"), pytest.param(True, id="channels_last"
 
 # --- bias_act -------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("channels_last", LAYOUTS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("pn", [False, True], ids=["act", "act+pn"])
@@ -100,8 +103,9 @@ def test_bias_act_matches_ref(fast, shape, channels_last, pn):
     n, c, h = shape
     x = rand(n, c, h, h, channels_last=channels_last, grad=True)
     b = rand(c, grad=True)
-    (y0, (gx0, gb0)), (y1, (gx1, gb1)) = both(fast,
-        lambda which: ops.bias_act(x, b, gain=0.43, negative_slope=0.2, pixel_norm=pn, impl=which), (x, b))
+    (y0, (gx0, gb0)), (y1, (gx1, gb1)) = both(
+        fast, lambda which: ops.bias_act(x, b, gain=0.43, negative_slope=0.2, pixel_norm=pn, impl=which), (x, b)
+    )
     close(y1, y0, torch.float32)
     close(gx1, gx0, torch.float32)
     close(gb1, gb0, torch.float32, count=n * h * h)
@@ -112,26 +116,30 @@ def test_bias_act_matches_ref(fast, shape, channels_last, pn):
 def test_pixel_norm_with_more_channels_than_a_tile_holds(fast, channels_last):
     """C = 2500 > MAX_TILE_CHANNELS (1024): the Triton kernels loop over channel chunks (a whole-C tile spills)."""
     from fastpggan.kernels._common import MAX_TILE_CHANNELS
+
     c = 2500
-    assert c > 2 * MAX_TILE_CHANNELS and c % MAX_TILE_CHANNELS   # three chunks, the last one partial
+    assert c > 2 * MAX_TILE_CHANNELS and c % MAX_TILE_CHANNELS  # three chunks, the last one partial
     x = rand(2, c, 3, 3, channels_last=channels_last, grad=True)
     b = rand(c, grad=True)
-    (y0, (gx0, gb0)), (y1, (gx1, gb1)) = both(fast, lambda which: ops.bias_act(
-        x, b, gain=0.7, negative_slope=0.2, pixel_norm=True, impl=which), (x, b))
+    (y0, (gx0, gb0)), (y1, (gx1, gb1)) = both(
+        fast, lambda which: ops.bias_act(x, b, gain=0.7, negative_slope=0.2, pixel_norm=True, impl=which), (x, b)
+    )
     close(y1, y0, torch.float32)
     close(gx1, gx0, torch.float32)
     close(gb1, gb0, torch.float32, count=18)
 
 
 @pytest.mark.parametrize("shape", [(16, 512), (5, 17), (1, 3), (2, 1)], ids=str)
-@pytest.mark.parametrize("slope,pn,bias", [(0.2, False, True), (1.0, False, True), (0.2, True, True),
-                                           (1.0, True, False), (0.0, False, True)])
+@pytest.mark.parametrize(
+    "slope,pn,bias", [(0.2, False, True), (1.0, False, True), (0.2, True, True), (1.0, True, False), (0.0, False, True)]
+)
 def test_bias_act_dense_layer_shapes(fast, shape, slope, pn, bias):
     x = rand(*shape, grad=True)
     b = rand(shape[1], grad=True) if bias else None
     inputs = (x, b) if bias else (x,)
-    (y0, g0), (y1, g1) = both(fast, lambda which: ops.bias_act(x, b, gain=1.7, negative_slope=slope, pixel_norm=pn,
-                                                       impl=which), inputs)
+    (y0, g0), (y1, g1) = both(
+        fast, lambda which: ops.bias_act(x, b, gain=1.7, negative_slope=slope, pixel_norm=pn, impl=which), inputs
+    )
     close(y1, y0, torch.float32)
     for a, e in zip(g1, g0):
         close(a, e, torch.float32, count=shape[0])
@@ -154,8 +162,9 @@ def test_bias_act_zero_gain_still_trains_the_bias(fast, pn):
 def test_bias_act_low_precision(fast, dtype, channels_last, pn):
     x = rand(4, 17, 8, 8, dtype=dtype, channels_last=channels_last, grad=True)
     b = rand(17, grad=True)
-    (y0, (gx0, gb0)), (y1, (gx1, gb1)) = both(fast,
-        lambda which: ops.bias_act(x, b, gain=0.9, pixel_norm=pn, impl=which), (x, b))
+    (y0, (gx0, gb0)), (y1, (gx1, gb1)) = both(
+        fast, lambda which: ops.bias_act(x, b, gain=0.9, pixel_norm=pn, impl=which), (x, b)
+    )
     assert y1.dtype == dtype and gx1.dtype == dtype and gb1.dtype == torch.float32
     close(y1, y0, dtype)
     close(gx1, gx0, dtype)
@@ -190,7 +199,7 @@ def test_bias_act_pixel_norm_double_backward_matches_ref(fast):
     grads = []
     for impl in ("ref", fast):
         y = ops.bias_act(x, b, gain=0.3, pixel_norm=True, impl=impl)
-        g, = torch.autograd.grad((y * w).sum(), x, create_graph=True)
+        (g,) = torch.autograd.grad((y * w).sum(), x, create_graph=True)
         grads.append(torch.autograd.grad(g.square().sum(), (x, b)))
     for got, want in zip(grads[1], grads[0]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
@@ -207,6 +216,7 @@ def test_bias_act_matches_ref_in_float64(fast):
 
 
 # --- fade_in ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("channels_last", LAYOUTS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -253,10 +263,13 @@ def test_fade_in_alpha_tensor_is_read_at_run_time(fast):
 @pytest.mark.parametrize("upsample", [True, False], ids=["up", "same"])
 def test_fade_in_second_order(fast, channels_last, upsample):
     high = rand(1, 2, 4, 4, dtype=torch.float64, channels_last=channels_last, grad=True)
-    low = rand(1, 2, 2 if upsample else 4, 2 if upsample else 4, dtype=torch.float64,
-               channels_last=channels_last, grad=True)
+    low = rand(
+        1, 2, 2 if upsample else 4, 2 if upsample else 4, dtype=torch.float64, channels_last=channels_last, grad=True
+    )
+
     def fn(lo, hi):
-        return ops.fade_in(lo, hi, 0.3, impl=fast) ** 2   # squared: a nonzero 2nd order
+        return ops.fade_in(lo, hi, 0.3, impl=fast) ** 2  # squared: a nonzero 2nd order
+
     assert torch.autograd.gradcheck(fn, (low, high))
     assert torch.autograd.gradgradcheck(fn, (low, high))
 
@@ -265,14 +278,22 @@ def test_fade_in_second_order(fast, channels_last, upsample):
 def test_fade_in_alpha_with_grad_takes_the_differentiable_path(fast):
     high, low = rand(1, 2, 4, 4), rand(1, 2, 2, 2)
     alpha = torch.tensor(0.3, device=DEV, requires_grad=True)
-    ga, = torch.autograd.grad(ops.fade_in(low, high, alpha, impl=fast).sum(), alpha)
+    (ga,) = torch.autograd.grad(ops.fade_in(low, high, alpha, impl=fast).sum(), alpha)
     close(ga, (high - ops.upsample2x_nearest(low)).sum(), torch.float32, count=32)
 
 
 # --- minibatch_stddev ---------------------------------------------------------------------------------------------
 
-MBSTD_CASES = [(4, 17, 4, 4), (16, 512, 4, 4), (16, 3, 8, 16), (5, 17, 4, 5), (1, 3, 4, 4), (2, 1, 32, 2),
-               slow(8, 3, 64, 4, id="(8, 3, 64, 4)"), (16, 1, 8, 1)]
+MBSTD_CASES = [
+    (4, 17, 4, 4),
+    (16, 512, 4, 4),
+    (16, 3, 8, 16),
+    (5, 17, 4, 5),
+    (1, 3, 4, 4),
+    (2, 1, 32, 2),
+    slow(8, 3, 64, 4, id="(8, 3, 64, 4)"),
+    (16, 1, 8, 1),
+]
 
 
 @pytest.mark.parametrize("channels_last", LAYOUTS)
@@ -294,11 +315,13 @@ def test_minibatch_stddev_low_precision(fast, dtype):
 
 
 @pytest.mark.parametrize("channels_last", [LAYOUTS[0], slow(True, id="channels_last")])  # 8 s each on Triton's
-@pytest.mark.parametrize("n,group", [slow(4, 2), slow(6, 3), (3, 1)])                 # interpreter, 10 s, 18 s
+@pytest.mark.parametrize("n,group", [slow(4, 2), slow(6, 3), (3, 1)])  # interpreter, 10 s, 18 s
 def test_minibatch_stddev_second_order(fast, n, group, channels_last):
     x = rand(n, 2, 2, 2, dtype=torch.float64, channels_last=channels_last, grad=True)
+
     def fn(x):
         return ops.minibatch_stddev(x, group, impl=fast) ** 2
+
     assert torch.autograd.gradcheck(fn, (x,))
     assert torch.autograd.gradgradcheck(fn, (x,))
 
@@ -307,7 +330,7 @@ def test_minibatch_stddev_double_backward_formula_matches_autograd_of_ref():
     x = rand(6, 4, 4, 4, dtype=torch.float64, grad=True)
     dout = rand(6, 5, 4, 4, dtype=torch.float64, grad=True)
     ddx = rand(6, 4, 4, 4, dtype=torch.float64)
-    dx, = torch.autograd.grad(ops.minibatch_stddev_ref(x, 3), x, dout, create_graph=True)
+    (dx,) = torch.autograd.grad(ops.minibatch_stddev_ref(x, 3), x, dout, create_graph=True)
     want = torch.autograd.grad(dx, (dout, x), ddx)
     got = ops.minibatch_stddev.__globals__["minibatch_stddev_double_backward"](ddx, dout, x, 3)
     for a, e in zip(got, want):
@@ -316,9 +339,11 @@ def test_minibatch_stddev_double_backward_formula_matches_autograd_of_ref():
 
 # --- gradient_penalty ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("channels_last", LAYOUTS)
-@pytest.mark.parametrize("shape", [(1, 1, 4, 4), (5, 3, 8, 8), (16, 3, 32, 32), (2, 17, 64, 64), (16, 512, 4, 4)],
-                         ids=str)
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 4, 4), (5, 3, 8, 8), (16, 3, 32, 32), (2, 17, 64, 64), (16, 512, 4, 4)], ids=str
+)
 @pytest.mark.parametrize("target", [1.0, 750.0])
 def test_gradient_penalty_matches_ref(fast, shape, channels_last, target):
     g = rand(*shape, channels_last=channels_last, grad=True)
@@ -356,6 +381,7 @@ def test_gradient_penalty_second_order(fast, channels_last):
 
 # --- gp_interpolate -------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("channels_last", LAYOUTS)
 @pytest.mark.parametrize("shape", [(1, 1, 4, 4), (5, 3, 8, 8), (16, 3, 32, 32), (2, 17, 64, 64)], ids=str)
 def test_gp_interpolate_matches_ref(fast, shape, channels_last):
@@ -379,11 +405,22 @@ def test_gp_interpolate_gradients(fast):
 
 # --- registration: opcheck and torch.compile ---------------------------------------------------------------------
 
+
 def _opcheck_cases(fast):
     """(op, sample args) for every op of the backend: fwd and grad of each hot op, pixel norm, gp_interpolate."""
-    kernel_ops = ("bias_act", "bias_act_grad", "bias_act_pn", "bias_act_pn_grad", "fade_in", "fade_in_grad",
-                  "minibatch_stddev", "minibatch_stddev_grad", "gradient_penalty", "gradient_penalty_grad",
-                  "gp_interpolate")
+    kernel_ops = (
+        "bias_act",
+        "bias_act_grad",
+        "bias_act_pn",
+        "bias_act_pn_grad",
+        "fade_in",
+        "fade_in_grad",
+        "minibatch_stddev",
+        "minibatch_stddev_grad",
+        "gradient_penalty",
+        "gradient_penalty_grad",
+        "gp_interpolate",
+    )
     if fast == "ext":
         name = {k: ops._ext.op(k) for k in kernel_ops}
     else:
@@ -428,6 +465,7 @@ def test_torch_compile_traces_the_generator_forward(fast):
 
 # --- whole networks -------------------------------------------------------------------------------------------------
 
+
 def _nets(which):
     torch.manual_seed(0)
     G = Generator(resolution=16, fmap_base=128, fmap_max=32, latent_size=32, impl=which).to(DEV)
@@ -447,8 +485,12 @@ def test_networks_and_wgan_gp_gradients_match_ref(fast, alpha):
         torch.manual_seed(2)
         d_loss = d_loss_wgan_gp(lambda x: D(x, alpha), reals, fakes, impl=which)
         d_grads = torch.autograd.grad(d_loss, list(D.parameters()), allow_unused=True, materialize_grads=True)
-        g_grads = torch.autograd.grad(g_loss_wgan(lambda x: D(x, alpha), G(z, 16, alpha)), list(G.parameters()),
-                                      allow_unused=True, materialize_grads=True)
+        g_grads = torch.autograd.grad(
+            g_loss_wgan(lambda x: D(x, alpha), G(z, 16, alpha)),
+            list(G.parameters()),
+            allow_unused=True,
+            materialize_grads=True,
+        )
         results.append((fakes, scores, d_loss, d_grads, g_grads))
     (f0, s0, l0, dg0, gg0), (f1, s1, l1, dg1, gg1) = results
     close(f1, f0, torch.float32)
@@ -460,6 +502,7 @@ def test_networks_and_wgan_gp_gradients_match_ref(fast, alpha):
 
 
 # --- selection and fallback ------------------------------------------------------------------------------------------
+
 
 def test_auto_falls_back_to_ref_with_one_warning_when_triton_is_missing():
     code = """

@@ -1,4 +1,5 @@
 """The run's configuration is resolved once (config.resolve_config) and every record of the run carries it."""
+
 import dataclasses
 import inspect
 import json
@@ -14,15 +15,42 @@ from fastpggan.step import STEP_VERSION
 
 
 def _tiny(data, out, *extra):
-    return ["--data", data, "--out", str(out), "--name", "run", "--fmap-base", "32", "--fmap-max", "8",
-            "--latent-size", "8", "--minibatch", "8", "--lod-training-kimg", "0.016", "--lod-transition-kimg",
-            "0.016", "--tick-kimg", "0.016", "--snap-ticks", "1", "--kimg", "0.032", "--no-progress",
-            "--device", "cpu", *extra]
+    return [
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--name",
+        "run",
+        "--fmap-base",
+        "32",
+        "--fmap-max",
+        "8",
+        "--latent-size",
+        "8",
+        "--minibatch",
+        "8",
+        "--lod-training-kimg",
+        "0.016",
+        "--lod-transition-kimg",
+        "0.016",
+        "--tick-kimg",
+        "0.016",
+        "--snap-ticks",
+        "1",
+        "--kimg",
+        "0.032",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def test_every_auto_setting_is_decided_and_the_config_is_frozen():
-    cfg = config.resolve_config(config.DataShapes(16, 3), device="auto", amp="on", cuda_graphs="auto",
-                                minibatch={4: 16, "base": 8}, lr=0.002)
+    cfg = config.resolve_config(
+        config.DataShapes(16, 3), device="auto", amp="on", cuda_graphs="auto", minibatch={4: 16, "base": 8}, lr=0.002
+    )
     want = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert cfg.device == str(want) and cfg.amp_dtype == "bf16" and cfg.autocast_dtype is torch.bfloat16
     assert cfg.cuda_graphs is (want.type == "cuda") and cfg.world == 1 and cfg.step_version == STEP_VERSION
@@ -34,9 +62,17 @@ def test_every_auto_setting_is_decided_and_the_config_is_frozen():
     assert off.amp_dtype == "fp32" and off.autocast_dtype is None and off.cuda_graphs is False and off.compile_step
 
 
-@pytest.mark.parametrize("kw, error", [(dict(amp="fp8"), "amp must be"), (dict(cuda_graphs="maybe"), "cuda_graphs"),
-                                       (dict(preset="v3"), "preset must be"), (dict(amp_min_res=6), "power of two"),
-                                       (dict(device="tpu"), "--device must be"), (dict(batch_gpu=0), "at least 1")])
+@pytest.mark.parametrize(
+    "kw, error",
+    [
+        (dict(amp="fp8"), "amp must be"),
+        (dict(cuda_graphs="maybe"), "cuda_graphs"),
+        (dict(preset="v3"), "preset must be"),
+        (dict(amp_min_res=6), "power of two"),
+        (dict(device="tpu"), "--device must be"),
+        (dict(batch_gpu=0), "at least 1"),
+    ],
+)
 def test_a_bad_setting_is_one_user_error(kw, error):
     with pytest.raises(UserError, match=error):
         config.resolve_config(config.DataShapes(8, 1), **kw)
@@ -45,9 +81,9 @@ def test_a_bad_setting_is_one_user_error(kw, error):
 def test_the_command_line_defaults_are_the_function_defaults():
     """The parser only turns flags into resolve_config's keyword arguments: with no flags, the same values."""
     kw = train.config_kwargs(train.build_parser().parse_args([]))
-    assert set(kw) | {"world"} == set(config.DEFAULTS), set(kw) ^ set(config.DEFAULTS)   # world: torchrun's
+    assert set(kw) | {"world"} == set(config.DEFAULTS), set(kw) ^ set(config.DEFAULTS)  # world: torchrun's
     differ = {k: (v, config.DEFAULTS[k]) for k, v in kw.items() if v != config.DEFAULTS[k]}
-    assert differ == {"data": ("fashion-mnist", None)}   # the CLI's built-in dataset; a library user passes one
+    assert differ == {"data": ("fashion-mnist", None)}  # the CLI's built-in dataset; a library user passes one
     assert list(inspect.signature(config.resolve_config).parameters)[0] == "dataset"
 
 
@@ -56,8 +92,15 @@ def test_to_dict_round_trips_and_old_checkpoint_configs_read():
     d = cfg.to_dict()
     assert json.loads(json.dumps(d)).keys() == d.keys()
     assert config.RunConfig.from_dict(d) == cfg
-    assert d["resolved"] == dict(device="cpu", world=1, amp_dtype="fp32", cuda_graphs=False, compile_step=False,
-                                 channels_last=False, batch_gpu=None)
+    assert d["resolved"] == dict(
+        device="cpu",
+        world=1,
+        amp_dtype="fp32",
+        cuda_graphs=False,
+        compile_step=False,
+        channels_last=False,
+        batch_gpu=None,
+    )
     old = {k: v for k, v in d.items() if k not in ("resolved", "step_version", "gp_native_res", "max_images")}
     read = config.RunConfig.from_dict(old)
     assert read.step_version == 1 and read.gp_native_res is False and read.max_images is None
@@ -69,11 +112,12 @@ def test_to_dict_round_trips_and_old_checkpoint_configs_read():
 
 def test_the_resolved_config_is_printed_recorded_and_resumed_equal(tiny_npz, tmp_path):
     lines = []
-    t = train_quietly(_tiny(tiny_npz, tmp_path, "--seed", "3", "--mirror", "--amp", "bf16", "--batch-gpu", "4"),
-                      log=lines.append)
+    t = train_quietly(
+        _tiny(tiny_npz, tmp_path, "--seed", "3", "--mirror", "--amp", "bf16", "--batch-gpu", "4"), log=lines.append
+    )
     cfg, run = t.cfg, tmp_path / "run"
     assert cfg.amp_dtype == "bf16" and cfg.batch_gpu == 4 and cfg.seed == 3 and cfg.mirror
-    assert cfg.backends is not None   # chosen at the start, before the first step
+    assert cfg.backends is not None  # chosen at the start, before the first step
     start = "\n".join(lines)
     assert "step: bf16 autocast" in start and "4 rows per pass" in start and "on cpu" in start
     as_json = json.loads(json.dumps(cfg.to_dict()))
@@ -83,8 +127,21 @@ def test_the_resolved_config_is_printed_recorded_and_resumed_equal(tiny_npz, tmp
     assert logged[0]["config"] == as_json and logged[0]["kimg"] == 0
     state = ckpt.load(ckpt.latest(str(run)))
     assert state["config"] == cfg.to_dict() and config.RunConfig.from_dict(state["config"]) == cfg
-    resumed = train_quietly(["--resume", ckpt.latest(str(run)), "--kimg", "0.048", "--amp", "bf16", "--batch-gpu",
-                             "4", "--no-progress", "--device", "cpu"])
+    resumed = train_quietly(
+        [
+            "--resume",
+            ckpt.latest(str(run)),
+            "--kimg",
+            "0.048",
+            "--amp",
+            "bf16",
+            "--batch-gpu",
+            "4",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert resumed.cfg == dataclasses.replace(cfg, total_kimg=0.048)
     logged = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
     assert [r["config"]["total_kimg"] for r in logged if "config" in r] == [0.032, 0.048]

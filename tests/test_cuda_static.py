@@ -7,24 +7,38 @@ global load and store, and no kernel calls a 64-bit integer division routine. At
 theoretical occupancy at its 256-thread blocks. tests/fixtures/cuda/runtime_tail.cu proves the local-memory check
 can fail: it is the tail pattern that put 9 of our sm_90 kernels on the stack before commit 5517d93.
 """
+
 import os
 
 import pytest
 
 from fastpggan import _build, _static
 
-pytestmark = pytest.mark.skipif(_build.find_cuda_home() is None or _static.tools_dir() is None,
-                                reason="no CUDA toolkit (nvcc) or no nvdisasm (Triton) on this machine")
+pytestmark = pytest.mark.skipif(
+    _build.find_cuda_home() is None or _static.tools_dir() is None,
+    reason="no CUDA toolkit (nvcc) or no nvdisasm (Triton) on this machine",
+)
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "cuda", "runtime_tail.cu")
 # The kernels that stream tensors: their instantiations with V = 16 bytes / element size must use 128-bit
 # accesses (each also has a V = 1 form for misaligned or odd-sized tensors).
-VECTORIZED = ("bias_act_kernel", "bias_act_grad_kernel", "fade_same_fwd_kernel", "fade_same_bwd_kernel",
-              "fade_up_fwd_nchw_kernel", "fade_up_fwd_cl_kernel", "fade_up_bwd_nchw_kernel", "fade_up_bwd_cl_kernel",
-              "gp_interpolate_kernel", "gp_grad_kernel", "pn_fwd_rows_kernel", "pn_bwd_rows_kernel",
-              "mbstd_concat_nchw_kernel")
+VECTORIZED = (
+    "bias_act_kernel",
+    "bias_act_grad_kernel",
+    "fade_same_fwd_kernel",
+    "fade_same_bwd_kernel",
+    "fade_up_fwd_nchw_kernel",
+    "fade_up_fwd_cl_kernel",
+    "fade_up_bwd_nchw_kernel",
+    "fade_up_bwd_cl_kernel",
+    "gp_interpolate_kernel",
+    "gp_grad_kernel",
+    "pn_fwd_rows_kernel",
+    "pn_bwd_rows_kernel",
+    "mbstd_concat_nchw_kernel",
+)
 VECTOR = {"float": 4, "c10::BFloat16": 8, "c10::Half": 8, "double": 2}
-OCCUPANCY_FLOOR = 0.5   # no exception is needed today
+OCCUPANCY_FLOOR = 0.5  # no exception is needed today
 # (arch, kernel base name) -> why it may use local memory. Empty since 5517d93; an entry whose kernel no longer
 # uses local memory fails the test until it is taken off.
 LOCAL_MEMORY_EXCEPTIONS: dict = {}
@@ -53,11 +67,15 @@ def _template(name):
 def local_memory_breaches(table, arch, exceptions):
     """{kernel: what it does in local memory} for the kernels of `table` not excused at `arch`, plus a line for
     each exception that no longer applies."""
-    out = {n: k.local_memory for n, k in table.items()
-           if k.local_memory and (arch, _base(n)) not in exceptions}
+    out = {n: k.local_memory for n, k in table.items() if k.local_memory and (arch, _base(n)) not in exceptions}
     used = {(arch, _base(n)) for n, k in table.items() if k.local_memory}
-    out.update({f"exception {key}": "no longer uses local memory; take it off the list"
-                for key in exceptions if key[0] == arch and key not in used})
+    out.update(
+        {
+            f"exception {key}": "no longer uses local memory; take it off the list"
+            for key in exceptions
+            if key[0] == arch and key not in used
+        }
+    )
     return out
 
 
@@ -77,7 +95,7 @@ def narrow_streaming_kernels(table):
                 out[name] = f"{k.ld128} 128-bit loads, {k.st128} 128-bit stores"
         elif v != 1:
             out[name] = f"V = {v}: neither the vector nor the scalar form"
-    if checked != (len(VECTORIZED) + 1) * len(VECTOR):   # bias_act twice: bias per row (NCHW) or per column
+    if checked != (len(VECTORIZED) + 1) * len(VECTOR):  # bias_act twice: bias per row (NCHW) or per column
         out["(count)"] = f"{checked} vector forms found"
     return out
 
@@ -103,9 +121,11 @@ def test_the_local_memory_check_flags_the_old_tail_pattern(tmp_path):
     assert new.local_memory is None and new.ld128 == 2 and new.st128 == 1, new
     # an exception excuses it, and one that no longer applies is reported
     assert not local_memory_breaches(table, "sm_90", {("sm_90", "runtime_tail"): "fixture"})
-    assert list(local_memory_breaches(table, "sm_90", {("sm_90", "runtime_tail"): "fixture",
-                                                       ("sm_90", "predicated_tail"): "stale"})) == \
-        ["exception ('sm_90', 'predicated_tail')"]
+    assert list(
+        local_memory_breaches(
+            table, "sm_90", {("sm_90", "runtime_tail"): "fixture", ("sm_90", "predicated_tail"): "stale"}
+        )
+    ) == ["exception ('sm_90', 'predicated_tail')"]
 
 
 def test_local_memory_instructions_are_counted_from_the_sass():
@@ -126,13 +146,12 @@ def test_no_kernel_calls_a_64_bit_division_routine(sm90):
     """Per-element index math is 32-bit or division-free (rows x columns grids); a 64-bit loop counter would also
     show here, as the compiler divides to count its trips."""
     assert not {n: k.int64_division for n, k in sm90.items() if k.int64_division}
-    assert _static.INT64_DIVISION.search("CALL.REL.NOINC `(__internal_0_$__cuda_sm20_div_s64)")   # what it looks for
+    assert _static.INT64_DIVISION.search("CALL.REL.NOINC `(__internal_0_$__cuda_sm20_div_s64)")  # what it looks for
 
 
 @pytest.mark.slow
 def test_theoretical_occupancy_is_at_least_half(sm90):
-    low = {n: f"{k.occupancy:.0%} ({k.registers} registers)" for n, k in sm90.items()
-           if k.occupancy < OCCUPANCY_FLOOR}
+    low = {n: f"{k.occupancy:.0%} ({k.registers} registers)" for n, k in sm90.items() if k.occupancy < OCCUPANCY_FLOOR}
     assert not low, low
 
 

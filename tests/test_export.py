@@ -1,5 +1,6 @@
 """fastpggan.export: ONNX (run by onnxruntime) and TorchScript files equal PyTorch at batch 1 and 5 from one file,
 and 'auto' runs only standard operators while anything exports our modules."""
+
 import os
 
 import numpy as np
@@ -16,7 +17,7 @@ from fastpggan.networks import Generator
 from fastpggan.ops import _dispatch
 from test_bad_inputs import cli, leftovers, one_line_error
 
-TOLERANCE = 1e-4   # relative to the largest output magnitude, fp32 (the issue's bound; we reach about 1e-6)
+TOLERANCE = 1e-4  # relative to the largest output magnitude, fp32 (the issue's bound; we reach about 1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_onnx_and_torchscript_equal_pytorch_at_batch_1_and_5(converted, tmp_path
     model = onnx.load(str(onnx_path))
     onnx.checker.check_model(model)
     assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}, "non-standard operators in the graph"
-    assert [i.name for i in model.graph.input] == ["latents", "labels"][:1 + bool(labels)]
+    assert [i.name for i in model.graph.input] == ["latents", "labels"][: 1 + bool(labels)]
     assert [o.name for o in model.graph.output] == ["images"]
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     scripted = torch.jit.load(str(ts_path))
@@ -93,8 +94,9 @@ def test_auto_runs_standard_ops_under_torch_export_and_onnx_export(tmp_path, mon
     assert targets and not any("fastpggan" in t for t in targets), sorted(targets)
     onnx_path = str(tmp_path / "direct.onnx")
     torch.onnx.export(G, (z,), onnx_path, dynamo=True, external_data=False)
-    got = onnxruntime.InferenceSession(onnx_path).run(None, {onnxruntime.InferenceSession(onnx_path).get_inputs()[0]
-                                                             .name: z.numpy()})[0]
+    got = onnxruntime.InferenceSession(onnx_path).run(
+        None, {onnxruntime.InferenceSession(onnx_path).get_inputs()[0].name: z.numpy()}
+    )[0]
     with torch.no_grad():
         assert _rel(torch.from_numpy(got), G(z)) <= TOLERANCE
 
@@ -108,13 +110,21 @@ def test_export_of_a_missing_checkpoint_is_one_line_and_writes_nothing(tmp_path)
 @pytest.mark.slow
 def test_export_errors_are_one_line_and_write_nothing(converted, tmp_path):
     one_line_error(cli("export", "--checkpoint", converted["pggan_rgb32_fused"], cwd=tmp_path), "--onnx")
-    one_line_error(cli("export", "--checkpoint", converted["pggan_rgb32_fused"], "--onnx", "out.onnx", "--res", "64",
-                       cwd=tmp_path), "--res must be a power of two between 4 and 32")
+    one_line_error(
+        cli(
+            "export", "--checkpoint", converted["pggan_rgb32_fused"], "--onnx", "out.onnx", "--res", "64", cwd=tmp_path
+        ),
+        "--res must be a power of two between 4 and 32",
+    )
     (tmp_path / "keep.onnx").write_bytes(b"keep")
-    one_line_error(cli("export", "--checkpoint", converted["pggan_rgb32_fused"], "--onnx", "keep.onnx/out.onnx",
-                       cwd=tmp_path), "keep.onnx", "is a file, not a folder")
-    one_line_error(cli("export", "--checkpoint", converted["pggan_rgb32_fused"], "--onnx", "keep.onnx",
-                       cwd=tmp_path), "--force")
+    one_line_error(
+        cli("export", "--checkpoint", converted["pggan_rgb32_fused"], "--onnx", "keep.onnx/out.onnx", cwd=tmp_path),
+        "keep.onnx",
+        "is a file, not a folder",
+    )
+    one_line_error(
+        cli("export", "--checkpoint", converted["pggan_rgb32_fused"], "--onnx", "keep.onnx", cwd=tmp_path), "--force"
+    )
     assert (tmp_path / "keep.onnx").read_bytes() == b"keep"
     assert sorted(os.listdir(tmp_path)) == ["keep.onnx"]
 
@@ -136,11 +146,17 @@ def test_onnx_check_catches_a_wrong_file(converted, tmp_path):
 def test_an_opset_the_exporter_did_not_write_is_refused_and_nothing_is_kept(tmp_path, monkeypatch):
     """torch.onnx.export falls back to its own opset where converting to the asked one fails (it once wrote opset
     18 for --opset 99 and said nothing); export_onnx checks the file's opset."""
+
     def falls_back(module, args, path, **kw):
         node = onnx.helper.make_node("Identity", ["latents"], ["images"])
-        graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("latents", 1, [1])],
-                                       [onnx.helper.make_tensor_value_info("images", 1, [1])])
+        graph = onnx.helper.make_graph(
+            [node],
+            "g",
+            [onnx.helper.make_tensor_value_info("latents", 1, [1])],
+            [onnx.helper.make_tensor_value_info("images", 1, [1])],
+        )
         onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), path)
+
     monkeypatch.setattr(torch.onnx, "export", falls_back)
     module = export.FixedGenerator(Generator(resolution=8, latent_size=8, fmap_base=16, fmap_max=8), 8)
     out = tmp_path / "g.onnx"

@@ -1,6 +1,7 @@
 """The extension's CUDA kernels run only where they hold an image for the GPU: the fatbinary reader against
 cuobjdump, the compatibility rules, and a library built for sm_90 on a simulated sm_80 GPU (rebuilt for it, or its
 CUDA kernels refused with the reason, never launched)."""
+
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ needs_nvcc = pytest.mark.skipif(not os.path.exists(NVCC), reason="no CUDA toolki
 
 def _cuobjdump():
     import triton
+
     path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     if not os.path.exists(path):
         pytest.skip("Triton's cuobjdump is not installed")
@@ -38,14 +40,31 @@ def test_fatbin_reader_agrees_with_cuobjdump(tmp_path):
     src = tmp_path / "k.cu"
     src.write_text("__global__ void k(float* x) { x[threadIdx.x] *= 2.f; }\n")
     lib = str(tmp_path / "k.so")
-    subprocess.run([NVCC, "-shared", "-Xcompiler", "-fPIC", "-gencode", "arch=compute_75,code=sm_75",
-                    "-gencode", "arch=compute_86,code=sm_86", "-gencode", "arch=compute_90,code=compute_90",
-                    str(src), "-o", lib], check=True, capture_output=True)
+    subprocess.run(
+        [
+            NVCC,
+            "-shared",
+            "-Xcompiler",
+            "-fPIC",
+            "-gencode",
+            "arch=compute_75,code=sm_75",
+            "-gencode",
+            "arch=compute_86,code=sm_86",
+            "-gencode",
+            "arch=compute_90,code=compute_90",
+            str(src),
+            "-o",
+            lib,
+        ],
+        check=True,
+        capture_output=True,
+    )
     assert _build.fatbin_archs(lib) == {"sass": {75, 86}, "ptx": {90}} == _cuobjdump_archs(lib)
 
 
 def test_the_loaded_library_is_read_as_cuobjdump_reads_it():
     from fastpggan.ops import _ext
+
     assert _ext.load_error() is None, _ext.load_error()
     lib = _ext._state["path"]
     archs = _build.fatbin_archs(lib)
@@ -55,16 +74,19 @@ def test_the_loaded_library_is_read_as_cuobjdump_reads_it():
     assert archs == _cuobjdump_archs(lib) and archs["sass"] | archs["ptx"]
 
 
-@pytest.mark.parametrize("archs,cap,runs", [
-    ({"sass": {90}, "ptx": set()}, (9, 0), True),
-    ({"sass": {90}, "ptx": set()}, (8, 0), False),     # no image: the case a launch would fail on
-    ({"sass": {80}, "ptx": set()}, (8, 6), True),      # same major, higher minor
-    ({"sass": {86}, "ptx": set()}, (8, 0), False),
-    ({"sass": {80}, "ptx": set()}, (9, 0), False),     # machine code does not cross majors
-    ({"sass": {80}, "ptx": {90}}, (12, 0), True),      # PTX is compiled for newer GPUs
-    ({"sass": set(), "ptx": {120}}, (10, 0), False),
-    (None, (9, 0), False),
-])
+@pytest.mark.parametrize(
+    "archs,cap,runs",
+    [
+        ({"sass": {90}, "ptx": set()}, (9, 0), True),
+        ({"sass": {90}, "ptx": set()}, (8, 0), False),  # no image: the case a launch would fail on
+        ({"sass": {80}, "ptx": set()}, (8, 6), True),  # same major, higher minor
+        ({"sass": {86}, "ptx": set()}, (8, 0), False),
+        ({"sass": {80}, "ptx": set()}, (9, 0), False),  # machine code does not cross majors
+        ({"sass": {80}, "ptx": {90}}, (12, 0), True),  # PTX is compiled for newer GPUs
+        ({"sass": set(), "ptx": {120}}, (10, 0), False),
+        (None, (9, 0), False),
+    ],
+)
 def test_compatibility_rules(archs, cap, runs):
     why = _build.cuda_mismatch(archs, cap)
     assert (why is None) is runs
@@ -78,11 +100,11 @@ def test_default_arch_list_covers_every_generation_cuda_13_compiles_for():
     lib = {"sass": archs, "ptx": ptx}
     for cap in [(7, 5), (8, 0), (8, 6), (8, 7), (8, 9), (9, 0), (10, 0), (10, 3), (12, 0), (12, 1), (13, 0)]:
         assert _build.cuda_mismatch(lib, cap) is None, cap
-    assert _build.cuda_mismatch(lib, (7, 0)) is not None   # V100: CUDA 13 cannot compile for it
+    assert _build.cuda_mismatch(lib, (7, 0)) is not None  # V100: CUDA 13 cannot compile for it
 
 
 # A fresh process, with a GPU of capability 8.0 simulated and the library on disk said to hold sm_90 only.
-SIMULATION = r'''
+SIMULATION = r"""
 import os, sys, types, warnings
 import torch
 from fastpggan import _build, ops
@@ -123,14 +145,16 @@ try:
     print("RESOLVED ext")
 except ops.BackendUnavailable as e:
     print("REFUSED", str(e).splitlines()[0])
-'''
+"""
 
 
 def _simulate(scenario):
     from fastpggan.ops import _ext
+
     assert _ext.load_error() is None
-    p = subprocess.run([sys.executable, "-c", SIMULATION, scenario, _ext._state["path"]], capture_output=True,
-                       text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", SIMULATION, scenario, _ext._state["path"]], capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return dict(line.split(" ", 1) for line in p.stdout.splitlines() if " " in line)
 
@@ -138,14 +162,14 @@ def _simulate(scenario):
 @pytest.mark.slow
 def test_a_library_for_sm90_on_an_sm80_gpu_is_rebuilt_for_it():
     out = _simulate("rebuild")
-    assert out["BUILT"] == "[(True, '8.0')]"   # the first-use build, for the visible GPU
+    assert out["BUILT"] == "[(True, '8.0')]"  # the first-use build, for the visible GPU
     assert out["PATH"] == "False" and out["WHY"] == "None" and out["RESOLVED"] == "ext"
 
 
 @pytest.mark.slow
 def test_without_a_toolkit_its_cuda_kernels_are_refused_and_never_launched():
     out = _simulate("fallback")
-    assert out["BUILT"] == "[(True, '8.0')]" and out["PATH"] == "True"   # the CPU kernels stay usable
+    assert out["BUILT"] == "[(True, '8.0')]" and out["PATH"] == "True"  # the CPU kernels stay usable
     assert "machine code for 9.0" in out["WHY"] and "compute capability 8.0" in out["WHY"]
     assert "TORCH_CUDA_ARCH_LIST=8.0" in out["WHY"]
     assert "impl='ext' is not available" in out["REFUSED"] and "8.0" in out["REFUSED"]
@@ -153,5 +177,5 @@ def test_without_a_toolkit_its_cuda_kernels_are_refused_and_never_launched():
 
 def test_a_first_use_on_the_cpu_loads_it_and_the_gpu_check_comes_at_the_first_cuda_call():
     out = _simulate("lazy")
-    assert out["BUILT"] == "[]" and out["PATH"] == "True"   # CUDA was not initialized: nothing asked of it
+    assert out["BUILT"] == "[]" and out["PATH"] == "True"  # CUDA was not initialized: nothing asked of it
     assert "machine code for 9.0" in out["WHY"] and "REFUSED" in out

@@ -1,4 +1,5 @@
 """Building and loading the C++/CUDA extension fastpggan._C, and what happens when that fails."""
+
 import os
 import subprocess
 import sys
@@ -35,8 +36,14 @@ except ops.BackendUnavailable as e:
     assert 'could not be built' in str(e), e
 print('ok')
 """
-    p = run_python(code, CXX="/nonexistent/c++", CC="/nonexistent/cc", CUDA_HOME="/nonexistent", PATH="/usr/bin:/bin",
-             FASTPGGAN_CACHE=str(tmp_path))
+    p = run_python(
+        code,
+        CXX="/nonexistent/c++",
+        CC="/nonexistent/cc",
+        CUDA_HOME="/nonexistent",
+        PATH="/usr/bin:/bin",
+        FASTPGGAN_CACHE=str(tmp_path),
+    )
     assert p.returncode == 0 and "ok" in p.stdout, (p.stdout + p.stderr)[-3000:]
 
 
@@ -54,8 +61,12 @@ assert torch.allclose(ops.bias_act(x, b, gain=0.3, impl='ext'), ops.bias_act_ref
 print('ok')
 """
     env = dict(os.environ, FASTPGGAN_CACHE=str(tmp_path), FASTPGGAN_EXT_CUDA="0")
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0 and "ok" in out, (out + err)[-3000:]
@@ -115,9 +126,19 @@ def test_extension_is_loaded_with_cpu_kernels():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("fastpggan_ext::bias_act", "CPU")
 
 
-KERNEL_OPS = ("bias_act", "bias_act_grad", "bias_act_pn", "bias_act_pn_grad", "fade_in", "fade_in_grad",
-              "minibatch_stddev", "minibatch_stddev_grad", "gradient_penalty", "gradient_penalty_grad",
-              "gp_interpolate")
+KERNEL_OPS = (
+    "bias_act",
+    "bias_act_grad",
+    "bias_act_pn",
+    "bias_act_pn_grad",
+    "fade_in",
+    "fade_in_grad",
+    "minibatch_stddev",
+    "minibatch_stddev_grad",
+    "gradient_penalty",
+    "gradient_penalty_grad",
+    "gp_interpolate",
+)
 
 
 def test_triton_and_extension_kernel_ops_have_the_same_schemas():
@@ -138,18 +159,26 @@ def test_on_load_after_the_extension_loaded_runs_at_once():
     assert calls == [1]
 
 
-@pytest.mark.skipif(_build.find_cuda_home() is None or not torch.version.cuda,
-                    reason="no CUDA toolkit (nvcc) or no CUDA build of torch on this machine, so no CUDA sources "
-                           "to build")
+@pytest.mark.skipif(
+    _build.find_cuda_home() is None or not torch.version.cuda,
+    reason="no CUDA toolkit (nvcc) or no CUDA build of torch on this machine, so no CUDA sources to build",
+)
 def test_cuda_translation_unit_was_compiled_and_linked_for_sm90():
     """The CUDA kernels are registered (ops_cuda.cu was compiled and linked into the loaded library) and the
     library carries device code (.nv_fatbin). Needs no GPU: nothing is launched."""
     assert _ext.load_error() is None, _ext.load_error()
-    for op in ("bias_act", "bias_act_pn_grad", "fade_in", "minibatch_stddev_grad", "gradient_penalty",
-               "gp_interpolate"):
+    for op in (
+        "bias_act",
+        "bias_act_pn_grad",
+        "fade_in",
+        "minibatch_stddev_grad",
+        "gradient_penalty",
+        "gp_interpolate",
+    ):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastpggan_ext::{op}", "CUDA"), op
-    libs = [line.split()[-1] for line in open("/proc/self/maps")
-            if "fastpggan" in line and line.rstrip().endswith(".so")]
+    libs = [
+        line.split()[-1] for line in open("/proc/self/maps") if "fastpggan" in line and line.rstrip().endswith(".so")
+    ]
     assert libs, "the extension library is not mapped into this process"
     readelf = subprocess.run(["readelf", "-S", libs[0]], capture_output=True, text=True)
     if readelf.returncode != 0:

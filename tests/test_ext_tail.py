@@ -3,6 +3,7 @@ vector is checked by compiling the same header for the host. For every dtype the
 double, c10::Half, c10::BFloat16) and every count 0..V, load_tail reads exactly p[0..count) and zero-fills the
 other lanes, and store_tail writes exactly p[0..count), leaving every element after it as it was.
 """
+
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ import torch.utils.cpp_extension as cpp
 
 from fastpggan import _build
 
-PROGRAM = r'''
+PROGRAM = r"""
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <cstdio>
@@ -60,7 +61,7 @@ int main() {
   std::printf("checks %d failures %d\n", checks, failures);
   return failures != 0;
 }
-'''
+"""
 
 # every (dtype, count, lane) above: V = 4, 2, 8, 8 lanes; counts 0..V; a load check per lane and a store check
 # per lane and padding element
@@ -73,8 +74,11 @@ def test_tail_reads_and_writes_exactly_count_elements_for_every_dtype(tmp_path):
     src.write_text(PROGRAM)
     exe = tmp_path / "tail_test"
     includes = [f"-I{d}" for d in [_build.csrc_dir(), *cpp.include_paths()]]
-    build = subprocess.run(["c++", "-std=c++17", "-O2", "-Wall", "-Werror", "-Wno-unknown-pragmas", *includes,
-                            str(src), "-o", str(exe)], capture_output=True, text=True)
+    build = subprocess.run(
+        ["c++", "-std=c++17", "-O2", "-Wall", "-Werror", "-Wno-unknown-pragmas", *includes, str(src), "-o", str(exe)],
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout[-3000:]

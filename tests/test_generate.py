@@ -1,4 +1,5 @@
 """The generate CLI on a tiny checkpoint from the trainer."""
+
 import os
 
 import numpy as np
@@ -27,8 +28,15 @@ def test_grid_singles_and_gif(tiny_ckpt, tmp_path):
     _gen("--checkpoint", tiny_ckpt, "--seeds", "0-3,9", "--out", str(out), "--singles", "--interp", "3", "--gif")
     grid = Image.open(out / "grid.png")
     assert grid.size == (3 * 16, 2 * 16) and grid.mode == "RGB"
-    assert sorted(os.listdir(out)) == ["grid.png", "interp.gif", "seed0000.png", "seed0001.png", "seed0002.png",
-                                       "seed0003.png", "seed0009.png"]
+    assert sorted(os.listdir(out)) == [
+        "grid.png",
+        "interp.gif",
+        "seed0000.png",
+        "seed0001.png",
+        "seed0002.png",
+        "seed0003.png",
+        "seed0009.png",
+    ]
     gif = Image.open(out / "interp.gif")
     assert gif.n_frames == 4 * 3 + 1
 
@@ -46,8 +54,9 @@ def test_same_seed_same_image_and_matches_g_ema(tiny_ckpt, tmp_path):
 
 
 def test_interp_frames_folder(tiny_ckpt, tmp_path):
-    _gen("--checkpoint", tiny_ckpt, "--seeds", "0-1", "--out", str(tmp_path), "--interp", "4", "--no-grid",
-         "--res", "8")
+    _gen(
+        "--checkpoint", tiny_ckpt, "--seeds", "0-1", "--out", str(tmp_path), "--interp", "4", "--no-grid", "--res", "8"
+    )
     frames = sorted(os.listdir(tmp_path / "interp"))
     assert len(frames) == 5 and Image.open(tmp_path / "interp" / frames[0]).size == (8, 8)
 

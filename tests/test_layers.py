@@ -1,4 +1,5 @@
 """Equalized-LR layers against explicit formulas, and the fused-scale layers against their unfused pairs."""
+
 import math
 
 import pytest
@@ -33,8 +34,9 @@ def test_fused_up_equals_upsample_then_conv():
     plain = EqualizedConv2d(6, 5, 3, act="linear").double()
     plain.load_state_dict(layer.state_dict())
     x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
-    torch.testing.assert_close(layer(x), plain(F.interpolate(x, scale_factor=2, mode="nearest")),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        layer(x), plain(F.interpolate(x, scale_factor=2, mode="nearest")), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_fused_down_equals_conv_then_avgpool():

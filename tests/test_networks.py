@@ -1,4 +1,5 @@
 """Generator and Discriminator: Table-2 sizes, shapes, and fade-in continuity."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,8 +18,11 @@ def fused(request):
 
 def _count(net, skip_prefix, keep_index):
     """Parameters, counting only the final toRGB/fromRGB (index keep_index)."""
-    return sum(p.numel() for n, p in net.named_parameters()
-               if not (n.startswith(skip_prefix) and not n.startswith(f"{skip_prefix}{keep_index}.")))
+    return sum(
+        p.numel()
+        for n, p in net.named_parameters()
+        if not (n.startswith(skip_prefix) and not n.startswith(f"{skip_prefix}{keep_index}."))
+    )
 
 
 def test_table2_parameter_counts():
@@ -119,11 +123,17 @@ def test_bad_resolution_and_backend(ext_broken):
 
 def _dtypes_by_module(net, run):
     seen = {}
-    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, out.dtype))
-             for name, m in net.named_children() for m in ([m] if not isinstance(m, torch.nn.ModuleList) else [])]
-    hooks += [m.register_forward_hook(lambda mod, args, out, name=f"{lname}.{i}": seen.__setitem__(name, out.dtype))
-              for lname in ("blocks", "to_rgb", "from_rgb") if hasattr(net, lname)
-              for i, m in enumerate(getattr(net, lname))]
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, out.dtype))
+        for name, m in net.named_children()
+        for m in ([m] if not isinstance(m, torch.nn.ModuleList) else [])
+    ]
+    hooks += [
+        m.register_forward_hook(lambda mod, args, out, name=f"{lname}.{i}": seen.__setitem__(name, out.dtype))
+        for lname in ("blocks", "to_rgb", "from_rgb")
+        if hasattr(net, lname)
+        for i, m in enumerate(getattr(net, lname))
+    ]
     try:
         out = run()
     finally:
@@ -135,10 +145,12 @@ def _dtypes_by_module(net, run):
 def test_amp_min_res_keeps_low_resolutions_fp32(fused):
     """Under bf16 autocast with amp_min_res 16, the 4x4 and 8x8 layers of G and D run in fp32, 16x16 in bf16."""
     torch.manual_seed(0)
-    G = Generator(resolution=16, latent_size=16, num_channels=3, fmap_base=64, fmap_max=16, fused_scale=fused,
-                  impl="ref")
-    D = Discriminator(resolution=16, num_channels=3, fmap_base=64, fmap_max=16, mbstd_group_size=2, fused_scale=fused,
-                      impl="ref")
+    G = Generator(
+        resolution=16, latent_size=16, num_channels=3, fmap_base=64, fmap_max=16, fused_scale=fused, impl="ref"
+    )
+    D = Discriminator(
+        resolution=16, num_channels=3, fmap_base=64, fmap_max=16, mbstd_group_size=2, fused_scale=fused, impl="ref"
+    )
     G.amp_min_res = D.amp_min_res = 16
     z = torch.randn(4, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -151,21 +163,21 @@ def test_amp_min_res_keeps_low_resolutions_fp32(fused):
     G.amp_min_res = D.amp_min_res = None
     with torch.autocast("cpu", dtype=torch.bfloat16):
         g_all, _ = _dtypes_by_module(G, lambda: G(z, 16, 0.5))
-    assert g_all["blocks.1"] == torch.bfloat16   # without it every layer is low precision
+    assert g_all["blocks.1"] == torch.bfloat16  # without it every layer is low precision
     with torch.no_grad():
         ref_img = G(z, 16, 0.5)
-    torch.testing.assert_close(img.float(), ref_img, rtol=0.05, atol=0.05)   # bf16 tolerance
+    torch.testing.assert_close(img.float(), ref_img, rtol=0.05, atol=0.05)  # bf16 tolerance
 
 
 def test_amp_min_res_clamps_fp16_outputs():
     torch.manual_seed(0)
     G = Generator(resolution=8, latent_size=16, num_channels=3, fmap_base=64, fmap_max=16, impl="ref")
     with torch.no_grad():
-        G.to_rgb[1].weight.mul_(2e3)   # outputs in the thousands: fp16 holds them, the clamp cuts them
+        G.to_rgb[1].weight.mul_(2e3)  # outputs in the thousands: fp16 holds them, the clamp cuts them
     z = torch.randn(2, 16)
     with torch.autocast("cpu", dtype=torch.float16):
         unclamped = G(z, 8)
-        G.amp_min_res = 4   # every layer low precision, as without it, but clamped
+        G.amp_min_res = 4  # every layer low precision, as without it, but clamped
         clamped = G(z, 8)
     assert unclamped.abs().max() > 1000
     assert clamped.abs().max() == 256
@@ -197,8 +209,9 @@ def test_unfused_generator_is_the_fused_one_and_unfused_discriminator_is_not():
     with torch.no_grad():
         torch.testing.assert_close(Gu(z, 32, 0.5), Gf(z, 32, 0.5), rtol=1e-5, atol=1e-5)
         assert (Du(x, 0.5) - Df(x, 0.5)).abs().max() > 1e-2
-        conv = Du.blocks[3][1]   # 32x32's second conv, unfused: conv3x3, bias, LReLU, then the 2x2 box filter
+        conv = Du.blocks[3][1]  # 32x32's second conv, unfused: conv3x3, bias, LReLU, then the 2x2 box filter
         h = torch.randn(4, conv.in_ch, 32, 32)
-        want = F.avg_pool2d(F.leaky_relu(F.conv2d(h, conv.weight * conv.scale, padding=1) + conv.bias[:, None, None],
-                                         0.2), 2)
+        want = F.avg_pool2d(
+            F.leaky_relu(F.conv2d(h, conv.weight * conv.scale, padding=1) + conv.bias[:, None, None], 0.2), 2
+        )
         torch.testing.assert_close(conv(h), want, rtol=1e-5, atol=1e-5)

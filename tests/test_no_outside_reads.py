@@ -5,6 +5,7 @@ README lists them, and no code, test, conftest or CI script reads the project's 
 "shared" after "..", or a shell line that is not a comment. A docstring or comment that names the folder as the
 origin of something is not a read.
 """
+
 import ast
 import hashlib
 import os
@@ -14,8 +15,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "official")
-SHARED_PATH = re.compile(r"(^|[/\\])\.\.[/\\]+(\.\.[/\\]+)*shared([/\\]|$)"
-                         r"|shared[/\\]+(fixtures|peers|tools|REFERENCE)")
+SHARED_PATH = re.compile(
+    r"(^|[/\\])\.\.[/\\]+(\.\.[/\\]+)*shared([/\\]|$)"
+    r"|shared[/\\]+(fixtures|peers|tools|REFERENCE)"
+)
 PATH_CALLS = {"join", "Path", "PurePath", "joinpath", "open", "abspath", "normpath", "realpath"}
 
 
@@ -92,23 +95,29 @@ def test_no_code_reads_the_shared_folder():
 UP_SHARED = "".join(["..", "/sha", "red"])
 
 
-@pytest.mark.parametrize("source", [
-    'OFFICIAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "official")',
-    'p = "UP/fixtures/official/x.pkl"',
-    'p = Path(__file__).parent.parent / "shared"',
-    'def f():\n    """Doc."""\n    return np.load("../UP/peers/t.json")',
-    'x = f"{root}/sha" "red/fixtures/official"',
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        'OFFICIAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "official")',
+        'p = "UP/fixtures/official/x.pkl"',
+        'p = Path(__file__).parent.parent / "shared"',
+        'def f():\n    """Doc."""\n    return np.load("../UP/peers/t.json")',
+        'x = f"{root}/sha" "red/fixtures/official"',
+    ],
+)
 def test_scanner_sees_a_read(source):
     assert python_reads(source.replace("UP", UP_SHARED))
 
 
-@pytest.mark.parametrize("source", [
-    '"""Copied from UP/fixtures/official."""',
-    'def f():\n    """Run python UP/peers/progan_step.py."""\n    # UP/tools/guarded\n    return 1',
-    'state["shared"] = {"step": 0}',
-    'OFFICIAL = os.path.join(os.path.dirname(__file__), "fixtures", "official")',
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        '"""Copied from UP/fixtures/official."""',
+        'def f():\n    """Run python UP/peers/progan_step.py."""\n    # UP/tools/guarded\n    return 1',
+        'state["shared"] = {"step": 0}',
+        'OFFICIAL = os.path.join(os.path.dirname(__file__), "fixtures", "official")',
+    ],
+)
 def test_scanner_ignores_docs_and_other_uses(source):
     assert python_reads(source.replace("UP", UP_SHARED)) == []
 
@@ -126,9 +135,11 @@ def _listed():
 
 def test_official_fixtures_match_their_readme():
     listed = _listed()
-    present = {os.path.relpath(p, FIXTURES).replace(os.sep, "/")
-               for p in (os.path.join(t, f) for t, _, fs in os.walk(FIXTURES) for f in fs)} - {"README.md"}
-    assert len(listed) >= 14 and set(listed) == present, (sorted(set(listed) ^ present))
+    present = {
+        os.path.relpath(p, FIXTURES).replace(os.sep, "/")
+        for p in (os.path.join(t, f) for t, _, fs in os.walk(FIXTURES) for f in fs)
+    } - {"README.md"}
+    assert len(listed) >= 14 and set(listed) == present, sorted(set(listed) ^ present)
     for name, (size, digest) in listed.items():
         with open(os.path.join(FIXTURES, name), "rb") as fh:
             data = fh.read()

@@ -9,6 +9,7 @@ that tells whether it averaged G before or after G's step (fastpggan reaches 6e-
 3e-3: with beta1 = 0 an Adam step moves a weight by about lr (1e-3) in the sign of its gradient, and fp16 flips
 the sign of the smallest gradients, so single weights land about 2 lr from the fp32 ones.
 """
+
 import copy
 
 import numpy as np
@@ -32,8 +33,10 @@ def _rel_err(ours, theirs):
     return max((ours[k] - v).abs().max().item() for k, v in theirs.items()) / m
 
 
-FIXTURES = {"pggan_rgb32_fused": dict(res=32, channels=3, labels=0, fused=True, lods=8),
-            "pggan_gray16_nonfused_cond3": dict(res=16, channels=1, labels=3, fused=False, lods=6)}
+FIXTURES = {
+    "pggan_rgb32_fused": dict(res=32, channels=3, labels=0, fused=True, lods=8),
+    "pggan_gray16_nonfused_cond3": dict(res=16, channels=1, labels=3, fused=False, lods=6),
+}
 
 
 @pytest.mark.parametrize("impl", ["ref", "auto"])
@@ -43,8 +46,12 @@ def test_networks_equal_the_official_ones_at_every_lod(name, impl):
     lod the fixture holds, within 1e-4 of the largest magnitude (fastpggan reaches 1.5e-6 unfused, 1.3e-5 fused)."""
     want_cfg = FIXTURES[name]
     G, D, Gs = official.networks(official.fixture(f"{name}.pkl"), impl=impl)
-    assert (G.resolution, G.num_channels, G.label_size, D.fused_scale) == \
-        (want_cfg["res"], want_cfg["channels"], want_cfg["labels"], want_cfg["fused"])
+    assert (G.resolution, G.num_channels, G.label_size, D.fused_scale) == (
+        want_cfg["res"],
+        want_cfg["channels"],
+        want_cfg["labels"],
+        want_cfg["fused"],
+    )
     z = np.load(official.fixture(f"{name}.npz"))
     latents, images = torch.from_numpy(z["latents"]), torch.from_numpy(z["images"])
     labels = torch.from_numpy(z["labels"]) if want_cfg["labels"] else None
@@ -53,8 +60,11 @@ def test_networks_equal_the_official_ones_at_every_lod(name, impl):
     for lod in z["lods"]:
         res, alpha = _lod_phase(lod, want_cfg["res"])
         with torch.no_grad():
-            outs = dict(G=G(latents, res, alpha, labels), Gs=Gs(latents, res, alpha, labels),
-                        D=D(F.avg_pool2d(images, want_cfg["res"] // res) if res < want_cfg["res"] else images, alpha))
+            outs = dict(
+                G=G(latents, res, alpha, labels),
+                Gs=Gs(latents, res, alpha, labels),
+                D=D(F.avg_pool2d(images, want_cfg["res"] // res) if res < want_cfg["res"] else images, alpha),
+            )
         for net, y in outs.items():
             want = torch.from_numpy(z[f"{net}_{lod:g}"])
             assert y.shape == want.shape, f"{net} at lod {lod:g}"
@@ -67,7 +77,7 @@ def test_networks_equal_the_official_ones_at_every_lod(name, impl):
 
 
 def _official_state(z, prefix, which, net):
-    vars_ = {k[len(prefix) + len(which) + 2:]: z[k] for k in z.files if k.startswith(f"{prefix}/{which}/")}
+    vars_ = {k[len(prefix) + len(which) + 2 :]: z[k] for k in z.files if k.startswith(f"{prefix}/{which}/")}
     return official.state(vars_, net, which)
 
 
@@ -82,9 +92,16 @@ def _run_official_iterations(impl, amp_dtype=None, **step_kw):
         res, alpha = _lod_phase(lod, 16)
         G, D, Gs = copy.deepcopy(G0), copy.deepcopy(D0), copy.deepcopy(Gs0).requires_grad_(False)
         cpu = torch.device("cpu")
-        ts = step_mod.TrainStep(G, D, Gs, optim.make_optimizer(G.parameters(), cpu, cfg["lr"]),
-                                optim.make_optimizer(D.parameters(), cpu, cfg["lr"]), impl=impl,
-                                amp_dtype=amp_dtype, **step_kw)
+        ts = step_mod.TrainStep(
+            G,
+            D,
+            Gs,
+            optim.make_optimizer(G.parameters(), cpu, cfg["lr"]),
+            optim.make_optimizer(D.parameters(), cpu, cfg["lr"]),
+            impl=impl,
+            amp_dtype=amp_dtype,
+            **step_kw,
+        )
         if amp_dtype == torch.float16:
             sc = dict(scale=256.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000, _growth_tracker=0)
             ts.load_scaler_state(dict(D=sc, G=sc))
@@ -93,6 +110,7 @@ def _run_official_iterations(impl, amp_dtype=None, **step_kw):
 
             def t(name):
                 return torch.from_numpy(z[f"{p}/in/{name}"])
+
             inputs = step_mod.StepInputs(reals=t("reals"), z_d=t("z_d"), u=t("u"), z_g=t("z_g"), flip=t("flip"))
             assert inputs.reals.shape[-1] == res
             loss_D, loss_G = ts.step(inputs, res, alpha).tolist()
@@ -101,7 +119,8 @@ def _run_official_iterations(impl, amp_dtype=None, **step_kw):
                 loss_G=abs(loss_G - float(z[f"{p}/loss_G"])) / abs(float(z[f"{p}/loss_G"])),
                 G=_rel_err(G.state_dict(), _official_state(z, p, "G", G)),
                 D=_rel_err(D.state_dict(), _official_state(z, p, "D", D)),
-                Gs=_rel_err(Gs.state_dict(), _official_state(z, p, "Gs", Gs)))
+                Gs=_rel_err(Gs.state_dict(), _official_state(z, p, "Gs", Gs)),
+            )
     return out
 
 

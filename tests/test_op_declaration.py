@@ -1,6 +1,7 @@
 """An op declared in one place is tuned, self-tested and benchmarked with no edit anywhere else: the toy ops of
 tests/toy_ops.py (one OpSpec each, a `ref` body and a pure-Python second backend; `toy_wrong`'s is off by 5 %).
 """
+
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def toys():
     """The toy ops, declared for each test here only (tests/toy_ops.py)."""
     import toy_ops
+
     toy_ops.declare()
     yield toy_ops
     toy_ops.undeclare()
@@ -28,7 +30,7 @@ def test_the_declaration_is_all_the_dispatcher_needs(toys):
     toy, Shift = toys.toy, toys.Shift
     x = torch.randn(2, 3, 4, 4)
     assert torch.equal(toy(x, True, "ref"), x * 2 + 1) and torch.equal(toy(x, True, "ext"), toys.toy_fast(x, True))
-    assert _dispatch.AUTO_ORDER["toy_scale"] == {"cpu": ("ext", "ref")}   # the declared static order
+    assert _dispatch.AUTO_ORDER["toy_scale"] == {"cpu": ("ext", "ref")}  # the declared static order
     assert _dispatch.auto_backend("toy_scale", Shift(True), (2, 3, 4, 4), torch.float32, "contiguous", "cpu") == "ext"
     with pytest.raises(_dispatch.BackendUnavailable, match="no Triton kernel for toy_scale"):
         toy(x, impl="triton")
@@ -41,8 +43,9 @@ def test_the_declaration_is_all_the_dispatcher_needs(toys):
 
 def test_autotune_checks_times_and_caches_the_toy_ops(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTPGGAN_CACHE", str(tmp_path))
-    cases = [autotune.Case(op, "shift", (2, 3, 8, 8), "float32", "contiguous", "cpu") for op in ("toy_scale",
-                                                                                                 "toy_wrong")]
+    cases = [
+        autotune.Case(op, "shift", (2, 3, 8, 8), "float32", "contiguous", "cpu") for op in ("toy_scale", "toy_wrong")
+    ]
     with pytest.warns(UserWarning, match="toy_wrong.*excluding impl='ext': output differs from ref"):
         result = autotune.tune_cases(cases, log=lambda *a: None)
     good, bad = (result["entries"][c.key] for c in cases)
@@ -64,11 +67,13 @@ def test_the_self_test_checks_the_toy_ops():
 
 
 def test_the_op_benchmarks_collect_the_toy_op():
-    code = ("import importlib.util, sys; import pytest\n"
-            f"s = importlib.util.spec_from_file_location('toy_ops', {os.path.join(REPO, 'tests', 'toy_ops.py')!r})\n"
-            "m = importlib.util.module_from_spec(s); sys.modules['toy_ops'] = m; s.loader.exec_module(m)\n"
-            "sys.exit(pytest.main(['benchmarks/test_ops.py', '--collect-only', '--long', '-q',"
-            " '-p', 'no:cacheprovider']))\n")
+    code = (
+        "import importlib.util, sys; import pytest\n"
+        f"s = importlib.util.spec_from_file_location('toy_ops', {os.path.join(REPO, 'tests', 'toy_ops.py')!r})\n"
+        "m = importlib.util.module_from_spec(s); sys.modules['toy_ops'] = m; s.loader.exec_module(m)\n"
+        "sys.exit(pytest.main(['benchmarks/test_ops.py', '--collect-only', '--long', '-q',"
+        " '-p', 'no:cacheprovider']))\n"
+    )
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     ids = [line for line in p.stdout.splitlines() if "::test_op[" in line]

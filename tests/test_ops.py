@@ -1,4 +1,5 @@
 """The reference ops against independent formulas (numpy), and their autograd to the promised order."""
+
 import functools
 import warnings
 
@@ -18,7 +19,7 @@ def _np_bias_act(x, b, gain, slope, pn):
         y = y + b.astype(np.float64).reshape([1, -1] + [1] * (x.ndim - 2))
     y = np.where(y >= 0, y, y * slope)
     if pn:
-        y = y / np.sqrt((y ** 2).mean(axis=1, keepdims=True) + 1e-8)
+        y = y / np.sqrt((y**2).mean(axis=1, keepdims=True) + 1e-8)
     return y
 
 
@@ -116,6 +117,7 @@ def test_gradient_penalty_zero_grad_is_finite():
 
 # --- autograd: first order everywhere, second order where the WGAN-GP double backward needs it ---------------
 
+
 def _d(*shape):
     return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
 
@@ -155,6 +157,7 @@ def test_gradient_penalty_grad2():
 
 
 # --- backend selection ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("impl", ["ext"])
 def test_unavailable_backend_raises_clear_error(impl, ext_broken):

@@ -1,5 +1,6 @@
 """optim.TFAdam: TensorFlow's Adam (eps before the bias correction), held to torch.optim.Adam with eps_t and to
 TF's ApplyAdam formula in float64; GradScaler skips, the shared step count, state dicts."""
+
 import copy
 
 import pytest
@@ -15,8 +16,9 @@ def _params(seed=0, shapes=((7, 5), (3,), (2, 3, 3, 3))):
 
 def _grads(params, seed):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(p.shape, generator=g) * 10 ** torch.empty(p.shape).uniform_(-9, 1, generator=g)
-            for p in params]   # magnitudes 1e-9 .. 10, so that eps matters for some elements
+    return [
+        torch.randn(p.shape, generator=g) * 10 ** torch.empty(p.shape).uniform_(-9, 1, generator=g) for p in params
+    ]  # magnitudes 1e-9 .. 10, so that eps matters for some elements
 
 
 def _tf_adam_f64(params, grad_seq, lr, b1, b2, eps):
@@ -25,7 +27,7 @@ def _tf_adam_f64(params, grad_seq, lr, b1, b2, eps):
     m = [torch.zeros_like(x) for x in p]
     v = [torch.zeros_like(x) for x in p]
     for t, grads in enumerate(grad_seq, start=1):
-        lr_t = lr * (1 - b2 ** t) ** 0.5 / (1 - b1 ** t)
+        lr_t = lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
         for i, g in enumerate(grads):
             g = g.double()
             m[i] += (g - m[i]) * (1 - b1)
@@ -46,7 +48,7 @@ def test_equals_torch_adam_with_eps_t_and_tf_formula(betas, lr_kind):
     for t, grads in enumerate(grad_seq, start=1):
         for p, q, g in zip(ours, theirs, grads):
             p.grad, q.grad = g.clone(), g.clone()
-        ref.param_groups[0]["eps"] = eps / (1 - betas[1] ** t) ** 0.5   # TF's eps in PyTorch's form
+        ref.param_groups[0]["eps"] = eps / (1 - betas[1] ** t) ** 0.5  # TF's eps in PyTorch's form
         opt.step()
         ref.step()
         assert float(opt.t) == t
@@ -87,7 +89,7 @@ def test_grad_scaler_unscales_and_skips_overflowed_steps_on_the_device():
     twin = [torch.nn.Parameter(p.detach().clone()) for p in params]
     opt, ref = TFAdam(params, lr=0.01), TFAdam(twin, lr=0.01)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    scaler.scale(torch.ones(()))   # creates the scale tensor, as scaling the loss does
+    scaler.scale(torch.ones(()))  # creates the scale tensor, as scaling the loss does
     # a skipped first step (t stays 0: no 0/0), a normal scaled step, a skipped step, a normal one
     for k, overflow in enumerate([True, False, True, False]):
         grads = _grads(params, 50 + k)
@@ -171,8 +173,10 @@ def test_parameters_of_several_dtypes_step_together():
     assert float(opt.t) == 3
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; the CPU tests above cover "
-                                                          "the same update eagerly")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="CUDA graphs need a CUDA GPU; the CPU tests above cover the same update eagerly",
+)
 def test_cuda_graph_replays_equal_eager_steps_with_a_scaler_skip():
     dev = torch.device("cuda")
     eager = [p.detach().to(dev).requires_grad_(True) for p in _params()]
@@ -187,7 +191,7 @@ def test_cuda_graph_replays_equal_eager_steps_with_a_scaler_skip():
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        opt_g.step()   # lazy state, then back to the start
+        opt_g.step()  # lazy state, then back to the start
     torch.cuda.current_stream().wait_stream(side)
     with torch.no_grad():
         for p, q in zip(graphed, eager):

@@ -1,5 +1,6 @@
 """The training step: fp16 loss scaling and its gradient-penalty recipe, optimizer helpers, and the CUDA-graph
 wrapper's buffer handling (on the CPU with a stand-in that re-runs the recorded step; for real on a GPU)."""
+
 import functools
 
 import pytest
@@ -23,6 +24,7 @@ def _final_state(run_dir):
 
 # -- gradient penalty under loss scaling ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_scaled_gradient_penalty_equals_unscaled(dtype):
     torch.manual_seed(0)
@@ -32,7 +34,7 @@ def test_scaled_gradient_penalty_equals_unscaled(dtype):
     call = functools.partial(D, alpha=1.0)
     plain = losses.d_loss_wgan_gp(call, reals, fakes, u=u, impl="ref")
     g_plain = torch.autograd.grad(plain, list(D.parameters()), allow_unused=True)
-    scale = torch.tensor(2.0 ** 14, dtype=dtype)   # a power of two: scaling and unscaling are exact
+    scale = torch.tensor(2.0**14, dtype=dtype)  # a power of two: scaling and unscaling are exact
     scaled = losses.d_loss_wgan_gp(call, reals, fakes, u=u, impl="ref", grad_scale=scale)
     g_scaled = torch.autograd.grad(scaled * scale, list(D.parameters()), allow_unused=True)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-14)
@@ -50,22 +52,33 @@ def _tiny_step(amp_dtype, **kw):
     G_ema = Generator(resolution=8, latent_size=16, fmap_base=64, fmap_max=16).requires_grad_(False)
     G_ema.load_state_dict(G.state_dict())
     dev = torch.device("cpu")
-    s = step_mod.TrainStep(G, D, G_ema, optim.make_optimizer(G.parameters(), dev),
-                           optim.make_optimizer(D.parameters(), dev), amp_dtype=amp_dtype, **kw)
-    inputs = step_mod.StepInputs(reals=torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8),
-                                 z_d=torch.randn(4, 16), u=torch.rand(4), z_g=torch.randn(4, 16))
+    s = step_mod.TrainStep(
+        G,
+        D,
+        G_ema,
+        optim.make_optimizer(G.parameters(), dev),
+        optim.make_optimizer(D.parameters(), dev),
+        amp_dtype=amp_dtype,
+        **kw,
+    )
+    inputs = step_mod.StepInputs(
+        reals=torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8),
+        z_d=torch.randn(4, 16),
+        u=torch.rand(4),
+        z_g=torch.randn(4, 16),
+    )
     return s, inputs
 
 
 def test_fp16_overflow_skips_the_step_and_backs_off_the_scale():
     s, inputs = _tiny_step(torch.float16)
-    s.scaler_D = torch.amp.GradScaler("cpu", init_scale=2.0 ** 40)   # S * scores overflows fp16 in D's backward
+    s.scaler_D = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # S * scores overflows fp16 in D's backward
     d_before = [p.detach().clone() for p in s.D.parameters()]
     g_before = [p.detach().clone() for p in s.G.parameters()]
     out = s.step(inputs, 8, 0.5)
     assert out.dtype == torch.float32 and out.shape == (2,)
     assert all(torch.equal(a, b) for a, b in zip(d_before, s.D.parameters())), "D stepped on inf gradients"
-    assert s.scaler_D.get_scale() < 2.0 ** 40
+    assert s.scaler_D.get_scale() < 2.0**40
     assert any(not torch.equal(a, b) for a, b in zip(g_before, s.G.parameters())), "G should still train"
     assert float(s.opt_D.t) == 0 and float(s.opt_G.t) == 1
 
@@ -84,6 +97,7 @@ def test_fp16_step_calibrates_its_scale_then_trains():
 class _NoHostReads(TorchDispatchMode):
     """Raises on the ops that copy a tensor value to the host (what `.item()`, `bool(t)`, `if t:` and
     data-dependent shapes dispatch to). Under CUDA they would synchronise, and a CUDA graph cannot capture them."""
+
     FORBIDDEN = {"_local_scalar_dense", "is_nonzero", "nonzero", "equal", "masked_select", "unique"}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -102,7 +116,7 @@ def test_step_reads_nothing_back_to_the_host(amp, impl):
     for m in list(s.G.modules()) + list(s.D.modules()):
         if hasattr(m, "impl"):
             m.impl = impl
-    s.step(inputs, 8, 0.5)   # first step: lazy optimizer and scaler state
+    s.step(inputs, 8, 0.5)  # first step: lazy optimizer and scaler state
     with _NoHostReads():
         out = s.step(inputs, 8, 0.5)
         s.step(inputs, 8, 1.0)
@@ -110,6 +124,7 @@ def test_step_reads_nothing_back_to_the_host(amp, impl):
 
 
 # -- optimizer helpers ------------------------------------------------------------------------------------------
+
 
 def test_reset_optimizer_in_place_equals_a_fresh_optimizer():
     torch.manual_seed(0)
@@ -120,7 +135,7 @@ def test_reset_optimizer_in_place_equals_a_fresh_optimizer():
         opt.step()
     state_tensors = [id(v) for v in opt.state[w].values()] + [id(opt.t)]
     optim.reset_optimizer_(opt)
-    assert [id(v) for v in opt.state[w].values()] + [id(opt.t)] == state_tensors   # a captured graph stays valid
+    assert [id(v) for v in opt.state[w].values()] + [id(opt.t)] == state_tensors  # a captured graph stays valid
     assert float(opt.t) == 0
     w2 = torch.nn.Parameter(w.detach().clone())
     fresh = optim.make_optimizer([w2], torch.device("cpu"))
@@ -146,6 +161,7 @@ def test_optimizer_state_writes_a_float_lr_and_loading_keeps_the_tensor():
 
 # -- option parsing ---------------------------------------------------------------------------------------------
 
+
 def test_pick_amp_and_cuda_graphs_on_cpu():
     cpu = torch.device("cpu")
     assert config.pick_amp("auto", cpu) == ("fp32", None)
@@ -170,6 +186,7 @@ def test_cli_cuda_graphs_on_without_gpu_is_one_line(tiny_npz, tmp_path):
 
 # -- the graph wrapper ------------------------------------------------------------------------------------------
 
+
 def _graphed_run(monkeypatch, args, capture, log=lambda *a: None):
     """Train with CudaGraphStep forced on and `capture` in place of torch.cuda.graph (capture=None: the eager
     step, with the same capturable optimizers as the graphed one)."""
@@ -179,8 +196,11 @@ def _graphed_run(monkeypatch, args, capture, log=lambda *a: None):
     return _train(args, log=log)
 
 
-@pytest.mark.parametrize("extra", [[], slow(["--mirror", "--cond", "--amp", "fp16", "--batch-gpu", "4"])],
-                         ids=["plain", "mirror-cond-fp16-chunks"])
+@pytest.mark.parametrize(
+    "extra",
+    [[], slow(["--mirror", "--cond", "--amp", "fp16", "--batch-gpu", "4"])],
+    ids=["plain", "mirror-cond-fp16-chunks"],
+)
 def test_graph_wrapper_buffers_and_warmup_leave_results_unchanged(tiny_npz, tmp_path, monkeypatch, extra):
     """Static inputs, alpha filled in place, the warm-up undone, one build per (res, minibatch, fading) key:
     the wrapper trains exactly as the eager step (the CPU stand-in re-runs the recorded step on replay)."""
@@ -193,7 +213,7 @@ def test_graph_wrapper_buffers_and_warmup_leave_results_unchanged(tiny_npz, tmp_
 
     t = _graphed_run(monkeypatch, tiny_train_args(tiny_npz, tmp_path / "graphed", *extra), capture)
     assert isinstance(t.runner, step_mod.CudaGraphStep) and not t.runner.failed
-    assert len(builds) == 5   # 4x4; 8x8 fading; 8x8; 16x16 fading; 16x16
+    assert len(builds) == 5  # 4x4; 8x8 fading; 8x8; 16x16 fading; 16x16
     a, sa = _final_state(tmp_path / "eager" / "run")
     b, sb = _final_state(tmp_path / "graphed" / "run")
     assert a.keys() == b.keys() and len(a) > 20
@@ -206,6 +226,7 @@ def test_capture_runs_on_the_warm_up_side_stream(monkeypatch):
     """CudaGraphStep's capture goes on the one side stream its warm-up used, not torch.cuda.graph's own (the
     pattern that failed on ROCm). Simulated: torch.cuda's stream and graph objects are stand-ins that record."""
     import contextlib
+
     made, captured = [], []
     monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: made.append(object()) or made[-1])
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: "graph")
@@ -214,6 +235,7 @@ def test_capture_runs_on_the_warm_up_side_stream(monkeypatch):
     def graph(g, stream=None, **kw):
         captured.append(stream)
         yield
+
     monkeypatch.setattr(torch.cuda, "graph", graph)
     runner = step_mod.CudaGraphStep(_tiny_step(None)[0], log=lambda *a: None)
     warm = runner.side_stream()
@@ -235,7 +257,7 @@ def test_capture_failure_warns_once_and_trains_eagerly(tiny_npz, tmp_path, monke
     assert t.runner.failed
     a, _ = _final_state(tmp_path / "eager" / "run")
     b, _ = _final_state(tmp_path / "graphed" / "run")
-    for k in a:   # the failed warm-up was undone
+    for k in a:  # the failed warm-up was undone
         assert torch.equal(a[k], b[k]), k
 
 

@@ -1,4 +1,5 @@
 """The trainer end to end on seconds-long runs: growth, outputs, exact resume, and every error path."""
+
 import dataclasses
 import json
 import os
@@ -51,26 +52,28 @@ def test_keep_last_k(tiny_npz, tmp_path):
     assert names == ["checkpoint_000000.064.pt", "checkpoint_000000.080.pt"]
 
 
-@pytest.mark.parametrize("extra", [[], ["--mirror", "--cond"], ["--amp", "fp16", "--channels-last"],
-                                   ["--fused-scale", "0", "--cond"]],
-                         ids=["plain", "mirror-cond", "fp16-channels_last", "unfused-cond"])
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--mirror", "--cond"], ["--amp", "fp16", "--channels-last"], ["--fused-scale", "0", "--cond"]],
+    ids=["plain", "mirror-cond", "fp16-channels_last", "unfused-cond"],
+)
 def test_resume_is_bit_exact(tiny_npz, tmp_path, extra):
     straight = tiny_train_args(tiny_npz, tmp_path / "a", *extra)
     _train(straight)
     full = torch.load(ckpt.latest(str(tmp_path / "a" / "run")), weights_only=True)
 
     half = tiny_train_args(tiny_npz, tmp_path / "b", *extra)
-    half[half.index("--kimg") + 1] = "0.04"          # stop mid-transition (8x8 fade-in)
+    half[half.index("--kimg") + 1] = "0.04"  # stop mid-transition (8x8 fade-in)
     _train(half)
     mid = ckpt.latest(str(tmp_path / "b" / "run"))
     assert torch.load(mid, weights_only=True)["progress"]["nimg"] == 40
-    run_flags = [a for a in extra if a == "--channels-last"]   # how to run is not part of the checkpoint
+    run_flags = [a for a in extra if a == "--channels-last"]  # how to run is not part of the checkpoint
     t = _train(["--resume", mid, "--kimg", "0.08", "--no-progress", "--device", "cpu", *run_flags])
     assert t.D.fused_scale is t.G.fused_scale is ("--fused-scale" not in extra)
     resumed = torch.load(ckpt.latest(str(tmp_path / "b" / "run")), weights_only=True)
     assert full["scaler"] == resumed["scaler"]
     assert resumed["config"]["network"]["fused_scale"] is ("--fused-scale" not in extra)
-    if "fp16" in extra:   # one GradScaler per network, saved and restored
+    if "fp16" in extra:  # one GradScaler per network, saved and restored
         assert set(full["scaler"]) == {"D", "G"} and full["scaler"]["D"]["scale"] > 0
 
     a, b = checkpoint_tensors(full), checkpoint_tensors(resumed)
@@ -98,8 +101,10 @@ def test_a_checkpoint_written_before_the_trainer_split_still_resumes(tmp_path):
     path.write_bytes(open(OLD_CHECKPOINT, "rb").read())
     old = torch.load(path, weights_only=True)
     lines = []
-    loaded = _train(["--resume", str(path), "--kimg", "0.032", "--no-progress", "--device", "cpu"],  # nothing to train
-                    log=lines.append)
+    loaded = _train(
+        ["--resume", str(path), "--kimg", "0.032", "--no-progress", "--device", "cpu"],  # nothing to train
+        log=lines.append,
+    )
     notes = [ln for ln in lines if "fastpggan 0.1" in ln]
     assert len(notes) == 1 and "official" in notes[0] and "\n" not in notes[0]
     now = loaded.state_dict()
@@ -114,10 +119,15 @@ def test_a_checkpoint_written_before_the_trainer_split_still_resumes(tmp_path):
     assert now["sampler"] == old["sampler"] and torch.equal(now["rng"]["torch"], old["rng"]["torch"])
     assert {k: now["progress"][k] for k in old["progress"]} == old["progress"]
     # a run from before tuning goes on with the static backend order, and from now on records that it does
-    want = dict(config.RunConfig.from_dict(old["config"]).to_dict(), total_kimg=0.032,
-                step_version=step_mod.STEP_VERSION, backends=dict(device=None, choices={}))
+    want = dict(
+        config.RunConfig.from_dict(old["config"]).to_dict(),
+        total_kimg=0.032,
+        step_version=step_mod.STEP_VERSION,
+        backends=dict(device=None, choices={}),
+    )
     assert now["config"] == want and {k: want[k] for k in old["config"]} == dict(
-        old["config"], total_kimg=0.032)   # every recorded field kept, the missing ones filled in
+        old["config"], total_kimg=0.032
+    )  # every recorded field kept, the missing ones filled in
 
     t = _train(["--resume", str(path), "--kimg", "0.048", "--no-progress", "--device", "cpu"])
     assert t.nimg == 48
@@ -154,8 +164,10 @@ def test_resume_latest(tiny_npz, tmp_path):
     assert t.nimg == 48 and t.run_dir == str(tmp_path / "run")
 
 
-@pytest.mark.parametrize("amp,dtype,extra", [("on", torch.bfloat16, []), ("fp16", torch.float16, []),
-                                             ("fp16", torch.float16, ["--amp-min-res", "8"])])
+@pytest.mark.parametrize(
+    "amp,dtype,extra",
+    [("on", torch.bfloat16, []), ("fp16", torch.float16, []), ("fp16", torch.float16, ["--amp-min-res", "8"])],
+)
 def test_amp_on_cpu_keeps_weights_optimizer_and_ema_fp32(tiny_npz, tmp_path, amp, dtype, extra):
     t = _train(tiny_train_args(tiny_npz, tmp_path, "--amp", amp, *extra))
     assert t.amp_dtype == dtype
@@ -183,11 +195,12 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_npz, tmp_path, monkeypatc
     real, calls = losses.g_loss_wgan, []
 
     def poisoned(*a, **k):
-        if _dispatch._recorder:   # the trainer's start-up recording of the op cases, not a training step
+        if _dispatch._recorder:  # the trainer's start-up recording of the op cases, not a training step
             return real(*a, **k)
         calls.append(1)
         out = real(*a, **k)
         return out * float("nan") if len(calls) >= 5 else out
+
     monkeypatch.setattr(losses, "g_loss_wgan", poisoned)
     with pytest.raises(trainer.Diverged, match=r"NaN.*last checkpoint \(finite weights\): .*checkpoint_000000.032.pt"):
         _train(tiny_train_args(tiny_npz, tmp_path))
@@ -201,6 +214,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_npz, tmp_path, monkeypatc
 def test_oom_message(tiny_npz, tmp_path, monkeypatch):
     def oom(self, ph):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
     monkeypatch.setattr(trainer.Trainer, "step", oom)
     with pytest.raises(UserError, match=r"out of memory at 4x4 with minibatch 8: .*--minibatch 4:4.*--amp"):
         _train(tiny_train_args(tiny_npz, tmp_path))
@@ -215,6 +229,7 @@ def sigint_handler():
     def use(handler):
         signal.signal(signal.SIGINT, handler)
         return handler
+
     yield use
     signal.signal(signal.SIGINT, found)
 
@@ -228,12 +243,14 @@ def _interrupt_at_step(monkeypatch, n):
         if len(calls) == n:
             os.kill(os.getpid(), signal.SIGINT)
         return out
+
     monkeypatch.setattr(trainer.Trainer, "step", step)
 
 
 def test_ctrl_c_saves_checkpoint_then_exits(tiny_npz, tmp_path, monkeypatch, sigint_handler):
     def mine(signum, frame):
         raise KeyboardInterrupt
+
     sigint_handler(mine)
     _interrupt_at_step(monkeypatch, 3)
     with pytest.raises(SystemExit) as e:
@@ -241,7 +258,7 @@ def test_ctrl_c_saves_checkpoint_then_exits(tiny_npz, tmp_path, monkeypatch, sig
     assert e.value.code == 130
     state = ckpt.load(ckpt.latest(str(tmp_path / "run")))
     assert state["progress"]["nimg"] == 24
-    assert signal.getsignal(signal.SIGINT) is mine   # the handler found at start, not Python's default
+    assert signal.getsignal(signal.SIGINT) is mine  # the handler found at start, not Python's default
 
 
 def test_an_ignored_ctrl_c_stays_ignored(tiny_npz, tmp_path, monkeypatch, sigint_handler):
@@ -280,17 +297,21 @@ def test_incompatible_checkpoint(tiny_npz, tmp_path):
 
 def _cli(*args, cwd):
     env = dict(os.environ)
-    return subprocess.run([sys.executable, "-m", "fastpggan.train", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fastpggan.train", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--data", "no/such/folder"], "error: data path 'no/such/folder' does not exist"),
-    slow(["--data", "digits", "--resolution", "24"], "error: resolution must be a power of two"),
-    slow(["--data", "digits", "--resolution", "2"], "error: resolution must be a power of two"),
-    slow(["--resume", "latest"], "error: --resume latest: no checkpoint found"),
-    slow(["--data", "digits", "--amp-min-res", "12"], "error: --amp-min-res must be a power of two"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--data", "no/such/folder"], "error: data path 'no/such/folder' does not exist"),
+        slow(["--data", "digits", "--resolution", "24"], "error: resolution must be a power of two"),
+        slow(["--data", "digits", "--resolution", "2"], "error: resolution must be a power of two"),
+        slow(["--resume", "latest"], "error: --resume latest: no checkpoint found"),
+        slow(["--data", "digits", "--amp-min-res", "12"], "error: --amp-min-res must be a power of two"),
+    ],
+)
 def test_cli_errors_are_one_line(tmp_path, args, msg):
     r = _cli(*args, "--no-progress", cwd=tmp_path)
     assert r.returncode == 2
@@ -302,6 +323,7 @@ def test_cli_errors_are_one_line(tmp_path, args, msg):
 @pytest.mark.slow
 def test_cli_too_small_images_strict(tmp_path):
     from PIL import Image
+
     (tmp_path / "d").mkdir()
     for i in range(2):
         Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "d" / f"{i}.png")
@@ -313,14 +335,31 @@ def test_cli_too_small_images_strict(tmp_path):
 def test_cli_help_documents_flags(tmp_path):
     r = _cli("--help", cwd=tmp_path)
     assert r.returncode == 0
-    for flag in ("--data", "--out", "--resolution", "--kimg", "--preset", "--seed", "--amp", "--resume", "--device",
-                 "--mirror", "--cond", "--lod-training-kimg", "--lod-transition-kimg", "--minibatch", "--lr",
-                 "--no-reset-opt", "--strict"):
+    for flag in (
+        "--data",
+        "--out",
+        "--resolution",
+        "--kimg",
+        "--preset",
+        "--seed",
+        "--amp",
+        "--resume",
+        "--device",
+        "--mirror",
+        "--cond",
+        "--lod-training-kimg",
+        "--lod-transition-kimg",
+        "--minibatch",
+        "--lr",
+        "--no-reset-opt",
+        "--strict",
+    ):
         assert flag in r.stdout
 
 
 def test_presets_configure_the_run(tmp_path):
     from fastpggan.data import build_dataset
+
     pytest.importorskip("sklearn", reason="scikit-learn is in the [demo] extra")
     ds = build_dataset("digits", progress=False)
     cfg = config.resolve_config(ds, device="cpu", preset="v1")
@@ -343,6 +382,7 @@ def test_cli_entry_turns_errors_into_one_line(capsys):
     @cli_entry
     def interrupted(argv):
         raise KeyboardInterrupt
+
     for fn, code, text in ((fails, 2, "error: bad thing; do this instead"), (interrupted, 130, "interrupted")):
         with pytest.raises(SystemExit) as e:
             fn([])
@@ -351,32 +391,45 @@ def test_cli_entry_turns_errors_into_one_line(capsys):
 
 def test_one_time_estimate_line_and_per_resolution_rates(tiny_npz, tmp_path):
     lines = []
-    t = _train(tiny_train_args(tiny_npz, tmp_path, "--kimg", "0.48", "--lod-training-kimg", "0.16",
-                               "--lod-transition-kimg", "0.16", "--tick-kimg", "1"), log=lines.append)
+    t = _train(
+        tiny_train_args(
+            tiny_npz,
+            tmp_path,
+            "--kimg",
+            "0.48",
+            "--lod-training-kimg",
+            "0.16",
+            "--lod-transition-kimg",
+            "0.16",
+            "--tick-kimg",
+            "1",
+        ),
+        log=lines.append,
+    )
     notes = [ln for ln in lines if ln.startswith("estimate: about ")]
     assert len(notes) == 1 and "to train the remaining" in notes[0] and "\n" not in notes[0], lines
-    assert set(t.eta.sec_per_img) == {4, 8} and all(v > 0 for v in t.eta.sec_per_img.values())   # 20 steps a phase
+    assert set(t.eta.sec_per_img) == {4, 8} and all(v > 0 for v in t.eta.sec_per_img.values())  # 20 steps a phase
     images = sum(n for _, n in t.eta.measured.values())
     assert 0 < images <= t.nimg
     assert set(t.eta.forward_cost) == {4, 8} and all(v > 0 for v in t.eta.forward_cost.values())
     before = torch.get_rng_state()
     probe = t.eta.probe_forward_cost({4, 16}, repeats=1)
-    assert set(probe) == {4, 16} and torch.equal(torch.get_rng_state(), before)   # the run's RNG is untouched
+    assert set(probe) == {4, 16} and torch.equal(torch.get_rng_state(), before)  # the run's RNG is untouched
 
 
 def test_a_minibatch_that_cannot_fit_the_device_is_refused_before_any_work():
     """The bound is a lower bound (activations at 2 bytes): the official 1024x1024 configuration (v1: minibatch 16 at
     128, 4 at 1024) passes on a 16 GiB GPU; 10^8 images per pass at 4x4 do not fit 23 GiB."""
-    gib = 2 ** 30
+    gib = 2**30
     official = config.resolve_config(config.DataShapes(1024, 3), device="cpu", preset="v1")
     config.validate_config(official, memory=16 * gib)
     with pytest.raises(UserError, match=r"pass at \d+x\d+ need at least .* the device has 0.2 GiB; lower --minib"):
         config.validate_config(official, memory=gib // 5)
     with pytest.raises(UserError, match=r"100000000 images per forward pass at 4x4 need at least \d+\.\d GiB"):
-        config.resolve_config(config.DataShapes(8, 3), device="cpu", minibatch="100000000")   # this machine's RAM
+        config.resolve_config(config.DataShapes(8, 3), device="cpu", minibatch="100000000")  # this machine's RAM
     huge = config.resolve_config(config.DataShapes(8, 3), device="cpu", minibatch="100000000", batch_gpu=1000)
-    config.validate_config(huge, memory=23 * gib)   # split into passes of 1000 it fits
+    config.validate_config(huge, memory=23 * gib)  # split into passes of 1000 it fits
     huge = dataclasses.replace(huge, batch_gpu=None)
     with pytest.raises(UserError, match=r"100000000 images per forward pass at 4x4 need at least \d+\.\d GiB"):
         config.validate_config(huge, memory=23 * gib)
-    config.validate_config(huge)   # memory unknown: not checked
+    config.validate_config(huge)  # memory unknown: not checked

@@ -8,6 +8,7 @@ The interpreter tests check the kernels' arithmetic but not that the compiler ac
 run in the interpreter and fail to compile. Triton compiles ahead of time without a GPU (it ships ptxas), so
 this runs on the CPU, in a subprocess because the interpreter setting is fixed when a kernel is defined.
 """
+
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # about 90 s of ahead-of-time compiles
 
-SCRIPT = r'''
+SCRIPT = r"""
 import itertools, os, sys, tempfile
 import torch
 import triton
@@ -165,7 +166,7 @@ for name in ("_bias_act_kernel", "_fade_in_bwd_rows_kernel"):
 for f in failures:
     print("FAILED", f)
 sys.exit(1 if failures else 0)
-'''
+"""
 
 
 def test_every_kernel_compiles_for_sm90():

@@ -6,6 +6,7 @@ Broken backends are made as a user's torch could make them: a `sitecustomize.py`
 extension's CPU kernel of `fastpggan_ext::bias_act` with torch.library in every child Python, which is where the
 tuner validates.
 """
+
 import json
 import os
 import pathlib
@@ -55,9 +56,11 @@ def spy(monkeypatch, op):
     """Count the calls of each backend of `op`."""
     counts = {}
     for impl, (fn, unavailable) in list(_dispatch._registry[op].items()):
+
         def wrapped(*a, _fn=fn, _impl=impl, **k):
             counts[_impl] = counts.get(_impl, 0) + 1
             return _fn(*a, **k)
+
         monkeypatch.setitem(_dispatch._registry[op], impl, (wrapped, unavailable))
     _dispatch.forget()
     return counts
@@ -73,23 +76,30 @@ def in_children(tmp_path, monkeypatch, code):
 
 def broken_ext(tmp_path, monkeypatch, body):
     """Children of this test get an extension whose CPU bias_act kernel is `body` (of x, bias, gain, slope)."""
-    in_children(tmp_path, monkeypatch, textwrap.dedent("""
+    in_children(
+        tmp_path,
+        monkeypatch,
+        textwrap.dedent("""
         import os, signal, torch
         from fastpggan import ops
         assert ops._ext.load_error() is None
         _lib = torch.library.Library("fastpggan_ext", "IMPL")
         def _bad(x, bias, gain, slope):
-        """) + textwrap.indent(textwrap.dedent(body), "    ") + '\n_lib.impl("bias_act", _bad, "CPU")\n')
+        """)
+        + textwrap.indent(textwrap.dedent(body), "    ")
+        + '\n_lib.impl("bias_act", _bad, "CPU")\n',
+    )
 
 
 # -- choosing --------------------------------------------------------------------------------------------------
 
+
 def test_tuning_validates_times_chooses_and_caches(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")   # Triton is a CPU candidate under its interpreter
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton is a CPU candidate under its interpreter
     result = autotune.tune_cases([BIAS, FADE], seed=5)
     assert result["measured"] == 2 and set(result["choices"]) == {BIAS.key, FADE.key}
     for key, entry in result["entries"].items():
-        assert set(entry["seconds"]) == {"ref", "ext", "triton"}          # all validated and timed
+        assert set(entry["seconds"]) == {"ref", "ext", "triton"}  # all validated and timed
         assert entry["impl"] == min(entry["seconds"], key=entry["seconds"].get)
         for impl in ("ext", "triton"):
             assert 0 <= entry["tolerance_ratio"][impl] <= 1
@@ -108,11 +118,11 @@ def test_auto_runs_the_cached_choice_and_explicit_choices_win(monkeypatch):
     tune_cache.write(torch.device("cpu"), {BIAS.key: dict(impl="ref")})
     counts = spy(monkeypatch, "bias_act")
     x, b = torch.randn(BIAS.shape), torch.randn(BIAS.shape[1])
-    ops.bias_act(x, b)                                 # the static CPU order would run ext
+    ops.bias_act(x, b)  # the static CPU order would run ext
     assert counts == {"ref": 1}
-    ops.bias_act(x[:3], b)                             # same shape class (batch 3 rounds up to 4)
+    ops.bias_act(x[:3], b)  # same shape class (batch 3 rounds up to 4)
     assert counts == {"ref": 2}
-    ops.bias_act(torch.randn(4, 6, 4, 4), b)           # another case: the static order
+    ops.bias_act(torch.randn(4, 6, 4, 4), b)  # another case: the static order
     assert counts == {"ref": 2, "ext": 1}
     ops.bias_act(x, b, impl="ext")
     assert counts["ext"] == 2
@@ -124,13 +134,16 @@ def test_auto_runs_the_cached_choice_and_explicit_choices_win(monkeypatch):
 def test_a_wrong_backend_is_never_chosen(tmp_path, monkeypatch):
     broken_ext(tmp_path, monkeypatch, "return ops.bias_act_ref(x, bias, gain, slope) * 1.001")
     logged = []
-    with pytest.warns(UserWarning, match=r"bias_act on bias_act\(lrelu,bias\) float32 contiguous n4x6x8x8: "
-                                         r"excluding impl='ext': output differs from ref \(max error"):
+    with pytest.warns(
+        UserWarning,
+        match=r"bias_act on bias_act\(lrelu,bias\) float32 contiguous n4x6x8x8: "
+        r"excluding impl='ext': output differs from ref \(max error",
+    ):
         result = autotune.tune_cases([BIAS, FADE], log=logged.append)
     assert result["choices"][BIAS.key] == "ref"
     assert set(result["entries"][BIAS.key]["seconds"]) == {"ref"}
     assert "output differs from ref" in result["entries"][BIAS.key]["excluded"]["ext"]
-    assert not result["entries"][FADE.key]["excluded"]            # the other op's ext is fine
+    assert not result["entries"][FADE.key]["excluded"]  # the other op's ext is fine
     assert len(logged) == 1 and "\n" not in logged[0]
 
 
@@ -161,12 +174,12 @@ def _tune_with_compiled(tmp_path, monkeypatch, child_code, **env):
 
 
 @pytest.mark.slow
-def test_auto_picks_compiled_where_it_is_measured_fastest_with_a_cold_and_a_warm_inductor_cache(tmp_path,
-                                                                                                monkeypatch):
+def test_auto_picks_compiled_where_it_is_measured_fastest_with_a_cold_and_a_warm_inductor_cache(tmp_path, monkeypatch):
     compile_s = []
-    for _ in ("cold", "warm"):   # fresh child processes; the first one fills the empty inductor cache
-        entry = _tune_with_compiled(tmp_path, monkeypatch, FAST_COMPILED,
-                                    TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))["entries"][BIAS.key]
+    for _ in ("cold", "warm"):  # fresh child processes; the first one fills the empty inductor cache
+        entry = _tune_with_compiled(
+            tmp_path, monkeypatch, FAST_COMPILED, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor")
+        )["entries"][BIAS.key]
         assert entry["impl"] == "compiled" and set(entry["seconds"]) == {"ref", "ext", "compiled"}, entry
         assert not entry["excluded"] and 0 <= entry["tolerance_ratio"]["compiled"] <= 1
         compile_s.append(entry["compile_seconds"]["compiled"])
@@ -210,7 +223,7 @@ def test_a_backend_that_crashes_the_child_is_excluded_and_tuning_goes_on(tmp_pat
     with pytest.warns(UserWarning, match="excluding impl='ext': the process killed by signal 11"):
         result = autotune.tune_cases([BIAS, FADE], log=lambda line: None)
     assert result["choices"][BIAS.key] == "ref"
-    assert set(result["entries"][FADE.key]["seconds"]) == {"ref", "ext"}   # a new child measured the next case
+    assert set(result["entries"][FADE.key]["seconds"]) == {"ref", "ext"}  # a new child measured the next case
 
 
 @pytest.mark.slow
@@ -235,13 +248,17 @@ def test_a_tuner_that_cannot_start_leaves_the_static_order(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("interpret,expected", [("1", "['ref', 'triton', 'ext']"), slow("0", "['ref', 'ext']")])
 def test_triton_is_a_cpu_candidate_only_under_the_interpreter(interpret, expected):
-    r = run_python("from fastpggan import autotune; from fastpggan.autotune import Case; "
-                   "print(autotune.candidates(Case('bias_act', 'lrelu,bias', (4, 6, 8, 8), 'float32', "
-                   "'contiguous', 'cpu')))", TRITON_INTERPRET=interpret)
+    r = run_python(
+        "from fastpggan import autotune; from fastpggan.autotune import Case; "
+        "print(autotune.candidates(Case('bias_act', 'lrelu,bias', (4, 6, 8, 8), 'float32', "
+        "'contiguous', 'cpu')))",
+        TRITON_INTERPRET=interpret,
+    )
     assert r.returncode == 0 and r.stdout.strip() == expected, r.stderr
 
 
 # -- the cache file --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "other version", "other device", "no backend"])
@@ -253,7 +270,7 @@ def test_a_bad_cache_file_is_ignored_with_one_warning_and_rebuilt(damage, monkey
     if damage == "garbage":
         text = "\x00\x01 not json"
     elif damage == "truncated":
-        text = text[:len(text) // 2]
+        text = text[: len(text) // 2]
     else:
         if damage == "other version":
             data["versions"]["fastpggan"] = "0.0.1"
@@ -271,7 +288,7 @@ def test_a_bad_cache_file_is_ignored_with_one_warning_and_rebuilt(damage, monkey
             ops.bias_act(torch.randn(BIAS.shape), torch.randn(6))
     ours = [w for w in caught if "tune cache" in str(w.message)]
     assert len(ours) == 1 and "ignoring the tune cache" in str(ours[0].message)
-    assert counts == {"ext": 3}                        # the static order, not the damaged file's 'ref'
+    assert counts == {"ext": 3}  # the static order, not the damaged file's 'ref'
     result = autotune.tune_cases([BIAS])
     assert result["measured"] == 1
     rebuilt = read_json(path)
@@ -287,8 +304,10 @@ def test_two_processes_tuning_at_once_leave_a_valid_file_with_both(tmp_path):
         c = Case('bias_act', sys.argv[1], (4, 6, 8, 8), 'float32', 'contiguous', 'cpu')
         print(autotune.tune_cases([c], log=lambda line: None)['measured'])
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", code, v], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for v in ("lrelu,bias", "linear,nobias,pn")]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, v], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for v in ("lrelu,bias", "linear,nobias,pn")
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     data = read_json(tune_cache.cache_path("cpu"))
@@ -298,6 +317,7 @@ def test_two_processes_tuning_at_once_leave_a_valid_file_with_both(tmp_path):
 
 
 # -- tuning never happens where it must not --------------------------------------------------------------------
+
 
 def test_nothing_is_measured_while_a_graph_is_captured(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -316,8 +336,9 @@ def test_nothing_is_measured_while_torch_compile_traces(monkeypatch):
 
 
 def test_the_graph_capture_path_runs_the_run_s_frozen_choices(tmp_path, monkeypatch):
-    args = SimpleNamespace(resolution=8, channels=1, preset="auto", amp="off", channels_last=False, batch_gpu=None,
-                           minibatch="4")
+    args = SimpleNamespace(
+        resolution=8, channels=1, preset="auto", amp="off", channels_last=False, batch_gpu=None, minibatch="4"
+    )
     trainer = training_trainer(training_config(args, torch.device("cpu")), log=lambda *a: None)
     cases = [c for cs in trainer.training_cases().values() for c in cs]
     trainer.choose_backends(dict(device="x", choices={c.key: "ref" for c in cases}))
@@ -336,11 +357,11 @@ def test_the_graph_capture_path_runs_the_run_s_frozen_choices(tmp_path, monkeypa
     runner = CudaGraphStep(trainer.train_step, log=lambda *a: None, capture=capture)
     inputs = random_inputs(4, 1, 8, trainer.G.latent_size, trainer.device, torch.Generator().manual_seed(0))
     runner.step(inputs, 8, 1.0)
-    assert seen and all(set(c) <= {"ref"} and c.get("ref", 0) > 0 for op, c in seen[0].items()
-                        if op != "fade_in"), seen
+    assert seen and all(set(c) <= {"ref"} and c.get("ref", 0) > 0 for op, c in seen[0].items() if op != "fade_in"), seen
 
 
 # -- runs --------------------------------------------------------------------------------------------------------
+
 
 def _npz(tmp_path):
     rng = np.random.default_rng(0)
@@ -357,7 +378,7 @@ def test_the_trainer_tunes_at_start_up_names_each_op_s_backend_and_records_them(
     assert choices and set(choices.values()) <= {"ref", "ext"}
     assert cfg["backends"]["device"] == tune_cache.device_key("cpu")
     assert any(line.startswith("tune: measured") for line in lines)
-    per_op = {line.split(":")[0][len("backend "):]: line for line in lines if line.startswith("backend ")}
+    per_op = {line.split(":")[0][len("backend ") :]: line for line in lines if line.startswith("backend ")}
     assert set(per_op) == {"bias_act", "fade_in", "minibatch_stddev", "gradient_penalty", "gp_interpolate"}
     for op, line in per_op.items():
         stated = {impl for part in line.split(": ", 1)[1].split() for impl in part.split(":")[1].split("+")}
@@ -378,7 +399,7 @@ def test_a_resumed_run_keeps_its_choices_whatever_the_cache_says_now(tmp_path, m
     _dispatch.use_choices(None)
     trainer = train_quietly(tiny_train_args(data, tmp_path / "runs", "--resume", "latest", "--kimg", "0.064"))
     assert _dispatch._run_choices == recorded == trainer.cfg.backends["choices"]
-    x = torch.randn(8, 8, 4, 4)   # a case the run recorded, dispatched as recorded, not as the cache says now
+    x = torch.randn(8, 8, 4, 4)  # a case the run recorded, dispatched as recorded, not as the cache says now
     key = next(k for k in recorded if k.startswith("bias_act(lrelu,bias,pn) float32 contiguous n8x8x4x4"))
     counts = spy(monkeypatch, "bias_act")
     ops.bias_act(x, torch.randn(8), pixel_norm=True)
@@ -394,11 +415,14 @@ def test_an_explicit_impl_tunes_nothing(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="this torch build has no gloo backend")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="this torch build has no gloo backend",
+)
 def test_two_gloo_processes_use_rank_0_s_choices(tmp_path):
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import json, os, sys
         from fastpggan import autotune, train
         from fastpggan.ops import _dispatch
@@ -409,11 +433,26 @@ def test_two_gloo_processes_use_rank_0_s_choices(tmp_path):
             autotune.measure = refuse
         train.run(train.build_parser().parse_args(sys.argv[2:]), log=lambda *a: None)
         json.dump(_dispatch._run_choices, open(os.path.join(sys.argv[1], "choices-%d.json" % rank), "w"))
-    """))
+    """)
+    )
     args = tiny_train_args(_npz(tmp_path), tmp_path / "runs", "--kimg", "0.016", "--mbstd-group", "1")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-                        str(script), str(tmp_path), *args], capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--standalone",
+            str(script),
+            str(tmp_path),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     c0, c1 = (read_json(tmp_path / f"choices-{i}.json") for i in (0, 1))
     assert c0 and c0 == c1 == read_json(tmp_path / "runs" / "run" / "config.json")["backends"]["choices"]
@@ -421,10 +460,11 @@ def test_two_gloo_processes_use_rank_0_s_choices(tmp_path):
 
 # -- library use ---------------------------------------------------------------------------------------------------
 
+
 def test_tune_model_tunes_a_user_s_own_model_and_auto_then_uses_it(monkeypatch):
     from fastpggan.layers import EqualizedConv2d, MinibatchStdDev
-    model = torch.nn.Sequential(EqualizedConv2d(3, 5, 3, pixel_norm=True), MinibatchStdDev(2),
-                                EqualizedConv2d(6, 7, 3))
+
+    model = torch.nn.Sequential(EqualizedConv2d(3, 5, 3, pixel_norm=True), MinibatchStdDev(2), EqualizedConv2d(6, 7, 3))
     x = torch.randn(4, 3, 8, 8)
     result = autotune.tune_model(model, (x,))
     assert result["measured"] == 3
@@ -437,6 +477,7 @@ def test_tune_model_tunes_a_user_s_own_model_and_auto_then_uses_it(monkeypatch):
 
 
 # -- command lines -----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_tune_command_prints_the_table_and_writes_the_report(tmp_path):
@@ -454,29 +495,38 @@ def test_tune_command_prints_the_table_and_writes_the_report(tmp_path):
     assert "| res | op |" in md and tune_cache.versions()["torch"] in md
     again = subprocess.run(cmd[:-2], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "0 case(s) measured" in again.stdout
-    kept = subprocess.run(cmd, capture_output=True, text=True, timeout=600)   # the report is never overwritten
-    assert kept.returncode == 2 and kept.stderr.strip().splitlines() == [
-        f"error: --report '{report}' exists; remove it or choose another path"] and report.read_text() == md
+    kept = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # the report is never overwritten
+    assert (
+        kept.returncode == 2
+        and kept.stderr.strip().splitlines() == [f"error: --report '{report}' exists; remove it or choose another path"]
+        and report.read_text() == md
+    )
 
 
 def test_tune_command_errors_are_one_line():
-    r = subprocess.run([sys.executable, "-m", "fastpggan.tune", "--resolution", "12"], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "fastpggan.tune", "--resolution", "12"], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
 def test_selftest_command_errors_are_one_line():
-    r = subprocess.run([sys.executable, "-m", "fastpggan.selftest", "--bogus"], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "fastpggan.selftest", "--bogus"], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--bogus" in r.stderr
     assert "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
 def test_selftest_passes_on_the_cpu_and_writes_its_reports(tmp_path, monkeypatch):
-    monkeypatch.delenv("FASTPGGAN_NO_COMPILE")   # the self-test leaves impl='compiled' out by itself (no --compiled)
-    r = subprocess.run([sys.executable, "-m", "fastpggan.selftest", "--out", str(tmp_path)], capture_output=True,
-                       text=True, timeout=600)
+    monkeypatch.delenv("FASTPGGAN_NO_COMPILE")  # the self-test leaves impl='compiled' out by itself (no --compiled)
+    r = subprocess.run(
+        [sys.executable, "-m", "fastpggan.selftest", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     (js,) = [f for f in os.listdir(tmp_path) if f.startswith("fastpggan-selftest-") and f.endswith(".json")]
     report = read_json(tmp_path / js)
@@ -491,7 +541,11 @@ def test_selftest_passes_on_the_cpu_and_writes_its_reports(tmp_path, monkeypatch
 @pytest.mark.slow
 def test_selftest_fails_with_status_1_on_a_wrong_kernel(tmp_path, monkeypatch):
     broken_ext(tmp_path, monkeypatch, "return ops.bias_act_ref(x, bias, gain, slope) + 0.01")
-    r = subprocess.run([sys.executable, "-m", "fastpggan.selftest", "--out", str(tmp_path)], capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "fastpggan.selftest", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 1, r.stdout + r.stderr
     assert "kernels: FAILED" in r.stdout and "impl='ext': output differs from ref" in r.stdout

@@ -1,5 +1,6 @@
 """fastpggan.writes, in-process: every OSError of a write is one line naming the path, nothing partial is left,
 and the checks before work refuse what they promise to. The command lines' rows are in tests/test_faults.py."""
+
 import errno
 import os
 
@@ -9,10 +10,18 @@ from fastpggan import writes
 from fastpggan.errors import UserError
 
 
-@pytest.mark.parametrize("code,why", [(errno.ENOSPC, "the disk is full"), (errno.EDQUOT, "the disk is full"),
-                                      (errno.EROFS, "read-only"), (errno.EACCES, "permission denied"),
-                                      (errno.EISDIR, "is a folder"), (errno.ENOTDIR, "is a file, not a folder"),
-                                      (errno.EIO, "Input/output error")])
+@pytest.mark.parametrize(
+    "code,why",
+    [
+        (errno.ENOSPC, "the disk is full"),
+        (errno.EDQUOT, "the disk is full"),
+        (errno.EROFS, "read-only"),
+        (errno.EACCES, "permission denied"),
+        (errno.EISDIR, "is a folder"),
+        (errno.ENOTDIR, "is a file, not a folder"),
+        (errno.EIO, "Input/output error"),
+    ],
+)
 def test_a_failed_write_is_one_line_naming_the_path_and_leaves_nothing(tmp_path, code, why):
     target = tmp_path / "out.json"
     target.write_text("old")
@@ -65,7 +74,7 @@ def test_check_output_refuses_inputs_always_existing_files_without_force_and_fol
     with pytest.raises(UserError, match="is a folder"):
         writes.check_output(str(tmp_path), "--out", force=True)
     writes.check_output(str(tmp_path / "new" / "x.json"), "--out", force=False)
-    assert sorted(os.listdir(tmp_path)) == ["data.npz", "out.json"]   # the probe made and removed "new"
+    assert sorted(os.listdir(tmp_path)) == ["data.npz", "out.json"]  # the probe made and removed "new"
 
 
 def test_check_folder_refuses_a_file_and_an_unwritable_path(tmp_path):
@@ -81,6 +90,7 @@ def test_check_folder_refuses_a_file_and_an_unwritable_path(tmp_path):
 
 def _npy_with_zeros(path, n):
     import numpy as np
+
     mm = np.lib.format.open_memmap(str(path), mode="w+", dtype=np.uint8, shape=(n,))
     return mm.offset, mm.nbytes, open(path, "rb").read(mm.offset)
 
@@ -90,7 +100,7 @@ def test_reserve_gives_a_sparse_file_its_blocks_and_keeps_its_header(tmp_path, m
     offset, nbytes, header = _npy_with_zeros(path, 1 << 20)
     before = os.stat(path).st_blocks
     writes.reserve(str(path), offset, nbytes)
-    assert os.stat(path).st_blocks * 512 >= nbytes > before * 512   # sparse before, allocated after
+    assert os.stat(path).st_blocks * 512 >= nbytes > before * 512  # sparse before, allocated after
 
     # where the file system has no fallocate, zeros are written instead; the header stays
     path2 = tmp_path / "b.npy"
@@ -98,6 +108,7 @@ def test_reserve_gives_a_sparse_file_its_blocks_and_keeps_its_header(tmp_path, m
 
     def unsupported(fd, off, length):
         raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
     monkeypatch.setattr(os, "posix_fallocate", unsupported)
     writes.reserve(str(path2), offset, nbytes)
     data = path2.read_bytes()
@@ -111,6 +122,7 @@ def test_reserve_on_a_full_disk_is_an_oserror_naming_the_file(tmp_path, monkeypa
 
     def full(fd, off, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     monkeypatch.setattr(os, "posix_fallocate", full)
     with pytest.raises(OSError) as e:
         writes.reserve(str(path), offset, nbytes)
@@ -122,13 +134,14 @@ def test_an_unwritable_fid_cache_is_one_warning_and_the_statistics_still_come(tm
     import torch
 
     from fastpggan.metrics import fid
+
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("FASTPGGAN_CACHE", str(tmp_path / "a-file"))
     mu, sigma = torch.arange(3.0), torch.eye(3)
     with pytest.warns(UserWarning, match="FID statistics of the real images were not cached: cannot write"):
         got = fid.cached_real_statistics("k", lambda: (mu, sigma))
     assert torch.equal(got[0], mu) and torch.equal(got[1], sigma)
-    monkeypatch.setenv("FASTPGGAN_CACHE", str(tmp_path / "cache"))   # and a writable one is read back
+    monkeypatch.setenv("FASTPGGAN_CACHE", str(tmp_path / "cache"))  # and a writable one is read back
     fid.cached_real_statistics("k", lambda: (mu, sigma))
     again = fid.cached_real_statistics("k", lambda: pytest.fail("computed again instead of read from the cache"))
     assert torch.equal(again[0], mu) and torch.equal(again[1], sigma)

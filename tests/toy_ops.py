@@ -4,6 +4,7 @@ bf16's tolerance), so the self-test and the tuner must refuse it. Used by tests/
 child process imports this file by its path to learn the ops, as it would a user's module. Importing it declares
 them; `undeclare()` removes them, so that the other tests of a pytest worker never see them.
 """
+
 import dataclasses
 
 import torch
@@ -49,10 +50,16 @@ def _spec_of(name):
         return opspec.Probe([x], [1], lambda impl: toy(x, v.on, impl, op=name), True)
 
     return opspec.OpSpec(
-        name, toy_ref, Shift, probe,
+        name,
+        toy_ref,
+        Shift,
+        probe,
         check_cases=lambda dtype, layout, big: [(Shift(True), (2, 3, 5, 5), {})],
         bench_cases=lambda shapes: [(name, res, Shift(False), (n, c, res, res), {}) for res, (n, c) in shapes.items()],
-        traffic=lambda v: (2, 4), auto_order={"cpu": ("ext", "ref")}, auto_order_source="none: a toy")
+        traffic=lambda v: (2, 4),
+        auto_order={"cpu": ("ext", "ref")},
+        auto_order_source="none: a toy",
+    )
 
 
 def declare():

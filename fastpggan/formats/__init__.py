@@ -3,4 +3,5 @@ and the restricted unpickler that reads pickles without running them. Each reade
 images (or yields them) and raw labels; fastpggan.sources turns them into a dataset source. They import only
 fastpggan.errors and fastpggan.images.
 """
+
 from . import cifar, idx, lsun, safe_pickle, tfrecords  # noqa: F401  (the readers, as formats.<name>)

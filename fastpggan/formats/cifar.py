@@ -7,6 +7,7 @@ A batch is a pickle, and a pickle is code: it is read by safe_pickle with only n
 latin1 `_codecs.encode`, which Python 3 pickles of bytes need) allowed. The archive is read member by member,
 regular files only, each within MAX_BATCH_BYTES; nothing is extracted to disk.
 """
+
 import io
 import os
 import tarfile
@@ -19,7 +20,7 @@ from . import safe_pickle
 
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 FOLDER = "cifar-10-batches-py"
-MAX_BATCH_BYTES = 1 << 28   # a real batch is 31 MB
+MAX_BATCH_BYTES = 1 << 28  # a real batch is 31 MB
 _ALLOWED = {**safe_pickle.NUMPY_ARRAYS, **safe_pickle.LATIN1_BYTES}
 
 
@@ -40,8 +41,10 @@ def parse_batch(data: bytes, where: str) -> Tuple[np.ndarray, np.ndarray]:
     try:
         obj = safe_pickle.load(io.BytesIO(data), _ALLOWED, encoding="latin1")
     except safe_pickle.Refused as e:
-        raise UserError(f"{where} is not a CIFAR-10 batch: its pickle needs {e}, and only numpy arrays may be "
-                        "loaded from one (nothing it names was run)") from None
+        raise UserError(
+            f"{where} is not a CIFAR-10 batch: its pickle needs {e}, and only numpy arrays may be "
+            "loaded from one (nothing it names was run)"
+        ) from None
     except safe_pickle.LOAD_ERRORS as e:
         raise UserError(f"{where} is truncated or corrupt ({type(e).__name__}: {str(e)[:120]})") from None
     if isinstance(obj, dict):
@@ -50,8 +53,10 @@ def parse_batch(data: bytes, where: str) -> Tuple[np.ndarray, np.ndarray]:
         raise UserError(f"{where} is not a CIFAR-10 batch: it is not a dict with 'data' and 'labels'")
     x, y = obj["data"], obj["labels"]
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
-        raise UserError(f"{where}: 'data' must be uint8 (n, 3072), got "
-                        f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+        raise UserError(
+            f"{where}: 'data' must be uint8 (n, 3072), got "
+            f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}"
+        )
     try:
         y = np.asarray(y)
     except (ValueError, TypeError):
@@ -67,10 +72,12 @@ def _folder_reader(folder) -> Callable[[str], bytes]:
         if not os.path.isfile(path):
             raise UserError(f"'{folder}' has no {name}: CIFAR-10 needs data_batch_1 to data_batch_5")
         if os.path.getsize(path) > MAX_BATCH_BYTES:
-            raise UserError(f"'{path}' is {os.path.getsize(path)} bytes, over the bound of {MAX_BATCH_BYTES} "
-                            "for one batch")
+            raise UserError(
+                f"'{path}' is {os.path.getsize(path)} bytes, over the bound of {MAX_BATCH_BYTES} for one batch"
+            )
         with open(path, "rb") as f:
             return f.read()
+
     return read
 
 
@@ -91,7 +98,7 @@ def load(path: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     try:
         with tarfile.open(path, "r:*") as tar:
             members = {}
-            for m in tar:   # one pass over the (compressed) stream's headers, nothing extracted
+            for m in tar:  # one pass over the (compressed) stream's headers, nothing extracted
                 base = m.name.rsplit("/", 1)[-1]
                 if base in BATCHES and base not in members:
                     members[base] = m
@@ -101,12 +108,15 @@ def load(path: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
             def read(name):
                 m = members.get(name)
                 if m is None or not m.isfile():
-                    raise UserError(f"'{path}' has no regular file {FOLDER}/{name}: CIFAR-10 needs data_batch_1 to "
-                                    "data_batch_5")
+                    raise UserError(
+                        f"'{path}' has no regular file {FOLDER}/{name}: CIFAR-10 needs data_batch_1 to data_batch_5"
+                    )
                 if m.size > MAX_BATCH_BYTES:
-                    raise UserError(f"'{path}': {m.name} declares {m.size} bytes, over the bound of "
-                                    f"{MAX_BATCH_BYTES} for one batch")
+                    raise UserError(
+                        f"'{path}': {m.name} declares {m.size} bytes, over the bound of {MAX_BATCH_BYTES} for one batch"
+                    )
                 return tar.extractfile(m).read()
+
             return _load_batches(read, lambda n: f"'{path}' member {members[n].name}")
     except (tarfile.TarError, OSError, EOFError) as e:
         raise UserError(f"cannot read '{path}' as a tar archive ({e})") from None

@@ -5,6 +5,7 @@ An idx file is a 4-byte magic (0, 0, type, ndim), ndim big-endian uint32 sizes, 
 type 0x08 (uint8) with ndim 3, labels type 0x08 with ndim 1. The header is read first and exactly the bytes it
 declares are read after it, so a gzip bomb never inflates past them.
 """
+
 import gzip
 import os
 from typing import Optional, Tuple
@@ -13,7 +14,7 @@ import numpy as np
 
 from ..errors import UserError
 
-MAX_IDX_BYTES = 1 << 32   # 4 GiB of values: 60k 28x28 images are 47 MB
+MAX_IDX_BYTES = 1 << 32  # 4 GiB of values: 60k 28x28 images are 47 MB
 
 
 def _open(path):
@@ -38,24 +39,27 @@ def read_idx(path: str, ndim: Optional[int] = None) -> np.ndarray:
             if len(head) < 4 or head[:2] != b"\0\0" or not 1 <= head[3] <= 4:
                 raise UserError(f"'{path}' is not an idx file (its magic is {head.hex() or 'missing'})")
             if head[2] != 0x08:
-                raise UserError(f"'{path}' holds idx type 0x{head[2]:02x}; only 0x08 (unsigned bytes, as MNIST's) "
-                                "is read")
+                raise UserError(
+                    f"'{path}' holds idx type 0x{head[2]:02x}; only 0x08 (unsigned bytes, as MNIST's) is read"
+                )
             if ndim is not None and head[3] != ndim:
                 raise UserError(f"'{path}' has {head[3]} dimensions, expected {ndim}")
             raw = f.read(4 * head[3])
             if len(raw) < 4 * head[3]:
                 raise UserError(f"'{path}' is truncated inside its header")
-            dims = [int.from_bytes(raw[4 * i:4 * i + 4], "big") for i in range(head[3])]
+            dims = [int.from_bytes(raw[4 * i : 4 * i + 4], "big") for i in range(head[3])]
             size = int(np.prod(dims, dtype=np.int64))
             if size > MAX_IDX_BYTES:
                 raise UserError(f"'{path}' declares {dims} values, over the bound of {MAX_IDX_BYTES} bytes")
             data = f.read(size + 1)
-    except (OSError, EOFError) as e:   # gzip.BadGzipFile is an OSError
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
         raise UserError(f"cannot read '{path}' as an idx file ({e})") from None
     if len(data) != size:
         what = "truncated" if len(data) < size else "longer than its header says"
-        raise UserError(f"'{path}' is {what}: its header declares {dims} = {size} bytes, and "
-                        f"{'only ' + str(len(data)) if len(data) < size else 'more'} follow")
+        raise UserError(
+            f"'{path}' is {what}: its header declares {dims} = {size} bytes, and "
+            f"{'only ' + str(len(data)) if len(data) < size else 'more'} follow"
+        )
     return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
@@ -69,7 +73,7 @@ def pad_to_power_of_two(x: np.ndarray) -> np.ndarray:
         return x
     top, left = (side - h) // 2, (side - w) // 2
     out = np.zeros(x.shape[:-2] + (side, side), dtype=x.dtype)
-    out[..., top:top + h, left:left + w] = x
+    out[..., top : top + h, left : left + w] = x
     return out
 
 
@@ -119,6 +123,5 @@ def load_mnist_files(path: str) -> Tuple[np.ndarray, Optional[np.ndarray], list]
     if labels_path:
         y = read_idx(labels_path, ndim=1)
         if y.shape[0] != x.shape[0]:
-            raise UserError(f"'{labels_path}' holds {y.shape[0]} labels for the {x.shape[0]} images of "
-                            f"'{images_path}'")
+            raise UserError(f"'{labels_path}' holds {y.shape[0]} labels for the {x.shape[0]} images of '{images_path}'")
     return pad_to_power_of_two(x[:, None]), y, [p for p in (images_path, labels_path) if p]

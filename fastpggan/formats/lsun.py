@@ -8,6 +8,7 @@ read-only disk and be read by several runs at once. Values are decoded with Pill
 Official create_lsun decodes with OpenCV first and Pillow as its fallback; the two agree on webp, and on jpeg up
 to the decoder's rounding.
 """
+
 import os
 from typing import Iterator, Tuple
 
@@ -16,7 +17,7 @@ import numpy as np
 from .. import images
 from ..errors import UserError
 
-DEFAULT_RESOLUTION = 256   # create_lsun's default
+DEFAULT_RESOLUTION = 256  # create_lsun's default
 
 
 def is_lmdb(path: str) -> bool:
@@ -37,8 +38,9 @@ def open_env(path: str):
     except ImportError:
         raise UserError("reading LSUN lmdb databases needs the lmdb package: run `pip install lmdb`") from None
     try:
-        return lmdb.open(path, subdir=os.path.isdir(path), readonly=True, lock=False, readahead=False,
-                         max_readers=1, meminit=False)
+        return lmdb.open(
+            path, subdir=os.path.isdir(path), readonly=True, lock=False, readahead=False, max_readers=1, meminit=False
+        )
     except lmdb.Error as e:
         raise UserError(f"cannot open '{path}' as an lmdb database ({e})") from None
 
@@ -55,6 +57,7 @@ def count(path: str) -> int:
 def values(path: str) -> Iterator[Tuple[str, bytes]]:
     """(key, value) of every entry in key order, the key as text."""
     import lmdb
+
     env = open_env(path)
     try:
         with env.begin(write=False, buffers=False) as txn:
@@ -71,6 +74,7 @@ def lsun_square(img, resolution: int) -> np.ndarray:
     create_lsun's offsets ((H - crop) // 2, (W - crop) // 2), then resized to `resolution`^2 with Lanczos, larger
     or smaller. Returns uint8 (3, resolution, resolution)."""
     from PIL import Image
+
     img = img.convert("RGB")
     w, h = img.size
     crop = min(w, h)

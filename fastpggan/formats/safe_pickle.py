@@ -3,6 +3,7 @@
 A pickle is a program: every global it names is looked up and may be called. `load` refuses any global outside
 `allowed` when the pickle names it, before any object is built, so nothing a hostile file names ever runs.
 """
+
 import codecs
 import pickle
 from typing import Any, BinaryIO, Callable, Dict, Tuple
@@ -13,9 +14,14 @@ _multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarra
 
 # What a pickled numpy array needs: numpy 1 writes numpy.core, numpy 2 numpy._core.
 NUMPY_ARRAYS: Dict[Tuple[str, str], Any] = {
-    ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-    **{(m, f): getattr(_multiarray, f) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
-       for f in ("_reconstruct", "scalar")}}
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    **{
+        (m, f): getattr(_multiarray, f)
+        for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for f in ("_reconstruct", "scalar")
+    },
+}
 
 
 def _latin1_encode(text, encoding="latin1", errors="strict"):
@@ -47,8 +53,19 @@ class _Unpickler(pickle.Unpickler):
 
 
 # What a corrupt or truncated pickle raises while loading (besides Refused).
-LOAD_ERRORS = (EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError, AttributeError,
-               MemoryError, UnicodeDecodeError, OverflowError, RecursionError)
+LOAD_ERRORS = (
+    EOFError,
+    pickle.UnpicklingError,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    AttributeError,
+    MemoryError,
+    UnicodeDecodeError,
+    OverflowError,
+    RecursionError,
+)
 
 
 def load(file: BinaryIO, allowed: Dict[Tuple[str, str], Callable], encoding: str = "ASCII") -> Any:

@@ -17,6 +17,7 @@ Each level is read from its own file, so it is byte for byte what the official t
 folder is checked as official TFRecordDataset asserts (one channel count, square, every resolution from the
 largest down to 4 present once), and the files must hold as many records as there are labels.
 """
+
 import glob
 import os
 import struct
@@ -52,22 +53,33 @@ def masked_crc(data: bytes, crc=None) -> int:
 
 def _example_class():
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
     F = descriptor_pb2.FieldDescriptorProto
-    proto = descriptor_pb2.FileDescriptorProto(name="fastpggan_tf_example.proto", package="fastpggan_tf",
-                                               syntax="proto3")
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="fastpggan_tf_example.proto", package="fastpggan_tf", syntax="proto3"
+    )
 
     def message(name, *fields):
         m = proto.message_type.add(name=name)
         for fname, number, ftype, label, type_name in fields:
-            m.field.add(name=fname, number=number, type=ftype, label=label,
-                        **({"type_name": f".fastpggan_tf.{type_name}"} if type_name else {}))
+            m.field.add(
+                name=fname,
+                number=number,
+                type=ftype,
+                label=label,
+                **({"type_name": f".fastpggan_tf.{type_name}"} if type_name else {}),
+            )
 
     rep, opt = F.LABEL_REPEATED, F.LABEL_OPTIONAL
     message("BytesList", ("value", 1, F.TYPE_BYTES, rep, None))
     message("FloatList", ("value", 1, F.TYPE_FLOAT, rep, None))
     message("Int64List", ("value", 1, F.TYPE_INT64, rep, None))
-    message("Feature", ("bytes_list", 1, F.TYPE_MESSAGE, opt, "BytesList"),
-            ("float_list", 2, F.TYPE_MESSAGE, opt, "FloatList"), ("int64_list", 3, F.TYPE_MESSAGE, opt, "Int64List"))
+    message(
+        "Feature",
+        ("bytes_list", 1, F.TYPE_MESSAGE, opt, "BytesList"),
+        ("float_list", 2, F.TYPE_MESSAGE, opt, "FloatList"),
+        ("int64_list", 3, F.TYPE_MESSAGE, opt, "Int64List"),
+    )
     message("FeatureEntry", ("key", 1, F.TYPE_STRING, opt, None), ("value", 2, F.TYPE_MESSAGE, opt, "Feature"))
     message("Features", ("feature", 1, F.TYPE_MESSAGE, rep, "FeatureEntry"))
     message("Example", ("features", 1, F.TYPE_MESSAGE, opt, "Features"))
@@ -87,6 +99,7 @@ def parse_image(record: bytes, path: str, index: int) -> np.ndarray:
         except ImportError:
             raise UserError("reading TFRecords needs protobuf: run `pip install protobuf google-crc32c`") from None
     from google.protobuf.message import DecodeError
+
     try:
         ex = _EXAMPLE[0].FromString(record)
     except DecodeError as e:
@@ -155,8 +168,11 @@ class Folder:
                 raise UserError(f"'{p}' holds no records")
             c, h, w = parse_image(first, p, 0).shape
             if c not in (1, 3) or h != w or h < 4 or h & (h - 1):
-                raise RecordError(p, 0, f"holds a {c}x{h}x{w} image; official datasets hold 1 or 3 channels, "
-                                  "square, a power of two >= 4")
+                raise RecordError(
+                    p,
+                    0,
+                    f"holds a {c}x{h}x{w} image; official datasets hold 1 or 3 channels, square, a power of two >= 4",
+                )
             if h in self.files:
                 raise UserError(f"'{path}' holds two {h}x{h} files: '{self.files[h]}' and '{p}'")
             self.files[h], shapes[h] = p, (c, h, w)
@@ -164,15 +180,19 @@ class Folder:
         self.num_channels = shapes[self.resolution][0]
         for r, (c, _, _) in shapes.items():
             if c != self.num_channels:
-                raise UserError(f"'{self.files[r]}' holds {c}-channel images, '{self.files[self.resolution]}' "
-                                f"{self.num_channels}-channel ones")
+                raise UserError(
+                    f"'{self.files[r]}' holds {c}-channel images, '{self.files[self.resolution]}' "
+                    f"{self.num_channels}-channel ones"
+                )
         missing = [r for r in self.resolutions(self.resolution) if r not in self.files]
         if missing:
-            raise UserError(f"'{path}' has no {missing[0]}x{missing[0]} file: an official dataset holds every "
-                            f"resolution from {self.resolution} down to 4")
+            raise UserError(
+                f"'{path}' has no {missing[0]}x{missing[0]} file: an official dataset holds every "
+                f"resolution from {self.resolution} down to 4"
+            )
         self.count = sum(1 for _ in records(self.files[self.resolution], check=False))
         labels = sorted(glob.glob(os.path.join(glob.escape(path), "*.labels")))
-        self.labels_file: Optional[str] = labels[0] if labels else None   # official: the first *.labels
+        self.labels_file: Optional[str] = labels[0] if labels else None  # official: the first *.labels
 
     @staticmethod
     def resolutions(top: int) -> List[int]:
@@ -187,9 +207,11 @@ class Folder:
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read '{self.labels_file}' as a numpy array ({str(e).splitlines()[0]})") from None
         if lab.ndim != 2 or lab.shape[0] != self.count:
-            raise UserError(f"'{self.labels_file}' holds labels shaped {lab.shape}; the dataset has {self.count} "
-                            "records, so (N, label_size) = "
-                            f"({self.count}, K) was expected")
+            raise UserError(
+                f"'{self.labels_file}' holds labels shaped {lab.shape}; the dataset has {self.count} "
+                "records, so (N, label_size) = "
+                f"({self.count}, K) was expected"
+            )
         return lab
 
     def level(self, res: int, limit: Optional[int] = None) -> Iterator[Tuple[int, np.ndarray]]:
@@ -199,7 +221,7 @@ class Folder:
         shape = (self.num_channels, res, res)
         i = -1
         for i, rec in enumerate(records(path)):
-            if i == n < self.count:   # the first `limit` records were asked for: the rest is not read
+            if i == n < self.count:  # the first `limit` records were asked for: the rest is not read
                 return
             if i < n:
                 img = parse_image(rec, path, i)
@@ -207,5 +229,7 @@ class Folder:
                     raise RecordError(path, i, f"holds a {img.shape} image; this file's records are {shape}")
                 yield i, img
         if i + 1 != self.count:
-            raise UserError(f"'{path}' holds {i + 1} records and '{self.files[self.resolution]}' {self.count}: the "
-                            "levels of an official dataset hold the same images in the same order")
+            raise UserError(
+                f"'{path}' holds {i + 1} records and '{self.files[self.resolution]}' {self.count}: the "
+                "levels of an official dataset hold the same images in the same order"
+            )

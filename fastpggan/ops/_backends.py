@@ -13,6 +13,7 @@ its fake function. The three fast backends differ only in where those kernels co
 All get the same fake tensors and the same autograd formulas, and the public function reaches each through the
 same `call`.
 """
+
 import functools
 import importlib
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from .opspec import OpSpec
 @dataclass(frozen=True)
 class KernelOp:
     """One kernel op: its schema, as csrc/ops_cpu.cpp defines it, and its fake (meta) function."""
+
     schema: str
     fake: Callable
 
@@ -37,9 +39,16 @@ class KernelOp:
 Autograd = Callable[[SimpleNamespace], Dict[str, Tuple[Callable, Callable]]]
 
 
-def register_backends(spec: OpSpec, *, kernels: str, kernel_ops: Dict[str, KernelOp], autograd: Autograd,
-                      call: Callable, torch_kernels: Dict[str, Callable],
-                      triton_limit: Optional[Callable] = None) -> None:
+def register_backends(
+    spec: OpSpec,
+    *,
+    kernels: str,
+    kernel_ops: Dict[str, KernelOp],
+    autograd: Autograd,
+    call: Callable,
+    torch_kernels: Dict[str, Callable],
+    triton_limit: Optional[Callable] = None,
+) -> None:
     """Declare an op (`spec`: its oracle, variants, probe, cases, traffic and static order) and register its four
     backends with the dispatcher, and the fast backends' kernel ops with torch.
 
@@ -65,7 +74,7 @@ def register_backends(spec: OpSpec, *, kernels: str, kernel_ops: Dict[str, Kerne
     compiled_ops = _python_ops("compiled", bodies, kernel_ops, autograd)
     _dispatch.register(op, "compiled", functools.partial(call, compiled_ops), _compiled.unavailable(list(kernel_ops)))
 
-    ext_ops = SimpleNamespace()   # filled in once the extension has loaded
+    ext_ops = SimpleNamespace()  # filled in once the extension has loaded
 
     @_ext.on_load
     def _register_ext():
@@ -86,6 +95,7 @@ def _python_ops(suffix, bodies, kernel_ops, autograd):
 def _kernel_body(module, name):
     def body(*args):
         return getattr(module(), name)(*args)
+
     body.__name__ = name
     return body
 

@@ -16,6 +16,7 @@ fallback is never timed or passed as 'compiled'.
 
 `dynamic=None` (automatic) and the default mode were chosen by measurement: see DYNAMIC below.
 """
+
 import dataclasses
 import shutil
 import threading
@@ -37,15 +38,16 @@ from .tune_cache import layout_of
 # dynamic=False was as fast (0.124-0.138 s) but recompiles for every size, and a class's ninth size hits dynamo's
 # recompile limit (tests/test_compiled.py). The default mode: 'max-autotune-no-cudagraphs' gained nothing on the
 # CPU, and 'reduce-overhead' would nest CUDA graphs inside the trainer's.
-DYNAMIC: Optional[bool] = None   # torch.compile(dynamic=...)
-MARK_DYNAMIC = False             # every tensor dimension dynamic from the first compile (maybe_mark_dynamic)
-MODE: Optional[str] = None       # torch.compile(mode=...)
+DYNAMIC: Optional[bool] = None  # torch.compile(dynamic=...)
+MARK_DYNAMIC = False  # every tensor dimension dynamic from the first compile (maybe_mark_dynamic)
+MODE: Optional[str] = None  # torch.compile(mode=...)
 
 
 @dataclasses.dataclass
 class Stats:
     """What the compiled backend did in this process, per kernel op: graphs compiled, seconds spent in calls that
     compiled, calls that ran compiled code, and fallbacks to the eager body (with the reason of the first)."""
+
     graphs: int = 0
     compile_s: float = 0.0
     calls: int = 0
@@ -54,7 +56,7 @@ class Stats:
 
 
 _stats: Dict[str, Stats] = {}
-_functions: Dict[tuple, Callable] = {}   # (kernel op, case class) -> compiled function
+_functions: Dict[tuple, Callable] = {}  # (kernel op, case class) -> compiled function
 _lock = threading.Lock()
 
 
@@ -76,10 +78,12 @@ def totals() -> Stats:
 def _case_class(args) -> tuple:
     """What dynamo would otherwise guard on by value: each tensor's dtype, rank, layout and which of its sizes are 1
     (0/1 specialization), and the value of each scalar (gain and slope choose branches and get specialized)."""
+
     def part(a):
         if isinstance(a, torch.Tensor):
             return str(a.dtype), layout_of(a), tuple(n == 1 for n in a.shape)
         return a if a is None or isinstance(a, (bool, int, float)) else type(a).__name__
+
     return tuple(part(a) for a in args)
 
 
@@ -92,9 +96,10 @@ def _function(name: str, body: Callable, args) -> Callable:
             if fn is None:
                 stat = _stats.setdefault(name, Stats())
 
-                def backend(gm, example_inputs):   # inductor, counting the graphs dynamo hands it
+                def backend(gm, example_inputs):  # inductor, counting the graphs dynamo hands it
                     from torch._inductor import list_mode_options
                     from torch._inductor.compile_fx import compile_fx
+
                     stat.graphs += 1
                     return compile_fx(gm, example_inputs, config_patches=list_mode_options(MODE) if MODE else None)
 
@@ -105,10 +110,11 @@ def _function(name: str, body: Callable, args) -> Callable:
 
 def kernel_body(name: str, body: Callable) -> Callable:
     """The body of the custom op `fastpggan::<name>_compiled`: `body` compiled for the call's case class."""
+
     def run(*args):
         # Detached: autograd is handled outside the custom op, and requires_grad would be one more guard.
         args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-        if MARK_DYNAMIC:   # one graph for all sizes, not one recompile per dimension that changes
+        if MARK_DYNAMIC:  # one graph for all sizes, not one recompile per dimension that changes
             for a in args:
                 if isinstance(a, torch.Tensor) and a.dim():
                     torch._dynamo.maybe_mark_dynamic(a, list(range(a.dim())))
@@ -116,8 +122,8 @@ def kernel_body(name: str, body: Callable) -> Callable:
         if stat.failure is None:
             fn, graphs, start = None, stat.graphs, time.perf_counter()
             try:
-                fn = _function(name, body, args)   # torch.compile itself refuses a Python dynamo does not support
-                with torch.no_grad():   # inference graphs
+                fn = _function(name, body, args)  # torch.compile itself refuses a Python dynamo does not support
+                with torch.no_grad():  # inference graphs
                     out = fn(*args)
                 stat.calls += 1
                 if stat.graphs != graphs:
@@ -125,12 +131,16 @@ def kernel_body(name: str, body: Callable) -> Callable:
                 return out
             except Exception as e:
                 if fn is not None and not isinstance(e, dynamo_errors()):
-                    raise   # an error of the compiled code itself (out of memory, ...), not of compiling
+                    raise  # an error of the compiled code itself (out of memory, ...), not of compiling
                 stat.failure = f"torch.compile failed on {name}: {compile_failure(e)}"
-                warnings.warn(f"fastpggan: {stat.failure}; this call ran uncompiled, and impl='compiled' is "
-                              "unavailable for the op from now on", stacklevel=2)
+                warnings.warn(
+                    f"fastpggan: {stat.failure}; this call ran uncompiled, and impl='compiled' is "
+                    "unavailable for the op from now on",
+                    stacklevel=2,
+                )
         stat.fallbacks += 1
         return body(*args)
+
     run.__name__ = name
     return run
 
@@ -140,7 +150,7 @@ def failure(names) -> Optional[str]:
     return next((_stats[n].failure for n in names if n in _stats and _stats[n].failure), None)
 
 
-_missing_memo: Dict[str, Optional[str]] = {}   # a plain dict, not functools.cache: a torch.compile trace reads it
+_missing_memo: Dict[str, Optional[str]] = {}  # a plain dict, not functools.cache: a torch.compile trace reads it
 
 
 def _compiler_missing(device_type: str) -> Optional[str]:
@@ -168,6 +178,7 @@ def _find_compiler_missing(device_type: str) -> Optional[str]:
 
 def unavailable(names) -> Callable[[torch.Tensor], Optional[str]]:
     """The backend's check for an op whose kernel ops are `names`."""
+
     def check(x: torch.Tensor) -> Optional[str]:
         if env_flag("FASTPGGAN_NO_COMPILE"):
             return "FASTPGGAN_NO_COMPILE is set, which turns the compiled backend off"
@@ -177,6 +188,7 @@ def unavailable(names) -> Callable[[torch.Tensor], Optional[str]]:
         if x.dtype not in TRITON_DTYPES:
             return f"the compiled kernels take float16/bfloat16/float32/float64, not {x.dtype}"
         return failure(names)
+
     return check
 
 

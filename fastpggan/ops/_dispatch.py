@@ -21,6 +21,7 @@ missing.
   built (the CPU), and by torch.compile before it traces once torch._dynamo was imported before that; inside a
   trace choosing is dict lookups only, and an unprepared device stops the trace with the advice to prepare it.
 """
+
 import contextlib
 import os
 import warnings
@@ -37,13 +38,13 @@ AUTO_ORDER = {}
 
 _registry = {}  # op name -> {impl: (fn, unavailable)}
 _warned = set()
-_run_choices = {}   # case key -> impl, frozen for a run (use_choices)
+_run_choices = {}  # case key -> impl, frozen for a run (use_choices)
 _frozen = [False]
-_orders = {}        # (op, variant, dtype, shape, layout, device, cache root) -> the backend order of that call
-_recorder = []      # [list] while recording() is active
-_pins = []          # pin() blocks, innermost last (a plain list, not a ContextVar: torch.compile traces resolve)
-_default = [None]   # set_default()
-_choice_logs = []   # [list] while choices_made() is active
+_orders = {}  # (op, variant, dtype, shape, layout, device, cache root) -> the backend order of that call
+_recorder = []  # [list] while recording() is active
+_pins = []  # pin() blocks, innermost last (a plain list, not a ContextVar: torch.compile traces resolve)
+_default = [None]  # set_default()
+_choice_logs = []  # [list] while choices_made() is active
 
 
 class BackendUnavailable(RuntimeError):
@@ -77,8 +78,12 @@ def register(op, impl, fn, unavailable=lambda x: None):
 def _missing(op, impl, x):
     entry = _registry.get(op, {}).get(impl)
     if entry is None:
-        what = {"triton": "fastpggan.kernels has no Triton kernel", "ext": "the fastpggan._C extension has no kernel",
-                "compiled": "no plain-PyTorch kernel bodies to compile", "ref": "no reference implementation"}[impl]
+        what = {
+            "triton": "fastpggan.kernels has no Triton kernel",
+            "ext": "the fastpggan._C extension has no kernel",
+            "compiled": "no plain-PyTorch kernel bodies to compile",
+            "ref": "no reference implementation",
+        }[impl]
         return f"{what} for {op} in this version"
     return entry[1](x)
 
@@ -88,8 +93,8 @@ def unavailable(op, impl, x):
     return _missing(op, impl, x)
 
 
-_prepared = set()   # (device str, $FASTPGGAN_CACHE) prepare() has run for: the tune cache read is per cache folder
-_checked = set()    # the devices (str) whose backends' availability has been checked (all an explicit impl needs)
+_prepared = set()  # (device str, $FASTPGGAN_CACHE) prepare() has run for: the tune cache read is per cache folder
+_checked = set()  # the devices (str) whose backends' availability has been checked (all an explicit impl needs)
 
 
 def prepare(device="cpu", _x=None) -> None:
@@ -99,6 +104,7 @@ def prepare(device="cpu", _x=None) -> None:
     torch.compile before it traces, for the devices in use, once torch._dynamo is imported before fastpggan's first
     op call or layer."""
     import torch
+
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -123,13 +129,14 @@ def _check_backends(x) -> None:
 def _prepare_in_use(_args=None) -> None:
     """prepare() the devices a model may be on: the CPU, and the current CUDA device once CUDA is initialised."""
     import torch
+
     prepare("cpu")
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         prepare("cuda")
 
 
 def _on_compile_start(args=None) -> None:
-    _prepare_in_use(args)   # looked up at each compile (tests replace it)
+    _prepare_in_use(args)  # looked up at each compile (tests replace it)
 
 
 def _hook_compiler() -> None:
@@ -137,8 +144,10 @@ def _hook_compiler() -> None:
     would make every process that uses fastpggan import all of dynamo, 3 s). torch._dynamo.reset() drops the
     callbacks, so each prepare() puts it back if it is gone."""
     import sys
+
     if "torch._dynamo" in sys.modules:
         from torch._dynamo.callback import callback_handler, on_compile_start
+
         if _on_compile_start not in getattr(callback_handler, "start_callbacks", ()):
             on_compile_start(_on_compile_start)
 
@@ -154,6 +163,7 @@ class _AfterImport:
     def find_spec(self, fullname, path=None, target=None):
         import importlib.util
         import sys
+
         if fullname != self.name:
             return None
         sys.meta_path.remove(self)
@@ -168,12 +178,14 @@ class _AfterImport:
                 def exec_module(self, module):
                     loader.exec_module(module)
                     then()
+
             spec.loader = Loader()
         return spec
 
 
 def _hook_compiler_when_imported() -> None:
     import sys
+
     if "torch._dynamo" in sys.modules:
         _hook_compiler()
     elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
@@ -196,6 +208,7 @@ def available(op=None, device="cpu", dtype=None) -> dict:
     """{op: {impl: None if it can run, else why not}} for `op` (None: every registered op), checked on a small
     tensor of `dtype` (default fp32) on `device`."""
     import torch
+
     x = torch.zeros(1, 1, 4, 4, dtype=dtype or torch.float32, device=device)
     return {name: {impl: _missing(name, impl, x) for impl in IMPLS} for name in ([op] if op else sorted(_registry))}
 
@@ -205,8 +218,7 @@ def impl_unavailable(impl, device):
     'auto' always can. Lets a command line refuse a backend in one line before it starts anything."""
     if impl == "auto":
         return None
-    return next((f"{op}: {row[impl]}" for op, row in available(device=device).items() if row[impl] is not None),
-                None)
+    return next((f"{op}: {row[impl]}" for op, row in available(device=device).items() if row[impl] is not None), None)
 
 
 def use_choices(choices: Optional[dict]) -> None:
@@ -224,7 +236,7 @@ def forget() -> None:
 
 
 tune_cache._on_forget.append(_orders.clear)
-tune_cache._on_forget.append(_prepared.clear)   # the cache is read again by the next prepare()
+tune_cache._on_forget.append(_prepared.clear)  # the cache is read again by the next prepare()
 
 
 @contextlib.contextmanager
@@ -312,6 +324,7 @@ def auto_backend(op: str, variant, shape, dtype, layout: str, device) -> str:
     """The backend impl='auto' runs for this case here when nothing forces it (no pin, set_default or
     FASTPGGAN_IMPL): the run's choices, else the tune cache, else the static order, then the first available."""
     import torch
+
     dtype, device = (getattr(torch, dtype) if isinstance(dtype, str) else dtype), torch.device(device)
     probe = torch.empty((1, *tuple(shape)[1:2], *[1] * max(len(shape) - 2, 0)), dtype=dtype, device=device)
     order, _ = _auto_order(op, variant, dtype, torch.Size(shape), layout, device)
@@ -336,25 +349,29 @@ def resolve(op, impl, x, variant=opspec.NoVariant(), extra=None, others=()):
     under = transform((x, *others))
     if under is not None and not (impl != "auto" and under == "vmap"):
         if impl != "auto":
-            raise BackendUnavailable(f"{op}: impl='{impl}' cannot run under {under} (its kernels have no such "
-                                     f"rule); use impl='auto' (which runs 'ref' there) or impl='ref'")
+            raise BackendUnavailable(
+                f"{op}: impl='{impl}' cannot run under {under} (its kernels have no such "
+                f"rule); use impl='auto' (which runs 'ref' there) or impl='ref'"
+            )
         env, why = forced()
         key = (op, env, under)
         if env not in ("auto", "ref") and key not in _warned:
             _warned.add(key)
-            warnings.warn(f"fastpggan: {op} impl='{env}' ({why}) cannot run under {under}; running 'ref'",
-                          stacklevel=3)
+            warnings.warn(f"fastpggan: {op} impl='{env}' ({why}) cannot run under {under}; running 'ref'", stacklevel=3)
         if _choice_logs:
             _log_choice(op, variant, x, "ref", under, "ref")
         return _registry[op]["ref"][0]
     device = str(x.device)
-    if (impl == "auto" and (device, os.environ.get("FASTPGGAN_CACHE")) not in _prepared) or \
-            (impl != "auto" and device not in _checked):   # the first such call on this device
+    if (impl == "auto" and (device, os.environ.get("FASTPGGAN_CACHE")) not in _prepared) or (
+        impl != "auto" and device not in _checked
+    ):  # the first such call on this device
         import torch
+
         if torch.compiler.is_compiling():
             raise BackendUnavailable(
                 f"{op}: fastpggan has not prepared {device} before this trace; call "
-                f"fastpggan.ops.backends.prepare({device!r}) (or run the model once) before torch.compile")
+                f"fastpggan.ops.backends.prepare({device!r}) (or run the model once) before torch.compile"
+            )
         if impl == "auto":
             prepare(x.device, x)
         else:
@@ -362,9 +379,17 @@ def resolve(op, impl, x, variant=opspec.NoVariant(), extra=None, others=()):
     if impl == "auto":
         env, why = forced()
         if env == "auto" and _recorder:
-            _recorder[-1].append(dict(op=op, variant=variant, shape=list(x.shape),
-                                      dtype=opspec.dtype_name(x), layout=tune_cache.layout_of(x),
-                                      device=str(x.device), extra=dict(extra or {})))
+            _recorder[-1].append(
+                dict(
+                    op=op,
+                    variant=variant,
+                    shape=list(x.shape),
+                    dtype=opspec.dtype_name(x),
+                    layout=tune_cache.layout_of(x),
+                    device=str(x.device),
+                    extra=dict(extra or {}),
+                )
+            )
             return _registry[op]["ref"][0]
         if env == "auto":
             order, why = _auto_order(op, variant, x.dtype, x.shape, tune_cache.layout_of(x), x.device)

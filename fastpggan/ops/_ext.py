@@ -15,6 +15,7 @@ explicit 'ext' raises BackendUnavailable saying why, and 'auto' falls back with 
 
 Set FASTPGGAN_NO_EXT=1 to never load or build it, FASTPGGAN_EXT_CUDA=0 to build it without CUDA kernels.
 """
+
 import importlib.util
 import os
 import threading
@@ -29,7 +30,7 @@ from ..runtime import cache_root
 NAMESPACE = "fastpggan_ext"
 _lock = threading.Lock()
 _state = {}  # "error": str | None once tried; "cuda": bool (CUDA kernels present); "path": the loaded library
-_caps = {}   # CUDA device index -> why the loaded kernels cannot run there, or None
+_caps = {}  # CUDA device index -> why the loaded kernels cannot run there, or None
 _on_load = []  # callbacks that wire autograd/fake for the ext ops once the library is loaded
 
 
@@ -73,6 +74,7 @@ def _summary(err):
 def _jit_build(with_cuda):
     """Build (or find built) and load the library; returns its path."""
     from torch.utils import cpp_extension
+
     archs = _build.arch_list(torch) if with_cuda else None
     key = _build.build_key(torch, with_cuda, archs)
     build_dir = os.path.join(cache_root(), "ext", key)
@@ -81,11 +83,18 @@ def _jit_build(with_cuda):
     if archs:
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
     try:
-        cpp_extension.load(name=f"fastpggan_C_{key}", sources=_build.sources(with_cuda), build_directory=build_dir,
-                           extra_cflags=_build.CXX_FLAGS, extra_cuda_cflags=_build.NVCC_FLAGS,
-                           extra_ldflags=_build.LINK_FLAGS,
-                           extra_include_paths=_build.extra_include_dirs(), with_cuda=with_cuda,
-                           is_python_module=False, verbose=False)
+        cpp_extension.load(
+            name=f"fastpggan_C_{key}",
+            sources=_build.sources(with_cuda),
+            build_directory=build_dir,
+            extra_cflags=_build.CXX_FLAGS,
+            extra_cuda_cflags=_build.NVCC_FLAGS,
+            extra_ldflags=_build.LINK_FLAGS,
+            extra_include_paths=_build.extra_include_dirs(),
+            with_cuda=with_cuda,
+            is_python_module=False,
+            verbose=False,
+        )
         return os.path.join(build_dir, f"fastpggan_C_{key}.so")
     finally:
         if archs and old_archs is None:
@@ -101,7 +110,7 @@ def _visible_mismatch(path):
         return None
     archs = _build.fatbin_archs(path)
     if archs is None:
-        return None   # a CPU-only library: no CUDA kernel to mismatch
+        return None  # a CPU-only library: no CUDA kernel to mismatch
     for i in range(torch.cuda.device_count()):
         why = _build.cuda_mismatch(archs, torch.cuda.get_device_capability(i))
         if why:
@@ -145,9 +154,11 @@ def _load():
         return None
     except Exception as e:
         errors.append(f"C++ build failed: {_summary(e)}")
-    return ("the fastpggan._C extension could not be built (" + "; ".join(errors) + "). Install a C++ compiler "
-            "(g++) and ninja, or run `pip install --no-build-isolation -e .` to see the full log; impl='ref' works "
-            "without it")
+    return (
+        "the fastpggan._C extension could not be built (" + "; ".join(errors) + "). Install a C++ compiler "
+        "(g++) and ninja, or run `pip install --no-build-isolation -e .` to see the full log; impl='ref' works "
+        "without it"
+    )
 
 
 def cuda_unavailable(device) -> Optional[str]:
@@ -159,14 +170,19 @@ def cuda_unavailable(device) -> Optional[str]:
         path = _state.get("path")
         try:
             archs = _build.fatbin_archs(path) if path else None
-        except OSError:   # the library file is gone: what it holds cannot be told, so nothing is launched
+        except OSError:  # the library file is gone: what it holds cannot be told, so nothing is launched
             archs = None
         cap = torch.cuda.get_device_capability(index)
         why = _build.cuda_mismatch(archs, cap)
-        _caps[index] = None if why is None else (
-            f"the fastpggan._C library {os.path.basename(path or '?')} cannot run on cuda:{index}: {why}; rebuild "
-            f"it for this GPU with `TORCH_CUDA_ARCH_LIST={cap[0]}.{cap[1]} pip install --no-build-isolation -e .` "
-            "(a CUDA toolkit is needed), or use impl='triton' or 'ref'")
+        _caps[index] = (
+            None
+            if why is None
+            else (
+                f"the fastpggan._C library {os.path.basename(path or '?')} cannot run on cuda:{index}: {why}; rebuild "
+                f"it for this GPU with `TORCH_CUDA_ARCH_LIST={cap[0]}.{cap[1]} pip install --no-build-isolation -e .` "
+                "(a CUDA toolkit is needed), or use impl='triton' or 'ref'"
+            )
+        )
     return _caps[index]
 
 
@@ -190,8 +206,10 @@ def ext_unavailable(x):
     if err is not None:
         return err
     if x.device.type == "cuda" and not _state.get("cuda"):
-        return ("the extension was built without CUDA kernels (no CUDA toolkit at build time); set CUDA_HOME to the "
-                "toolkit folder and rebuild")
+        return (
+            "the extension was built without CUDA kernels (no CUDA toolkit at build time); set CUDA_HOME to the "
+            "toolkit folder and rebuild"
+        )
     if x.device.type == "cuda":
         why = cuda_unavailable(x.device)
         if why:

@@ -1,12 +1,14 @@
 """What a call runs under that changes which backend may run it: an export, or an autodiff transform the fast
 backends' custom ops cannot carry (_dispatch.resolve reads both)."""
+
 from typing import Optional
 
 
 def exporting() -> bool:
     """Whether torch.export, torch.onnx.export or torch.jit.trace is tracing the model now."""
     import torch
-    is_exporting = getattr(torch.compiler, "is_exporting", None)   # torch >= 2.5
+
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
     return bool(torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or (is_exporting and is_exporting()))
 
 
@@ -18,6 +20,7 @@ def transform(tensors) -> Optional[str]:
     Not while torch.compile traces: dynamo handles the transforms it traces itself."""
     import torch
     import torch.autograd.forward_ad as fwAD
+
     if torch.compiler.is_compiling():
         return None
     functorch = torch._C._functorch
@@ -30,7 +33,8 @@ def transform(tensors) -> Optional[str]:
             return "torch.func.grad/vjp/jacrev"
         if kind.Vmap in keys:
             return "vmap"
-    if getattr(fwAD, "_current_level", 0) >= 0 and any(   # a tangent exists only inside a dual_level()
-            isinstance(t, torch.Tensor) and fwAD.unpack_dual(t).tangent is not None for t in tensors):
+    if getattr(fwAD, "_current_level", 0) >= 0 and any(  # a tangent exists only inside a dual_level()
+        isinstance(t, torch.Tensor) and fwAD.unpack_dual(t).tangent is not None for t in tensors
+    ):
         return "forward-mode AD (torch.autograd.forward_ad)"
     return None

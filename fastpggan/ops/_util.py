@@ -1,4 +1,5 @@
 """What every op module needs: the upcast to the accumulator dtype, and whether Triton can run on a tensor."""
+
 import importlib
 
 import torch
@@ -8,8 +9,12 @@ from fastpggan.kernels._tensors import accumulator_dtype
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # (atol, rtol) per dtype for a fast backend against `_ref` run on the same inputs: the tests' and the tuner's.
-TOLERANCE = {torch.float64: (1e-10, 1e-9), torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3),
-             torch.bfloat16: (2e-2, 2e-2)}
+TOLERANCE = {
+    torch.float64: (1e-10, 1e-9),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (2e-2, 2e-2),
+}
 
 
 def tolerance_ratio(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, count: int = 1) -> float:
@@ -27,8 +32,10 @@ def tolerance_ratio(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.d
     if actual.numel() == 0:
         return 0.0
     err = (actual - expected).abs()
-    bound = atol * max(1.0, expected.abs().max().item()) * count ** 0.5 + rtol * expected.abs()
+    bound = atol * max(1.0, expected.abs().max().item()) * count**0.5 + rtol * expected.abs()
     return (err / bound).max().item()
+
+
 _kernels_error = []  # [] until checked, then [None] or [reason]
 
 
@@ -40,7 +47,7 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
 def _kernels_import_error():
     if not _kernels_error:
         try:
-            importlib.import_module("fastpggan.kernels._common")   # imports triton
+            importlib.import_module("fastpggan.kernels._common")  # imports triton
             _kernels_error.append(None)
         except Exception as e:  # an ImportError, or a Triton that cannot initialise
             _kernels_error.append(f"{type(e).__name__}: {e}")
@@ -53,9 +60,12 @@ def triton_unavailable(x: torch.Tensor):
     if err is not None:
         return f"Triton cannot be imported ({err}); install it with `pip install triton`"
     from fastpggan.kernels._common import INTERPRETED
+
     if x.device.type == "cpu" and not INTERPRETED:
-        return ("Triton kernels run on CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 before importing "
-                "fastpggan (the slow interpreter, meant for tests)")
+        return (
+            "Triton kernels run on CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 before importing "
+            "fastpggan (the slow interpreter, meant for tests)"
+        )
     if x.device.type not in ("cpu", "cuda"):
         return f"there are no Triton kernels for {x.device.type} tensors"
     if x.dtype not in TRITON_DTYPES:

@@ -13,6 +13,7 @@ model: fastpggan.autotune.tune_cases / tune_model.)
 FASTPGGAN_IMPL. Otherwise it runs the run's frozen choices (`use_choices`, the trainer's), else this device's tune
 cache, else the op's static order (`OpSpec.auto_order`). Pins are process-wide, not per thread.
 """
+
 from typing import Dict, List, Optional, Union
 
 import torch
@@ -40,14 +41,35 @@ from ._dispatch import (
 )
 from .opspec import OpSpec, all_specs, spec
 
-__all__ = ["IMPLS", "BackendUnavailable", "available", "pin", "set_default", "forced", "choices_made",
-           "auto_backend", "use_choices", "recording", "forget", "exporting", "unavailable", "impl_unavailable",
-           "declare", "undeclare", "declared", "op_spec", "resolve", "compile_stats", "CompileStats",
-           "prepare"]
+__all__ = [
+    "IMPLS",
+    "BackendUnavailable",
+    "available",
+    "pin",
+    "set_default",
+    "forced",
+    "choices_made",
+    "auto_backend",
+    "use_choices",
+    "recording",
+    "forget",
+    "exporting",
+    "unavailable",
+    "impl_unavailable",
+    "declare",
+    "undeclare",
+    "declared",
+    "op_spec",
+    "resolve",
+    "compile_stats",
+    "CompileStats",
+    "prepare",
+]
 
 
-def available(op: Optional[str] = None, device: Union[str, torch.device] = "cpu",
-              dtype: torch.dtype = torch.float32) -> Dict[str, Dict[str, Optional[str]]]:
+def available(
+    op: Optional[str] = None, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32
+) -> Dict[str, Dict[str, Optional[str]]]:
     """Which backends can run each op here, checked on a small tensor of `dtype` on `device`.
 
     Args:

@@ -7,6 +7,7 @@ The channel axis is dim 1 of a tensor of 2 or more dims. fp16/bf16 inputs are co
 so the pixel-norm statistics are always fp32. `gain` carries the equalized-LR scale gain/sqrt(fan_in), which is
 linear and so commutes with the convolution before it (paper Sec. 4.1, "equalized learning rate").
 """
+
 import dataclasses
 from typing import Optional
 
@@ -26,25 +27,39 @@ PIXEL_NORM_EPS = 1e-8
 @dataclasses.dataclass(frozen=True)
 class BiasActVariant(Variant):
     """What selects a bias_act kernel besides x; its text is e.g. 'lrelu,bias,pn'."""
-    linear: bool = False       # negative_slope == 1: no activation
+
+    linear: bool = False  # negative_slope == 1: no activation
     bias: bool = True
     pixel_norm: bool = False
 
     def __str__(self) -> str:
-        return ",".join(["linear" if self.linear else "lrelu", "bias" if self.bias else "nobias"] +
-                        (["pn"] if self.pixel_norm else []))
+        return ",".join(
+            ["linear" if self.linear else "lrelu", "bias" if self.bias else "nobias"]
+            + (["pn"] if self.pixel_norm else [])
+        )
 
     @classmethod
     def parse(cls, text: str) -> "BiasActVariant":
         parts = text.split(",")
-        if len(parts) not in (2, 3) or parts[0] not in ("lrelu", "linear") or parts[1] not in ("bias", "nobias") \
-                or parts[2:] not in ([], ["pn"]):
+        if (
+            len(parts) not in (2, 3)
+            or parts[0] not in ("lrelu", "linear")
+            or parts[1] not in ("bias", "nobias")
+            or parts[2:] not in ([], ["pn"])
+        ):
             raise ValueError(f"bias_act variant must be like 'lrelu,bias' or 'linear,nobias,pn', got {text!r}")
         return cls(parts[0] == "linear", parts[1] == "bias", parts[2:] == ["pn"])
 
 
-def bias_act(x: torch.Tensor, bias: Optional[torch.Tensor] = None, *, gain: float = 1.0,
-             negative_slope: float = 0.2, pixel_norm: bool = False, impl: str = "auto") -> torch.Tensor:
+def bias_act(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    gain: float = 1.0,
+    negative_slope: float = 0.2,
+    pixel_norm: bool = False,
+    impl: str = "auto",
+) -> torch.Tensor:
     """Fused gain + per-channel bias + LeakyReLU (+ pixel norm over the channels); see the module docstring.
 
     Args:
@@ -64,9 +79,16 @@ def bias_act(x: torch.Tensor, bias: Optional[torch.Tensor] = None, *, gain: floa
     if bias is not None and (bias.ndim != 1 or bias.shape[0] != x.shape[1]):
         raise ValueError(f"bias must have shape ({x.shape[1]},), got {tuple(bias.shape)}")
     variant = BiasActVariant(negative_slope == 1.0, bias is not None, bool(pixel_norm))
-    fn = _dispatch.resolve("bias_act", impl, x, variant, extra=dict(
-        gain=float(gain), slope=float(negative_slope), bias_dtype=None if bias is None else dtype_name(bias)),
-        others=(bias,))
+    fn = _dispatch.resolve(
+        "bias_act",
+        impl,
+        x,
+        variant,
+        extra=dict(
+            gain=float(gain), slope=float(negative_slope), bias_dtype=None if bias is None else dtype_name(bias)
+        ),
+        others=(bias,),
+    )
     return fn(x, bias, float(gain), float(negative_slope), bool(pixel_norm))
 
 
@@ -90,6 +112,7 @@ def bias_act_ref(x, bias=None, gain=1.0, negative_slope=0.2, pixel_norm=False):
 #   bias_act_pn       (x, bias?, gain, slope) -> (y, r)    backward: bias_act_pn_grad (+ r's share, if r has one)
 #   bias_act_pn_grad  (dy, y, r, gain, slope) -> dx        double backward: its plain-PyTorch formula's own
 #                                                          (PGGAN needs first order; other GANs differentiate G twice)
+
 
 def _fake_like_x(x, *args):
     return empty_in_layout_of(x)
@@ -136,7 +159,7 @@ def _input_grads(ctx, dx_of_gain):
 
 def _autograd(k):
     def backward(ctx, dy):
-        y, = ctx.saved_tensors
+        (y,) = ctx.saved_tensors
         return _input_grads(ctx, lambda gain: k.bias_act_grad(dy, y, gain, ctx.slope))
 
     def grad_setup(ctx, inputs, output):
@@ -146,7 +169,7 @@ def _autograd(k):
     def grad_backward(ctx, ddx):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
-        y, = ctx.saved_tensors
+        (y,) = ctx.saved_tensors
         return k.bias_act_grad(ddx, y, ctx.gain, ctx.slope), None, None, None
 
     def pn_backward(ctx, dy, dr):
@@ -160,6 +183,7 @@ def _autograd(k):
                 from_r = _pn_grad_from_r(dr, y, r, gain, ctx.slope)
                 dx = from_r if dx is None else dx + from_r
             return dx
+
         return _input_grads(ctx, dx_of_gain)
 
     def pn_grad_setup(ctx, inputs, output):
@@ -171,15 +195,21 @@ def _autograd(k):
         create_graph (grad mode on here) through the saved tensors themselves, so that higher orders hold too."""
         needs, create = ctx.needs_input_grad[:3], torch.is_grad_enabled()
         with torch.enable_grad():
-            ins = [t if create and t.requires_grad else t.detach().requires_grad_(need)
-                   for t, need in zip(ctx.saved_tensors, needs)]
+            ins = [
+                t if create and t.requires_grad else t.detach().requires_grad_(need)
+                for t, need in zip(ctx.saved_tensors, needs)
+            ]
             wanted = [t for t, need in zip(ins, needs) if need]
             dx = _torch_bias_act_pn_grad(*ins, ctx.gain, ctx.slope)
             grads = iter(torch.autograd.grad(dx, wanted, ddx, create_graph=create, allow_unused=True))
         return tuple(next(grads) if need else None for need in needs) + (None, None)
 
-    return {"bias_act": (_setup, backward), "bias_act_grad": (grad_setup, grad_backward),
-            "bias_act_pn": (_setup, pn_backward), "bias_act_pn_grad": (pn_grad_setup, pn_grad_backward)}
+    return {
+        "bias_act": (_setup, backward),
+        "bias_act_grad": (grad_setup, grad_backward),
+        "bias_act_pn": (_setup, pn_backward),
+        "bias_act_pn_grad": (pn_grad_setup, pn_grad_backward),
+    }
 
 
 def _pn_grad_from_r(dr, y, r, gain, slope):
@@ -202,13 +232,14 @@ def _call(k, x, bias, gain, negative_slope, pixel_norm):
 # The kernel ops in plain PyTorch, computed as the kernels compute them (accumulator dtype, the kernels' output
 # layout): the bodies of the compiled backend. r is per pixel in (n, h, w) order.
 
+
 def _torch_bias_act(x, bias, gain, slope):
     return like_layout(bias_act_ref(x, bias, gain, slope), x)
 
 
 def _torch_bias_act_grad(dy, y, gain, slope):
     acc = accumulator_dtype(y.dtype)
-    d = dy.to(acc)   # both products formed in acc (torch.where of two Python floats would be float32)
+    d = dy.to(acc)  # both products formed in acc (torch.where of two Python floats would be float32)
     return like_layout(torch.where(y.to(acc) > 0, d * gain, d * (gain * slope)).to(y.dtype), y)
 
 
@@ -234,16 +265,22 @@ def _torch_bias_act_pn_grad(dy, y, r, gain, slope):
     return like_layout(dx.movedim(-1, 1).to(y.dtype), y)
 
 
-TORCH_KERNELS = {"bias_act": _torch_bias_act, "bias_act_grad": _torch_bias_act_grad,
-                 "bias_act_pn": _torch_bias_act_pn, "bias_act_pn_grad": _torch_bias_act_pn_grad}
+TORCH_KERNELS = {
+    "bias_act": _torch_bias_act,
+    "bias_act_grad": _torch_bias_act_grad,
+    "bias_act_pn": _torch_bias_act_pn,
+    "bias_act_pn_grad": _torch_bias_act_pn_grad,
+}
 
 
 def _probe(v: BiasActVariant, shape, extra, inputs: Inputs) -> Probe:
     x = inputs.tensor(shape)
     bias = inputs.tensor((shape[1],), extra.get("bias_dtype")) if v.bias else None
     gain, slope = extra.get("gain", 0.7), extra.get("slope", 1.0 if v.linear else 0.2)
-    call = lambda impl: bias_act(x, bias, gain=gain, negative_slope=slope, pixel_norm=v.pixel_norm,  # noqa: E731
-                                 impl=impl)
+
+    def call(impl):
+        return bias_act(x, bias, gain=gain, negative_slope=slope, pixel_norm=v.pixel_norm, impl=impl)
+
     return Probe([x] + ([bias] if bias is not None else []), [1, x.numel() // shape[1]], call, True)
 
 
@@ -253,7 +290,7 @@ def _check_cases(dtype, layout, big):
         for text in ("lrelu,bias", "lrelu,bias,pn", "linear,nobias,pn", "linear,bias"):
             v = BiasActVariant.parse(text)
             out.append((v, shape, dict(gain=0.43, slope=1.0 if v.linear else 0.2, bias_dtype="float32")))
-    if layout == "contiguous":   # dense layers and latents
+    if layout == "contiguous":  # dense layers and latents
         for text in ("lrelu,bias", "linear,nobias,pn", "lrelu,bias,pn"):
             v = BiasActVariant.parse(text)
             out.append((v, (3, 17), dict(gain=1.7, slope=1.0 if v.linear else 0.2, bias_dtype="float32")))
@@ -261,23 +298,37 @@ def _check_cases(dtype, layout, big):
 
 
 def _bench_cases(shapes):
-    return [(label, res, BiasActVariant(pixel_norm=pn), (n, c, res, res), dict(gain=0.05, bias_dtype="float32"))
-            for label, pn in (("bias_act", False), ("bias_act+pixelnorm", True)) for res, (n, c) in shapes.items()]
+    return [
+        (label, res, BiasActVariant(pixel_norm=pn), (n, c, res, res), dict(gain=0.05, bias_dtype="float32"))
+        for label, pn in (("bias_act", False), ("bias_act+pixelnorm", True))
+        for res, (n, c) in shapes.items()
+    ]
 
 
 register_backends(
     OpSpec(
-        "bias_act", bias_act_ref, BiasActVariant, _probe, _check_cases, _bench_cases,
+        "bias_act",
+        bias_act_ref,
+        BiasActVariant,
+        _probe,
+        _check_cases,
+        _bench_cases,
         # forward reads x and writes y; the backward reads dy and y and writes dx (bias and statistics ignored)
         traffic=lambda v: (2, 5),
         # forward + backward at 4-32^2, fp32, vs ref: 2.2-2.9x, with pixel norm 2.7-5.3x on the CPU
         auto_order=EXT_ON_CPU,
-        auto_order_source=CPU_OPS_RESULT),
-    kernels="bias_act", torch_kernels=TORCH_KERNELS, autograd=_autograd, call=_call,
+        auto_order_source=CPU_OPS_RESULT,
+    ),
+    kernels="bias_act",
+    torch_kernels=TORCH_KERNELS,
+    autograd=_autograd,
+    call=_call,
     kernel_ops={
         "bias_act": KernelOp("(Tensor x, Tensor? bias, float gain, float slope) -> Tensor", _fake_like_x),
         "bias_act_grad": KernelOp("(Tensor dy, Tensor y, float gain, float slope) -> Tensor", _fake_like_y),
         "bias_act_pn": KernelOp("(Tensor x, Tensor? bias, float gain, float slope) -> (Tensor, Tensor)", _fake_pn),
-        "bias_act_pn_grad": KernelOp("(Tensor dy, Tensor y, Tensor r, float gain, float slope) -> Tensor",
-                                     _fake_like_y),
-    })
+        "bias_act_pn_grad": KernelOp(
+            "(Tensor dy, Tensor y, Tensor r, float gain, float slope) -> Tensor", _fake_like_y
+        ),
+    },
+)

@@ -5,6 +5,7 @@
 The norm is taken in fp32 (fp64 stays fp64). Uses torch.linalg.vector_norm, whose gradient at g_n = 0 is 0 rather
 than NaN. Also gp_interpolate, the sample the penalty is taken at: xhat = real + u[n] * (fake - real).
 """
+
 import torch
 
 from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of, like_layout
@@ -45,10 +46,17 @@ def gp_interpolate(reals: torch.Tensor, fakes: torch.Tensor, u: torch.Tensor, *,
         Tensor of reals' shape and dtype. Differentiable to any order.
     """
     if reals.shape != fakes.shape or u.ndim != 1 or u.shape[0] != reals.shape[0]:
-        raise ValueError(f"gp_interpolate: reals {tuple(reals.shape)} and fakes {tuple(fakes.shape)} must match "
-                         f"and u must be ({reals.shape[0]},), got {tuple(u.shape)}")
-    fn = _dispatch.resolve("gp_interpolate", impl, reals,
-                           extra=dict(fakes_dtype=dtype_name(fakes), u_dtype=dtype_name(u)), others=(fakes, u))
+        raise ValueError(
+            f"gp_interpolate: reals {tuple(reals.shape)} and fakes {tuple(fakes.shape)} must match "
+            f"and u must be ({reals.shape[0]},), got {tuple(u.shape)}"
+        )
+    fn = _dispatch.resolve(
+        "gp_interpolate",
+        impl,
+        reals,
+        extra=dict(fakes_dtype=dtype_name(fakes), u_dtype=dtype_name(u)),
+        others=(fakes, u),
+    )
     return fn(reals, fakes, u)
 
 
@@ -91,8 +99,9 @@ def gradient_penalty_double_backward(ddg, dgp, g, r, target, need_dgp=True, need
     d_dgp = h * dot if need_dgp else None
     d_g = None
     if need_g:
-        d_g = (dgp * h)[:, None] * ddf + torch.where(nonzero, dgp * dot * 2 * target / safe_r ** 3,
-                                                       torch.zeros_like(r))[:, None] * gf
+        d_g = (dgp * h)[:, None] * ddf + torch.where(nonzero, dgp * dot * 2 * target / safe_r**3, torch.zeros_like(r))[
+            :, None
+        ] * gf
         d_g = d_g.reshape(g.shape).to(g.dtype)
     return d_dgp, d_g
 
@@ -101,6 +110,7 @@ def gradient_penalty_double_backward(ddg, dgp, g, r, target, need_dgp=True, need
 #   gradient_penalty       (grads, target) -> (gp, r)       r = ||g_n||, saved for the backward
 #   gradient_penalty_grad  (dgp, grads, r, target) -> dgrads
 # gp_interpolate is one kernel op; its backward (the linear map's transpose) is PyTorch.
+
 
 def _fake(grads, target):
     acc = accumulator_dtype(grads.dtype)
@@ -142,6 +152,7 @@ def _call(k, grads, target):
 
 # The kernel ops in plain PyTorch, computed as the kernels compute them: the bodies of the compiled backend.
 
+
 def _torch_gradient_penalty(grads, target):
     r = _norms(grads)
     return (r - target).square(), r
@@ -157,8 +168,11 @@ def _torch_gp_interpolate(real, fake, u):
     return like_layout(gp_interpolate_ref(real, fake, u), real)
 
 
-TORCH_KERNELS = {"gradient_penalty": _torch_gradient_penalty,
-                 "gradient_penalty_grad": _torch_gradient_penalty_grad, "gp_interpolate": _torch_gp_interpolate}
+TORCH_KERNELS = {
+    "gradient_penalty": _torch_gradient_penalty,
+    "gradient_penalty_grad": _torch_gradient_penalty_grad,
+    "gp_interpolate": _torch_gp_interpolate,
+}
 
 
 def _probe(v, shape, extra, inputs: Inputs) -> Probe:
@@ -174,20 +188,29 @@ def _images(shapes):
 
 register_backends(
     OpSpec(
-        "gradient_penalty", gradient_penalty_ref, NoVariant, _probe,
+        "gradient_penalty",
+        gradient_penalty_ref,
+        NoVariant,
+        _probe,
         check_cases=lambda dtype, layout, big: [(NoVariant(), shape, dict(target=2.0)) for shape in odd_shapes(big)],
-        bench_cases=lambda shapes: [("gradient_penalty", res, NoVariant(), shape, {})
-                                    for res, shape in _images(shapes)],
+        bench_cases=lambda shapes: [
+            ("gradient_penalty", res, NoVariant(), shape, {}) for res, shape in _images(shapes)
+        ],
         # forward reads g; the backward reads g again and writes dg
         traffic=lambda v: (1, 3),
         # forward + backward at 4-32^2, fp32, vs ref: 1.1-1.8x on the CPU; CUDA: ref until checked on the GPU
         auto_order=EXT_ON_CPU,
-        auto_order_source=CPU_OPS_RESULT),
-    kernels="gradient_penalty", torch_kernels=TORCH_KERNELS, autograd=_autograd, call=_call,
+        auto_order_source=CPU_OPS_RESULT,
+    ),
+    kernels="gradient_penalty",
+    torch_kernels=TORCH_KERNELS,
+    autograd=_autograd,
+    call=_call,
     kernel_ops={
         "gradient_penalty": KernelOp("(Tensor grads, float target) -> (Tensor, Tensor)", _fake),
         "gradient_penalty_grad": KernelOp("(Tensor dgp, Tensor grads, Tensor r, float target) -> Tensor", _fake_grad),
-    })
+    },
+)
 
 
 def _interpolate_autograd(k):
@@ -213,23 +236,39 @@ def _interpolate_probe(v, shape, extra, inputs: Inputs) -> Probe:
     reals = inputs.tensor(shape)
     fakes = inputs.tensor(shape, extra.get("fakes_dtype"))
     u = inputs.tensor((shape[0],), extra.get("u_dtype") or "float32", positive=True, layout="contiguous")
-    return Probe([reals, fakes, u], [1, 1, reals.numel() // shape[0]],
-                 lambda impl: gp_interpolate(reals, fakes, u, impl=impl), True)
+    return Probe(
+        [reals, fakes, u],
+        [1, 1, reals.numel() // shape[0]],
+        lambda impl: gp_interpolate(reals, fakes, u, impl=impl),
+        True,
+    )
 
 
 register_backends(
     OpSpec(
-        "gp_interpolate", gp_interpolate_ref, NoVariant, _interpolate_probe,
-        check_cases=lambda dtype, layout, big: [(NoVariant(), shape, dict(fakes_dtype=dtype, u_dtype="float32"))
-                                                for shape in odd_shapes(big)],
-        bench_cases=lambda shapes: [("gp_interpolate", res, NoVariant(), shape, dict(u_dtype="float32"))
-                                    for res, shape in _images(shapes)],
+        "gp_interpolate",
+        gp_interpolate_ref,
+        NoVariant,
+        _interpolate_probe,
+        check_cases=lambda dtype, layout, big: [
+            (NoVariant(), shape, dict(fakes_dtype=dtype, u_dtype="float32")) for shape in odd_shapes(big)
+        ],
+        bench_cases=lambda shapes: [
+            ("gp_interpolate", res, NoVariant(), shape, dict(u_dtype="float32")) for res, shape in _images(shapes)
+        ],
         # forward reads reals and fakes and writes the sample; the backward reads dy and writes both gradients
         traffic=lambda v: (3, 6),
         # torch.lerp is already one pass; per-call overhead makes ext no faster on the CPU
         auto_order={"cpu": ("ref",), "cuda": ("ref",)},
-        auto_order_source=CPU_OPS_RESULT),
-    kernels="gradient_penalty", torch_kernels=TORCH_KERNELS, autograd=_interpolate_autograd,
+        auto_order_source=CPU_OPS_RESULT,
+    ),
+    kernels="gradient_penalty",
+    torch_kernels=TORCH_KERNELS,
+    autograd=_interpolate_autograd,
     call=lambda k, reals, fakes, u: k.gp_interpolate(reals, fakes, u),
-    kernel_ops={"gp_interpolate": KernelOp("(Tensor real, Tensor fake, Tensor u) -> Tensor",
-                                           lambda real, fake, u: empty_in_layout_of(real))})
+    kernel_ops={
+        "gp_interpolate": KernelOp(
+            "(Tensor real, Tensor fake, Tensor u) -> Tensor", lambda real, fake, u: empty_in_layout_of(real)
+        )
+    },
+)

@@ -6,6 +6,7 @@ With G = min(group_size, N) and M = N / G, sample n belongs to group n % M. In f
 
 (fp64 inputs stay fp64), and s[n % M] is appended to sample n as one extra constant feature map, giving (N, C+1, H, W).
 """
+
 import dataclasses
 
 import torch
@@ -23,6 +24,7 @@ EPS = 1e-8
 @dataclasses.dataclass(frozen=True)
 class GroupVariant(Variant):
     """The group size after capping at N; its text is e.g. 'group=4'."""
+
     group: int
 
     def __str__(self) -> str:
@@ -51,8 +53,10 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4, *, impl: str = "auto"
         raise ValueError(f"minibatch_stddev expects NCHW, got shape {tuple(x.shape)}")
     g = min(int(group_size), x.shape[0])
     if g < 1 or x.shape[0] % g:
-        raise ValueError(f"minibatch_stddev: minibatch {x.shape[0]} must be divisible by the group size {g} "
-                         "(official PGGAN requirement); pick a minibatch that is a multiple of it")
+        raise ValueError(
+            f"minibatch_stddev: minibatch {x.shape[0]} must be divisible by the group size {g} "
+            "(official PGGAN requirement); pick a minibatch that is a multiple of it"
+        )
     return _dispatch.resolve("minibatch_stddev", impl, x, GroupVariant(g))(x, g)
 
 
@@ -63,8 +67,8 @@ def minibatch_stddev_ref(x, group_size):
     y = upcast(x).reshape(g, -1, c, h, w)
     y = y - y.mean(dim=0, keepdim=True)
     y = (y.square().mean(dim=0) + EPS).sqrt()
-    y = y.mean(dim=(1, 2, 3)).to(x.dtype)                     # (M,)
-    y = y.reshape(-1, 1, 1, 1).repeat(g, 1, h, w)             # row g*M + m holds s[m]
+    y = y.mean(dim=(1, 2, 3)).to(x.dtype)  # (M,)
+    y = y.reshape(-1, 1, 1, 1).repeat(g, 1, h, w)  # row g*M + m holds s[m]
     return torch.cat([x, y], dim=1)
 
 
@@ -111,6 +115,7 @@ def minibatch_stddev_double_backward(ddx, dout, x, group_size, need_dout=True, n
 #   minibatch_stddev       (x, group_size) -> (N, C+1, H, W)
 #   minibatch_stddev_grad  (dout, x, group_size) -> dx
 
+
 def _fake(x, group_size):
     n, c, h, w = x.shape
     return empty_in_layout_of(x, shape=(n, c + 1, h, w))
@@ -128,7 +133,7 @@ def _autograd(k):
     def backward(ctx, dout):
         if not ctx.needs_input_grad[0]:
             return None, None
-        x, = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
         return k.minibatch_stddev_grad(dout, x, ctx.group_size), None
 
     def grad_setup(ctx, inputs, output):
@@ -149,6 +154,7 @@ def _call(k, x, group_size):
 
 
 # The kernel ops in plain PyTorch, computed as the kernels compute them: the bodies of the compiled backend.
+
 
 def _torch_minibatch_stddev(x, group_size):
     return like_layout(minibatch_stddev_ref(x, group_size), x)
@@ -178,20 +184,30 @@ def _check_cases(dtype, layout, big):
 
 
 def _bench_cases(shapes):
-    n, c = shapes[4]   # D's last block, at 4x4
+    n, c = shapes[4]  # D's last block, at 4x4
     return [("minibatch_stddev", 4, GroupVariant(4), (n, c, 4, 4), {})]
 
 
 register_backends(
     OpSpec(
-        "minibatch_stddev", minibatch_stddev_ref, GroupVariant, _probe, _check_cases, _bench_cases,
+        "minibatch_stddev",
+        minibatch_stddev_ref,
+        GroupVariant,
+        _probe,
+        _check_cases,
+        _bench_cases,
         # forward reads x and writes x plus one map; the backward reads dout and x and writes dx
         traffic=lambda v: (2, 5),
         # forward + backward at 4x4, fp32, vs ref: 3.4x on the CPU; CUDA: ref until checked on the GPU
         auto_order=EXT_ON_CPU,
-        auto_order_source=CPU_OPS_RESULT),
-    kernels="minibatch_stddev", torch_kernels=TORCH_KERNELS, autograd=_autograd, call=_call,
+        auto_order_source=CPU_OPS_RESULT,
+    ),
+    kernels="minibatch_stddev",
+    torch_kernels=TORCH_KERNELS,
+    autograd=_autograd,
+    call=_call,
     kernel_ops={
         "minibatch_stddev": KernelOp("(Tensor x, int group_size) -> Tensor", _fake),
         "minibatch_stddev_grad": KernelOp("(Tensor dout, Tensor x, int group_size) -> Tensor", _fake_grad),
-    })
+    },
+)

@@ -7,12 +7,13 @@ tensor (pixel norm, a bias, the upsampling fade, the stddev group), `extra` what
 other inputs (gain, slope, the dtype of a second tensor). Each op module defines its variant type, a frozen dataclass
 whose `str` is the readable part of the tune-cache key (`bias_act(lrelu,bias,pn) ...`) and whose `parse` reads it.
 """
+
 import dataclasses
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-IMPLS = ("ref", "triton", "ext", "compiled")   # the backends an op may have (fastpggan.ops.backends)
+IMPLS = ("ref", "triton", "ext", "compiled")  # the backends an op may have (fastpggan.ops.backends)
 
 
 class Variant:
@@ -40,10 +41,11 @@ class NoVariant(Variant):
 @dataclasses.dataclass
 class Probe:
     """One call of an op on fresh inputs: what autotune checks against ref and times, and the benchmarks time."""
-    inputs: List[torch.Tensor]   # leaf tensors whose gradients are compared
-    counts: List[int]            # terms each input's gradient sums over (tolerance_ratio's count)
-    call: Callable[[str], torch.Tensor]   # call(impl) -> output
-    second_order: bool           # the op promises a differentiable backward
+
+    inputs: List[torch.Tensor]  # leaf tensors whose gradients are compared
+    counts: List[int]  # terms each input's gradient sums over (tolerance_ratio's count)
+    call: Callable[[str], torch.Tensor]  # call(impl) -> output
+    second_order: bool  # the op promises a differentiable backward
 
 
 class Inputs:
@@ -58,11 +60,15 @@ class Inputs:
         """The dtype of an input: the override (float64 check) if any, else `preferred`, else the case's."""
         return self.override or preferred or self.dtype
 
-    def tensor(self, shape, dtype: Optional[str] = None, positive: bool = False,
-               layout: Optional[str] = None) -> torch.Tensor:
+    def tensor(
+        self, shape, dtype: Optional[str] = None, positive: bool = False, layout: Optional[str] = None
+    ) -> torch.Tensor:
         """randn (or uniform in [0.5, 1.5) if `positive`) of `shape`, in the case's layout, requiring grad."""
-        t = torch.rand(shape, generator=self.gen, device=self.device) + 0.5 if positive else \
-            torch.randn(shape, generator=self.gen, device=self.device)
+        t = (
+            torch.rand(shape, generator=self.gen, device=self.device) + 0.5
+            if positive
+            else torch.randn(shape, generator=self.gen, device=self.device)
+        )
         t = t.to(getattr(torch, self.dtype_of(dtype)))
         if (layout or self.layout) == "channels_last" and t.ndim == 4:
             t = t.contiguous(memory_format=torch.channels_last)
@@ -74,7 +80,7 @@ class Inputs:
 # cpu-2core-20261207-ops-vs-compiled.md) no ext kernel loses at every CPU shape, so compiled stays out of the
 # static order (it also costs a compile at a first call); autotune measures it.
 EXT_ON_CPU = {"cpu": ("ext", "ref"), "cuda": ("ref",)}
-CPU_OPS_RESULT = "benchmarks/results/cpu-2core-20261122-ops.md"   # forward + backward at 4-32^2, fp32, vs ref
+CPU_OPS_RESULT = "benchmarks/results/cpu-2core-20261122-ops.md"  # forward + backward at 4-32^2, fp32, vs ref
 
 # check_cases(dtype, layout, big) -> [(variant, shape, extra)]: the self-test's cases at odd shapes (`big` on a GPU)
 CheckCases = Callable[[str, str, bool], Sequence[Tuple[Variant, tuple, dict]]]
@@ -99,6 +105,7 @@ class OpSpec:
             runs 'ref'. Changed only with a committed measurement, which `auto_order_source` names.
         auto_order_source: where the order was measured.
     """
+
     name: str
     ref: Callable
     variant: type

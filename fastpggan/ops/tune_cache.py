@@ -14,6 +14,7 @@ the case was checked and timed), "tolerance_ratio" and "max_error" per fast back
 "measured" (a timestamp) and, where measured, "copy_bytes_per_s". A file that cannot be read, or one from other
 versions or another device, is ignored with one warning (the next tuning rewrites it).
 """
+
 import fcntl
 import json
 import os
@@ -31,9 +32,9 @@ from .opspec import IMPLS
 FORMAT = "fastpggan-tune"
 FORMAT_VERSION = 1
 
-_read = {}   # cache path -> {case key: impl} ({} when unreadable), read once per process
-_by_device = {}   # (device type, index, $FASTPGGAN_CACHE) -> (threads, the same dict)
-_on_forget = []   # what else forgets with it (the dispatcher's memo of backend orders)
+_read = {}  # cache path -> {case key: impl} ({} when unreadable), read once per process
+_by_device = {}  # (device type, index, $FASTPGGAN_CACHE) -> (threads, the same dict)
+_on_forget = []  # what else forgets with it (the dispatcher's memo of backend orders)
 _warned = set()
 
 
@@ -73,22 +74,30 @@ def device_info(device) -> dict:
     device = torch.device(device)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        return {"type": "cuda", "name": props.name, "capability": f"{props.major}.{props.minor}",
-                "memory_gib": round(props.total_memory / 2 ** 30)}
-    return {"type": device.type, "name": _cpu_name() if device.type == "cpu" else device.type,
-            "threads": torch.get_num_threads()}
+        return {
+            "type": "cuda",
+            "name": props.name,
+            "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30),
+        }
+    return {
+        "type": device.type,
+        "name": _cpu_name() if device.type == "cpu" else device.type,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def versions() -> dict:
     """The software a measurement holds for: torch (and its CUDA), Triton, fastpggan."""
     from .. import __version__
+
     try:
         import triton
+
         triton_version = triton.__version__
     except Exception:
         triton_version = None
-    return {"torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton_version,
-            "fastpggan": __version__}
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton_version, "fastpggan": __version__}
 
 
 def device_key(device) -> str:
@@ -145,8 +154,11 @@ def read_file(path: str, device) -> Optional[dict]:
         return data
     if path not in _warned:
         _warned.add(path)
-        warnings.warn(f"fastpggan: ignoring the tune cache {path}: {reason}; the static backend order applies until "
-                      "it is rebuilt (python -m fastpggan.tune)", stacklevel=3)
+        warnings.warn(
+            f"fastpggan: ignoring the tune cache {path}: {reason}; the static backend order applies until "
+            "it is rebuilt (python -m fastpggan.tune)",
+            stacklevel=3,
+        )
     return None
 
 
@@ -168,10 +180,15 @@ def write(device, entries: dict) -> str:
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # a bad file was reported when it was read
+            warnings.simplefilter("ignore")  # a bad file was reported when it was read
             old = read_file(path, device)
-        data = dict(format=FORMAT, format_version=FORMAT_VERSION, device=device_info(device), versions=versions(),
-                    choices={**(old or {}).get("choices", {}), **entries})
+        data = dict(
+            format=FORMAT,
+            format_version=FORMAT_VERSION,
+            device=device_info(device),
+            versions=versions(),
+            choices={**(old or {}).get("choices", {}), **entries},
+        )
         data["choices"] = dict(sorted(data["choices"].items()))
         write_text(path, json.dumps(data, indent=1) + "\n")
     forget_cached()
