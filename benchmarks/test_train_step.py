@@ -37,6 +37,7 @@ from conftest import LONG, PGGAN_SHAPES, devices, matmul_peak_tflops, record, ru
 from fastpggan import autotune, optim
 from fastpggan import step as step_mod
 from fastpggan.compiled_step import CompiledStep
+from fastpggan.cuda_graph import CudaGraphStep
 from fastpggan.networks import Discriminator, Generator
 from fastpggan.ops import backends
 
@@ -134,7 +135,7 @@ def build(
     opt_D = optim.make_optimizer(D.parameters(), dev, capturable=graphs)
     cls = CompiledStep if compiled else step_mod.TrainStep
     train_step = cls(G, D, G_ema, opt_G, opt_D, impl=impl, amp_dtype=amp, channels_last=channels_last)
-    runner = step_mod.CudaGraphStep(train_step, log=print) if graphs else train_step
+    runner = CudaGraphStep(train_step, log=print) if graphs else train_step
     reals = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8, device=dev)
 
     def draw_inputs():

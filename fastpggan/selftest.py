@@ -28,10 +28,11 @@ import torch
 
 from . import autotune
 from .autotune import Case
+from .cuda_graph import CudaGraphStep, _Rerun
 from .errors import ArgumentParser, cli_entry
 from .ops import backends, tune_cache
 from .runtime import pick_device
-from .step import CudaGraphStep, _Rerun, random_inputs
+from .step import random_inputs
 from .tune import format_table, training_config, training_trainer, tune_training
 from .writes import check_folder, check_output, write_text
 

@@ -21,12 +21,13 @@ from . import backend_choice, distributed
 from . import checkpoint as ckpt
 from .compiled_step import CompiledStep
 from .config import RunConfig
+from .cuda_graph import CudaGraphStep
 from .errors import UserError
 from .eta import Eta
 from .optim import load_optimizer_state, make_optimizer, optimizer_state, reset_optimizer_, set_lr
 from .sampler import Sampler
 from .schedule import Schedule
-from .step import CudaGraphStep, StepInputs, TrainStep
+from .step import StepInputs, TrainStep
 from .ticks import Diverged, Ticks  # noqa: F401  (Diverged: trainer.Diverged, as before)
 
 

@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import checkpoint_tensors, slow, tiny_train_args, train_quietly
 from fastpggan import checkpoint as ckpt
-from fastpggan import config, losses, optim, trainer
+from fastpggan import config, cuda_graph, losses, optim, trainer
 from fastpggan import step as step_mod
 from fastpggan.errors import UserError
 from fastpggan.networks import Discriminator, Generator
@@ -191,7 +191,7 @@ def _graphed_run(monkeypatch, args, capture, log=lambda *a: None):
     """Train with CudaGraphStep forced on and `capture` in place of torch.cuda.graph (capture=None: the eager
     step, with the same capturable optimizers as the graphed one)."""
     monkeypatch.setattr(config, "pick_cuda_graphs", lambda mode, device, world, compile_step=False: (True, None))
-    wrapper = functools.partial(step_mod.CudaGraphStep, capture=capture) if capture else lambda step, log: step
+    wrapper = functools.partial(cuda_graph.CudaGraphStep, capture=capture) if capture else lambda step, log: step
     monkeypatch.setattr(trainer, "CudaGraphStep", wrapper)
     return _train(args, log=log)
 
@@ -209,10 +209,10 @@ def test_graph_wrapper_buffers_and_warmup_leave_results_unchanged(tiny_npz, tmp_
 
     def capture(fn):
         builds.append(1)
-        return step_mod._Rerun(fn)
+        return cuda_graph._Rerun(fn)
 
     t = _graphed_run(monkeypatch, tiny_train_args(tiny_npz, tmp_path / "graphed", *extra), capture)
-    assert isinstance(t.runner, step_mod.CudaGraphStep) and not t.runner.failed
+    assert isinstance(t.runner, cuda_graph.CudaGraphStep) and not t.runner.failed
     assert len(builds) == 5  # 4x4; 8x8 fading; 8x8; 16x16 fading; 16x16
     a, sa = _final_state(tmp_path / "eager" / "run")
     b, sb = _final_state(tmp_path / "graphed" / "run")
@@ -237,7 +237,7 @@ def test_capture_runs_on_the_warm_up_side_stream(monkeypatch):
         yield
 
     monkeypatch.setattr(torch.cuda, "graph", graph)
-    runner = step_mod.CudaGraphStep(_tiny_step(None)[0], log=lambda *a: None)
+    runner = cuda_graph.CudaGraphStep(_tiny_step(None)[0], log=lambda *a: None)
     warm = runner.side_stream()
     ran = []
     assert runner.capture(lambda: ran.append(1)) == "graph" and ran == [1]
@@ -277,7 +277,7 @@ def test_graphed_training_equals_eager_on_gpu(tiny_npz, tmp_path, monkeypatch, a
     with monkeypatch.context() as m:
         _graphed_run(m, tiny_train_args(tiny_npz, tmp_path / "eager", *extra), None)
     t = _train(tiny_train_args(tiny_npz, tmp_path / "graphed", *extra, "--cuda-graphs", "on"))
-    assert isinstance(t.runner, step_mod.CudaGraphStep) and not t.runner.failed
+    assert isinstance(t.runner, cuda_graph.CudaGraphStep) and not t.runner.failed
     a, sa = _final_state(tmp_path / "eager" / "run")
     b, sb = _final_state(tmp_path / "graphed" / "run")
     for k in a:

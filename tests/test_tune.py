@@ -24,8 +24,9 @@ from conftest import run_python, slow, tiny_train_args, train_quietly
 from fastpggan import autotune, ops
 from fastpggan import checkpoint as ckpt
 from fastpggan.autotune import Case
+from fastpggan.cuda_graph import CudaGraphStep, _Rerun
 from fastpggan.ops import _dispatch, tune_cache
-from fastpggan.step import CudaGraphStep, _Rerun, random_inputs
+from fastpggan.step import random_inputs
 from fastpggan.tune import training_config, training_trainer
 
 pytestmark = pytest.mark.skipif(ops._ext.load_error() is not None, reason="the extension is needed as a candidate")

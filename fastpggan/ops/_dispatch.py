@@ -29,6 +29,7 @@ from typing import Optional
 
 from ..errors import UserError
 from . import opspec, tune_cache
+from ._import_hook import AfterImport
 from ._transforms import exporting, transform
 from .opspec import IMPLS
 
@@ -152,44 +153,13 @@ def _hook_compiler() -> None:
             on_compile_start(_on_compile_start)
 
 
-class _AfterImport:
-    """A sys.meta_path finder that runs `then()` right after the module `name` is first imported (a post-import
-    hook): torch.compile imports torch._dynamo, and the hook must be in place before its first trace, so that an
-    op or layer compiled on its very first call finds its device prepared."""
-
-    def __init__(self, name, then):
-        self.name, self.then = name, then
-
-    def find_spec(self, fullname, path=None, target=None):
-        import importlib.util
-        import sys
-
-        if fullname != self.name:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        if spec is not None and spec.loader is not None:
-            loader, then = spec.loader, self.then
-
-            class Loader:
-                def create_module(self, spec):
-                    return loader.create_module(spec)
-
-                def exec_module(self, module):
-                    loader.exec_module(module)
-                    then()
-
-            spec.loader = Loader()
-        return spec
-
-
 def _hook_compiler_when_imported() -> None:
     import sys
 
     if "torch._dynamo" in sys.modules:
         _hook_compiler()
-    elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport("torch._dynamo", _hook_compiler))
+    elif not any(isinstance(f, AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, AfterImport("torch._dynamo", _hook_compiler))
 
 
 _hook_compiler_when_imported()
