@@ -12,7 +12,7 @@ are fastpggan.settings'.
 
 import dataclasses
 import inspect
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -25,6 +25,7 @@ from .schedule import Schedule
 from .settings import (  # noqa: F401  (PRESET_NAMES, DataShapes, pick_*: this module's API, as before)
     AMP_DTYPES,
     PRESET_NAMES,
+    DataLike,
     DataShapes,
     apply_res_flag,
     auto_settings,
@@ -160,7 +161,7 @@ def _runtime(
 
 
 def resolve_config(
-    dataset,
+    dataset: DataLike,
     *,
     data: Optional[str] = None,
     device: Union[str, torch.device] = "auto",
@@ -197,7 +198,7 @@ def resolve_config(
     strict: bool = False,
     max_images: Optional[int] = None,
     grid: Optional[int] = None,
-    log=None,
+    log: Optional[Callable[[str], Any]] = None,
 ) -> RunConfig:
     """The run's whole configuration, every auto setting decided and checked (README, "Training" for each).
 
@@ -310,9 +311,9 @@ def resume_config(
     *,
     device: Union[str, torch.device] = "auto",
     world: int = 1,
-    log=None,
+    log: Optional[Callable[[str], Any]] = None,
     where: str = "the checkpoint's config",
-    **changes,
+    **changes: Any,
 ) -> RunConfig:
     """The configuration a resumed run goes on with: `recorded` (a checkpoint's "config") with `changes` of
     RESUMABLE applied (resolve_config's meanings), and this process's settings of RUN_TIME (resolve_config's
@@ -321,7 +322,7 @@ def resume_config(
     if other:
         raise ValueError(f"a resumed run keeps its recorded {', '.join(other)}")
     cfg = RunConfig.from_dict(recorded, where=where)
-    upd = {}
+    upd: Dict[str, Any] = {}
     if changes.get("kimg") is not None:
         upd["total_kimg"] = float(changes["kimg"])
     for key in ("lr", "minibatch"):

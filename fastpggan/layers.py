@@ -112,7 +112,7 @@ class EqualizedConv2d(nn.Module):
         )
         return F.avg_pool2d(y, 2) if self.down and not self.fused_scale else y
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         scale = f", fused_scale={self.fused_scale}" if self.up or self.down else ""
         return (
             f"{self.in_ch}, {self.out_ch}, kernel_size={self.kernel_size}, up={self.up}, down={self.down}"
@@ -163,7 +163,7 @@ class EqualizedLinear(nn.Module):
             impl=self.impl,
         )
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, act={self.act!r}, pixel_norm={self.pixel_norm}"
 
 
@@ -188,5 +188,5 @@ class MinibatchStdDev(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.minibatch_stddev(x, self.group_size, impl=self.impl)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"group_size={self.group_size}"

@@ -19,7 +19,7 @@ None (the default) leaves autocast on everywhere.
 """
 
 import math
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -29,14 +29,14 @@ from . import ops
 from .layers import EqualizedConv2d, EqualizedLinear, MinibatchStdDev
 
 
-def _log2_res(res, max_res, what):
+def _log2_res(res: int, max_res: int, what: str) -> int:
     k = int(round(math.log2(res))) if res and res > 0 else -1
     if res < 4 or 2**k != res or res > max_res:
         raise ValueError(f"{what}: resolution must be a power of two in [4, {max_res}], got {res}")
     return k
 
 
-def _nf(fmap_base, fmap_max):
+def _nf(fmap_base: int, fmap_max: int) -> Callable[[int], int]:
     # Clamped at 1 so that narrow test/CPU configurations stay valid at high resolutions (official: no clamp).
     return lambda stage: max(min(int(fmap_base / 2.0**stage), fmap_max), 1)
 
@@ -53,14 +53,14 @@ AMP_CLAMP = 256.0
 class _Precision:
     """Runs each layer group at resolution `res` in the caller's autocast or in fp32 (below amp_min_res)."""
 
-    def __init__(self, x, min_res):
+    def __init__(self, x: torch.Tensor, min_res: Optional[int]) -> None:
         dev = x.device.type
         self.on = torch.is_autocast_enabled(dev) if min_res is not None else False
         self.dev, self.min_res = dev, min_res
         self.fp16 = self.on and torch.get_autocast_dtype(dev) == torch.float16
 
-    def __call__(self, res, fn, *args):
-        if not self.on:
+    def __call__(self, res: int, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+        if not self.on or self.min_res is None:
             return fn(*args)
         if res < self.min_res:
             with torch.autocast(self.dev, enabled=False):
@@ -69,7 +69,7 @@ class _Precision:
         return y.clamp(-AMP_CLAMP, AMP_CLAMP) if self.fp16 else y
 
 
-def _labels_to_onehot(labels, label_size, dtype):
+def _labels_to_onehot(labels: torch.Tensor, label_size: int, dtype: torch.dtype) -> torch.Tensor:
     if labels.dtype in (torch.int32, torch.int64, torch.uint8, torch.int16):
         return F.one_hot(labels.long(), label_size).to(dtype)
     return labels.to(dtype)
@@ -129,8 +129,12 @@ class Generator(nn.Module):
             ]
         )
 
-    def _block4(self, z, labels):
-        x = z if self.label_size == 0 else torch.cat([z, _labels_to_onehot(labels, self.label_size, z.dtype)], 1)
+    def _block4(self, z: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        x = (
+            z
+            if labels is None or self.label_size == 0
+            else torch.cat([z, _labels_to_onehot(labels, self.label_size, z.dtype)], 1)
+        )
         x = ops.bias_act(x, None, negative_slope=1.0, pixel_norm=True, impl=self.impl)  # normalize_latents
         x = self.dense(x).reshape(x.shape[0], -1, 4, 4)
         x = ops.bias_act(x, self.dense_bias, pixel_norm=True, impl=self.impl)

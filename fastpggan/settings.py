@@ -6,7 +6,7 @@ The presets are official config.py's (see schedule.PRESETS); `--preset auto` is 
 
 import dataclasses
 import math
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Protocol, Tuple, Union
 
 import torch
 
@@ -21,27 +21,27 @@ def apply_res_flag(settings: dict, key: str, value: Union[str, float, dict]) -> 
     settings[key] (per resolution) and settings[key + '_base']."""
     if isinstance(value, dict):
         value = ",".join(f"{k}:{v}" if k != "base" else str(v) for k, v in value.items())
-    d = _res_dict(value, f"--{key}", whole=key == "minibatch")
+    d = _res_dict(str(value), f"--{key}", whole=key == "minibatch")
     if "base" in d:
         settings[f"{key}_base"] = d.pop("base")
     settings[key] = {**{int(k): v for k, v in settings[key].items()}, **d}
 
 
-def _res_dict(text: str, flag: str, whole: bool) -> dict:
+def _res_dict(text: str, flag: str, whole: bool) -> Dict[Union[int, str], Union[int, float]]:
     """'4:128,8:64' -> {4: 128, 8: 64}; a bare number -> {'base': value}. Keys are powers of two >= 4, values
     finite and positive (whole numbers for `whole`); anything else is a UserError naming `flag`."""
-    out = {}
+    out: Dict[Union[int, str], Union[int, float]] = {}
     for part in str(text).split(","):
         part = part.strip()
         if not part:
             continue
         try:
-            k, v = part.split(":", 1) if ":" in part else ("base", part)
-            k = k if k == "base" else int(k)
-            v = float(v)
+            key_text, value_text = part.split(":", 1) if ":" in part else ("base", part)
+            k: Union[int, str] = key_text if key_text == "base" else int(key_text)
+            v = float(value_text)
         except ValueError:
             raise UserError(f"{flag} must look like '4:128,8:64' or a number, got {text!r}") from None
-        if k != "base" and (k < 4 or k & (k - 1)):
+        if isinstance(k, int) and (k < 4 or k & (k - 1)):
             raise UserError(f"{flag}: {k} is not a resolution (a power of two >= 4), in {text!r}")
         if not math.isfinite(v) or v <= 0 or (whole and v != int(v)):
             raise UserError(
@@ -51,9 +51,9 @@ def _res_dict(text: str, flag: str, whole: bool) -> dict:
     return out
 
 
-def preset_settings(name: str, **overrides) -> dict:
+def preset_settings(name: str, **overrides: Any) -> Dict[str, Any]:
     """Settings of an official preset: Table-2 networks, its schedule, G EMA 0.999 and a checkpoint every 10 ticks."""
-    pre = PRESETS[name]
+    pre: Dict[str, Any] = PRESETS[name]
     s = dict(
         fmap_base=8192,
         fmap_max=512,
@@ -104,6 +104,19 @@ def auto_settings(device: torch.device, resolution: int) -> dict:
         snap_ticks=2,
         ema=round(0.5 ** (minibatch / 2000), 6),
     )
+
+
+class DataLike(Protocol):
+    """What config.resolve_config reads of a dataset: data.ImageDataset and DataShapes have it."""
+
+    resolution: int
+    num_channels: int
+    num_classes: int
+    name: str
+    meta: Dict[str, Any]
+
+    @property
+    def labels(self) -> Optional[Any]: ...
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import backend_choice, distributed
+from . import backend_choice, distributed, run_state
 from . import checkpoint as ckpt
 from .compiled_step import CompiledStep
 from .config import RunConfig
 from .cuda_graph import CudaGraphStep
 from .errors import UserError
 from .eta import Eta
-from .optim import load_optimizer_state, make_optimizer, optimizer_state, reset_optimizer_, set_lr
+from .optim import make_optimizer, reset_optimizer_, set_lr
 from .sampler import Sampler
 from .schedule import Schedule
 from .step import StepInputs, TrainStep
@@ -157,54 +157,13 @@ class Trainer:
         return self.train_step.scaler_D.is_enabled()
 
     # -- state --------------------------------------------------------------------------------------------------
-    def state_dict(self):
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return dict(
-            config=self.cfg.to_dict(),
-            G=self.G.state_dict(),
-            D=self.D.state_dict(),
-            G_ema=self.G_ema.state_dict(),
-            opt_G=optimizer_state(self.opt_G),
-            opt_D=optimizer_state(self.opt_D),
-            scaler=self.train_step.scaler_state(),
-            rng=rng,
-            sampler=self.sampler.state_dict(),
-            progress=dict(
-                nimg=self.nimg,
-                prev_lod=self.prev_lod,
-                tick=self.tick,
-                tick_start_nimg=self.tick_start_nimg,
-                **self._phase_info(),
-            ),
-        )
+    def state_dict(self) -> dict:
+        """Everything a checkpoint holds of this run (run_state.trainer_state)."""
+        return run_state.trainer_state(self)
 
-    def load_state_dict(self, state, path):
-        self.resumed_from = path
-        try:
-            self.G.load_state_dict(state["G"])
-            self.D.load_state_dict(state["D"])
-            self.G_ema.load_state_dict(state["G_ema"])
-            load_optimizer_state(self.opt_G, state["opt_G"])
-            load_optimizer_state(self.opt_D, state["opt_D"])
-            self.train_step.load_scaler_state(state.get("scaler"))
-            self.sampler.load_state_dict(state["sampler"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if self.device.type == "cuda" and "cuda" in state["rng"]:
-                torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-            p = state["progress"]
-            self.nimg, self.prev_lod, self.tick, self.tick_start_nimg = (
-                int(p["nimg"]),
-                p["prev_lod"],
-                int(p["tick"]),
-                int(p["tick_start_nimg"]),
-            )
-            self.resumed_nimg = self.nimg
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise UserError(
-                f"checkpoint '{path}' is incompatible with this run ({str(e).splitlines()[0][:200]})"
-            ) from None
+    def load_state_dict(self, state: dict, path: str) -> None:
+        """Continue exactly from checkpoint `state`, read from `path` (run_state.load_trainer_state)."""
+        run_state.load_trainer_state(self, state, path)
 
     def start_from(self, state: dict, nimg: int) -> None:
         """Begin this new run with another checkpoint's G, D and G_ema (train --init) at `nimg` of the schedule; the

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import train_quietly
+from conftest import tiny_train_args, train_quietly
 from fastpggan import checkpoint as ckpt
 from fastpggan import config, train
 from fastpggan.errors import UserError
@@ -15,36 +15,7 @@ from fastpggan.step import STEP_VERSION
 
 
 def _tiny(data, out, *extra):
-    return [
-        "--data",
-        data,
-        "--out",
-        str(out),
-        "--name",
-        "run",
-        "--fmap-base",
-        "32",
-        "--fmap-max",
-        "8",
-        "--latent-size",
-        "8",
-        "--minibatch",
-        "8",
-        "--lod-training-kimg",
-        "0.016",
-        "--lod-transition-kimg",
-        "0.016",
-        "--tick-kimg",
-        "0.016",
-        "--snap-ticks",
-        "1",
-        "--kimg",
-        "0.032",
-        "--no-progress",
-        "--device",
-        "cpu",
-        *extra,
-    ]
+    return tiny_train_args(data, out, "--snap-ticks", "1", "--kimg", "0.032", *extra)
 
 
 def test_every_auto_setting_is_decided_and_the_config_is_frozen():

@@ -18,7 +18,7 @@ import functools
 import importlib
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -46,7 +46,7 @@ def register_backends(
     kernel_ops: Dict[str, KernelOp],
     autograd: Autograd,
     call: Callable,
-    torch_kernels: Dict[str, Callable],
+    torch_kernels: Mapping[str, Callable[..., Any]],
     triton_limit: Optional[Callable] = None,
 ) -> None:
     """Declare an op (`spec`: its oracle, variants, probe, cases, traffic and static order) and register its four

@@ -25,7 +25,7 @@ missing.
 import contextlib
 import os
 import warnings
-from typing import Optional
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..errors import UserError
 from . import opspec, tune_cache
@@ -35,17 +35,18 @@ from .opspec import IMPLS
 
 # The static order: fastest-first backends per op and device type for the cases that nothing tuned, from each
 # op's declaration (OpSpec.auto_order, with the measurement it comes from); an op or device not listed uses 'ref'.
-AUTO_ORDER = {}
+AUTO_ORDER: Dict[str, Dict[str, Tuple[str, ...]]] = {}
 
-_registry = {}  # op name -> {impl: (fn, unavailable)}
-_warned = set()
-_run_choices = {}  # case key -> impl, frozen for a run (use_choices)
+_registry: Dict[str, Dict[str, Any]] = {}  # op name -> {impl: (fn, unavailable)}
+_warned: Set[Any] = set()
+_run_choices: Dict[str, str] = {}  # case key -> impl, frozen for a run (use_choices)
 _frozen = [False]
-_orders = {}  # (op, variant, dtype, shape, layout, device, cache root) -> the backend order of that call
-_recorder = []  # [list] while recording() is active
-_pins = []  # pin() blocks, innermost last (a plain list, not a ContextVar: torch.compile traces resolve)
-_default = [None]  # set_default()
-_choice_logs = []  # [list] while choices_made() is active
+# (op, variant, dtype, shape, layout, device, cache root) -> (the backend order of that call, where it came from)
+_orders: Dict[Tuple[Any, ...], Tuple[Tuple[str, ...], str]] = {}
+_recorder: List[List[dict]] = []  # [list] while recording() is active
+_pins: List[str] = []  # pin() blocks, innermost last (a plain list, not a ContextVar: torch.compile traces resolve)
+_default: List[Optional[str]] = [None]  # set_default()
+_choice_logs: List[List[dict]] = []  # [list] while choices_made() is active
 
 
 class BackendUnavailable(RuntimeError):
@@ -94,8 +95,10 @@ def unavailable(op, impl, x):
     return _missing(op, impl, x)
 
 
-_prepared = set()  # (device str, $FASTPGGAN_CACHE) prepare() has run for: the tune cache read is per cache folder
-_checked = set()  # the devices (str) whose backends' availability has been checked (all an explicit impl needs)
+# (device str, $FASTPGGAN_CACHE) prepare() has run for: the tune cache read is per cache folder
+_prepared: Set[Tuple[str, Optional[str]]] = set()
+# the devices (str) whose backends' availability has been checked (all an explicit impl needs)
+_checked: Set[str] = set()
 
 
 def prepare(device="cpu", _x=None) -> None:
@@ -213,7 +216,7 @@ tune_cache._on_forget.append(_prepared.clear)  # the cache is read again by the 
 def recording():
     """Within it, every impl='auto' call runs the reference and is recorded in the list this yields, as a dict of
     op, variant, shape, dtype, layout, device and extra: how fastpggan.autotune learns the cases a model runs."""
-    calls = []
+    calls: List[dict] = []
     _recorder.append(calls)
     try:
         yield calls
@@ -258,7 +261,7 @@ def choices_made():
     """Within it, each impl='auto' call appends to the list this yields a dict of op, case (its tune-cache key),
     impl (the backend that ran) and why: 'pin', 'set_default', 'FASTPGGAN_IMPL', 'run choices' (use_choices),
     'tune cache', 'static order' or 'export', with ', fallback' when the first candidate could not run."""
-    log = []
+    log: List[dict] = []
     _choice_logs.append(log)
     try:
         yield log

@@ -19,7 +19,7 @@ Set FASTPGGAN_NO_EXT=1 to never load or build it, FASTPGGAN_EXT_CUDA=0 to build 
 import importlib.util
 import os
 import threading
-from typing import Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -29,9 +29,11 @@ from ..runtime import cache_root
 
 NAMESPACE = "fastpggan_ext"
 _lock = threading.Lock()
-_state = {}  # "error": str | None once tried; "cuda": bool (CUDA kernels present); "path": the loaded library
-_caps = {}  # CUDA device index -> why the loaded kernels cannot run there, or None
-_on_load = []  # callbacks that wire autograd/fake for the ext ops once the library is loaded
+# "error": str | None once tried; "cuda": bool (CUDA kernels present); "path": the loaded library
+_state: Dict[str, Any] = {}
+_caps: Dict[int, Optional[str]] = {}  # CUDA device index -> why the loaded kernels cannot run there, or None
+# callbacks that wire autograd/fake for the ext ops once the library is loaded
+_on_load: List[Callable[[], None]] = []
 
 
 def on_load(fn):
@@ -99,7 +101,7 @@ def _jit_build(with_cuda):
     finally:
         if archs and old_archs is None:
             os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
-        elif archs:
+        elif archs and old_archs is not None:
             os.environ["TORCH_CUDA_ARCH_LIST"] = old_archs
 
 

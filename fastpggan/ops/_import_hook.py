@@ -29,5 +29,5 @@ class AfterImport:
                     loader.exec_module(module)
                     then()
 
-            spec.loader = Loader()
+            spec.loader = Loader()  # type: ignore[assignment]  # a loader by duck typing
         return spec

@@ -1,6 +1,7 @@
 """What every op module needs: the upcast to the accumulator dtype, and whether Triton can run on a tensor."""
 
 import importlib
+from typing import List, Optional
 
 import torch
 
@@ -36,7 +37,7 @@ def tolerance_ratio(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.d
     return (err / bound).max().item()
 
 
-_kernels_error = []  # [] until checked, then [None] or [reason]
+_kernels_error: List[Optional[str]] = []  # [] until checked, then [None] or [reason]
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ linear and so commutes with the convolution before it (paper Sec. 4.1, "equalize
 """
 
 import dataclasses
-from typing import Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +92,13 @@ def bias_act(
     return fn(x, bias, float(gain), float(negative_slope), bool(pixel_norm))
 
 
-def bias_act_ref(x, bias=None, gain=1.0, negative_slope=0.2, pixel_norm=False):
+def bias_act_ref(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    gain: float = 1.0,
+    negative_slope: float = 0.2,
+    pixel_norm: bool = False,
+) -> torch.Tensor:
     """Plain-PyTorch oracle. Differentiable to any order through autograd."""
     y = upcast(x)
     if gain != 1.0:
@@ -200,7 +206,8 @@ def _autograd(k):
                 for t, need in zip(ctx.saved_tensors, needs)
             ]
             wanted = [t for t, need in zip(ins, needs) if need]
-            dx = _torch_bias_act_pn_grad(*ins, ctx.gain, ctx.slope)
+            dy, y, r = ins
+            dx = _torch_bias_act_pn_grad(dy, y, r, ctx.gain, ctx.slope)
             grads = iter(torch.autograd.grad(dx, wanted, ddx, create_graph=create, allow_unused=True))
         return tuple(next(grads) if need else None for need in needs) + (None, None)
 
@@ -265,7 +272,7 @@ def _torch_bias_act_pn_grad(dy, y, r, gain, slope):
     return like_layout(dx.movedim(-1, 1).to(y.dtype), y)
 
 
-TORCH_KERNELS = {
+TORCH_KERNELS: Dict[str, Callable[..., Any]] = {
     "bias_act": _torch_bias_act,
     "bias_act_grad": _torch_bias_act_grad,
     "bias_act_pn": _torch_bias_act_pn,

@@ -7,7 +7,7 @@ exactly u and alpha=1 gives exactly h: the grown network then equals the smaller
 """
 
 import dataclasses
-from typing import Union
+from typing import Any, Callable, Dict, Union
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,7 @@ def upsample2x_nearest(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
-def fade_in_ref(low, high, alpha):
+def fade_in_ref(low: torch.Tensor, high: torch.Tensor, alpha: Union[float, torch.Tensor]) -> torch.Tensor:
     """Plain-PyTorch oracle. Differentiable to any order, alpha included."""
     if low.shape[-1] != high.shape[-1]:
         low = upsample2x_nearest(low)
@@ -164,7 +164,7 @@ def _torch_fade_in_grad(dy, low_size, alpha, alpha_t):
     return like_layout(dlow.to(dy.dtype), dy), like_layout((a * d).to(dy.dtype), dy)
 
 
-TORCH_KERNELS = {"fade_in": _torch_fade_in, "fade_in_grad": _torch_fade_in_grad}
+TORCH_KERNELS: Dict[str, Callable[..., Any]] = {"fade_in": _torch_fade_in, "fade_in_grad": _torch_fade_in_grad}
 
 
 def _probe(v: FadeVariant, shape, extra, inputs: Inputs) -> Probe:

@@ -6,6 +6,8 @@ The norm is taken in fp32 (fp64 stays fp64). Uses torch.linalg.vector_norm, whos
 than NaN. Also gp_interpolate, the sample the penalty is taken at: xhat = real + u[n] * (fake - real).
 """
 
+from typing import Any, Callable, Dict, Optional, Tuple
+
 import torch
 
 from fastpggan.kernels._tensors import accumulator_dtype, empty_in_layout_of, like_layout
@@ -60,7 +62,7 @@ def gp_interpolate(reals: torch.Tensor, fakes: torch.Tensor, u: torch.Tensor, *,
     return fn(reals, fakes, u)
 
 
-def gradient_penalty_ref(grads, target):
+def gradient_penalty_ref(grads: torch.Tensor, target: float) -> torch.Tensor:
     """Plain-PyTorch oracle. Differentiable to any order."""
     return (_norms(grads) - target).square()
 
@@ -76,12 +78,20 @@ def _norm_factor(r, target):
     return torch.where(nonzero, 2 * (r - target) / torch.where(nonzero, r, torch.ones_like(r)), torch.zeros_like(r))
 
 
-def gp_interpolate_ref(reals, fakes, u):
+def gp_interpolate_ref(reals: torch.Tensor, fakes: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Plain-PyTorch oracle: torch.lerp, one pass."""
     return torch.lerp(reals, fakes.to(reals.dtype), u.to(reals.dtype).reshape(-1, *([1] * (reals.ndim - 1))))
 
 
-def gradient_penalty_double_backward(ddg, dgp, g, r, target, need_dgp=True, need_g=True):
+def gradient_penalty_double_backward(
+    ddg: torch.Tensor,
+    dgp: torch.Tensor,
+    g: torch.Tensor,
+    r: torch.Tensor,
+    target: float,
+    need_dgp: bool = True,
+    need_g: bool = True,
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Gradients of dg = dgp * h(r) * g, h(r) = 2 (r - t) / r, w.r.t. (dgp, g), given ddg; r = ||g_n||.
 
         d dgp = h(r) <ddg, g>
@@ -99,9 +109,8 @@ def gradient_penalty_double_backward(ddg, dgp, g, r, target, need_dgp=True, need
     d_dgp = h * dot if need_dgp else None
     d_g = None
     if need_g:
-        d_g = (dgp * h)[:, None] * ddf + torch.where(nonzero, dgp * dot * 2 * target / safe_r**3, torch.zeros_like(r))[
-            :, None
-        ] * gf
+        radial = torch.where(nonzero, dgp * dot * 2 * target / safe_r**3, torch.zeros_like(r))
+        d_g = (dgp * h)[:, None] * ddf + radial[:, None] * gf
         d_g = d_g.reshape(g.shape).to(g.dtype)
     return d_dgp, d_g
 
@@ -141,7 +150,7 @@ def _autograd(k):
         dgp, grads, r = ctx.saved_tensors
         need_dgp, need_g = ctx.needs_input_grad[:2]
         d_dgp, d_g = gradient_penalty_double_backward(ddg, dgp, grads, r, ctx.target, need_dgp, need_g)
-        return (d_dgp.to(dgp.dtype) if need_dgp else None), d_g, None, None
+        return (d_dgp.to(dgp.dtype) if d_dgp is not None else None), d_g, None, None
 
     return {"gradient_penalty": (setup, backward), "gradient_penalty_grad": (grad_setup, grad_backward)}
 
@@ -168,7 +177,7 @@ def _torch_gp_interpolate(real, fake, u):
     return like_layout(gp_interpolate_ref(real, fake, u), real)
 
 
-TORCH_KERNELS = {
+TORCH_KERNELS: Dict[str, Callable[..., Any]] = {
     "gradient_penalty": _torch_gradient_penalty,
     "gradient_penalty_grad": _torch_gradient_penalty_grad,
     "gp_interpolate": _torch_gp_interpolate,

@@ -8,6 +8,7 @@ With G = min(group_size, N) and M = N / G, sample n belongs to group n % M. In f
 """
 
 import dataclasses
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -60,7 +61,7 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4, *, impl: str = "auto"
     return _dispatch.resolve("minibatch_stddev", impl, x, GroupVariant(g))(x, g)
 
 
-def minibatch_stddev_ref(x, group_size):
+def minibatch_stddev_ref(x: torch.Tensor, group_size: int) -> torch.Tensor:
     """Plain-PyTorch oracle. Differentiable to any order."""
     n, c, h, w = x.shape
     g = min(group_size, n)
@@ -84,7 +85,9 @@ def _stat_grad(dout, c, group_size):
     return upcast(dout[:, c]).reshape(group_size, dout.shape[0] // group_size, -1).sum(dim=(0, 2)).reshape(1, -1, 1)
 
 
-def minibatch_stddev_double_backward(ddx, dout, x, group_size, need_dout=True, need_x=True):
+def minibatch_stddev_double_backward(
+    ddx: torch.Tensor, dout: torch.Tensor, x: torch.Tensor, group_size: int, need_dout: bool = True, need_x: bool = True
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Gradients of dx = dout[:, :C] + ds[m] u / (F G) w.r.t. (dout, x), given ddx; u = (x - mean_g) / std_g.
 
         d dout[:, :C]   = ddx
@@ -170,7 +173,10 @@ def _torch_minibatch_stddev_grad(dout, x, group_size):
     return like_layout(dx.to(x.dtype), x)
 
 
-TORCH_KERNELS = {"minibatch_stddev": _torch_minibatch_stddev, "minibatch_stddev_grad": _torch_minibatch_stddev_grad}
+TORCH_KERNELS: Dict[str, Callable[..., Any]] = {
+    "minibatch_stddev": _torch_minibatch_stddev,
+    "minibatch_stddev_grad": _torch_minibatch_stddev_grad,
+}
 
 
 def _probe(v: GroupVariant, shape, extra, inputs: Inputs) -> Probe:

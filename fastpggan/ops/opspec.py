@@ -9,7 +9,7 @@ whose `str` is the readable part of the tune-cache key (`bias_act(lrelu,bias,pn)
 """
 
 import dataclasses
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 
@@ -61,7 +61,7 @@ class Inputs:
         return self.override or preferred or self.dtype
 
     def tensor(
-        self, shape, dtype: Optional[str] = None, positive: bool = False, layout: Optional[str] = None
+        self, shape: Sequence[int], dtype: Optional[str] = None, positive: bool = False, layout: Optional[str] = None
     ) -> torch.Tensor:
         """randn (or uniform in [0.5, 1.5) if `positive`) of `shape`, in the case's layout, requiring grad."""
         t = (
@@ -108,11 +108,11 @@ class OpSpec:
 
     name: str
     ref: Callable
-    variant: type
+    variant: Type[Variant]
     probe: Callable[..., Probe]
     check_cases: CheckCases
     bench_cases: BenchCases
-    traffic: Callable[[Variant], Tuple[float, float]]
+    traffic: Callable[[Any], Tuple[float, float]]
     auto_order: Mapping[str, Tuple[str, ...]] = dataclasses.field(default_factory=lambda: {"cpu": ("ref",)})
     auto_order_source: str = ""
 

@@ -21,7 +21,7 @@ import os
 import platform
 import re
 import warnings
-from typing import Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 
@@ -29,13 +29,16 @@ from ..runtime import cache_root
 from ..writes import check_folder, explain, write_text
 from .opspec import IMPLS
 
+DeviceLike = Union[str, torch.device]
 FORMAT = "fastpggan-tune"
 FORMAT_VERSION = 1
 
-_read = {}  # cache path -> {case key: impl} ({} when unreadable), read once per process
-_by_device = {}  # (device type, index, $FASTPGGAN_CACHE) -> (threads, the same dict)
-_on_forget = []  # what else forgets with it (the dispatcher's memo of backend orders)
-_warned = set()
+_read: Dict[str, Dict[str, Any]] = {}  # cache path -> {case key: impl} ({} when unreadable), read once per process
+_by_device: Dict[
+    Tuple[Any, ...], Tuple[int, Dict[str, Any]]
+] = {}  # (device type, index, $FASTPGGAN_CACHE) -> (threads, the same dict)
+_on_forget: List[Callable[[], None]] = []  # what else forgets with it (the dispatcher's memo of backend orders)
+_warned: Set[str] = set()
 
 
 def layout_of(x: torch.Tensor) -> str:
@@ -47,14 +50,14 @@ def layout_of(x: torch.Tensor) -> str:
     return "strided"
 
 
-def shape_class(shape) -> str:
+def shape_class(shape: Sequence[int]) -> str:
     """'n<batch rounded up to a power of two>x<the other dims>', e.g. n32x64x8x8."""
     n = int(shape[0]) if len(shape) else 1
     bucket = 1 << max(n - 1, 0).bit_length()
     return "x".join([f"n{bucket}"] + [str(int(d)) for d in shape[1:]])
 
 
-def case_key(op: str, variant: str, dtype: torch.dtype, layout: str, shape) -> str:
+def case_key(op: str, variant: object, dtype: torch.dtype, layout: str, shape: Sequence[int]) -> str:
     return f"{op}({variant}) {str(dtype).replace('torch.', '')} {layout} {shape_class(shape)}"
 
 
@@ -69,7 +72,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def device_info(device) -> dict:
+def device_info(device: DeviceLike) -> dict:
     """What identifies a device for timing: its model (and compute capability), or the CPU model and threads."""
     device = torch.device(device)
     if device.type == "cuda":
@@ -100,7 +103,7 @@ def versions() -> dict:
     return {"torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton_version, "fastpggan": __version__}
 
 
-def device_key(device) -> str:
+def device_key(device: DeviceLike) -> str:
     """The cache file's name for a device: its model, capability or thread count, as a safe file name."""
     info = device_info(device)
     extra = f"sm{info['capability'].replace('.', '')}" if info["type"] == "cuda" else f"{info.get('threads', 1)}t"
@@ -111,7 +114,7 @@ def cache_folder() -> str:
     return os.path.join(cache_root(), "tune")
 
 
-def cache_path(device) -> str:
+def cache_path(device: DeviceLike) -> str:
     return os.path.join(cache_folder(), device_key(device) + ".json")
 
 
@@ -120,7 +123,7 @@ def check_writable() -> None:
     check_folder(cache_folder(), "the tune cache (FASTPGGAN_CACHE)")
 
 
-def check_file(data, device) -> Optional[str]:
+def check_file(data: Any, device: DeviceLike) -> Optional[str]:
     """Why a parsed cache file cannot be used for `device` with this software, or None."""
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("choices"), dict):
         return "it is not a fastpggan tune file"
@@ -139,7 +142,7 @@ def check_file(data, device) -> Optional[str]:
     return None
 
 
-def read_file(path: str, device) -> Optional[dict]:
+def read_file(path: str, device: DeviceLike) -> Optional[dict]:
     """The parsed file if it is usable for `device`, else None (a missing file silently; anything else with one
     warning per process)."""
     try:
@@ -162,12 +165,12 @@ def read_file(path: str, device) -> Optional[dict]:
     return None
 
 
-def read(device) -> Optional[dict]:
+def read(device: DeviceLike) -> Optional[dict]:
     """The parsed tune cache of `device` if it is usable here, else None (see read_file)."""
     return read_file(cache_path(device), device)
 
 
-def write(device, entries: dict) -> str:
+def write(device: DeviceLike, entries: dict) -> str:
     """Merge {case key: entry} into the device's cache file under an exclusive lock (a file that is not valid now is
     rebuilt from `entries` alone), and replace it atomically; returns its path. Two processes writing at once leave
     a valid file holding both."""
@@ -182,7 +185,7 @@ def write(device, entries: dict) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a bad file was reported when it was read
             old = read_file(path, device)
-        data = dict(
+        data: Dict[str, Any] = dict(
             format=FORMAT,
             format_version=FORMAT_VERSION,
             device=device_info(device),
@@ -195,7 +198,7 @@ def write(device, entries: dict) -> str:
     return path
 
 
-def cached_choices(device) -> dict:
+def cached_choices(device: DeviceLike) -> dict:
     """{case key: impl} from this device's cache file, read once per process ({} if none). Once read, a lookup
     touches no file and computes no path (so a torch.compile trace can make it)."""
     device = torch.device(device)
