@@ -11,7 +11,7 @@ import tomllib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = sorted(
     f
-    for pattern in ("fastpggan/**/*.py", "kernels/**/*.py", "benchmarks/*.py", "setup.py")
+    for pattern in ("fastpggan/**/*.py", "kernels/**/*.py", "benchmarks/*.py", "tests/*.py", "setup.py")
     for f in glob.glob(os.path.join(ROOT, pattern), recursive=True)
 )
 MAX_MODULE_LINES, MAX_CLASS_LINES = 400, 250

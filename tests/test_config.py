@@ -4,6 +4,7 @@ import dataclasses
 import inspect
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,3 +120,46 @@ def test_the_resolved_config_is_printed_recorded_and_resumed_equal(tiny_npz, tmp
     # this process's settings are its own: resumed without --batch-gpu, the recorded run is the same
     again = train_quietly(["--resume", ckpt.latest(str(run)), "--no-progress", "--device", "cpu"])
     assert again.cfg.batch_gpu is None and dataclasses.replace(again.cfg, batch_gpu=4) == resumed.cfg
+
+
+def test_presets_configure_the_run(tmp_path):
+    from fastpggan.data import build_dataset
+
+    pytest.importorskip("sklearn", reason="scikit-learn is in the [demo] extra")
+    ds = build_dataset("digits", progress=False)
+    cfg = config.resolve_config(ds, device="cpu", preset="v1")
+    assert cfg.network["mbstd_group_size"] == 16 and cfg.network["fmap_base"] == 8192
+    assert cfg.schedule["lod_training_kimg"] == 800 and cfg.ema == 0.999
+    cfg = config.resolve_config(ds, device="cpu", preset="v2-1gpu", minibatch="4:64,8", lr={8: 0.002})
+    assert cfg.schedule["minibatch"][4] == 64 and cfg.schedule["minibatch_base"] == 8
+    assert cfg.schedule["lr"] == {1024: 0.0015, 8: 0.002} and cfg.network["mbstd_group_size"] == 4
+    with pytest.raises(UserError, match="not divisible"):
+        config.resolve_config(ds, device="cpu", minibatch=6)
+
+
+def test_a_minibatch_that_cannot_fit_the_device_is_refused_before_any_work():
+    """The bound is a lower bound (activations at 2 bytes): the official 1024x1024 configuration (v1: minibatch 16 at
+    128, 4 at 1024) passes on a 16 GiB GPU; 10^8 images per pass at 4x4 do not fit 23 GiB."""
+    gib = 2**30
+    official = config.resolve_config(config.DataShapes(1024, 3), device="cpu", preset="v1")
+    config.validate_config(official, memory=16 * gib)
+    with pytest.raises(UserError, match=r"pass at \d+x\d+ need at least .* the device has 0.2 GiB; lower --minib"):
+        config.validate_config(official, memory=gib // 5)
+    with pytest.raises(UserError, match=r"100000000 images per forward pass at 4x4 need at least \d+\.\d GiB"):
+        config.resolve_config(config.DataShapes(8, 3), device="cpu", minibatch="100000000")  # this machine's RAM
+    huge = config.resolve_config(config.DataShapes(8, 3), device="cpu", minibatch="100000000", batch_gpu=1000)
+    config.validate_config(huge, memory=23 * gib)  # split into passes of 1000 it fits
+    huge = dataclasses.replace(huge, batch_gpu=None)
+    with pytest.raises(UserError, match=r"100000000 images per forward pass at 4x4 need at least \d+\.\d GiB"):
+        config.validate_config(huge, memory=23 * gib)
+    config.validate_config(huge)  # memory unknown: not checked
+
+
+def test_amp_default_is_fp32_on_cpu(tiny_npz, tmp_path):
+    assert train_quietly(tiny_train_args(tiny_npz, tmp_path)).amp_dtype is None
+
+
+def test_cond_needs_labels(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((8, 8, 8), np.uint8))
+    with pytest.raises(UserError, match="--cond needs class labels"):
+        train_quietly(tiny_train_args(str(tmp_path / "x.npy"), tmp_path, "--cond"))
