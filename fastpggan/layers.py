@@ -6,34 +6,27 @@ gain / sqrt(fan_in); biases start at zero. The scale is linear, so it is applied
 """
 
 import math
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
+from .layer_args import (
+    CONV_ARGS,
+    CONV_TRANSPOSE_ARGS,
+    LINEAR_ARGS,
+    check_conv,
+    move_weights,
+    pair,
+    ready,
+    slope,
+    torch_args,
+)
 
 # the public layers, the one list of them (tests iterate it; README "API" names the same)
-__all__ = ["EqualizedConv2d", "EqualizedLinear", "PixelNorm", "MinibatchStdDev"]
-
-
-def _ready(impl: str) -> str:
-    """`impl`, with what choosing a fast backend on the CPU needs done now (ops.backends.prepare), so that the
-    first call may be inside a torch.compile trace (a CUDA device is prepared by its first eager call, or
-    explicitly)."""
-    if impl != "ref":
-        ops.backends.prepare("cpu")
-    return impl
-
-
-LRELU_SLOPE = 0.2
-_SLOPES = {"lrelu": LRELU_SLOPE, "linear": 1.0}
-
-
-def _slope(act: str) -> float:
-    if act not in _SLOPES:
-        raise ValueError(f"act must be 'lrelu' or 'linear', got {act!r}")
-    return _SLOPES[act]
+__all__ = ["EqualizedConv2d", "EqualizedConvTranspose2d", "EqualizedLinear", "PixelNorm", "MinibatchStdDev"]
 
 
 def fused_kernel_4x4(w: torch.Tensor) -> torch.Tensor:
@@ -47,51 +40,76 @@ def fused_kernel_4x4(w: torch.Tensor) -> torch.Tensor:
 
 
 class EqualizedConv2d(nn.Module):
-    """conv2d with equalized LR, then bias, activation and optional pixel norm in one epilogue (ops.bias_act).
+    """nn.Conv2d with equalized LR, then bias, activation and optional pixel norm in one epilogue (ops.bias_act).
 
-    Args:
-        in_ch, out_ch: input and output channels.
-        kernel_size: square kernel size; "same" padding.
-        gain: the equalized-LR gain; the weight, stored N(0, 1), is scaled by gain / sqrt(in_ch * k * k) at run time.
-        bias: add a per-channel bias (initialised to zero).
-        up: 2x nearest upsample, then the conv3x3.
-        down: the conv3x3, then 2x2 average pooling.
+    The arguments up to `dtype` are nn.Conv2d's, in its order and with its defaults (padding 0; 'same' follows
+    torch's arithmetic, even kernels included; only padding_mode 'zeros'). The weight is stored N(0, 1) and
+    scaled by gain / sqrt(fan_in), fan_in = in_channels / groups * kh * kw, at run time; the bias starts at zero.
+    State dict: `weight` (out_channels, in_channels / groups, kh, kw) unscaled, `bias` (out_channels) or none;
+    `from_module(conv)` and `to_plain()` move weights from and to an nn.Conv2d. Dtypes: the weight is cast to the
+    input's dtype (as under autocast), where nn.Conv2d would refuse a bf16 input on fp32 weights.
+
+    Args (after nn.Conv2d's):
+        gain: the equalized-LR gain (PGGAN: sqrt(2); 1 for to_rgb).
+        up: 2x nearest upsample, then the conv (kernel 3, stride 1, padding 1 or 'same').
+        down: the conv, then 2x2 average pooling (same restrictions).
         fused_scale: with up, one stride-2 transposed conv with the summed 4x4 kernel (official upscale2d_conv2d),
             the same function as upsample + conv; with down, one stride-2 conv with the summed kernel x0.25
             (official conv2d_downscale2d), which pools *before* bias and activation. False: official
             fused_scale=False, upscale2d then conv2d, or conv2d, bias, activation (and pixel norm) then downscale2d.
-        act: 'lrelu' (slope 0.2) or 'linear'.
+        act: 'linear' (the default, as nn.Conv2d) or 'lrelu' (slope 0.2, PGGAN's).
         pixel_norm: pixelwise feature normalization after the activation (paper Sec. 4.2).
         impl: the ops backend ('auto', 'ref', 'triton', 'ext', 'compiled').
     """
 
     def __init__(
         self,
-        in_ch: int,
-        out_ch: int,
-        kernel_size: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Union[int, Sequence[int]],
+        stride: Union[int, Sequence[int]] = 1,
+        padding: Union[str, int, Sequence[int]] = 0,
+        dilation: Union[int, Sequence[int]] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
         *,
         gain: float = math.sqrt(2),
-        bias: bool = True,
         up: bool = False,
         down: bool = False,
         fused_scale: bool = True,
-        act: str = "lrelu",
+        act: str = "linear",
         pixel_norm: bool = False,
         impl: str = "auto",
     ):
         super().__init__()
+        k, st, dil = pair(kernel_size, "kernel_size"), pair(stride, "stride"), pair(dilation, "dilation")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be 'same', 'valid', an int or a pair, got {padding!r}")
+            if padding == "same" and st != (1, 1):
+                raise ValueError("padding='same' needs stride 1 (as nn.Conv2d); give the padding as numbers")
+            pad: Union[str, Tuple[int, int]] = padding
+        else:
+            pad = pair(padding, "padding")
+        check_conv(in_channels, out_channels, groups, padding_mode)
         if up and down:
             raise ValueError("EqualizedConv2d: up and down are exclusive")
-        if (up or down) and kernel_size != 3:
-            raise ValueError("EqualizedConv2d: the up/down variants are defined for kernel_size=3")
-        self.in_ch, self.out_ch, self.kernel_size = in_ch, out_ch, kernel_size
-        self.up, self.down, self.act, self.pixel_norm, self.impl = up, down, act, pixel_norm, _ready(impl)
+        if (up or down) and (
+            k != (3, 3) or st != (1, 1) or pad not in ("same", (1, 1)) or dil != (1, 1) or groups != 1
+        ):
+            raise ValueError("EqualizedConv2d: up and down are defined for a 3x3 kernel, stride 1, padding 1 ('same')")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
+        self.stride, self.padding, self.dilation, self.groups = st, pad, dil, groups
+        self.up, self.down, self.act, self.pixel_norm, self.impl = up, down, act, pixel_norm, ready(impl)
         self.fused_scale = bool(fused_scale)
-        self.negative_slope = _slope(act)
-        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
-        self.scale = gain / math.sqrt(in_ch * kernel_size * kernel_size)
+        self.negative_slope = slope(act)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels // groups, *k, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
+        self.gain = gain
+        self.scale = gain / math.sqrt(in_channels // groups * k[0] * k[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype)
@@ -106,54 +124,116 @@ class EqualizedConv2d(nn.Module):
         else:
             if self.up:
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
-            y = F.conv2d(x, w, padding=self.kernel_size // 2)
+            y = F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
         y = ops.bias_act(
             y, self.bias, gain=gain, negative_slope=self.negative_slope, pixel_norm=self.pixel_norm, impl=self.impl
         )
         return F.avg_pool2d(y, 2) if self.down and not self.fused_scale else y
 
+    @classmethod
+    def from_module(cls, conv: nn.Conv2d, *, gain: float = math.sqrt(2), **kwargs: Any) -> "EqualizedConv2d":
+        """This layer with `conv`'s arguments and weights: the stored weight is conv.weight / scale, so that the
+        output equals conv(x) (then the activation and pixel norm of `kwargs`, if any)."""
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"from_module: padding_mode {conv.padding_mode!r} is not supported, only 'zeros'")
+        layer = cls(**torch_args(conv, CONV_ARGS), gain=gain, **kwargs)
+        move_weights(layer.weight, layer.bias, conv.weight, conv.bias, 1 / layer.scale)
+        return layer
+
+    def to_plain(self) -> nn.Conv2d:
+        """The nn.Conv2d computing the same (its weight = weight * scale); only for a layer with nothing else fused."""
+        if self.up or self.down or self.act != "linear" or self.pixel_norm:
+            raise ValueError("to_plain: only a linear layer without up, down or pixel_norm is an nn.Conv2d")
+        conv = nn.Conv2d(**torch_args(self, CONV_ARGS))
+        move_weights(conv.weight, conv.bias, self.weight, self.bias, self.scale)
+        return conv
+
     def extra_repr(self) -> str:
         scale = f", fused_scale={self.fused_scale}" if self.up or self.down else ""
         return (
-            f"{self.in_ch}, {self.out_ch}, kernel_size={self.kernel_size}, up={self.up}, down={self.down}"
-            f"{scale}, act={self.act!r}, pixel_norm={self.pixel_norm}"
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, up={self.up}, down={self.down}{scale}, act={self.act!r}, "
+            f"pixel_norm={self.pixel_norm}"
         )
 
 
-class EqualizedLinear(nn.Module):
-    """Dense layer with equalized LR: y = act(x @ (w * gain/sqrt(in))^T + b), optional pixel norm.
+class EqualizedConvTranspose2d(nn.Module):
+    """nn.ConvTranspose2d with equalized LR, then bias, activation and optional pixel norm in one epilogue.
 
-    Args:
-        in_features, out_features: input (after flattening all but dim 0) and output sizes.
-        gain, bias, act, pixel_norm, impl: as for EqualizedConv2d.
+    The arguments up to `dtype` are nn.ConvTranspose2d's, in its order and with its defaults (only padding_mode
+    'zeros'); forward takes its `output_size`. The weight (in_channels, out_channels / groups, kh, kw) is stored
+    N(0, 1) and scaled by gain / sqrt(fan_in), fan_in = in_channels / groups * kh * kw / (sh * sw): the inputs that
+    each output pixel sums where the stride divides the kernel. On a 1x1 input, PGGAN's first block as the public
+    ports write it (`EqualizedConvTranspose2d(latent, c, 4)`), the scale is sqrt(2) / sqrt(16 * latent), the
+    official dense layer's gain / 4 (networks.py Generator) exactly. State dict, from_module/to_plain and dtypes:
+    as for EqualizedConv2d.
+
+    Args (after nn.ConvTranspose2d's):
+        gain, act, pixel_norm, impl: as for EqualizedConv2d.
     """
 
     def __init__(
         self,
-        in_features: int,
-        out_features: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Union[int, Sequence[int]],
+        stride: Union[int, Sequence[int]] = 1,
+        padding: Union[int, Sequence[int]] = 0,
+        output_padding: Union[int, Sequence[int]] = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: Union[int, Sequence[int]] = 1,
+        padding_mode: str = "zeros",
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
         *,
         gain: float = math.sqrt(2),
-        bias: bool = True,
-        act: str = "lrelu",
+        act: str = "linear",
         pixel_norm: bool = False,
         impl: str = "auto",
     ):
         super().__init__()
-        self.in_features, self.out_features, self.act, self.pixel_norm, self.impl = (
-            in_features,
-            out_features,
-            act,
-            pixel_norm,
-            _ready(impl),
-        )
-        self.negative_slope = _slope(act)
-        self.weight = nn.Parameter(torch.randn(out_features, in_features))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self.scale = gain / math.sqrt(in_features)
+        k, st, pad = pair(kernel_size, "kernel_size"), pair(stride, "stride"), pair(padding, "padding")
+        out_pad, dil = pair(output_padding, "output_padding"), pair(dilation, "dilation")
+        check_conv(in_channels, out_channels, groups, padding_mode)
+        if any(st[d] < 1 or out_pad[d] >= max(st[d], dil[d]) for d in (0, 1)):
+            raise ValueError(f"output_padding {out_pad} must be smaller than the stride {st} or the dilation {dil}")
+        self.in_channels, self.out_channels, self.kernel_size, self.stride = in_channels, out_channels, k, st
+        self.padding, self.output_padding, self.groups, self.dilation = pad, out_pad, groups, dil
+        self.act, self.pixel_norm, self.impl = act, pixel_norm, ready(impl)
+        self.negative_slope = slope(act)
+        self.weight = nn.Parameter(torch.randn(in_channels, out_channels // groups, *k, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
+        self.gain = gain
+        self.scale = gain / math.sqrt(in_channels // groups * k[0] * k[1] / (st[0] * st[1]))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x.flatten(1), self.weight.to(x.dtype))
+    def _output_padding(self, x: torch.Tensor, output_size: Optional[Sequence[int]]) -> List[int]:
+        if output_size is None:
+            return list(self.output_padding)
+        size, pads = list(output_size)[-2:], []
+        for d in (0, 1):
+            least = (
+                (x.shape[d - 2] - 1) * self.stride[d]
+                - 2 * self.padding[d]
+                + self.dilation[d] * (self.kernel_size[d] - 1)
+                + 1
+            )
+            pads.append(size[d] - least)
+            if not 0 <= pads[d] < max(self.stride[d], self.dilation[d]):
+                raise ValueError(f"output_size {tuple(size)} is out of reach of input {tuple(x.shape[-2:])} here")
+        return pads
+
+    def forward(self, x: torch.Tensor, output_size: Optional[Sequence[int]] = None) -> torch.Tensor:
+        y = F.conv_transpose2d(
+            x,
+            self.weight.to(x.dtype),
+            None,
+            self.stride,
+            self.padding,
+            self._output_padding(x, output_size),
+            self.groups,
+            self.dilation,
+        )
         return ops.bias_act(
             y,
             self.bias,
@@ -163,8 +243,102 @@ class EqualizedLinear(nn.Module):
             impl=self.impl,
         )
 
+    @classmethod
+    def from_module(
+        cls, conv: nn.ConvTranspose2d, *, gain: float = math.sqrt(2), **kwargs: Any
+    ) -> "EqualizedConvTranspose2d":
+        """This layer with `conv`'s arguments and weights (stored weight = conv.weight / scale): it computes conv(x)."""
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"from_module: padding_mode {conv.padding_mode!r} is not supported, only 'zeros'")
+        layer = cls(**torch_args(conv, CONV_TRANSPOSE_ARGS), gain=gain, **kwargs)
+        move_weights(layer.weight, layer.bias, conv.weight, conv.bias, 1 / layer.scale)
+        return layer
+
+    def to_plain(self) -> nn.ConvTranspose2d:
+        """The nn.ConvTranspose2d computing the same; only for a linear layer without pixel norm."""
+        if self.act != "linear" or self.pixel_norm:
+            raise ValueError("to_plain: only a linear layer without pixel_norm is an nn.ConvTranspose2d")
+        conv = nn.ConvTranspose2d(**torch_args(self, CONV_TRANSPOSE_ARGS))
+        move_weights(conv.weight, conv.bias, self.weight, self.bias, self.scale)
+        return conv
+
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, act={self.act!r}, pixel_norm={self.pixel_norm}"
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, act={self.act!r}, pixel_norm={self.pixel_norm}"
+        )
+
+
+class EqualizedLinear(nn.Module):
+    """nn.Linear with equalized LR: y = act(x @ (w * gain/sqrt(in_features))^T + b), optional pixel norm.
+
+    As nn.Linear it maps the last dimension of an input of any leading dimensions; `flatten=True` flattens all but
+    dim 0 first (the official dense layer on a feature map). State dict, from_module/to_plain and dtypes: as for
+    EqualizedConv2d. Pixel norm normalizes over the output features.
+
+    Args:
+        in_features, out_features, bias, device, dtype: nn.Linear's.
+        gain, act, pixel_norm, impl: as for EqualizedConv2d.
+        flatten: flatten all but dim 0 of the input first.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        *,
+        gain: float = math.sqrt(2),
+        act: str = "linear",
+        pixel_norm: bool = False,
+        flatten: bool = False,
+        impl: str = "auto",
+    ):
+        super().__init__()
+        self.in_features, self.out_features, self.act, self.pixel_norm = in_features, out_features, act, pixel_norm
+        self.flatten, self.impl = flatten, ready(impl)
+        self.negative_slope = slope(act)
+        self.weight = nn.Parameter(torch.randn(out_features, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+        self.gain = gain
+        self.scale = gain / math.sqrt(in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1) if self.flatten else x
+        y = F.linear(x, self.weight.to(x.dtype))
+        lead = y.shape[:-1]
+        y = ops.bias_act(
+            y.reshape(-1, self.out_features),
+            self.bias,
+            gain=self.scale,
+            negative_slope=self.negative_slope,
+            pixel_norm=self.pixel_norm,
+            impl=self.impl,
+        )
+        return y.reshape(*lead, self.out_features)
+
+    @classmethod
+    def from_module(cls, linear: nn.Linear, *, gain: float = math.sqrt(2), **kwargs: Any) -> "EqualizedLinear":
+        """This layer with `linear`'s sizes and weights (stored weight = linear.weight / scale)."""
+        layer = cls(**torch_args(linear, LINEAR_ARGS), gain=gain, **kwargs)
+        move_weights(layer.weight, layer.bias, linear.weight, linear.bias, 1 / layer.scale)
+        return layer
+
+    def to_plain(self) -> nn.Linear:
+        """The nn.Linear computing the same; only for a linear layer without pixel norm or flatten."""
+        if self.act != "linear" or self.pixel_norm or self.flatten:
+            raise ValueError("to_plain: only a linear layer without pixel_norm or flatten is an nn.Linear")
+        linear = nn.Linear(**torch_args(self, LINEAR_ARGS))
+        move_weights(linear.weight, linear.bias, self.weight, self.bias, self.scale)
+        return linear
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_features}, {self.out_features}, act={self.act!r}, pixel_norm={self.pixel_norm}"
+            f"{', flatten=True' if self.flatten else ''}"
+        )
 
 
 class PixelNorm(nn.Module):
@@ -172,7 +346,7 @@ class PixelNorm(nn.Module):
 
     def __init__(self, impl: str = "auto"):
         super().__init__()
-        self.impl = _ready(impl)
+        self.impl = ready(impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.bias_act(x, None, negative_slope=1.0, pixel_norm=True, impl=self.impl)
@@ -183,7 +357,7 @@ class MinibatchStdDev(nn.Module):
 
     def __init__(self, group_size: int = 4, impl: str = "auto"):
         super().__init__()
-        self.group_size, self.impl = group_size, _ready(impl)
+        self.group_size, self.impl = group_size, ready(impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.minibatch_stddev(x, self.group_size, impl=self.impl)

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from . import ops
 from .layers import EqualizedConv2d, EqualizedLinear, MinibatchStdDev
 
+LRELU = "lrelu"  # PGGAN's activation, leaky ReLU 0.2, explicit at each layer (the layers' default is linear)
+
 
 def _log2_res(res: int, max_res: int, what: str) -> int:
     k = int(round(math.log2(res))) if res and res > 0 else -1
@@ -112,14 +114,22 @@ class Generator(nn.Module):
             latent_size + label_size, c4 * 16, gain=math.sqrt(2) / 4, bias=False, act="linear", impl=impl
         )
         self.dense_bias = nn.Parameter(torch.zeros(c4))
-        self.blocks = nn.ModuleList([EqualizedConv2d(c4, c4, 3, pixel_norm=True, impl=impl)])
+        self.blocks = nn.ModuleList([EqualizedConv2d(c4, c4, 3, padding=1, act=LRELU, pixel_norm=True, impl=impl)])
         for k in range(3, self.resolution_log2 + 1):
             self.blocks.append(
                 nn.Sequential(
                     EqualizedConv2d(
-                        nf(k - 2), nf(k - 1), 3, up=True, fused_scale=fused_scale, pixel_norm=True, impl=impl
+                        nf(k - 2),
+                        nf(k - 1),
+                        3,
+                        padding=1,
+                        up=True,
+                        fused_scale=fused_scale,
+                        act=LRELU,
+                        pixel_norm=True,
+                        impl=impl,
                     ),
-                    EqualizedConv2d(nf(k - 1), nf(k - 1), 3, pixel_norm=True, impl=impl),
+                    EqualizedConv2d(nf(k - 1), nf(k - 1), 3, padding=1, act=LRELU, pixel_norm=True, impl=impl),
                 )
             )
         self.to_rgb = nn.ModuleList(
@@ -195,7 +205,10 @@ class Discriminator(nn.Module):
         self.amp_min_res = None
         nf = _nf(fmap_base, fmap_max)
         self.from_rgb = nn.ModuleList(
-            [EqualizedConv2d(num_channels, nf(k - 1), 1, impl=impl) for k in range(2, self.resolution_log2 + 1)]
+            [
+                EqualizedConv2d(num_channels, nf(k - 1), 1, act=LRELU, impl=impl)
+                for k in range(2, self.resolution_log2 + 1)
+            ]
         )
         c4 = nf(1)
         layers4 = [MinibatchStdDev(mbstd_group_size, impl=impl)] if mbstd_group_size > 1 else []
@@ -203,8 +216,10 @@ class Discriminator(nn.Module):
             [
                 nn.Sequential(
                     *layers4,
-                    EqualizedConv2d(c4 + len(layers4), c4, 3, impl=impl),
-                    EqualizedLinear(c4 * 16, nf(0), impl=impl),  # the paper's conv 4x4; officially dense
+                    EqualizedConv2d(c4 + len(layers4), c4, 3, padding=1, act=LRELU, impl=impl),
+                    EqualizedLinear(
+                        c4 * 16, nf(0), act=LRELU, flatten=True, impl=impl
+                    ),  # the paper's conv 4x4; officially dense
                     EqualizedLinear(nf(0), 1 + label_size, gain=1.0, act="linear", impl=impl),
                 )
             ]
@@ -212,8 +227,10 @@ class Discriminator(nn.Module):
         for k in range(3, self.resolution_log2 + 1):
             self.blocks.append(
                 nn.Sequential(
-                    EqualizedConv2d(nf(k - 1), nf(k - 1), 3, impl=impl),
-                    EqualizedConv2d(nf(k - 1), nf(k - 2), 3, down=True, fused_scale=fused_scale, impl=impl),
+                    EqualizedConv2d(nf(k - 1), nf(k - 1), 3, padding=1, act=LRELU, impl=impl),
+                    EqualizedConv2d(
+                        nf(k - 1), nf(k - 2), 3, padding=1, down=True, fused_scale=fused_scale, act=LRELU, impl=impl
+                    ),
                 )
             )
 

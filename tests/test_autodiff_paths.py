@@ -15,7 +15,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from fastpggan import layers, ops
-from fastpggan.layers import EqualizedConv2d, EqualizedLinear, MinibatchStdDev, PixelNorm
+from fastpggan.layers import EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinear, MinibatchStdDev, PixelNorm
 from fastpggan.ops import backends
 
 FAST = ["ext", "triton", "compiled"]
@@ -43,8 +43,9 @@ def _case(name):
         u = torch.full((2,), 0.25, dtype=D)
         return lambda impl, re, fa: ops.gp_interpolate(re, fa, u, impl=impl), (x, r(2, 5, 4, 4))
     layer = {
-        "EqualizedConv2d": lambda impl: EqualizedConv2d(5, 3, 3, impl=impl),
-        "EqualizedLinear": lambda impl: EqualizedLinear(80, 6, impl=impl),
+        "EqualizedConv2d": lambda impl: EqualizedConv2d(5, 3, 3, padding=1, act="lrelu", impl=impl),
+        "EqualizedConvTranspose2d": lambda impl: EqualizedConvTranspose2d(5, 3, 4, 2, 1, act="lrelu", impl=impl),
+        "EqualizedLinear": lambda impl: EqualizedLinear(80, 6, act="lrelu", impl=impl),
         "PixelNorm": lambda impl: PixelNorm(impl=impl),
         "MinibatchStdDev": lambda impl: MinibatchStdDev(2, impl=impl),
     }[name]

@@ -32,10 +32,10 @@ def test_table2_parameter_counts():
     assert abs(g - 23.1e6) / 23.1e6 < 0.01, g
     assert abs(d - 23.1e6) / 23.1e6 < 0.01, d
     # Table 2 widths: 512 up to 32x32, then halving to 16 at 1024x1024.
-    widths = [G.to_rgb[i].in_ch for i in range(9)]
+    widths = [G.to_rgb[i].in_channels for i in range(9)]
     assert widths == [512, 512, 512, 512, 256, 128, 64, 32, 16]
-    assert [D.from_rgb[i].out_ch for i in range(9)] == widths
-    assert D.blocks[0][0].group_size == 4 and D.blocks[0][1].in_ch == 513
+    assert [D.from_rgb[i].out_channels for i in range(9)] == widths
+    assert D.blocks[0][0].group_size == 4 and D.blocks[0][1].in_channels == 513
 
 
 @pytest.mark.parametrize("res", [4, 8, 16, 32, 64, 128, 256, 512, 1024])
@@ -210,7 +210,7 @@ def test_unfused_generator_is_the_fused_one_and_unfused_discriminator_is_not():
         torch.testing.assert_close(Gu(z, 32, 0.5), Gf(z, 32, 0.5), rtol=1e-5, atol=1e-5)
         assert (Du(x, 0.5) - Df(x, 0.5)).abs().max() > 1e-2
         conv = Du.blocks[3][1]  # 32x32's second conv, unfused: conv3x3, bias, LReLU, then the 2x2 box filter
-        h = torch.randn(4, conv.in_ch, 32, 32)
+        h = torch.randn(4, conv.in_channels, 32, 32)
         want = F.avg_pool2d(
             F.leaky_relu(F.conv2d(h, conv.weight * conv.scale, padding=1) + conv.bias[:, None, None], 0.2), 2
         )

@@ -147,7 +147,11 @@ def test_two_gloo_processes_use_rank_0_s_choices(tmp_path):
 def test_tune_model_tunes_a_user_s_own_model_and_auto_then_uses_it(monkeypatch):
     from fastpggan.layers import EqualizedConv2d, MinibatchStdDev
 
-    model = torch.nn.Sequential(EqualizedConv2d(3, 5, 3, pixel_norm=True), MinibatchStdDev(2), EqualizedConv2d(6, 7, 3))
+    model = torch.nn.Sequential(
+        EqualizedConv2d(3, 5, 3, padding=1, act="lrelu", pixel_norm=True),
+        MinibatchStdDev(2),
+        EqualizedConv2d(6, 7, 3, padding=1, act="lrelu"),
+    )
     x = torch.randn(4, 3, 8, 8)
     result = autotune.tune_model(model, (x,))
     assert result["measured"] == 3

@@ -1,0 +1,79 @@
+"""The argument checks and weight moves that fastpggan.layers share: torch's conventions, our errors."""
+
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+
+from . import ops
+
+LRELU_SLOPE = 0.2
+_SLOPES = {"lrelu": LRELU_SLOPE, "linear": 1.0}
+
+
+def ready(impl: str) -> str:
+    """`impl`, with what choosing a fast backend on the CPU needs done now (ops.backends.prepare), so that the
+    first call may be inside a torch.compile trace (a CUDA device is prepared by its first eager call, or
+    explicitly)."""
+    if impl != "ref":
+        ops.backends.prepare("cpu")
+    return impl
+
+
+def slope(act: str) -> float:
+    """The LeakyReLU slope of `act` ('lrelu' or 'linear')."""
+    if act not in _SLOPES:
+        raise ValueError(f"act must be 'lrelu' or 'linear', got {act!r}")
+    return _SLOPES[act]
+
+
+def pair(v: Union[int, Sequence[int]], what: str) -> Tuple[int, int]:
+    """An int or a pair of ints >= 0, as a pair (torch's `_pair`, with a clear error)."""
+    t = (v, v) if isinstance(v, int) else tuple(v)
+    if len(t) != 2 or not all(isinstance(e, int) and e >= 0 for e in t):
+        raise ValueError(f"{what} must be an int or a pair of ints >= 0, got {v!r}")
+    return t[0], t[1]
+
+
+def check_conv(in_channels: int, out_channels: int, groups: int, padding_mode: str) -> None:
+    """The checks nn.Conv2d and nn.ConvTranspose2d share, as one-line errors."""
+    if padding_mode != "zeros":
+        raise ValueError(f"padding_mode {padding_mode!r}: only 'zeros' is supported; pad the input with F.pad")
+    if groups < 1 or in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups {groups} must divide in_channels {in_channels} and out_channels {out_channels}")
+
+
+def move_weights(
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    from_weight: torch.Tensor,
+    from_bias: Optional[torch.Tensor],
+    factor: float,
+) -> None:
+    """weight = from_weight * factor and bias = from_bias, in place and outside autograd."""
+    with torch.no_grad():
+        weight.copy_(from_weight * factor)
+        if bias is not None and from_bias is not None:
+            bias.copy_(from_bias)
+
+
+# the constructor arguments of torch's layers, after which ours are named (`bias` is whether there is one)
+CONV_ARGS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
+CONV_TRANSPOSE_ARGS = (
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "output_padding",
+    "groups",
+    "dilation",
+)
+LINEAR_ARGS = ("in_features", "out_features")
+
+
+def torch_args(layer: torch.nn.Module, names: Sequence[str]) -> Dict[str, Any]:
+    """The keyword arguments that build a layer like `layer` (ours or torch's): `names`, bias, device, dtype."""
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    args = {name: getattr(layer, name) for name in names}
+    return dict(args, bias=layer.bias is not None, device=weight.device, dtype=weight.dtype)
