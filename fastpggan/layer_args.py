@@ -77,3 +77,22 @@ def torch_args(layer: torch.nn.Module, names: Sequence[str]) -> Dict[str, Any]:
     assert isinstance(weight, torch.Tensor)
     args = {name: getattr(layer, name) for name in names}
     return dict(args, bias=layer.bias is not None, device=weight.device, dtype=weight.dtype)
+
+
+def weight_and_bias(layer: Any, x: torch.Tensor, gain: float) -> Tuple[torch.Tensor, Optional[torch.Tensor], bool]:
+    """(weight, bias, folded) for the torch op of `layer` on `x`. Where the layer fuses nothing (a linear activation,
+    no pixel norm) the run-time scale `gain` is folded into the weight and the bias goes into the op, so that the
+    layer costs what torch's does plus one multiply over the weight; otherwise both are left to the epilogue."""
+    if layer.negative_slope != 1.0 or layer.pixel_norm:
+        return layer.weight.to(x.dtype), None, False
+    bias = None if layer.bias is None else layer.bias.to(x.dtype)
+    return (layer.weight * gain).to(x.dtype), bias, True
+
+
+def epilogue(layer: Any, y: torch.Tensor, gain: float, folded: bool) -> torch.Tensor:
+    """y, then (unless `folded` into the op) the scale, bias, activation and pixel norm in one bias_act pass."""
+    if folded:
+        return y
+    return ops.bias_act(
+        y, layer.bias, gain=gain, negative_slope=layer.negative_slope, pixel_norm=layer.pixel_norm, impl=layer.impl
+    )

@@ -1,8 +1,9 @@
 """Drop-in nn.Modules of PGGAN, built on fastpggan.ops.
 
 Equalized learning rate (paper Sec. 4.1): weights are stored N(0, 1) and scaled at run time by
-gain / sqrt(fan_in); biases start at zero. The scale is linear, so it is applied in the bias_act epilogue
-(`gain=`) instead of to the weight: conv(x, w) * s == conv(x, w * s).
+gain / sqrt(fan_in); biases start at zero. The scale is linear, conv(x, w) * s == conv(x, w * s), so it goes where
+it costs least: into the bias_act epilogue (`gain=`) where there is one (an activation or pixel norm), else into
+the weight, with the bias into torch's op, so that a layer that fuses nothing costs what torch's layer does.
 """
 
 import math
@@ -18,11 +19,13 @@ from .layer_args import (
     CONV_TRANSPOSE_ARGS,
     LINEAR_ARGS,
     check_conv,
+    epilogue,
     move_weights,
     pair,
     ready,
     slope,
     torch_args,
+    weight_and_bias,
 )
 
 # the public layers, the one list of them (tests iterate it; README "API" names the same)
@@ -112,22 +115,19 @@ class EqualizedConv2d(nn.Module):
         self.scale = gain / math.sqrt(in_channels // groups * k[0] * k[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.to(x.dtype)
-        gain = self.scale
+        gain = self.scale * (0.25 if self.down and self.fused_scale else 1.0)
+        w, b, folded = weight_and_bias(self, x, gain)
         if self.up and self.fused_scale:
             # conv_transpose is the adjoint of correlation, so the kernel is flipped to equal upsample + conv2d(w).
             w4 = fused_kernel_4x4(w.flip(2, 3)).transpose(0, 1)
-            y = F.conv_transpose2d(x, w4, stride=2, padding=1)
+            y = F.conv_transpose2d(x, w4, b, stride=2, padding=1)
         elif self.down and self.fused_scale:
-            y = F.conv2d(x, fused_kernel_4x4(w), stride=2, padding=1)
-            gain = gain * 0.25
+            y = F.conv2d(x, fused_kernel_4x4(w), b, stride=2, padding=1)
         else:
             if self.up:
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
-            y = F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
-        y = ops.bias_act(
-            y, self.bias, gain=gain, negative_slope=self.negative_slope, pixel_norm=self.pixel_norm, impl=self.impl
-        )
+            y = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        y = epilogue(self, y, gain, folded)
         return F.avg_pool2d(y, 2) if self.down and not self.fused_scale else y
 
     @classmethod
@@ -224,24 +224,10 @@ class EqualizedConvTranspose2d(nn.Module):
         return pads
 
     def forward(self, x: torch.Tensor, output_size: Optional[Sequence[int]] = None) -> torch.Tensor:
-        y = F.conv_transpose2d(
-            x,
-            self.weight.to(x.dtype),
-            None,
-            self.stride,
-            self.padding,
-            self._output_padding(x, output_size),
-            self.groups,
-            self.dilation,
-        )
-        return ops.bias_act(
-            y,
-            self.bias,
-            gain=self.scale,
-            negative_slope=self.negative_slope,
-            pixel_norm=self.pixel_norm,
-            impl=self.impl,
-        )
+        w, b, folded = weight_and_bias(self, x, self.scale)
+        pads = self._output_padding(x, output_size)
+        y = F.conv_transpose2d(x, w, b, self.stride, self.padding, pads, self.groups, self.dilation)
+        return epilogue(self, y, self.scale, folded)
 
     @classmethod
     def from_module(
@@ -307,17 +293,9 @@ class EqualizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1) if self.flatten else x
-        y = F.linear(x, self.weight.to(x.dtype))
-        lead = y.shape[:-1]
-        y = ops.bias_act(
-            y.reshape(-1, self.out_features),
-            self.bias,
-            gain=self.scale,
-            negative_slope=self.negative_slope,
-            pixel_norm=self.pixel_norm,
-            impl=self.impl,
-        )
-        return y.reshape(*lead, self.out_features)
+        w, b, folded = weight_and_bias(self, x, self.scale)
+        y = F.linear(x, w, b)
+        return epilogue(self, y.reshape(-1, self.out_features), self.scale, folded).reshape(y.shape)
 
     @classmethod
     def from_module(cls, linear: nn.Linear, *, gain: float = math.sqrt(2), **kwargs: Any) -> "EqualizedLinear":

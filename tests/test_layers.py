@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastpggan import ops
 from fastpggan.layers import EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinear, MinibatchStdDev, PixelNorm
 
 
@@ -246,3 +247,53 @@ def test_bad_transposed_arguments_are_clear_errors():
         EqualizedConvTranspose2d(3, 4, 3, stride=2)(torch.randn(1, 3, 4, 4), output_size=(12, 12))
     with pytest.raises(ValueError, match="to_plain"):
         EqualizedConvTranspose2d(3, 4, 4, act="lrelu").to_plain()
+
+
+FOLDABLE = {  # layers that fuse nothing, with an input
+    "conv": (lambda: EqualizedConv2d(5, 3, 3, padding=1), (2, 5, 6, 6)),
+    "conv_down": (lambda: EqualizedConv2d(5, 3, 3, padding=1, down=True), (2, 5, 6, 6)),
+    "conv_up_unfused": (lambda: EqualizedConv2d(5, 3, 3, padding=1, up=True, fused_scale=False), (2, 5, 3, 3)),
+    "conv_transpose": (lambda: EqualizedConvTranspose2d(5, 3, 4, 2, 1), (2, 5, 3, 3)),
+    "linear": (lambda: EqualizedLinear(5, 3), (2, 4, 5)),
+}
+
+
+@pytest.mark.parametrize("name", FOLDABLE)
+def test_a_layer_that_fuses_nothing_folds_its_scale_and_bias_into_torchs_op(name, monkeypatch):
+    """No bias_act pass (the scale in the weight, the bias in the op; the values are test_conv_formula's), correct to
+    second order (float64 gradcheck and gradgradcheck); with an activation the epilogue runs."""
+    torch.manual_seed(0)
+    make, shape = FOLDABLE[name]
+    layer = make().double()
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    calls = []
+    monkeypatch.setattr(ops, "bias_act", lambda *a, impl, **k: calls.append(1) or ops.bias_act_ref(*a, **k))
+    layer(x)
+    assert not calls
+    layer.negative_slope = 0.2  # an activation to fuse: the epilogue runs
+    layer(x)
+    assert calls
+    layer.negative_slope = 1.0
+    assert torch.autograd.gradcheck(layer, (x,)) and torch.autograd.gradgradcheck(layer, (x,))
+
+
+@pytest.mark.parametrize("name", ["conv", "linear"])
+def test_a_folded_layer_runs_under_every_autodiff_path_with_any_impl(name):
+    """Folded, a layer runs torch's ops alone, so a fast impl needs no refusal: forward-mode, torch.func and
+    torch.compile give the eager values and gradients."""
+    torch.manual_seed(0)
+    make, shape = FOLDABLE[name]
+    layer = make().double()
+    layer.impl = "ext"
+    x, t = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    y = layer(x)
+    eps = 1e-6
+    fd = (layer(x + eps * t) - layer(x - eps * t)) / (2 * eps)
+    torch.testing.assert_close(torch.func.jvp(layer, (x,), (t,))[1], fd, rtol=1e-6, atol=1e-6)
+    g = torch.func.grad(lambda v: layer(v).square().sum())(x)
+    xr = x.clone().requires_grad_(True)
+    layer(xr).square().sum().backward()
+    torch.testing.assert_close(g, xr.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.compile(layer, fullgraph=True)(x), y, rtol=1e-12, atol=1e-12)
