@@ -79,11 +79,14 @@ def torch_args(layer: torch.nn.Module, names: Sequence[str]) -> Dict[str, Any]:
     return dict(args, bias=layer.bias is not None, device=weight.device, dtype=weight.dtype)
 
 
-def weight_and_bias(layer: Any, x: torch.Tensor, gain: float) -> Tuple[torch.Tensor, Optional[torch.Tensor], bool]:
-    """(weight, bias, folded) for the torch op of `layer` on `x`. Where the layer fuses nothing (a linear activation,
-    no pixel norm) the run-time scale `gain` is folded into the weight and the bias goes into the op, so that the
-    layer costs what torch's does plus one multiply over the weight; otherwise both are left to the epilogue."""
-    if layer.negative_slope != 1.0 or layer.pixel_norm:
+def weight_and_bias(
+    layer: Any, x: torch.Tensor, gain: float, out_numel: int
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], bool]:
+    """(weight, bias, folded) for the torch op of `layer` on `x`, whose output has `out_numel` elements. Where the
+    layer fuses nothing (a linear activation, no pixel norm) and the weight is no larger than the output, the run-time
+    scale `gain` is folded into the weight and the bias goes into the op: the layer costs what torch's does plus one
+    multiply over the weight. Otherwise scale and bias are left to the epilogue, one pass over the output."""
+    if layer.negative_slope != 1.0 or layer.pixel_norm or layer.weight.numel() > out_numel:
         return layer.weight.to(x.dtype), None, False
     bias = None if layer.bias is None else layer.bias.to(x.dtype)
     return (layer.weight * gain).to(x.dtype), bias, True

@@ -116,7 +116,8 @@ class EqualizedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gain = self.scale * (0.25 if self.down and self.fused_scale else 1.0)
-        w, b, folded = weight_and_bias(self, x, gain)
+        resize = (4 if self.up else 1) / (4 if self.down and self.fused_scale else self.stride[0] * self.stride[1])
+        w, b, folded = weight_and_bias(self, x, gain, int(x.numel() // x.shape[1] * self.out_channels * resize))
         if self.up and self.fused_scale:
             # conv_transpose is the adjoint of correlation, so the kernel is flipped to equal upsample + conv2d(w).
             w4 = fused_kernel_4x4(w.flip(2, 3)).transpose(0, 1)
@@ -224,8 +225,9 @@ class EqualizedConvTranspose2d(nn.Module):
         return pads
 
     def forward(self, x: torch.Tensor, output_size: Optional[Sequence[int]] = None) -> torch.Tensor:
-        w, b, folded = weight_and_bias(self, x, self.scale)
         pads = self._output_padding(x, output_size)
+        out_numel = x.numel() // x.shape[1] * self.out_channels * self.stride[0] * self.stride[1]
+        w, b, folded = weight_and_bias(self, x, self.scale, out_numel)
         y = F.conv_transpose2d(x, w, b, self.stride, self.padding, pads, self.groups, self.dilation)
         return epilogue(self, y, self.scale, folded)
 
@@ -293,9 +295,14 @@ class EqualizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1) if self.flatten else x
-        w, b, folded = weight_and_bias(self, x, self.scale)
-        y = F.linear(x, w, b)
-        return epilogue(self, y.reshape(-1, self.out_features), self.scale, folded).reshape(y.shape)
+        rows = x.reshape(-1, self.in_features)
+        w = self.weight.to(x.dtype)
+        if self.negative_slope == 1.0 and not self.pixel_norm and self.bias is not None:
+            # nothing to fuse: the scale is GEMM's alpha and the bias its C, no pass beyond torch's own
+            y = torch.addmm(self.bias.to(x.dtype), rows, w.t(), alpha=self.scale)
+        else:
+            y = epilogue(self, rows @ w.t(), self.scale, folded=False)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     @classmethod
     def from_module(cls, linear: nn.Linear, *, gain: float = math.sqrt(2), **kwargs: Any) -> "EqualizedLinear":
