@@ -2,9 +2,10 @@
 
 impl 'ref' is torch's nn.Conv2d / nn.Linear, 'compiled' the same layer through torch.compile; 'equalized' is
 fastpggan.layers.EqualizedConv2d / EqualizedLinear built from it with from_module (linear, no pixel norm: the
-equalized-LR scale folded into the weight and the bias into the conv); 'equalized-epilogue' is what the layer ran
-before the fold: the conv without bias, then the scale and bias in an ops.bias_act pass over the output (impl
-'auto'). The fold's only extra work is one multiply over the weight, so 'equalized' should sit at 'ref'.
+equalized-LR scale folded into the weight and the bias into the conv; the linear layer's as GEMM's alpha and C),
+'equalized-compiled' the same through torch.compile; 'equalized-epilogue' is what the layer ran before the fold:
+the op without bias, then the scale and bias in an ops.bias_act pass over the output (impl 'auto'). The fold's only
+extra work is one multiply over the weight (none for the linear layer), so 'equalized' should sit at 'ref'.
 
 FLOPs: a 3x3 conv of N x C x R x R to C channels is 2 N C^2 9 R^2 forward and twice that backward (input and weight
 gradients); `flops` is recorded per pass. The CPU runs the PGGAN 3x3 conv at 8, 16 and 32 (C=128, N=16: the
@@ -19,7 +20,7 @@ from conftest import LONG, PGGAN_SHAPES, devices, record, run_synced
 from fastpggan import ops
 from fastpggan.layers import EqualizedConv2d, EqualizedLinear
 
-IMPLS = ("ref", "compiled", "equalized", "equalized-epilogue")
+IMPLS = ("ref", "compiled", "equalized", "equalized-compiled", "equalized-epilogue")
 CPU_SHAPE = (16, 128)  # (N, C) on the CPU
 
 
@@ -38,7 +39,9 @@ def _candidate(plain, impl):
     if impl == "compiled":
         return torch.compile(plain)
     ours = (EqualizedConv2d if isinstance(plain, nn.Conv2d) else EqualizedLinear).from_module(plain)
-    return ours if impl == "equalized" else _epilogue(ours)
+    if impl == "equalized":
+        return ours
+    return torch.compile(ours) if impl == "equalized-compiled" else _epilogue(ours)
 
 
 def _cases(resolutions=None):

@@ -1,0 +1,54 @@
+"""The drop-in guide's step ratio: one WGAN-GP step (D then G, lambda 10) of the third-party-style PGGAN of
+tests/thirdparty_pggan.py as written ('ref'), with our layers swapped in ('swapped': from_module, nothing fused) and
+swapped with each LeakyReLU and pixel norm folded into the layer before it ('swapped+fused'), in the same run.
+
+There is no torch.compile baseline: the gradient penalty differentiates D twice (create_graph=True), which
+torch.compile's AOTAutograd does not support. Sizes: 16x16 (widths 128, 128, 64) and 32x32 (128, 128, 64, 32),
+minibatch 16, float32. The default run keeps 32x32; --long adds 16x16.
+"""
+
+import pathlib
+import sys
+
+import pytest
+import torch
+
+from conftest import LONG, devices, record, run_synced
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+import thirdparty_pggan as tp  # noqa: E402  (tests/, where the drop-in test holds it)
+
+WIDTHS = {16: (128, 128, 64), 32: (128, 128, 64, 32)}
+LATENT, BATCH = 128, 16
+VARIANTS = ("ref", "swapped", "swapped+fused")
+
+
+def _cases():
+    """(device, res) params; 16x16 only in the long form (the default keeps 32x32)."""
+    return [
+        pytest.param(dev.values[0], res, marks=tuple(dev.marks) + ((LONG,) if res == 16 else ()), id=f"{dev.id}-{res}")
+        for dev in devices()
+        for res in sorted(WIDTHS)
+    ]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("device,res", _cases())
+def test_dropin_step(benchmark, device, res, variant):
+    torch.manual_seed(0)
+    g = tp.generator(LATENT, WIDTHS[res]).to(device)
+    d = tp.discriminator(tuple(reversed(WIDTHS[res]))).to(device)
+    if variant != "ref":
+        g, d = (tp.swap_layers(net, fuse=variant == "swapped+fused") for net in (g, d))
+    opt_g = torch.optim.Adam(g.parameters(), lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
+    opt_d = torch.optim.Adam(d.parameters(), lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
+    real = torch.randn(BATCH, 3, res, res, device=device)
+
+    def step():
+        return tp.wgan_gp_step(g, d, opt_g, opt_d, real, LATENT)
+
+    for _ in range(2):  # warm-up: allocator, oneDNN/cuDNN primitives, the backend choice
+        step()
+    benchmark.group = f"dropin wgan-gp step {device} {res}x{res} N={BATCH}"
+    record(benchmark, device, impl=variant, res=res, batch=BATCH, dtype="float32")
+    run_synced(benchmark, step, device)
