@@ -1,0 +1,55 @@
+"""The drop-in step ratio with the variants interleaved: `python benchmarks/dropin_ratio.py [--res 32] [--rounds 15]`.
+
+benchmarks/test_dropin.py times each variant in its own block, so a machine whose speed drifts by tens of percent
+over a minute (a shared 2-core VM) shows the drift as a ratio. Here each round runs one step of every variant in
+turn, and the ratio is of the medians: drift hits all variants alike. Prints a markdown table.
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from _child import commit
+from test_dropin import BATCH, LATENT, VARIANTS, WIDTHS, tp
+
+
+def _step(variant, res, device):
+    torch.manual_seed(0)
+    g = tp.generator(LATENT, WIDTHS[res]).to(device)
+    d = tp.discriminator(tuple(reversed(WIDTHS[res]))).to(device)
+    if variant != "ref":
+        g, d = (tp.swap_layers(net, fuse=variant == "swapped+fused") for net in (g, d))
+    opt_g = torch.optim.Adam(g.parameters(), lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
+    opt_d = torch.optim.Adam(d.parameters(), lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
+    real = torch.randn(BATCH, 3, res, res, device=device)
+    return lambda: tp.wgan_gp_step(g, d, opt_g, opt_d, real, LATENT)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--res", type=int, nargs="+", default=sorted(WIDTHS), choices=sorted(WIDTHS))
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    print(f"commit {commit()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, fp32")
+    print("\n| res | variant | median ms | vs ref |\n|---|---|---:|---:|")
+    for res in args.res:
+        steps = {v: _step(v, res, args.device) for v in VARIANTS}
+        times = {v: [] for v in VARIANTS}
+        for r in range(args.rounds + 2):  # two warm-up rounds
+            for v, step in steps.items():
+                start = time.perf_counter()
+                step()
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                if r >= 2:
+                    times[v].append(time.perf_counter() - start)
+        med = {v: statistics.median(t) for v, t in times.items()}
+        for v in VARIANTS:
+            print(f"| {res}x{res} | {v} | {med[v] * 1e3:.1f} | {med['ref'] / med[v]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
