@@ -2,9 +2,13 @@
 tests/thirdparty_pggan.py as written ('ref'), with our layers swapped in ('swapped': from_module, nothing fused) and
 swapped with each LeakyReLU and pixel norm folded into the layer before it ('swapped+fused'), in the same run.
 
-There is no torch.compile baseline: the gradient penalty differentiates D twice (create_graph=True), which
-torch.compile's AOTAutograd does not support. Sizes: 16x16 (widths 128, 128, 64) and 32x32 (128, 128, 64, 32),
-minibatch 16, float32. The default run keeps 32x32; --long adds 16x16.
+There is no torch.compile baseline: compiling G and D as modules, what a user of such a network would do, fails in
+the penalty's double backward ("torch.compile with aot_autograd does not currently support double backward";
+fastpggan's own `--compile-step` compiles the whole loss, penalty included, instead).
+
+Sizes: 16x16 (widths 128, 128, 64) and 32x32 (128, 128, 64, 32), minibatch 16, float32. The default run keeps
+32x32; --long adds 16x16. Blocks of one run drift by tens of percent on a shared 2-core VM: dropin_ratio.py gives
+the ratio with the variants interleaved.
 """
 
 import pathlib
