@@ -12,19 +12,7 @@ import time
 import torch
 
 from _child import commit
-from test_dropin import BATCH, LATENT, VARIANTS, WIDTHS, tp
-
-
-def _step(variant, res, device):
-    torch.manual_seed(0)
-    g = tp.generator(LATENT, WIDTHS[res]).to(device)
-    d = tp.discriminator(tuple(reversed(WIDTHS[res]))).to(device)
-    if variant != "ref":
-        g, d = (tp.swap_layers(net, fuse=variant == "swapped+fused") for net in (g, d))
-    opt_g = torch.optim.Adam(g.parameters(), lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
-    opt_d = torch.optim.Adam(d.parameters(), lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
-    real = torch.randn(BATCH, 3, res, res, device=device)
-    return lambda: tp.wgan_gp_step(g, d, opt_g, opt_d, real, LATENT)
+from test_dropin import VARIANTS, WIDTHS, make_step
 
 
 def main(argv=None):
@@ -36,7 +24,7 @@ def main(argv=None):
     print(f"commit {commit()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, fp32")
     print("\n| res | variant | median ms | vs ref |\n|---|---|---:|---:|")
     for res in args.res:
-        steps = {v: _step(v, res, args.device) for v in VARIANTS}
+        steps = {v: make_step(v, res, args.device) for v in VARIANTS}
         times = {v: [] for v in VARIANTS}
         for r in range(args.rounds + 2):  # two warm-up rounds
             for v, step in steps.items():

@@ -36,9 +36,8 @@ def _cases():
     ]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("device,res", _cases())
-def test_dropin_step(benchmark, device, res, variant):
+def make_step(variant, res, device):
+    """One WGAN-GP step of the networks of `variant` at `res`, as a function of nothing."""
     torch.manual_seed(0)
     g = tp.generator(LATENT, WIDTHS[res]).to(device)
     d = tp.discriminator(tuple(reversed(WIDTHS[res]))).to(device)
@@ -47,10 +46,13 @@ def test_dropin_step(benchmark, device, res, variant):
     opt_g = torch.optim.Adam(g.parameters(), lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
     opt_d = torch.optim.Adam(d.parameters(), lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
     real = torch.randn(BATCH, 3, res, res, device=device)
+    return lambda: tp.wgan_gp_step(g, d, opt_g, opt_d, real, LATENT)
 
-    def step():
-        return tp.wgan_gp_step(g, d, opt_g, opt_d, real, LATENT)
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("device,res", _cases())
+def test_dropin_step(benchmark, device, res, variant):
+    step = make_step(variant, res, device)
     for _ in range(2):  # warm-up: allocator, oneDNN/cuDNN primitives, the backend choice
         step()
     benchmark.group = f"dropin wgan-gp step {device} {res}x{res} N={BATCH}"

@@ -1,6 +1,7 @@
 """The argument checks and weight moves that fastpggan.layers share: torch's conventions, our errors."""
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+import math
+from typing import Any, Dict, Generic, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import torch
 
@@ -99,3 +100,49 @@ def epilogue(layer: Any, y: torch.Tensor, gain: float, folded: bool) -> torch.Te
     return ops.bias_act(
         y, layer.bias, gain=gain, negative_slope=layer.negative_slope, pixel_norm=layer.pixel_norm, impl=layer.impl
     )
+
+
+Plain = TypeVar("Plain", bound=torch.nn.Module)
+Ours = TypeVar("Ours", bound="MovesWeights")
+
+
+class MovesWeights(torch.nn.Module, Generic[Plain]):
+    """`from_module` and `to_plain`, once for our layers: torch's layer `plain` (built from the argument `names`) and
+    ours move weights both ways, ours storing the torch weight / scale, so that both compute the same."""
+
+    plain: Type[torch.nn.Module]
+    names: Tuple[str, ...]
+    weight: torch.nn.Parameter
+    bias: Optional[torch.nn.Parameter]
+    scale: float
+    negative_slope: float
+    pixel_norm: bool
+
+    def not_plain(self) -> str:
+        """What keeps this layer from being torch's (something fused), or ''."""
+        return "" if self.negative_slope == 1.0 and not self.pixel_norm else "an activation or pixel_norm"
+
+    @classmethod
+    def from_module(cls: Type[Ours], module: Plain, *, gain: float = math.sqrt(2), **kwargs: Any) -> Ours:
+        """This layer with `module`'s arguments and weights (stored weight = module.weight / scale): it computes
+        module(x), then the activation and pixel norm of `kwargs`, if any.
+
+        Args:
+            module: the torch layer (nn.Conv2d, nn.ConvTranspose2d or nn.Linear as the class says).
+            gain: the equalized-LR gain of this layer; the output does not depend on it.
+            kwargs: this layer's keyword arguments (act, pixel_norm, impl, ...).
+        """
+        if getattr(module, "padding_mode", "zeros") != "zeros":
+            raise ValueError(f"from_module: padding_mode {module.padding_mode!r} is not supported, only 'zeros'")
+        layer = cls(**torch_args(module, cls.names), gain=gain, **kwargs)
+        move_weights(layer.weight, layer.bias, module.weight, module.bias, 1 / layer.scale)  # type: ignore[arg-type]
+        return layer
+
+    def to_plain(self) -> Plain:
+        """The torch layer computing the same (its weight = weight * scale), where nothing else is fused."""
+        why = self.not_plain()
+        if why:
+            raise ValueError(f"to_plain: a layer with {why} is no {self.plain.__name__}")
+        plain = self.plain(**torch_args(self, self.names))
+        move_weights(plain.weight, plain.bias, self.weight, self.bias, self.scale)  # type: ignore[arg-type]
+        return plain  # type: ignore[return-value]

@@ -7,7 +7,7 @@ the weight, with the bias into torch's op, so that a layer that fuses nothing co
 """
 
 import math
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -18,13 +18,12 @@ from .layer_args import (
     CONV_ARGS,
     CONV_TRANSPOSE_ARGS,
     LINEAR_ARGS,
+    MovesWeights,
     check_conv,
     epilogue,
-    move_weights,
     pair,
     ready,
     slope,
-    torch_args,
     weight_and_bias,
 )
 
@@ -42,7 +41,7 @@ def fused_kernel_4x4(w: torch.Tensor) -> torch.Tensor:
     return w[..., 1:, 1:] + w[..., :-1, 1:] + w[..., 1:, :-1] + w[..., :-1, :-1]
 
 
-class EqualizedConv2d(nn.Module):
+class EqualizedConv2d(MovesWeights[nn.Conv2d]):
     """nn.Conv2d with equalized LR, then bias, activation and optional pixel norm in one epilogue (ops.bias_act).
 
     The arguments up to `dtype` are nn.Conv2d's, in its order and with its defaults (padding 0; 'same' follows
@@ -64,6 +63,11 @@ class EqualizedConv2d(nn.Module):
         pixel_norm: pixelwise feature normalization after the activation (paper Sec. 4.2).
         impl: the ops backend ('auto', 'ref', 'triton', 'ext', 'compiled').
     """
+
+    plain, names = nn.Conv2d, CONV_ARGS
+
+    def not_plain(self) -> str:
+        return "up or down" if self.up or self.down else super().not_plain()
 
     def __init__(
         self,
@@ -131,24 +135,6 @@ class EqualizedConv2d(nn.Module):
         y = epilogue(self, y, gain, folded)
         return F.avg_pool2d(y, 2) if self.down and not self.fused_scale else y
 
-    @classmethod
-    def from_module(cls, conv: nn.Conv2d, *, gain: float = math.sqrt(2), **kwargs: Any) -> "EqualizedConv2d":
-        """This layer with `conv`'s arguments and weights: the stored weight is conv.weight / scale, so that the
-        output equals conv(x) (then the activation and pixel norm of `kwargs`, if any)."""
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"from_module: padding_mode {conv.padding_mode!r} is not supported, only 'zeros'")
-        layer = cls(**torch_args(conv, CONV_ARGS), gain=gain, **kwargs)
-        move_weights(layer.weight, layer.bias, conv.weight, conv.bias, 1 / layer.scale)
-        return layer
-
-    def to_plain(self) -> nn.Conv2d:
-        """The nn.Conv2d computing the same (its weight = weight * scale); only for a layer with nothing else fused."""
-        if self.up or self.down or self.act != "linear" or self.pixel_norm:
-            raise ValueError("to_plain: only a linear layer without up, down or pixel_norm is an nn.Conv2d")
-        conv = nn.Conv2d(**torch_args(self, CONV_ARGS))
-        move_weights(conv.weight, conv.bias, self.weight, self.bias, self.scale)
-        return conv
-
     def extra_repr(self) -> str:
         scale = f", fused_scale={self.fused_scale}" if self.up or self.down else ""
         return (
@@ -158,7 +144,7 @@ class EqualizedConv2d(nn.Module):
         )
 
 
-class EqualizedConvTranspose2d(nn.Module):
+class EqualizedConvTranspose2d(MovesWeights[nn.ConvTranspose2d]):
     """nn.ConvTranspose2d with equalized LR, then bias, activation and optional pixel norm in one epilogue.
 
     The arguments up to `dtype` are nn.ConvTranspose2d's, in its order and with its defaults (only padding_mode
@@ -172,6 +158,8 @@ class EqualizedConvTranspose2d(nn.Module):
     Args (after nn.ConvTranspose2d's):
         gain, act, pixel_norm, impl: as for EqualizedConv2d.
     """
+
+    plain, names = nn.ConvTranspose2d, CONV_TRANSPOSE_ARGS
 
     def __init__(
         self,
@@ -231,25 +219,6 @@ class EqualizedConvTranspose2d(nn.Module):
         y = F.conv_transpose2d(x, w, b, self.stride, self.padding, pads, self.groups, self.dilation)
         return epilogue(self, y, self.scale, folded)
 
-    @classmethod
-    def from_module(
-        cls, conv: nn.ConvTranspose2d, *, gain: float = math.sqrt(2), **kwargs: Any
-    ) -> "EqualizedConvTranspose2d":
-        """This layer with `conv`'s arguments and weights (stored weight = conv.weight / scale): it computes conv(x)."""
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"from_module: padding_mode {conv.padding_mode!r} is not supported, only 'zeros'")
-        layer = cls(**torch_args(conv, CONV_TRANSPOSE_ARGS), gain=gain, **kwargs)
-        move_weights(layer.weight, layer.bias, conv.weight, conv.bias, 1 / layer.scale)
-        return layer
-
-    def to_plain(self) -> nn.ConvTranspose2d:
-        """The nn.ConvTranspose2d computing the same; only for a linear layer without pixel norm."""
-        if self.act != "linear" or self.pixel_norm:
-            raise ValueError("to_plain: only a linear layer without pixel_norm is an nn.ConvTranspose2d")
-        conv = nn.ConvTranspose2d(**torch_args(self, CONV_TRANSPOSE_ARGS))
-        move_weights(conv.weight, conv.bias, self.weight, self.bias, self.scale)
-        return conv
-
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -257,7 +226,7 @@ class EqualizedConvTranspose2d(nn.Module):
         )
 
 
-class EqualizedLinear(nn.Module):
+class EqualizedLinear(MovesWeights[nn.Linear]):
     """nn.Linear with equalized LR: y = act(x @ (w * gain/sqrt(in_features))^T + b), optional pixel norm.
 
     As nn.Linear it maps the last dimension of an input of any leading dimensions; `flatten=True` flattens all but
@@ -269,6 +238,11 @@ class EqualizedLinear(nn.Module):
         gain, act, pixel_norm, impl: as for EqualizedConv2d.
         flatten: flatten all but dim 0 of the input first.
     """
+
+    plain, names = nn.Linear, LINEAR_ARGS
+
+    def not_plain(self) -> str:
+        return "flatten" if self.flatten else super().not_plain()
 
     def __init__(
         self,
@@ -303,21 +277,6 @@ class EqualizedLinear(nn.Module):
         else:
             y = epilogue(self, rows @ w.t(), self.scale, folded=False)
         return y.reshape(*x.shape[:-1], self.out_features)
-
-    @classmethod
-    def from_module(cls, linear: nn.Linear, *, gain: float = math.sqrt(2), **kwargs: Any) -> "EqualizedLinear":
-        """This layer with `linear`'s sizes and weights (stored weight = linear.weight / scale)."""
-        layer = cls(**torch_args(linear, LINEAR_ARGS), gain=gain, **kwargs)
-        move_weights(layer.weight, layer.bias, linear.weight, linear.bias, 1 / layer.scale)
-        return layer
-
-    def to_plain(self) -> nn.Linear:
-        """The nn.Linear computing the same; only for a linear layer without pixel norm or flatten."""
-        if self.act != "linear" or self.pixel_norm or self.flatten:
-            raise ValueError("to_plain: only a linear layer without pixel_norm or flatten is an nn.Linear")
-        linear = nn.Linear(**torch_args(self, LINEAR_ARGS))
-        move_weights(linear.weight, linear.bias, self.weight, self.bias, self.scale)
-        return linear
 
     def extra_repr(self) -> str:
         return (

@@ -104,6 +104,27 @@ CONV_ARGS = [
 ]
 
 
+def _moves_both_ways(plain, cls, x, channels_last):
+    """cls.from_module(plain) computes plain(x), and so do its input and weight gradients (the weight's up to the
+    equalized-LR scale), float64 to 1e-12; to_plain() gives plain back; the same state_dict keys. Returns both."""
+    ours = cls.from_module(plain)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y1, y2 = plain(x1), ours(x2)
+    torch.testing.assert_close(y2, y1, rtol=1e-12, atol=1e-12)
+    dy = torch.randn_like(y1)
+    y1.backward(dy)
+    y2.backward(dy)
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.weight.grad, plain.weight.grad * ours.scale, rtol=1e-12, atol=1e-12)
+    back = ours.to_plain()
+    torch.testing.assert_close(back.weight, plain.weight, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(back(x), y1, rtol=1e-12, atol=1e-12)
+    assert (ours.bias is None) == (plain.bias is None) and set(ours.state_dict()) == set(plain.state_dict())
+    return ours, x, y1
+
+
 @pytest.mark.parametrize("args", CONV_ARGS, ids=str)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
@@ -113,22 +134,7 @@ def test_from_module_equals_the_nn_conv2d_it_came_from(args, bias, channels_last
     k, stride, padding, dilation, groups = args
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(6, 9, k, stride, padding, dilation, groups, bias).double()
-    ours = EqualizedConv2d.from_module(conv)
-    x = torch.randn(2, 6, 11, 10, dtype=torch.float64)
-    if channels_last:
-        x = x.to(memory_format=torch.channels_last)
-    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    y1, y2 = conv(x1), ours(x2)
-    torch.testing.assert_close(y2, y1, rtol=1e-12, atol=1e-12)
-    dy = torch.randn_like(y1)
-    y1.backward(dy)
-    y2.backward(dy)
-    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(ours.weight.grad, conv.weight.grad * ours.scale, rtol=1e-12, atol=1e-12)
-    back = ours.to_plain()
-    torch.testing.assert_close(back.weight, conv.weight, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(back(x), y1, rtol=1e-12, atol=1e-12)
-    assert (ours.bias is None) == (not bias) and set(ours.state_dict()) == set(conv.state_dict())
+    _moves_both_ways(conv, EqualizedConv2d, torch.randn(2, 6, 11, 10, dtype=torch.float64), channels_last)
 
 
 def test_the_default_is_a_plain_linear_conv_with_torch_padding():
@@ -203,22 +209,8 @@ def test_from_module_equals_the_nn_conv_transpose2d_it_came_from(args, bias, cha
     k, stride, padding, output_padding, dilation, groups = args
     torch.manual_seed(0)
     conv = torch.nn.ConvTranspose2d(6, 9, k, stride, padding, output_padding, groups, bias, dilation).double()
-    ours = EqualizedConvTranspose2d.from_module(conv)
     x = torch.randn(2, 6, 5, 4, dtype=torch.float64)
-    if channels_last:
-        x = x.to(memory_format=torch.channels_last)
-    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    y1, y2 = conv(x1), ours(x2)
-    torch.testing.assert_close(y2, y1, rtol=1e-12, atol=1e-12)
-    dy = torch.randn_like(y1)
-    y1.backward(dy)
-    y2.backward(dy)
-    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(ours.weight.grad, conv.weight.grad * ours.scale, rtol=1e-12, atol=1e-12)
-    back = ours.to_plain()
-    torch.testing.assert_close(back.weight, conv.weight, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(back(x), y1, rtol=1e-12, atol=1e-12)
-    assert (ours.bias is None) == (not bias) and set(ours.state_dict()) == set(conv.state_dict())
+    ours, x, y1 = _moves_both_ways(conv, EqualizedConvTranspose2d, x, channels_last)
     op = (output_padding, output_padding) if isinstance(output_padding, int) else output_padding
     for size in (y1.shape[-2:], (y1.shape[-2] - op[0], y1.shape[-1] - op[1])):  # the sizes forward can reach
         torch.testing.assert_close(ours(x, output_size=size), conv(x, output_size=size), rtol=1e-12, atol=1e-12)
