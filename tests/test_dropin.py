@@ -5,6 +5,8 @@ import pytest
 import torch
 
 import thirdparty_pggan as tp
+from conftest import slow
+from fastpggan import ops
 from fastpggan.layers import EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinear
 
 OURS = (EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinear)
@@ -16,12 +18,27 @@ def _nets():
     return tp.generator(LATENT).double(), tp.discriminator().double()
 
 
-@pytest.mark.parametrize("fuse", [False, True], ids=["swapped", "swapped+fused"])
-def test_swapped_networks_compute_the_same(fuse):
+@pytest.mark.parametrize(
+    "fuse,impl",
+    [
+        (False, "auto"),
+        (True, "auto"),
+        (True, "ref"),
+        (True, "ext"),
+        (True, "triton"),
+        slow(True, "compiled", id="fused-compiled"),
+    ],
+    ids=["swapped", "fused-auto", "fused-ref", "fused-ext", "fused-triton", "fused-compiled"],
+)
+def test_swapped_networks_compute_the_same(fuse, impl):
     """Every torch conv/linear becomes ours, its weight moved (stored = torch's / scale); G and D give the same
-    outputs and input gradients (float64, 1e-10). Fused, the LeakyReLU and pixel norm modules are gone."""
+    outputs and input gradients (float64, 1e-10) on every backend. Fused, the LeakyReLU and pixel norm modules are
+    gone (into our epilogue, run by `impl`)."""
+    reason = ops.backends.impl_unavailable(impl, "cpu") if impl != "auto" else None
+    if reason is not None:
+        pytest.skip(f"impl='{impl}' cannot run here: {reason}")
     g, d = _nets()
-    g2, d2 = tp.swap_layers(g, fuse=fuse), tp.swap_layers(d, fuse=fuse)
+    g2, d2 = tp.swap_layers(g, fuse=fuse, impl=impl), tp.swap_layers(d, fuse=fuse, impl=impl)
     for plain, ours in ((g, g2), (d, d2)):
         theirs = [m for m in plain if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]
         mine = [m for m in ours if isinstance(m, OURS)]

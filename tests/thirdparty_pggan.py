@@ -56,16 +56,16 @@ def discriminator(widths: tuple = (16, 32, 32), channels: int = 3) -> nn.Sequent
 _OURS = {nn.Conv2d: EqualizedConv2d, nn.ConvTranspose2d: EqualizedConvTranspose2d, nn.Linear: EqualizedLinear}
 
 
-def swap_layers(net: nn.Sequential, fuse: bool = False) -> nn.Sequential:
+def swap_layers(net: nn.Sequential, fuse: bool = False, impl: str = "auto") -> nn.Sequential:
     """`net` with each torch conv/linear replaced by ours (from_module: the weights moved, the outputs the same);
-    with `fuse`, a following LeakyReLU(0.2) and then PixelNorm go into that layer's epilogue."""
+    with `fuse`, a following LeakyReLU(0.2) and then PixelNorm go into that layer's epilogue, run by `impl`."""
     mods, out, i = list(net), [], 0
     while i < len(mods):
         m, i = mods[i], i + 1
         if type(m) not in _OURS:
             out.append(m)
             continue
-        kwargs = {}
+        kwargs = {"impl": impl}
         if fuse and i < len(mods) and isinstance(mods[i], nn.LeakyReLU) and mods[i].negative_slope == 0.2:
             kwargs["act"], i = "lrelu", i + 1
             if i < len(mods) and isinstance(mods[i], PixelNorm):
