@@ -211,3 +211,63 @@ def test_evaluate_cli_user_errors(tiny_run, capsys):
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--checkpoint", ckpt, "--data", str(data), "--num", "1000", "--no-progress"])
     assert e.value.code == 2 and "more than the 64 images" in capsys.readouterr().err
+
+
+class _TinyInception(torch.nn.Module):
+    """A stand-in for Inception: 8 features per image (a 1x1 conv of the 299x299 input, then the mean)."""
+
+    def __init__(self, seed):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, 8, 1)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.randn(8, 3, 1, 1, generator=torch.Generator().manual_seed(seed)))
+
+    def forward(self, x):
+        return self.proj(x).mean((2, 3))
+
+
+def test_the_fid_cache_key_holds_the_inception_file_and_the_real_images(tmp_path, monkeypatch):
+    """Another --inception, or other real images under the same name, never reuse cached real statistics
+    (issue 43: 7.39 fresh against 9.17 stale); the same ones do."""
+    from fastpggan.metrics import suite
+
+    monkeypatch.setenv("FASTPGGAN_CACHE", str(tmp_path / "cache"))
+    paths = []
+    for seed in (1, 2):
+        paths.append(str(tmp_path / f"inception{seed}.pt"))
+        torch.jit.save(torch.jit.script(_TinyInception(seed)), paths[-1])
+    g = torch.Generator().manual_seed(0)
+    reals, fakes = (torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=g) for _ in range(2))
+
+    def fid_of(path, images=reals, key="data-8-12-0"):
+        return suite.compute(["fid"], images, fakes, inception=path, real_stats_key=key)["fid"]
+
+    fresh = [suite.compute(["fid"], reals, fakes, inception=p)["fid"] for p in paths]  # no cache
+    assert fresh[0] != pytest.approx(fresh[1])
+    assert [fid_of(p) for p in paths] == pytest.approx(fresh, rel=1e-12)
+    other = reals.clone()  # other real images under the same name
+    other[0] = 255 - other[0]
+    assert fid_of(paths[0], other) == pytest.approx(suite.compute(["fid"], other, fakes, inception=paths[0])["fid"])
+    assert len(os.listdir(tmp_path / "cache" / "fid")) == 3
+    assert fid.real_statistics_key("k", paths[0], reals) == fid.real_statistics_key("k", paths[0], reals.clone())
+
+
+@pytest.mark.parametrize(
+    "content", [b"garbage", "wrong shape", "not finite"], ids=["garbage", "wrong-shape", "not-finite"]
+)
+def test_an_unusable_fid_cache_is_one_warning_and_is_replaced(tmp_path, monkeypatch, content):
+    monkeypatch.setenv("FASTPGGAN_CACHE", str(tmp_path))
+    path = tmp_path / "fid" / "k.npz"
+    path.parent.mkdir()
+    if content == "wrong shape":
+        np.savez(path, mu=np.zeros(3), sigma=np.eye(4))
+    elif content == "not finite":
+        np.savez(path, mu=np.full(3, np.nan), sigma=np.eye(3))
+    else:
+        path.write_bytes(content)
+    mu, sigma = torch.arange(3.0, dtype=torch.float64), torch.eye(3, dtype=torch.float64)
+    with pytest.warns(UserWarning, match=f"the FID cache {path} is unusable .*: computing the statistics again"):
+        got = fid.cached_real_statistics("k", lambda: (mu, sigma))
+    assert torch.equal(got[0], mu) and torch.equal(got[1], sigma)
+    again = fid.cached_real_statistics("k", lambda: pytest.fail("the replaced cache was not read back"))
+    assert torch.equal(again[0], mu) and torch.equal(again[1], sigma)

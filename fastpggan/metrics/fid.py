@@ -12,9 +12,12 @@ the range [-1, 0.9921875]. Statistics and the distance are float64:
 Nothing is ever downloaded.
 """
 
+import functools
+import hashlib
 import importlib.util
 import os
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -90,14 +93,62 @@ def frechet_distance(mu1, s1, mu2, s2):
     return float((mu1 - mu2).square().sum() + s1.trace() + s2.trace() - 2 * tr_covmean)
 
 
+def file_digest(path: str) -> str:
+    """A short blake2b digest of a file's bytes (read once per path, size and mtime in a process)."""
+    st = os.stat(path)
+    return _file_digest(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path, size, mtime_ns):
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def images_digest(images: torch.Tensor) -> str:
+    """A short blake2b digest of the images' shape, dtype and bytes (the real-image set of a FID)."""
+    a = np.ascontiguousarray(images.detach().cpu().numpy())
+    h = hashlib.blake2b(f"{a.shape}{a.dtype.str}".encode(), digest_size=8)
+    h.update(a.data)
+    return h.hexdigest()
+
+
+def real_statistics_key(name: str, inception_path: str, reals: torch.Tensor) -> str:
+    """The cache key of the real statistics: `name` (dataset, resolution, count, seed), then digests of the
+    Inception file and of the images themselves, so that other weights or other images never reuse them."""
+    return f"{name}-{file_digest(inception_path)}-{images_digest(reals)}"
+
+
+def _read_statistics(path):
+    """(mu, sigma) of a cache file, or a ValueError saying what is wrong with it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            mu, sigma = z["mu"], z["sigma"]
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise ValueError(f"not a statistics file ({e})") from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]) or mu.dtype.kind != "f" or sigma.dtype.kind != "f":
+        raise ValueError(
+            f"mu {mu.dtype}{list(mu.shape)} and sigma {sigma.dtype}{list(sigma.shape)} are no mean and covariance"
+        )
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError("not finite")
+    return torch.from_numpy(mu), torch.from_numpy(sigma)
+
+
 def cached_real_statistics(cache_key, compute):
-    """Load (mu, sigma) for `cache_key` from $FASTPGGAN_CACHE/fid/, or compute() and store them atomically (a cache
-    that cannot be written is one warning: the statistics are still returned)."""
+    """Load (mu, sigma) for `cache_key` from $FASTPGGAN_CACHE/fid/, or compute() and store them atomically. A cache
+    that cannot be written, or a cached file that is not a mean and covariance (then computed again and replaced),
+    is one warning: the statistics are still returned."""
     root = os.path.join(cache_root(), "fid")
     path = os.path.join(root, f"{cache_key}.npz")
     if os.path.isfile(path):
-        with np.load(path) as z:
-            return torch.from_numpy(z["mu"]), torch.from_numpy(z["sigma"])
+        try:
+            return _read_statistics(path)
+        except ValueError as e:
+            warnings.warn(f"the FID cache {path} is unusable ({e}): computing the statistics again", stacklevel=2)
     mu, sigma = compute()
     try:
         writes.write_npz(path, mu=mu.numpy(), sigma=sigma.numpy())

@@ -89,7 +89,11 @@ def compute(
         def real_statistics():
             return fid.statistics(fid.features(model, reals, device, progress=progress))
 
-        mu_r, s_r = fid.cached_real_statistics(real_stats_key, real_statistics) if real_stats_key else real_statistics()
+        if real_stats_key:
+            key = fid.real_statistics_key(real_stats_key, inception or fid.default_weights_path(), reals)
+            mu_r, s_r = fid.cached_real_statistics(key, real_statistics)
+        else:
+            mu_r, s_r = real_statistics()
         mu_f, s_f = fid.statistics(fid.features(model, fakes, device, progress=progress))
         out["fid"] = fid.frechet_distance(mu_r, s_r, mu_f, s_f)
     return out
