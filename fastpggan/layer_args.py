@@ -1,4 +1,5 @@
-"""The argument checks and weight moves that fastpggan.layers share: torch's conventions, our errors."""
+"""What fastpggan.layers share: argument checks in torch's conventions with our errors, the weight moves to and from
+torch's layers, and where the equalized-LR scale and bias go (folded into torch's op, or the bias_act epilogue)."""
 
 import math
 from typing import Any, Dict, Generic, Optional, Sequence, Tuple, Type, TypeVar, Union
@@ -80,28 +81,6 @@ def torch_args(layer: torch.nn.Module, names: Sequence[str]) -> Dict[str, Any]:
     return dict(args, bias=layer.bias is not None, device=weight.device, dtype=weight.dtype)
 
 
-def weight_and_bias(
-    layer: Any, x: torch.Tensor, gain: float, out_numel: int
-) -> Tuple[torch.Tensor, Optional[torch.Tensor], bool]:
-    """(weight, bias, folded) for the torch op of `layer` on `x`, whose output has `out_numel` elements. Where the
-    layer fuses nothing (a linear activation, no pixel norm) and the weight is no larger than the output, the run-time
-    scale `gain` is folded into the weight and the bias goes into the op: the layer costs what torch's does plus one
-    multiply over the weight. Otherwise scale and bias are left to the epilogue, one pass over the output."""
-    if layer.negative_slope != 1.0 or layer.pixel_norm or layer.weight.numel() > out_numel:
-        return layer.weight.to(x.dtype), None, False
-    bias = None if layer.bias is None else layer.bias.to(x.dtype)
-    return (layer.weight * gain).to(x.dtype), bias, True
-
-
-def epilogue(layer: Any, y: torch.Tensor, gain: float, folded: bool) -> torch.Tensor:
-    """y, then (unless `folded` into the op) the scale, bias, activation and pixel norm in one bias_act pass."""
-    if folded:
-        return y
-    return ops.bias_act(
-        y, layer.bias, gain=gain, negative_slope=layer.negative_slope, pixel_norm=layer.pixel_norm, impl=layer.impl
-    )
-
-
 Plain = TypeVar("Plain", bound=torch.nn.Module)
 Ours = TypeVar("Ours", bound="MovesWeights")
 
@@ -117,10 +96,36 @@ class MovesWeights(torch.nn.Module, Generic[Plain]):
     scale: float
     negative_slope: float
     pixel_norm: bool
+    impl: str
+
+    @property
+    def fuses_nothing(self) -> bool:
+        """A linear activation and no pixel norm: torch's op alone computes this layer, up to the scale and bias."""
+        return self.negative_slope == 1.0 and not self.pixel_norm
 
     def not_plain(self) -> str:
         """What keeps this layer from being torch's (something fused), or ''."""
-        return "" if self.negative_slope == 1.0 and not self.pixel_norm else "an activation or pixel_norm"
+        return "" if self.fuses_nothing else "an activation or pixel_norm"
+
+    def weight_and_bias(
+        self, x: torch.Tensor, gain: float, out_numel: int
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], bool]:
+        """(weight, bias, folded) for the torch op of this layer on `x`, whose output has `out_numel` elements.
+        Where the layer fuses nothing and the weight is no larger than the output, the run-time scale `gain` is
+        folded into the weight and the bias goes into the op: the layer costs what torch's does plus one multiply
+        over the weight. Otherwise scale and bias are left to the epilogue, one pass over the output."""
+        if not self.fuses_nothing or self.weight.numel() > out_numel:
+            return self.weight.to(x.dtype), None, False
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return (self.weight * gain).to(x.dtype), bias, True
+
+    def epilogue(self, y: torch.Tensor, gain: float, folded: bool) -> torch.Tensor:
+        """y, then (unless `folded` into the op) the scale, bias, activation and pixel norm in one bias_act pass."""
+        if folded:
+            return y
+        return ops.bias_act(
+            y, self.bias, gain=gain, negative_slope=self.negative_slope, pixel_norm=self.pixel_norm, impl=self.impl
+        )
 
     @classmethod
     def from_module(cls: Type[Ours], module: Plain, *, gain: float = math.sqrt(2), **kwargs: Any) -> Ours:

@@ -14,18 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
-from .layer_args import (
-    CONV_ARGS,
-    CONV_TRANSPOSE_ARGS,
-    LINEAR_ARGS,
-    MovesWeights,
-    check_conv,
-    epilogue,
-    pair,
-    ready,
-    slope,
-    weight_and_bias,
-)
+from .layer_args import CONV_ARGS, CONV_TRANSPOSE_ARGS, LINEAR_ARGS, MovesWeights, check_conv, pair, ready, slope
 
 # the public layers, the one list of them (tests iterate it; README "API" names the same)
 __all__ = ["EqualizedConv2d", "EqualizedConvTranspose2d", "EqualizedLinear", "PixelNorm", "MinibatchStdDev"]
@@ -121,7 +110,7 @@ class EqualizedConv2d(MovesWeights[nn.Conv2d]):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gain = self.scale * (0.25 if self.down and self.fused_scale else 1.0)
         resize = (4 if self.up else 1) / (4 if self.down and self.fused_scale else self.stride[0] * self.stride[1])
-        w, b, folded = weight_and_bias(self, x, gain, int(x.numel() // x.shape[1] * self.out_channels * resize))
+        w, b, folded = self.weight_and_bias(x, gain, int(x.numel() // x.shape[1] * self.out_channels * resize))
         if self.up and self.fused_scale:
             # conv_transpose is the adjoint of correlation, so the kernel is flipped to equal upsample + conv2d(w).
             w4 = fused_kernel_4x4(w.flip(2, 3)).transpose(0, 1)
@@ -132,7 +121,7 @@ class EqualizedConv2d(MovesWeights[nn.Conv2d]):
             if self.up:
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
             y = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
-        y = epilogue(self, y, gain, folded)
+        y = self.epilogue(y, gain, folded)
         return F.avg_pool2d(y, 2) if self.down and not self.fused_scale else y
 
     def extra_repr(self) -> str:
@@ -215,9 +204,9 @@ class EqualizedConvTranspose2d(MovesWeights[nn.ConvTranspose2d]):
     def forward(self, x: torch.Tensor, output_size: Optional[Sequence[int]] = None) -> torch.Tensor:
         pads = self._output_padding(x, output_size)
         out_numel = x.numel() // x.shape[1] * self.out_channels * self.stride[0] * self.stride[1]
-        w, b, folded = weight_and_bias(self, x, self.scale, out_numel)
+        w, b, folded = self.weight_and_bias(x, self.scale, out_numel)
         y = F.conv_transpose2d(x, w, b, self.stride, self.padding, pads, self.groups, self.dilation)
-        return epilogue(self, y, self.scale, folded)
+        return self.epilogue(y, self.scale, folded)
 
     def extra_repr(self) -> str:
         return (
@@ -271,11 +260,11 @@ class EqualizedLinear(MovesWeights[nn.Linear]):
         x = x.flatten(1) if self.flatten else x
         rows = x.reshape(-1, self.in_features)
         w = self.weight.to(x.dtype)
-        if self.negative_slope == 1.0 and not self.pixel_norm and self.bias is not None:
+        if self.fuses_nothing and self.bias is not None:
             # nothing to fuse: the scale is GEMM's alpha and the bias its C, no pass beyond torch's own
             y = torch.addmm(self.bias.to(x.dtype), rows, w.t(), alpha=self.scale)
         else:
-            y = epilogue(self, rows @ w.t(), self.scale, folded=False)
+            y = self.epilogue(rows @ w.t(), self.scale, folded=False)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
