@@ -16,13 +16,13 @@ export, and cannot be resumed.
 """
 
 import glob
-import math
 import os
 import re
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from . import state_schema as schema
 from . import writes
 from .errors import UserError
 from .networks import Discriminator, Generator
@@ -113,6 +113,8 @@ def latest(run_dir: str) -> Optional[str]:
 
 def load(path: str, map_location="cpu") -> dict:
     """Load and validate a checkpoint; a missing, corrupt or foreign file raises UserError."""
+    if os.path.isdir(path):
+        raise UserError(f"checkpoint '{path}' is a folder; name a checkpoint_<kimg>.pt file in it")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint '{path}' does not exist")
     try:
@@ -130,55 +132,25 @@ def load(path: str, map_location="cpu") -> dict:
     return state
 
 
-_NETWORK_RANGES = dict(
-    resolution=(4, 1 << 14),
-    latent_size=(1, 1 << 16),
-    num_channels=(1, 3),
-    fmap_base=(1, 1 << 20),
-    fmap_max=(1, 1 << 16),
-    mbstd_group_size=(0, 1 << 16),
-    label_size=(0, 1 << 16),
-)
-
-
 def check(state: dict, path: str) -> None:
-    """The checks of `load` (see the module docstring); raises UserError naming what is wrong."""
+    """The checks of `load` (see the module docstring): every field against state_schema's Checkpoint (and, unless it
+    was converted from an official pickle, TrainingState), then across fields; raises UserError naming what is
+    wrong."""
 
     def bad(what):
         return UserError(f"checkpoint '{path}' is damaged: {what}")
 
-    cfg = state.get("config")
-    net = cfg.get("network") if isinstance(cfg, dict) else None
-    if not isinstance(net, dict):
-        raise bad("it has no network config")
-    for key, (lo, hi) in _NETWORK_RANGES.items():
-        v = net.get(key)
-        if type(v) is not int or not lo <= v <= hi:
-            raise bad(f"network {key} is {v!r}, not an integer in [{lo}, {hi}]")
+    where = f"checkpoint '{path}' is damaged"
+    schema.check(state, schema.Checkpoint, where)
+    cfg, prog = state["config"], state["progress"]
+    if "source" not in cfg:
+        schema.check(state, schema.TrainingState, where)
+    net = cfg["network"]
     if net["resolution"] & (net["resolution"] - 1) or net["num_channels"] == 2:
         raise bad(f"network resolution {net['resolution']} / channels {net['num_channels']} are impossible")
-    if type(net.get("fused_scale", True)) is not bool:
-        raise bad(f"network fused_scale is {net['fused_scale']!r}, not true or false")
-    prog = state.get("progress")
-    try:
-        res, alpha, nimg = prog["resolution"], float(prog["alpha"]), prog["nimg"]
-        ok = (
-            type(res) is int
-            and 4 <= res <= net["resolution"]
-            and not res & (res - 1)
-            and math.isfinite(alpha)
-            and 0 <= alpha <= 1
-            and type(nimg) is int
-            and nimg >= 0
-        )
-    except (KeyError, TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise bad(f"its progress {prog!r} is not a resolution, alpha and image count of this network")
-    for part in NETWORKS:
-        sd = state.get(part)
-        if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
-            raise bad(f"{part} is not a state dict")
+    res = prog["resolution"]
+    if res > net["resolution"] or res & (res - 1):
+        raise bad(f"progress.resolution {res} is not a power of 2 up to the network's {net['resolution']}")
     with torch.device("meta"):  # shapes only: nothing is allocated, however large the config says it is
         G, D = build_networks(cfg)
     for part, model in (("G", G), ("D", D), ("G_ema", G)):

@@ -12,18 +12,19 @@ are fastpggan.settings'.
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Annotated, Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
 from .data import check_resolution
 from .errors import UserError
 from .networks import conv_outputs_per_image
-from .ops import impl_unavailable
+from .ops import IMPLS, impl_unavailable
 from .runtime import device_memory, pick_device
 from .schedule import Schedule
 from .settings import (  # noqa: F401  (PRESET_NAMES, DataShapes, pick_*: this module's API, as before)
     AMP_DTYPES,
+    AMP_MODES,
     PRESET_NAMES,
     DataLike,
     DataShapes,
@@ -33,6 +34,8 @@ from .settings import (  # noqa: F401  (PRESET_NAMES, DataShapes, pick_*: this m
     pick_cuda_graphs,
     preset_settings,
 )
+from .state_schema import Count, Fraction, Kimg, NetworkArgs, NonNegative, Positive, Resolution, Seed, check, one_of
+from .state_schema import Schedule as ScheduleArgs
 from .step import STEP_VERSION
 
 
@@ -48,39 +51,39 @@ class RunConfig:
     """
 
     data: Optional[str]
-    resolution: int
-    network: Dict[str, Any]
-    schedule: Dict[str, Any]
-    total_kimg: float
-    snap_ticks: int
-    ema: float
+    resolution: Resolution
+    network: Dict[str, Any]  # state_schema.NetworkArgs
+    schedule: Dict[str, Any]  # state_schema.Schedule
+    total_kimg: Kimg
+    snap_ticks: Count
+    ema: Fraction
     dataset_hash: Optional[str] = None
-    preset: str = "auto"
-    seed: int = 0
-    amp: str = "auto"
-    amp_min_res: Optional[int] = None
+    preset: Annotated[str, one_of(*PRESET_NAMES)] = "auto"
+    seed: Seed = 0
+    amp: Annotated[str, one_of(*AMP_MODES)] = "auto"
+    amp_min_res: Optional[Resolution] = None
     mirror: bool = False
     cond: bool = False
-    keep: int = 3
+    keep: Count = 3
     reset_opt: bool = True
-    lambda_gp: float = 10.0
-    drift: float = 1e-3
+    lambda_gp: NonNegative = 10.0
+    drift: NonNegative = 1e-3
     gp_native_res: bool = False
-    step_version: int = STEP_VERSION
-    impl: str = "auto"
+    step_version: Positive = STEP_VERSION
+    impl: Annotated[str, one_of("auto", *IMPLS)] = "auto"
     strict: bool = False
-    max_images: Optional[int] = None
-    grid: Optional[int] = None
+    max_images: Optional[Positive] = None
+    grid: Optional[Positive] = None
     backends: Optional[Dict[str, Any]] = None
     init: Optional[Dict[str, Any]] = None
     # how this process runs it
     device: str = "cpu"
-    world: int = 1
-    amp_dtype: str = "fp32"
+    world: Positive = 1
+    amp_dtype: Annotated[str, one_of(*AMP_DTYPES)] = "fp32"
     cuda_graphs: bool = False
     compile_step: bool = False
     channels_last: bool = False
-    batch_gpu: Optional[int] = None
+    batch_gpu: Optional[Positive] = None
 
     @property
     def torch_device(self) -> torch.device:
@@ -120,7 +123,17 @@ class RunConfig:
         missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in d]
         if missing:
             raise UserError(f"{where} lacks the field(s) {', '.join(missing)}")
-        return cls(**d)
+        where = f"{where} is damaged"
+        check(d.get("network"), NetworkArgs, where, "network")
+        check(d.get("schedule"), ScheduleArgs, where, "schedule")
+        cfg = check(d, cls, where)
+        net = cfg.network
+        if cfg.resolution != net["resolution"] or cfg.schedule.get("max_resolution", cfg.resolution) != cfg.resolution:
+            raise UserError(
+                f"{where}: its resolution {cfg.resolution}, network.resolution {net['resolution']} and "
+                f"schedule.max_resolution {cfg.schedule.get('max_resolution')} differ"
+            )
+        return cfg
 
 
 RESOLVED = ("device", "world", "amp_dtype", "cuda_graphs", "compile_step", "channels_last", "batch_gpu")

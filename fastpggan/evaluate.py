@@ -71,8 +71,15 @@ def run(args: argparse.Namespace, log: Callable = print) -> dict:
         resolution=state["config"]["resolution"],
         max_images=args.max_images,
         cache_dir=args.cache_dir,
+        progress=not args.no_progress,
         log=log,
     )
+    made = state["config"]["network"]["num_channels"]
+    if dataset.num_channels != made:
+        raise UserError(
+            f"the data '{args.data}' has {dataset.num_channels} channel(s), and the generator of "
+            f"'{args.checkpoint}' makes {made}; evaluate it against data of {made} channel(s)"
+        )
     t0 = time.time()
     from tqdm import tqdm
 

@@ -93,7 +93,9 @@ def read_pickle(path: str) -> Tuple[dict, dict, dict]:
 
     Raises OfficialPickleError, in one line, for a missing, truncated or foreign file."""
     if not os.path.isfile(path):
-        raise OfficialPickleError(f"'{path}' does not exist")
+        raise OfficialPickleError(
+            f"'{path}' {'is a folder, not a pickle' if os.path.isdir(path) else 'does not exist'}"
+        )
     try:
         with open(path, "rb") as f:
             nets = safe_pickle.load(f, _ALLOWED)

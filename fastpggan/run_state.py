@@ -43,6 +43,8 @@ def load_trainer_state(trainer, state: dict, path: str) -> None:
         trainer.G_ema.load_state_dict(state["G_ema"])
         load_optimizer_state(trainer.opt_G, state["opt_G"])
         load_optimizer_state(trainer.opt_D, state["opt_D"])
+        for name, opt in (("opt_G", trainer.opt_G), ("opt_D", trainer.opt_D)):
+            _check_moments(opt, name, path)
         trainer.train_step.load_scaler_state(state.get("scaler"))
         trainer.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -58,3 +60,15 @@ def load_trainer_state(trainer, state: dict, path: str) -> None:
         trainer.resumed_nimg = trainer.nimg
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise UserError(f"checkpoint '{path}' is incompatible with this run ({str(e).splitlines()[0][:200]})") from None
+
+
+def _check_moments(opt: torch.optim.Optimizer, name: str, path: str) -> None:
+    """Each Adam moment has its parameter's shape (load_state_dict checks only the counts; a wrong shape would
+    fail, or broadcast, at the first step)."""
+    for i, p in enumerate(q for group in opt.param_groups for q in group["params"]):
+        for key, v in opt.state.get(p, {}).items():
+            if torch.is_tensor(v) and v.dim() and v.shape != p.shape:
+                raise UserError(
+                    f"checkpoint '{path}' is damaged: {name}.state[{i}].{key} has shape {tuple(v.shape)}, its "
+                    f"parameter {tuple(p.shape)}"
+                )

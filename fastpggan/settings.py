@@ -136,11 +136,12 @@ class DataShapes:
 
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_MODES = ("auto", "on", "bf16", "fp16", "off")  # --amp
 
 
 def pick_amp(mode: str, device: torch.device) -> Tuple[str, Optional[str]]:
     """--amp mode -> (the autocast dtype's name in AMP_DTYPES, 'fp32' for none; notice or None)."""
-    if mode not in ("auto", "on", "bf16", "fp16", "off"):
+    if mode not in AMP_MODES:
         raise UserError(f"amp must be auto, on, bf16, fp16 or off, got {mode!r}")
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return "fp32", None

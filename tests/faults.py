@@ -238,3 +238,14 @@ def run_fault(row, run_template, tmp_path):
     finally:
         if row.full_disk:
             subprocess.run(["umount", full], check=True)
+
+
+def _edit(path, change):
+    """Apply `change(state)` to checkpoint `path` (a damaged or hostile checkpoint the simple _tamper cannot make)."""
+
+    def setup(root):
+        state = torch.load(os.path.join(root, path), weights_only=True)
+        change(state)
+        torch.save(state, os.path.join(root, path))
+
+    return setup

@@ -10,6 +10,7 @@ import torch
 
 from fastpggan import ops
 from fastpggan.ops import backends, tune_cache
+from tuning import tune_entry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PGGAN_OPS = {"bias_act", "fade_in", "minibatch_stddev", "gradient_penalty", "gp_interpolate"}
@@ -47,7 +48,7 @@ def test_auto_reports_what_it_chose_and_why(monkeypatch):
     backends.use_choices({entry["case"]: "ref"})
     assert _bias_act_choice() == dict(entry, impl="ref", why="run choices")
     backends.use_choices(None)
-    tune_cache.write(torch.device("cpu"), {entry["case"]: dict(impl="ref")})
+    tune_cache.write(torch.device("cpu"), {entry["case"]: tune_entry("ref")})
     assert _bias_act_choice() == dict(entry, impl="ref", why="tune cache")
 
 
@@ -103,13 +104,13 @@ def test_the_tune_cache_reads_back_what_it_wrote_in_its_documented_format(tmp_pa
     assert tune_cache.read(cpu) is None  # the test's empty cache folder
     key = tune_cache.case_key("fade_in", "up", torch.float32, "contiguous", (3, 4, 8, 8))
     assert key == "fade_in(up) float32 contiguous n4x4x8x8"
-    path = tune_cache.write(cpu, {key: dict(impl="ref", seconds={"ref": 1e-4})})
+    path = tune_cache.write(cpu, {key: tune_entry("ref")})
     assert path == tune_cache.cache_path(cpu) and path.startswith(os.environ["FASTPGGAN_CACHE"])
     data = tune_cache.read(cpu)
     assert data["format"] == tune_cache.FORMAT and data["format_version"] == tune_cache.FORMAT_VERSION
     assert data["device"] == tune_cache.device_info(cpu) and data["versions"] == tune_cache.versions()
-    assert data["choices"] == {key: dict(impl="ref", seconds={"ref": 1e-4})}
-    tune_cache.write(cpu, {"other": dict(impl="ext")})  # merged, not replaced
+    assert data["choices"] == {key: tune_entry("ref")}
+    tune_cache.write(cpu, {"other": tune_entry("ext")})  # merged, not replaced
     assert set(tune_cache.read(cpu)["choices"]) == {key, "other"}
 
 

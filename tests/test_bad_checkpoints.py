@@ -41,15 +41,27 @@ def _shape(s):
     "change,fragment",
     [
         (_nan_g_ema, "NaN or inf weights in G_ema (1 tensor, first: to_rgb.0.weight)"),
-        (lambda s: s["config"]["network"].update(fmap_base=10**15), "network fmap_base is 1000000000000000"),
-        (lambda s: s["config"]["network"].update(resolution=1 << 40), "network resolution"),
-        (lambda s: s["config"]["network"].update(latent_size="8"), "network latent_size is '8'"),
+        (
+            lambda s: s["config"]["network"].update(fmap_base=10**15),
+            "config.network.fmap_base: expected int <= 1048576 (it is 1000000000000000)",
+        ),
+        (
+            lambda s: s["config"]["network"].update(resolution=1 << 40),
+            "config.network.resolution: expected int <= 16384",
+        ),
+        (
+            lambda s: s["config"]["network"].update(latent_size="8"),
+            "config.network.latent_size: expected int, got str (it is '8')",
+        ),
         (lambda s: s["config"]["network"].update(fmap_max=64), "does not match its recorded network"),
-        (lambda s: s["config"]["network"].update(fused_scale="yes"), "network fused_scale is 'yes'"),
-        (lambda s: s["progress"].update(resolution=1 << 40), "its progress"),
-        (lambda s: s["progress"].update(alpha=float("nan")), "its progress"),
-        (lambda s: s.pop("config"), "it has no network config"),
-        (lambda s: s.pop("progress"), "its progress"),
+        (
+            lambda s: s["config"]["network"].update(fused_scale="yes"),
+            "config.network.fused_scale: expected bool, got str (it is 'yes')",
+        ),
+        (lambda s: s["progress"].update(resolution=1 << 40), "progress.resolution: expected int <= 16384"),
+        (lambda s: s["progress"].update(alpha=float("nan")), "progress.alpha: expected float >= 0.0 (it is nan)"),
+        (lambda s: s.pop("config"), "is damaged: config: missing"),
+        (lambda s: s.pop("progress"), "is damaged: progress: missing"),
         (_shape, "G_ema does not match its recorded network (dense.weight: (3, 3)"),
     ],
 )

@@ -78,7 +78,7 @@ ROWS = [
         "train --resume a checkpoint whose sampler position is negative",
         "train",
         ["--resume", "latest", "--out", "runs", "--name", "run", "--kimg", "0.016", "--no-progress", "--device", "cpu"],
-        ["sampler state", "pos -3", "damaged"],
+        ["is damaged: sampler.pos: expected int >= 0 (it is -3)"],
         _checkpoints_are(*map(os.path.basename, CK)),
         _tamper(CK[2], "sampler", pos=-3),
     ),

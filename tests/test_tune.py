@@ -21,7 +21,7 @@ import torch
 from conftest import run_python, slow
 from fastpggan import autotune, ops
 from fastpggan.ops import _dispatch, tune_cache
-from tuning import BIAS, FADE, _tuning_on, broken_ext, case, in_children, read_json, spy  # noqa: F401  (_tuning_on: autouse)
+from tuning import BIAS, FADE, _tuning_on, broken_ext, case, in_children, read_json, spy, tune_entry  # noqa: F401  (_tuning_on: autouse)
 
 pytestmark = pytest.mark.skipif(ops._ext.load_error() is not None, reason="the extension is needed as a candidate")
 
@@ -50,7 +50,7 @@ def test_tuning_validates_times_chooses_and_caches(monkeypatch):
 
 
 def test_auto_runs_the_cached_choice_and_explicit_choices_win(monkeypatch):
-    tune_cache.write(torch.device("cpu"), {BIAS.key: dict(impl="ref")})
+    tune_cache.write(torch.device("cpu"), {BIAS.key: tune_entry("ref")})
     counts = spy(monkeypatch, "bias_act")
     x, b = torch.randn(BIAS.shape), torch.randn(BIAS.shape[1])
     ops.bias_act(x, b)  # the static CPU order would run ext
@@ -198,7 +198,7 @@ def test_triton_is_a_cpu_candidate_only_under_the_interpreter(interpret, expecte
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "other version", "other device", "no backend"])
 def test_a_bad_cache_file_is_ignored_with_one_warning_and_rebuilt(damage, monkeypatch):
-    tune_cache.write(torch.device("cpu"), {BIAS.key: dict(impl="ref")})
+    tune_cache.write(torch.device("cpu"), {BIAS.key: tune_entry("ref")})
     path = tune_cache.cache_path("cpu")
     text = pathlib.Path(path).read_text()
     data = json.loads(text)

@@ -19,7 +19,7 @@ from fastpggan.cuda_graph import CudaGraphStep, _Rerun
 from fastpggan.ops import _dispatch, tune_cache
 from fastpggan.step import random_inputs
 from fastpggan.tune import training_config, training_trainer
-from tuning import BIAS, FADE, _tuning_on, broken_ext, case, in_children, read_json, spy  # noqa: F401  (_tuning_on: autouse)
+from tuning import BIAS, FADE, _tuning_on, broken_ext, case, in_children, read_json, spy, tune_entry  # noqa: F401  (_tuning_on: autouse)
 
 pytestmark = pytest.mark.skipif(ops._ext.load_error() is not None, reason="the extension is needed as a candidate")
 
@@ -79,7 +79,7 @@ def test_a_resumed_run_keeps_its_choices_whatever_the_cache_says_now(tmp_path, m
     data = _npz(tmp_path)
     train_quietly(tiny_train_args(data, tmp_path / "runs", "--kimg", "0.032"))
     recorded = read_json(tmp_path / "runs" / "run" / "config.json")["backends"]["choices"]
-    flipped = {k: dict(impl="ext" if v == "ref" else "ref") for k, v in recorded.items()}
+    flipped = {k: tune_entry("ext" if v == "ref" else "ref") for k, v in recorded.items()}
     tune_cache.write(torch.device("cpu"), flipped)
     monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("a resumed run measured"))
     _dispatch.use_choices(None)

@@ -72,3 +72,8 @@ def broken_ext(tmp_path, monkeypatch, body):
         + textwrap.indent(textwrap.dedent(body), "    ")
         + '\n_lib.impl("bias_act", _bad, "CPU")\n',
     )
+
+
+def tune_entry(impl, **extra):
+    """A tune-cache entry as autotune writes it (tune_cache.Entry's required fields), choosing `impl`."""
+    return dict(dict(impl=impl, shape=[4, 6, 8, 8], bytes=1536, seconds={impl: 1e-4}), **extra)

@@ -49,7 +49,13 @@ def default_weights_path():
 def load_inception(path=None, device="cpu"):
     path = path or default_weights_path()
     if path is None or not os.path.isfile(path):
-        raise WeightsMissing(INSTALL_HINT if path is None else f"no Inception weights at {path}")
+        raise WeightsMissing(
+            INSTALL_HINT
+            if path is None
+            else f"{path} is a folder, not the Inception weights file"
+            if os.path.isdir(path)
+            else f"no Inception weights at {path}"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice; the file is TorchScript
         return torch.jit.load(path, map_location=device).eval()

@@ -21,15 +21,37 @@ import os
 import platform
 import re
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Annotated, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypedDict, Union
 
 import torch
 
 from ..runtime import cache_root
+from ..state_schema import Count, NonNegative, one_of, problem
 from ..writes import check_folder, explain, write_text
 from .opspec import IMPLS
 
 DeviceLike = Union[str, torch.device]
+Impl = Annotated[str, one_of(*IMPLS)]
+
+
+class _Measured(TypedDict):
+    impl: Impl
+    shape: List[Count]
+    bytes: Count
+    seconds: Dict[Impl, NonNegative]
+
+
+class Entry(_Measured, total=False):
+    """One case's measured choice in the cache file (the module docstring says what each field is)."""
+
+    compile_seconds: Dict[Impl, NonNegative]
+    tolerance_ratio: Dict[Impl, NonNegative]
+    max_error: Dict[Impl, NonNegative]
+    excluded: Dict[Impl, str]
+    measured: str
+    copy_bytes_per_s: Optional[NonNegative]
+
+
 FORMAT = "fastpggan-tune"
 FORMAT_VERSION = 1
 
@@ -137,8 +159,9 @@ def check_file(data: Any, device: DeviceLike) -> Optional[str]:
     if data.get("device") != device_info(device):
         return "it was measured on another device"
     for key, entry in data["choices"].items():
-        if not (isinstance(entry, dict) and entry.get("impl") in IMPLS):
-            return f"its entry {key!r} names no backend"
+        wrong = problem(entry, Entry)
+        if wrong:
+            return f"its choice {key!r} is damaged: {wrong}"
     return None
 
 

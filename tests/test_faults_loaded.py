@@ -1,0 +1,135 @@
+"""The fault table (faults.py says what a row is and how it is checked), part 3: what is loaded back (issue 43):
+checkpoints whose fields are damaged or hostile, each refused in one line naming the file and the field before any
+work, and inputs of the wrong kind (a folder for a file, data of other channels)."""
+
+import os
+
+import pytest
+import torch
+
+from faults import (
+    CK,
+    EVAL,
+    RUN,
+    Row,
+    _all,
+    _checkpoints_are,
+    _edit,
+    _tamper,
+    _unchanged_log,
+    run_fault,
+    run_template,  # noqa: F401  (a fixture)
+    tiny_npz,
+)
+
+RESUME = ["--resume", "latest", "--out", "runs", "--name", "run", "--kimg", "0.016", "--no-progress", "--device", "cpu"]
+KEPT = _all(_checkpoints_are(*map(os.path.basename, CK)), _unchanged_log)  # nothing trained, pruned or rewound
+DAMAGED = f"checkpoint '{CK[2]}' is damaged: "
+
+ROWS = [
+    Row(
+        "train --resume a checkpoint without config.data",
+        "train",
+        RESUME,
+        [f"checkpoint '{CK[2]}' lacks the field(s) data"],
+        KEPT,
+        _edit(CK[2], lambda s: s["config"].pop("data")),
+    ),
+    Row(
+        "train --resume a checkpoint with config.impl 'cuda-magic'",
+        "train",
+        RESUME,
+        [DAMAGED + "impl: expected one of auto, ref, triton, ext, compiled (it is 'cuda-magic')"],
+        KEPT,
+        _tamper(CK[2], "config", impl="cuda-magic"),
+    ),
+    Row(
+        "train --resume a checkpoint with progress.prev_lod 'abc'",
+        "train",
+        RESUME,
+        [DAMAGED + "progress.prev_lod: expected float | null, got str (it is 'abc')"],
+        KEPT,
+        _tamper(CK[2], "progress", prev_lod="abc"),
+    ),
+    Row(
+        "train --resume a checkpoint with config.amp 'quantum'",
+        "train",
+        RESUME,
+        [DAMAGED + "amp: expected one of auto, on, bf16, fp16, off (it is 'quantum')"],
+        KEPT,
+        _tamper(CK[2], "config", amp="quantum"),
+    ),
+    Row(
+        "train --resume a checkpoint with a string seed",
+        "train",
+        RESUME,
+        [DAMAGED + "seed: expected int, got str (it is '7')"],
+        KEPT,
+        _tamper(CK[2], "config", seed="7"),
+    ),
+    Row(
+        "train --resume a checkpoint whose schedule has a string minibatch",
+        "train",
+        RESUME,
+        [DAMAGED + "schedule.minibatch[...]: expected int, got str"],
+        KEPT,
+        _edit(CK[2], lambda s: s["config"]["schedule"].update(minibatch={4: "many"})),
+    ),
+    Row(
+        "train --resume a checkpoint whose optimizer lr is a string",
+        "train",
+        RESUME,
+        [DAMAGED + "opt_D.param_groups[0].lr: expected float, got str (it is 'fast')"],
+        KEPT,
+        _edit(CK[2], lambda s: s["opt_D"]["param_groups"][0].update(lr="fast")),
+    ),
+    Row(
+        "train --resume a checkpoint whose Adam moment has another shape",
+        "train",
+        RESUME,
+        [DAMAGED + "opt_G.state[0].exp_avg has shape (1,), its parameter"],
+        KEPT,
+        _edit(CK[2], lambda s: s["opt_G"]["state"][0].update(exp_avg=torch.zeros(1))),
+    ),
+    Row(
+        "train --resume a checkpoint without random state",
+        "train",
+        RESUME,
+        [DAMAGED + "rng: missing"],
+        KEPT,
+        _edit(CK[2], lambda s: s.pop("rng")),
+    ),
+    Row(
+        "train --resume a checkpoint whose resolution contradicts its network",
+        "train",
+        RESUME,
+        [DAMAGED + "its resolution 16, network.resolution 8 and schedule.max_resolution 8 differ"],
+        KEPT,
+        _tamper(CK[2], "config", resolution=16),
+    ),
+    Row(
+        "generate --checkpoint with a negative tick",
+        "generate",
+        ["--checkpoint", CK[2], "--out", "gen", "--device", "cpu"],
+        [DAMAGED + "progress.tick: expected int >= 0 (it is -5)"],
+        setup=_tamper(CK[2], "progress", tick=-5),
+    ),
+    Row(
+        "generate --checkpoint a folder",
+        "generate",
+        ["--checkpoint", RUN, "--out", "gen", "--device", "cpu"],
+        [f"checkpoint '{RUN}' is a folder; name a checkpoint_<kimg>.pt file in it"],
+    ),
+    Row(
+        "evaluate an RGB checkpoint against 1-channel data",
+        "evaluate",
+        ["--checkpoint", CK[2], "--out", "m.json", "--data", "gray.npz", *EVAL[2:]],
+        ["the data 'gray.npz' has 1 channel(s), and the generator of", "makes 3; evaluate it against data of 3"],
+        setup=lambda root: tiny_npz(os.path.join(root, "gray.npz"), channels=1),
+    ),
+]
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.name, marks=[pytest.mark.slow] if r.slow else []) for r in ROWS])
+def test_fault(row, run_template, tmp_path):
+    run_fault(row, run_template, tmp_path)
