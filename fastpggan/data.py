@@ -113,6 +113,9 @@ class ImageDataset:
         return self.num_images
 
 
+IGNORED_SHOWN = 5  # unreadable entries named in the one line that reports them
+
+
 def build_dataset(
     spec: Optional[str] = None,
     *,
@@ -146,9 +149,12 @@ def build_dataset(
         raise UserError(f"--max-images must be a whole number >= 1, got {max_images}")
     src = open_source(spec)
     if src.ignored:
+        shown = "; ".join(src.ignored[:IGNORED_SHOWN]) + (
+            f"; and {len(src.ignored) - IGNORED_SHOWN} more" if len(src.ignored) > IGNORED_SHOWN else ""
+        )
         log(
-            f"data: ignored {len(src.ignored)} entries of '{src.name}' that are not readable regular files "
-            f"(first: {src.ignored[0]})"
+            f"data: ignored {len(src.ignored)} entries of '{src.name}' that are not readable regular files or "
+            f"folders: {shown}"
         )
     native = levels.native_resolution(src, strict)
     if native < 4:

@@ -40,9 +40,13 @@ def set_channels(src: Source, log):
     return 3 if colour else 1
 
 
+NATIVE_SAMPLE = 15
+
+
 def native_resolution(src: Source, strict):
     """The source's default resolution, or the largest power of two that fits its images: an array's size, a
-    TFRecords folder's largest file, or the first decodable encoded image."""
+    TFRecords folder's largest file, or the median of the first NATIVE_SAMPLE decodable encoded images (smaller
+    ones are then skipped and counted when the cache is built)."""
     if src.default_resolution:
         return src.default_resolution
     if src.levels is not None:
@@ -50,7 +54,7 @@ def native_resolution(src: Source, strict):
     if src.array is not None:
         side = min(src.array.shape[-2:])
         return 1 << (side.bit_length() - 1)
-    first = None
+    first, sides = None, []
     for name, read in src.entries():
         try:
             img = images.decode(read())
@@ -59,9 +63,13 @@ def native_resolution(src: Source, strict):
                 raise UserError(f"corrupt image {name} ({e}); remove it or drop --strict") from None
             first = first or f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
             continue
-        side = min(img.size)
-        return 1 << (side.bit_length() - 1)
-    raise UserError(f"none of the {src.count} images in '{src.name}' could be decoded (first: {first})")
+        sides.append(min(img.size))
+        if len(sides) == NATIVE_SAMPLE:
+            break
+    if not sides:
+        raise UserError(f"none of the {src.count} images in '{src.name}' could be decoded (first: {first})")
+    side = sorted(sides)[len(sides) // 2]  # the median: one thumbnail among the first images does not decide it
+    return 1 << (side.bit_length() - 1)
 
 
 def _array_images(src, channels, resolution):

@@ -185,7 +185,11 @@ def _read_regular(path):
 def _folder_source(spec, path):
     """Image files under `path`, recursively: regular files only (symlinks to them are followed)."""
     found, ignored = [], []
-    for d, _, fs in os.walk(path):
+
+    def unreadable(e):  # a subfolder os.walk cannot list
+        ignored.append(f"{os.path.relpath(e.filename, path)}{os.sep} ({e.strerror})")
+
+    for d, _, fs in os.walk(path, onerror=unreadable):
         for f in fs:
             if not f.lower().endswith(IMAGE_EXTS):
                 continue

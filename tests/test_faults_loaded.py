@@ -4,8 +4,10 @@ work, and inputs of the wrong kind (a folder for a file, data of other channels)
 
 import os
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from faults import (
     CK,
@@ -25,6 +27,20 @@ from faults import (
 RESUME = ["--resume", "latest", "--out", "runs", "--name", "run", "--kimg", "0.016", "--no-progress", "--device", "cpu"]
 KEPT = _all(_checkpoints_are(*map(os.path.basename, CK)), _unchanged_log)  # nothing trained, pruned or rewound
 DAMAGED = f"checkpoint '{CK[2]}' is damaged: "
+
+
+def _thumbnails(*sizes):
+    """A folder `imgs` of random RGB PNGs of these sizes, named in order."""
+
+    def setup(root):
+        os.makedirs(os.path.join(root, "imgs"))
+        rng = np.random.default_rng(0)
+        for i, size in enumerate(sizes):
+            a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(a).save(os.path.join(root, "imgs", f"{i:02d}.png"))
+
+    return setup
+
 
 ROWS = [
     Row(
@@ -113,6 +129,20 @@ ROWS = [
         ["--checkpoint", CK[2], "--out", "gen", "--device", "cpu"],
         [DAMAGED + "progress.tick: expected int >= 0 (it is -5)"],
         setup=_tamper(CK[2], "progress", tick=-5),
+    ),
+    Row(
+        "dataset info of a folder whose first image is a 2x2 thumbnail",
+        "dataset",
+        ["info", "imgs", "--no-progress"],
+        None,
+        setup=_thumbnails(2, *[16] * 5),
+    ),
+    Row(
+        "dataset info --resolution 16 of a folder of 8x8 images",
+        "dataset",
+        ["info", "imgs", "--resolution", "16", "--no-progress"],
+        ["no usable images in 'imgs': 3 smaller than 16x16, 0 corrupt"],
+        setup=_thumbnails(8, 8, 8),
     ),
     Row(
         "generate --checkpoint a folder",
