@@ -12,6 +12,7 @@ are fastpggan.settings'.
 
 import dataclasses
 import inspect
+import os
 from typing import Annotated, Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
@@ -58,6 +59,7 @@ class RunConfig:
     snap_ticks: Count
     ema: Fraction
     dataset_hash: Optional[str] = None
+    data_fingerprint: Optional[Dict[str, Any]] = None  # data.ImageDataset.content_fingerprint
     preset: Annotated[str, one_of(*PRESET_NAMES)] = "auto"
     seed: Seed = 0
     amp: Annotated[str, one_of(*AMP_MODES)] = "auto"
@@ -120,9 +122,6 @@ class RunConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise UserError(f"{where} has fields this fastpggan does not know: {', '.join(unknown)}")
-        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in d]
-        if missing:
-            raise UserError(f"{where} lacks the field(s) {', '.join(missing)}")
         where = f"{where} is damaged"
         check(d.get("network"), NetworkArgs, where, "network")
         check(d.get("schedule"), ScheduleArgs, where, "schedule")
@@ -218,7 +217,7 @@ def resolve_config(
     Args:
         dataset: what the run trains on: a data.ImageDataset, or anything with `resolution`, `num_channels`,
             `num_classes`, `labels` (None without), `name` and `meta["source_hash"]`.
-        data: the data as given (recorded, and opened again on resume).
+        data: the data as given (recorded, absolute where it is a path, and opened again on resume).
         device: 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N' or a torch.device.
         world: processes of the run (each takes 1/world of every global minibatch).
         preset: 'auto' (sized to device and data) or an official one (schedule.PRESETS).
@@ -280,9 +279,10 @@ def resolve_config(
     )
     fields, notices = _runtime(dev, world, amp, cuda_graphs, compile_step, channels_last, batch_gpu, impl)
     cfg = RunConfig(
-        data=data,
+        data=os.path.abspath(data) if data and os.path.exists(data) else data,
         resolution=dataset.resolution,
         dataset_hash=dataset.meta["source_hash"],
+        data_fingerprint=getattr(dataset, "content_fingerprint", None),
         preset=preset,
         seed=seed,
         amp=amp,

@@ -99,6 +99,24 @@ class ImageDataset:
         self.num_classes = int(self.labels.max()) + 1 if self.labels is not None else 0
 
     @property
+    def content_fingerprint(self) -> dict:
+        """A cheap identity of the images wherever they lie (a moved or copied dataset keeps it; train --resume
+        --data checks it): the format, count, channels, classes and resolution, and a digest of the first and last
+        images' pixels and of the labels. Never a hash of the whole data."""
+        a = self.level(self.resolution)
+        h = hashlib.blake2b(digest_size=8)
+        for part in (a[0], a[-1], self.labels if self.labels is not None else np.zeros(0)):
+            h.update(np.ascontiguousarray(part).data)
+        return dict(
+            format=self.meta.get("format"),
+            images=len(a),
+            channels=self.num_channels,
+            classes=self.num_classes,
+            resolution=self.resolution,
+            pixels=h.hexdigest(),
+        )
+
+    @property
     def resolutions(self):
         """The cached levels, largest first."""
         return sorted(self._levels, reverse=True)

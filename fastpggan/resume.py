@@ -6,11 +6,12 @@ import argparse
 import dataclasses
 import math
 import os
-from typing import Callable
+from typing import Callable, Optional, Tuple
 
 import torch
 
 from . import checkpoint as ckpt
+from .builtin_data import BUILTINS
 from .config import RESUMABLE, RUN_TIME, RunConfig, resume_config, validate_config
 from .errors import UserError
 from .runtime import device_memory
@@ -50,10 +51,12 @@ def refuse_rewinding(path: str, state: dict) -> None:
         )
 
 
-def find_resume(args: argparse.Namespace) -> str:
-    """The checkpoint --resume names: a path, or the newest of the run (--name) or of the newest run under --out."""
+def find_resume(args: argparse.Namespace, say: Callable) -> Tuple[str, dict]:
+    """(path, loaded state) of the checkpoint --resume names: a path, or the newest of the run (--name) or of the
+    newest run under --out that can be read. Unreadable or damaged checkpoints newer than it are skipped, named
+    in one line."""
     if args.resume != "latest":
-        return args.resume
+        return args.resume, ckpt.load(args.resume)
     dirs = (
         [os.path.join(args.out, args.name)]
         if args.name
@@ -67,7 +70,71 @@ def find_resume(args: argparse.Namespace) -> str:
             f"--resume latest: no checkpoint found under '{args.out}'"
             + (f" for run '{args.name}'" if args.name else "")
         )
-    return max(found, key=os.path.getmtime)
+    run_dir = os.path.dirname(max(found, key=os.path.getmtime))
+    skipped = []
+    for path in reversed(ckpt.list_checkpoints(run_dir)):
+        try:
+            state = ckpt.load(path)
+        except UserError as e:
+            why = str(e).replace(f"checkpoint '{path}' ", "")
+            skipped.append(f"{os.path.basename(path)} ({why[:100] + '...' if len(why) > 100 else why})")
+            continue
+        if skipped:
+            say(
+                f"resume: skipped {len(skipped)} unreadable checkpoint(s) of '{run_dir}': {'; '.join(skipped)}; "
+                f"resuming the newest good one, {os.path.basename(path)}"
+            )
+        return path, state
+    raise UserError(
+        f"--resume latest: none of the {len(skipped)} checkpoint(s) in '{run_dir}' can be read: "
+        + "; ".join(skipped[:3])
+    )
+
+
+def data_to_open(cfg: RunConfig, args: argparse.Namespace, defaults: dict, path: str) -> Optional[str]:
+    """The data a resumed run opens: --data where given (the run's data moved; check_relocated compares it with
+    the recorded fingerprint once opened), else the recorded data, which must still be where it was."""
+    if args.data != defaults["data"]:
+        return args.data
+    recorded = cfg.data
+    if recorded and recorded not in BUILTINS and not os.path.exists(recorded):
+        where = "" if os.path.isabs(recorded) else f" from '{os.getcwd()}'"
+        raise UserError(
+            f"the data '{recorded}' that the run in '{path}' trained on is not found{where}; pass --data with "
+            "where it is now (it must match the run's fingerprint)"
+        )
+    return recorded
+
+
+def check_relocated(dataset, cfg: RunConfig, given: Optional[str], path: str, say: Callable) -> RunConfig:
+    """The config with the data at `given` recorded (absolute) when --data moved it: refused unless its content
+    fingerprint is the recorded one (a checkpoint written before fingerprints: its shapes only, said in a line).
+    With the recorded data, a change since the run started is one warning, as before."""
+    now = dataset.content_fingerprint
+    if given is None or given == cfg.data:
+        if dataset.meta["source_hash"] != cfg.dataset_hash and now != cfg.data_fingerprint:
+            say(f"warning: the data '{cfg.data}' changed since this run started; resuming with the new data")
+        return cfg
+    was = cfg.data_fingerprint
+    if was is None:
+        say(
+            f"resume: using --data '{given}' for the run's '{cfg.data}'; '{path}' predates data fingerprints, "
+            "so only the data's shape is checked"
+        )
+    elif now != was:
+        diff = ", ".join(
+            f"{k} {now.get(k)} (the run's: {was.get(k)})"
+            for k in sorted(set(now) | set(was))
+            if now.get(k) != was.get(k)
+        )
+        raise UserError(
+            f"--data '{given}' is not the data the run in '{path}' trained on ({diff}); pass that data, or start a "
+            "new run (--init takes the networks)"
+        )
+    else:
+        say(f"resume: the run's data '{cfg.data}' is now '{given}' (the same images by fingerprint)")
+    moved = os.path.abspath(given) if os.path.exists(given) else given
+    return dataclasses.replace(cfg, data=moved, dataset_hash=dataset.meta["source_hash"], data_fingerprint=now)
 
 
 def _flag(dest: str, value) -> str:
@@ -110,7 +177,7 @@ def resumed_config(
     given = defaults
     changes, applied, ignored = {}, [], []
     for dest, value in vars(args).items():
-        if value == given[dest] or (dest in CLI_ONLY and dest not in ("resolution", "init")):
+        if value == given[dest] or dest == "data" or (dest in CLI_ONLY and dest not in ("resolution", "init")):
             continue
         key = "reset_opt" if dest == "no_reset_opt" else dest
         if key in RUN_TIME:

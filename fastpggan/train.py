@@ -87,15 +87,15 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
     if not ctx.main:
         distributed.barrier(ctx)  # rank 0 builds the dataset cache first
     if args.resume:
-        path = resume.find_resume(args)
-        state = ckpt.load(path)
+        path, state = resume.find_resume(args, log)
         if args.resume != "latest":  # the newest when looked up; a newer one means a concurrent run (the lock's error)
             resume.refuse_rewinding(path, state)
         cfg = resume.resumed_config(
             state, path, args, vars(build_parser().parse_args([])), config_kwargs(args), device, ctx.world, log
         )
+        data = resume.data_to_open(cfg, args, vars(build_parser().parse_args([])), path)
         dataset = build_dataset(
-            cfg.data,
+            data,
             resolution=cfg.resolution,
             strict=cfg.strict,
             max_images=cfg.max_images,
@@ -103,8 +103,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
             progress=not args.no_progress,
             log=log,
         )
-        if dataset.meta["source_hash"] != cfg.dataset_hash:
-            log(f"warning: the data '{cfg.data}' changed since this run started; resuming with the new data")
+        cfg = resume.check_relocated(dataset, cfg, data if data != cfg.data else None, path, log)
         resume.check_dataset_matches(dataset, cfg, path)
         run_dir = os.path.dirname(os.path.abspath(path))
     else:

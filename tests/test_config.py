@@ -76,7 +76,7 @@ def test_to_dict_round_trips_and_old_checkpoint_configs_read():
     old = {k: v for k, v in d.items() if k not in ("resolved", "step_version", "gp_native_res", "max_images")}
     read = config.RunConfig.from_dict(old)
     assert read.step_version == 1 and read.gp_native_res is False and read.max_images is None
-    with pytest.raises(UserError, match="lacks the field.* data"):
+    with pytest.raises(UserError, match="is damaged: data: missing"):
         config.RunConfig.from_dict({k: v for k, v in d.items() if k != "data"})
     with pytest.raises(UserError, match="does not know: colour"):
         config.RunConfig.from_dict(dict(d, colour="red"))

