@@ -8,10 +8,22 @@ CppExtension, always with ninja. The build is optional: if it fails, or is skipp
 torch), fastpggan installs anyway and builds the extension on first use (fastpggan/ops/_ext.py).
 """
 
+import copy
 import importlib.util
 import os
 
 from setuptools import setup
+
+CPU_ONLY_ATTRS = (
+    "sources",
+    "include_dirs",
+    "library_dirs",
+    "runtime_library_dirs",
+    "libraries",
+    "define_macros",
+    "extra_compile_args",
+    "extra_link_args",
+)
 
 
 def _extension():
@@ -30,6 +42,32 @@ def _extension():
     common = dict(
         name="fastpggan._C", include_dirs=[os.path.abspath("csrc")], extra_link_args=build.LINK_FLAGS, optional=True
     )
+    cpu_only = CppExtension(
+        sources=[os.path.relpath(p) for p in build.sources(False)],
+        extra_compile_args={"cxx": build.CXX_FLAGS},
+        **common,
+    )
+
+    class BuildOrCpuOnly(BuildExtension.with_options(use_ninja=True)):
+        """torch's build, and the CPU part alone where torch refuses or fails the CUDA part (a host compiler
+        outside the toolkit's bounds, an nvcc error): the install never fails for the toolkit."""
+
+        def build_extensions(self):
+            try:
+                super().build_extensions()
+            except (RuntimeError, ValueError, OSError) as e:
+                (ext,) = self.extensions
+                if not any(str(p).endswith(".cu") for p in ext.sources):
+                    raise
+                why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                print(
+                    f"fastpggan: the CUDA kernels were left out ({why}); building the CPU-only extension. Fix the "
+                    "toolkit and reinstall to get them"
+                )
+                for attr in CPU_ONLY_ATTRS:  # in place: setuptools has finalized this Extension object
+                    setattr(ext, attr, copy.deepcopy(getattr(cpu_only, attr)))
+                super().build_extensions()
+
     if home is not None:
         build.use_cuda_home(torch, home)
         os.environ["TORCH_CUDA_ARCH_LIST"] = build.arch_list(torch)
@@ -43,13 +81,9 @@ def _extension():
             **dict(common, include_dirs=common["include_dirs"] + build.extra_include_dirs()),
         )
     else:
-        print(f"fastpggan: building the CPU-only extension ({why_not})")
-        ext = CppExtension(
-            sources=[os.path.relpath(p) for p in build.sources(False)],
-            extra_compile_args={"cxx": build.CXX_FLAGS},
-            **common,
-        )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+        print(f"fastpggan: building the CPU-only extension, without the CUDA kernels ({why_not})")
+        ext = cpu_only
+    return [ext], {"build_ext": BuildOrCpuOnly}
 
 
 EXT_MODULES, CMDCLASS = _extension()

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import struct
+import subprocess
 from typing import Optional, Tuple
 
 SOURCES_CPU = ("ops_cpu.cpp",)
@@ -87,13 +88,34 @@ def extra_include_dirs():
     return found
 
 
+def toolkit_version(home: str) -> Optional[str]:
+    """The release ('13.0') that `nvcc --version` of the toolkit at `home` reports, or None."""
+    try:
+        out = subprocess.run(
+            [os.path.join(home, "bin", "nvcc"), "--version"], capture_output=True, text=True, timeout=120
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else None
+
+
 def cuda_available_for_build(torch):
-    """(toolkit folder, None), or (None, why the CUDA kernels cannot be built here)."""
+    """(toolkit folder, None), or (None, why the CUDA kernels cannot be built here). A toolkit of another major
+    version than torch's CUDA is one of the reasons: torch's build refuses it (`_check_cuda_version`), and the
+    install would fail instead of building the CPU part."""
     if not torch.version.cuda:
         return None, "this torch build has no CUDA"
     home = find_cuda_home()
     if home is None:
         return None, "no CUDA toolkit (nvcc) found; set CUDA_HOME to the toolkit folder"
+    have, want = toolkit_version(home), torch.version.cuda
+    if have and have.split(".")[0] != want.split(".")[0]:
+        return None, (
+            f"the CUDA toolkit at {home} is {have}, and this torch was built with CUDA {want}; torch refuses to "
+            f"build against a toolkit of another major version. For the CUDA kernels, set CUDA_HOME to a CUDA "
+            f"{want.split('.')[0]}.x toolkit (or install a torch built for CUDA {have.split('.')[0]}) and reinstall"
+        )
     return home, None
 
 
