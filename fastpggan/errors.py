@@ -13,8 +13,24 @@ class UserError(Exception):
     """A mistake the user can fix (bad path, bad flag, unusable data or checkpoint). Printed as one line."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default once: added as "(default: X)" where the help does not already say it, and left out
+    where there is none (None, False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr (`error: ...`) with exit status 2, like every other user error."""
+    """argparse whose errors are one line on stderr (`error: ...`) with exit status 2, like every other user error,
+    and whose help says each default once (HelpFormatter)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         print(f"error: {message} (see --help)", file=sys.stderr)

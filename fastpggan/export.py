@@ -157,7 +157,6 @@ def export_torchscript(module: FixedGenerator, path: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m fastpggan.export",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Export a checkpoint's generator to ONNX (and TorchScript) with a dynamic batch.",
     )
     p.add_argument("--checkpoint", required=True, help="a checkpoint of fastpggan.train or fastpggan.convert")

@@ -56,9 +56,7 @@ def slerp(a, b, t):
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
-        prog="python -m fastpggan.generate",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Generate images from a fastpggan checkpoint (through G_ema).",
+        prog="python -m fastpggan.generate", description="Generate images from a fastpggan checkpoint (through G_ema)."
     )
     p.add_argument(
         "--checkpoint", required=True, help="checkpoint_<kimg>.pt written by fastpggan.train, or fastpggan.convert's"

@@ -33,7 +33,6 @@ kimg_or_0.__name__ = "float"
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m fastpggan.train",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a progressive-growing GAN (PGGAN, Karras et al. 2018) with WGAN-GP. With no arguments it "
         "trains on the built-in fashion-mnist dataset with a configuration sized to the device; "
         "--preset v2-1gpu gives the official one.",

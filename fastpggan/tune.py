@@ -34,7 +34,6 @@ __all__ = ["tune_model", "tune_cases", "tune_training", "format_table", "main"]
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m fastpggan.tune",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Validate, time and choose the op backends for a training configuration, cache "
         "the choices for this device and print the table.",
     )

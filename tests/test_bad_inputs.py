@@ -289,10 +289,12 @@ def test_readme_setup_line_works_as_root_and_as_a_user():
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
     line = next(ln for ln in readme.splitlines() if "apt-get install" in ln and "fastpggan.train" in ln)
     assert not line.lstrip().startswith("sudo"), line
-    # the sudo part is chosen by the shell: empty as root, `sudo` otherwise
-    prefix = line.split("apt-get")[0]
+    # the package lists are fetched first (a fresh container has none), and the sudo part is chosen by the shell:
+    # empty as root, `sudo` otherwise
+    assign = line.split(";")[0]
+    assert assign.startswith("S=$(") and "$S apt-get update && $S apt-get install" in line, line
     for uid, want in (("0", ""), ("1000", "sudo")):
         got = subprocess.run(
-            ["bash", "-c", f"id() {{ echo {uid}; }}; echo {prefix}"], capture_output=True, text=True
+            ["bash", "-c", f'id() {{ echo {uid}; }}; {assign}; echo "$S"'], capture_output=True, text=True
         ).stdout.strip()
-        assert got == want, (prefix, uid, got)
+        assert got == want, (assign, uid, got)
