@@ -2,6 +2,7 @@
 before it has trained, at one predicted from a G+D forward pass timed at every resolution once."""
 
 import math
+import os
 import time
 from typing import Callable, Dict, Optional
 
@@ -42,11 +43,12 @@ class Eta:
             self.forward_cost = self.probe_forward_cost(set(left) | set(self.measured))
         eta = remaining_seconds(left, self.sec_per_img, self.forward_cost)
         if first:
+            busy = cpu_contention()
             self.say(
                 f"estimate: about {tqdm.format_interval(eta)} to train the remaining {(total - nimg) / 1000:g} "
                 f"kimg on this machine (training measured at {res}x{res}; the other resolutions scaled by the "
                 "time of a G+D forward pass at each; the progress bar's eta is refined as each resolution is "
-                "trained)"
+                "trained)" + (f"; {busy}" if busy else "")
             )
         return eta
 
@@ -74,3 +76,18 @@ class Eta:
                     best = min(best, time.perf_counter() - t0)
             out[r] = best / n
         return out
+
+
+def cpu_contention() -> Optional[str]:
+    """Why an estimate measured now is pessimistic, where the machine has more runnable threads than cores (the
+    1-minute load average above the core count: other work shares the cores with this run), else None."""
+    try:
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    except OSError:  # no load average on this system
+        return None
+    if load <= cores:
+        return None
+    return (
+        f"the CPU is contended (load average {load:.1f} on {cores} cores: other work shares them), so this "
+        "estimate is longer than the run will take on a quiet machine"
+    )

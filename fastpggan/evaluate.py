@@ -1,6 +1,6 @@
 """Evaluate a checkpoint's G_ema: SWD, MS-SSIM and FID against a dataset, written to a JSON file.
 
-    python -m fastpggan.evaluate --checkpoint PATH --data DATA --metrics swd,msssim,fid --num 10000
+    python -m fastpggan.evaluate --checkpoint PATH [--data DATA] --metrics swd,msssim,fid --num 10000
 
 Fakes are generated at the resolution and fade-in the checkpoint had reached; reals are a random subset of the
 dataset at that resolution. MS-SSIM scores the fakes (a diversity measure, as in the paper). See
@@ -14,6 +14,7 @@ import time
 from typing import Callable, Optional
 
 from . import checkpoint as ckpt
+from .builtin_data import BUILTINS
 from .data import build_dataset
 from .errors import ArgumentParser, UserError, cli_entry, number
 from .metrics.suite import compute, generate_uint8, parse_metrics, sample_reals
@@ -24,7 +25,12 @@ from .writes import check_output, write_text
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m fastpggan.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by fastpggan.train or fastpggan.convert")
-    p.add_argument("--data", required=True, help="the dataset to compare with (as for fastpggan.train --data)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="the dataset to compare with, as for fastpggan.train --data (default: the data the checkpoint's run "
+        "recorded)",
+    )
     p.add_argument("--metrics", default="swd,msssim", help="comma list of swd, msssim, fid (default swd,msssim)")
     p.add_argument(
         "--num",
@@ -54,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def recorded_data(state: dict, path: str) -> str:
+    """The data a checkpoint's run trained on, where it still is; a UserError saying to pass --data otherwise."""
+    data = state["config"].get("data")
+    if not data:
+        raise UserError(f"'{path}' records no data (a converted official network); name it with --data")
+    if data not in BUILTINS and not os.path.exists(data):
+        raise UserError(f"the data '{data}' that '{path}' was trained on is not found; name it with --data")
+    return data
+
+
 def run(args: argparse.Namespace, log: Callable = print) -> dict:
     names = parse_metrics(args.metrics)
     if args.num < 2:
@@ -64,10 +80,17 @@ def run(args: argparse.Namespace, log: Callable = print) -> dict:
     )
     device = pick_device(args.device)
     G, state = ckpt.load_generator(args.checkpoint, device=device)
+    data = args.data or recorded_data(state, args.checkpoint)
+    check_output(out, "--out", force=args.force or args.out is None, inputs=(data,))
     prog = state["progress"]
     res, alpha = int(prog["resolution"]), float(prog["alpha"])
+    if "swd" in names and res < 16:
+        log(
+            f"evaluate: swd is null: SWD compares 16x16 patches of a Laplacian pyramid, and '{args.checkpoint}' "
+            f"is at {res}x{res}"
+        )
     dataset = build_dataset(
-        args.data,
+        data,
         resolution=state["config"]["resolution"],
         max_images=args.max_images,
         cache_dir=args.cache_dir,
@@ -77,7 +100,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> dict:
     made = state["config"]["network"]["num_channels"]
     if dataset.num_channels != made:
         raise UserError(
-            f"the data '{args.data}' has {dataset.num_channels} channel(s), and the generator of "
+            f"the data '{data}' has {dataset.num_channels} channel(s), and the generator of "
             f"'{args.checkpoint}' makes {made}; evaluate it against data of {made} channel(s)"
         )
     t0 = time.time()
@@ -102,7 +125,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> dict:
         )
     record = dict(
         checkpoint=os.path.abspath(args.checkpoint),
-        data=args.data,
+        data=data,
         kimg=prog["nimg"] / 1000,
         resolution=res,
         alpha=alpha,

@@ -5,6 +5,7 @@ frames or an animated GIF (--gif). Uses G_ema, at the resolution and fade-in the
 """
 
 import argparse
+import math
 import os
 from typing import Callable, Optional
 
@@ -92,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
 MAX_IMAGES = 100000  # per command (seeds and interpolation frames); more only with --force
 
 
+GRID_MAX_SIDE = 4096  # pixels: the upscaled grid's side stops growing here
+
+
+def grid_cell(count: int, res: int, final: int) -> int:
+    """Each image's side in grid.png: upscaled (nearest) to the network's final resolution, as the training grids
+    (fakes_<kimg>.png) are, while the grid's side stays within GRID_MAX_SIDE; never below `res`."""
+    cols = math.ceil(math.sqrt(count))
+    cell = final
+    while cell > res and cols * cell > GRID_MAX_SIDE:
+        cell //= 2
+    return max(cell, res)
+
+
 def check_amount(num_seeds: int, interp: int, grid_or_singles: bool, channels: int, res: int, force: bool) -> None:
     """Refuse, before any work, more images than MAX_IMAGES (unless `force`) or than the machine's memory holds
     (every image is held as float32 until it is written; a GIF's frames also as bytes)."""
@@ -160,7 +174,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> list:
     written = []
     if not args.no_grid:
         written.append(os.path.join(args.out, "grid.png"))
-        write_grid(imgs, written[-1])
+        write_grid(imgs, written[-1], upscale_to=grid_cell(len(seeds), res, G.resolution))
     if args.singles:
         for s, img in zip(seeds, imgs):
             written.append(os.path.join(args.out, f"seed{s:04d}.png"))

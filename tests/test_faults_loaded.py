@@ -3,6 +3,7 @@ checkpoints whose fields are damaged or hostile, each refused in one line naming
 work, and inputs of the wrong kind (a folder for a file, data of other channels)."""
 
 import glob
+import json
 import os
 
 import numpy as np
@@ -100,6 +101,12 @@ def _fid_cache_is_whole(root, template):
     (path,) = glob.glob(os.path.join(root, "cache", "fid", "*.npz"))
     with np.load(path) as z:
         assert z["sigma"].shape == (2048, 2048) and np.isfinite(z["mu"]).all()
+
+
+def _evaluated_against_recorded_data(root, template):
+    with open(os.path.join(root, "m.json")) as f:
+        record = json.load(f)
+    assert record["data"] == ckpt.load(os.path.join(root, CK[2]))["config"]["data"] and record["metrics"]["swd"] is None
 
 
 FID = ["--checkpoint", CK[2], "--out", "m.json", "--data", "d.npz", "--metrics", "fid", "--num", "8"]
@@ -267,6 +274,20 @@ ROWS = [
         _fid_cache_is_whole,
         _fid_cache(dict(mu=np.zeros(3), sigma=np.zeros((2, 2)))),
         slow=True,
+    ),
+    Row(
+        "evaluate without --data compares with the data the run recorded",
+        "evaluate",
+        ["--checkpoint", CK[2], "--out", "m.json", *EVAL[2:]],
+        None,
+        _evaluated_against_recorded_data,
+    ),
+    Row(
+        "evaluate without --data when the recorded data is gone",
+        "evaluate",
+        ["--checkpoint", CK[2], "--out", "m.json", *EVAL[2:]],
+        ["the data '/nowhere/d.npz' that", "was trained on is not found; name it with --data"],
+        setup=_tamper(CK[2], "config", data="/nowhere/d.npz"),
     ),
     Row(
         "generate --checkpoint a folder",

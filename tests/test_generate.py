@@ -74,3 +74,14 @@ def test_errors(tiny_ckpt, tmp_path):
         _gen("--checkpoint", tiny_ckpt, "--res", "64", "--out", str(tmp_path))
     with pytest.raises(UserError, match="does not exist"):
         _gen("--checkpoint", str(tmp_path / "none.pt"))
+
+
+def test_the_grid_is_upscaled_to_the_final_resolution_as_the_training_grids(tiny_ckpt, tmp_path):
+    _gen("--checkpoint", tiny_ckpt, "--seeds", "0-3", "--out", str(tmp_path / "g"), "--res", "8", "--singles")
+    grid = np.asarray(Image.open(tmp_path / "g" / "grid.png"))
+    single = np.asarray(Image.open(tmp_path / "g" / "seed0000.png"))
+    assert grid.shape == (2 * 16, 2 * 16, 3) and single.shape == (8, 8, 3)  # singles stay at --res
+    assert np.array_equal(grid[:16, :16], single.repeat(2, axis=0).repeat(2, axis=1))  # nearest, as fakes_*.png
+    assert generate.grid_cell(16, 4, 1024) == 1024  # 4 x 1024 = the largest side kept
+    assert generate.grid_cell(100000, 4, 1024) == 8  # 317 columns: the grid stays within GRID_MAX_SIDE
+    assert generate.grid_cell(4, 8, 8) == 8

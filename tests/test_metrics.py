@@ -13,6 +13,7 @@ from conftest import tiny_train_args
 from fastpggan import evaluate, train
 from fastpggan.metrics import fid, ms_ssim, swd
 from fastpggan.metrics import sliced_wasserstein as swd_module
+from faults import CK, run_template  # noqa: F401  (a fixture)
 
 
 def textures(n, seed, noise=0.0):
@@ -271,3 +272,13 @@ def test_an_unusable_fid_cache_is_one_warning_and_is_replaced(tmp_path, monkeypa
     assert torch.equal(got[0], mu) and torch.equal(got[1], sigma)
     again = fid.cached_real_statistics("k", lambda: pytest.fail("the replaced cache was not read back"))
     assert torch.equal(again[0], mu) and torch.equal(again[1], sigma)
+
+
+def test_evaluate_takes_the_recorded_data_and_says_why_swd_is_null(run_template, tmp_path, monkeypatch):
+    """Issue 44: --data defaults to what the run recorded; SWD below 16x16 is null with a line saying why."""
+    monkeypatch.setenv("FASTPGGAN_CACHE", str(tmp_path / "cache"))
+    said = []
+    args = ["--checkpoint", str(run_template / CK[2]), "--out", str(tmp_path / "m.json"), "--num", "8"]
+    record = evaluate.run(evaluate.build_parser().parse_args([*args, "--device", "cpu", "--no-progress"]), said.append)
+    assert record["data"] == str(run_template / "d.npz") and record["metrics"]["swd"] is None
+    assert any(line.startswith("evaluate: swd is null: SWD compares 16x16 patches") for line in said), said
