@@ -160,8 +160,8 @@ def test_on_load_after_the_extension_loaded_runs_at_once():
 
 
 @pytest.mark.skipif(
-    _build.find_cuda_home() is None or not torch.version.cuda,
-    reason="no CUDA toolkit (nvcc) or no CUDA build of torch on this machine, so no CUDA sources to build",
+    _build.cuda_available_for_build(torch)[0] is None,
+    reason=f"no CUDA sources are built here: {_build.cuda_available_for_build(torch)[1]}",
 )
 def test_cuda_translation_unit_was_compiled_and_linked_for_sm90():
     """The CUDA kernels are registered (ops_cuda.cu was compiled and linked into the loaded library) and the
