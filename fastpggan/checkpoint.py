@@ -137,10 +137,11 @@ def check(state: dict, path: str) -> None:
     was converted from an official pickle, TrainingState), then across fields; raises UserError naming what is
     wrong."""
 
-    def bad(what):
-        return UserError(f"checkpoint '{path}' is damaged: {what}")
-
     where = f"checkpoint '{path}' is damaged"
+
+    def bad(what):
+        return UserError(f"{where}: {what}")
+
     schema.check(state, schema.Checkpoint, where)
     cfg, prog = state["config"], state["progress"]
     if "source" not in cfg:

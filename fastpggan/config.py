@@ -12,12 +12,11 @@ are fastpggan.settings'.
 
 import dataclasses
 import inspect
-import os
 from typing import Annotated, Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
-from .data import check_resolution
+from .data import check_resolution, recorded_spec
 from .errors import UserError
 from .networks import conv_outputs_per_image
 from .ops import IMPLS, impl_unavailable
@@ -279,7 +278,7 @@ def resolve_config(
     )
     fields, notices = _runtime(dev, world, amp, cuda_graphs, compile_step, channels_last, batch_gpu, impl)
     cfg = RunConfig(
-        data=os.path.abspath(data) if data and os.path.exists(data) else data,
+        data=recorded_spec(data),
         resolution=dataset.resolution,
         dataset_hash=dataset.meta["source_hash"],
         data_fingerprint=getattr(dataset, "content_fingerprint", None),

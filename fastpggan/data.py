@@ -24,8 +24,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import builtin_data, writes
 from . import data_levels as levels
-from . import writes
 from .data_levels import downsample_box  # noqa: F401  (data.downsample_box, as before)
 from .errors import UserError, is_disk_full
 from .runtime import cache_root
@@ -129,6 +129,17 @@ class ImageDataset:
 
     def __len__(self):
         return self.num_images
+
+
+def recorded_spec(spec: Optional[str]) -> Optional[str]:
+    """A --data value as a run records it: absolute where it is a path that exists, else as given (a built-in
+    name), so that the run can be resumed from any working directory."""
+    return os.path.abspath(spec) if spec and os.path.exists(spec) else spec
+
+
+def is_gone(spec: Optional[str]) -> bool:
+    """Whether a recorded --data value names a path that is no longer there (a built-in name never is)."""
+    return bool(spec) and spec not in builtin_data.BUILTINS and not os.path.exists(spec)
 
 
 IGNORED_SHOWN = 5  # unreadable entries named in the one line that reports them

@@ -14,12 +14,11 @@ import time
 from typing import Callable, Optional
 
 from . import checkpoint as ckpt
-from .builtin_data import BUILTINS
-from .data import build_dataset
+from .data import build_dataset, is_gone
 from .errors import ArgumentParser, UserError, cli_entry, number
 from .metrics.suite import compute, generate_uint8, parse_metrics, sample_reals
 from .runtime import pick_device
-from .writes import check_output, write_text
+from .writes import check_output, refuse_inputs, write_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +64,7 @@ def recorded_data(state: dict, path: str) -> str:
     data = state["config"].get("data")
     if not data:
         raise UserError(f"'{path}' records no data (a converted official network); name it with --data")
-    if data not in BUILTINS and not os.path.exists(data):
+    if is_gone(data):
         raise UserError(f"the data '{data}' that '{path}' was trained on is not found; name it with --data")
     return data
 
@@ -80,8 +79,10 @@ def run(args: argparse.Namespace, log: Callable = print) -> dict:
     )
     device = pick_device(args.device)
     G, state = ckpt.load_generator(args.checkpoint, device=device)
-    data = args.data or recorded_data(state, args.checkpoint)
-    check_output(out, "--out", force=args.force or args.out is None, inputs=(data,))
+    data = args.data
+    if data is None:
+        data = recorded_data(state, args.checkpoint)
+        refuse_inputs(out, "--out", (data,))  # the rest of check_output's checks were made above
     prog = state["progress"]
     res, alpha = int(prog["resolution"]), float(prog["alpha"])
     if "swd" in names and res < 16:

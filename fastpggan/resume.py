@@ -11,8 +11,8 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from . import checkpoint as ckpt
-from .builtin_data import BUILTINS
 from .config import RESUMABLE, RUN_TIME, RunConfig, resume_config, validate_config
+from .data import is_gone, recorded_spec
 from .errors import UserError
 from .runtime import device_memory
 from .schedule import Schedule
@@ -97,7 +97,7 @@ def data_to_open(cfg: RunConfig, args: argparse.Namespace, defaults: dict, path:
     if args.data != defaults["data"]:
         return args.data
     recorded = cfg.data
-    if recorded and recorded not in BUILTINS and not os.path.exists(recorded):
+    if is_gone(recorded):
         where = "" if os.path.isabs(recorded) else f" from '{os.getcwd()}'"
         raise UserError(
             f"the data '{recorded}' that the run in '{path}' trained on is not found{where}; pass --data with "
@@ -133,8 +133,9 @@ def check_relocated(dataset, cfg: RunConfig, given: Optional[str], path: str, sa
         )
     else:
         say(f"resume: the run's data '{cfg.data}' is now '{given}' (the same images by fingerprint)")
-    moved = os.path.abspath(given) if os.path.exists(given) else given
-    return dataclasses.replace(cfg, data=moved, dataset_hash=dataset.meta["source_hash"], data_fingerprint=now)
+    return dataclasses.replace(
+        cfg, data=recorded_spec(given), dataset_hash=dataset.meta["source_hash"], data_fingerprint=now
+    )
 
 
 def _flag(dest: str, value) -> str:

@@ -88,12 +88,11 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
         distributed.barrier(ctx)  # rank 0 builds the dataset cache first
     if args.resume:
         path, state = resume.find_resume(args, log)
+        defaults = vars(build_parser().parse_args([]))
         if args.resume != "latest":  # the newest when looked up; a newer one means a concurrent run (the lock's error)
             resume.refuse_rewinding(path, state)
-        cfg = resume.resumed_config(
-            state, path, args, vars(build_parser().parse_args([])), config_kwargs(args), device, ctx.world, log
-        )
-        data = resume.data_to_open(cfg, args, vars(build_parser().parse_args([])), path)
+        cfg = resume.resumed_config(state, path, args, defaults, config_kwargs(args), device, ctx.world, log)
+        data = resume.data_to_open(cfg, args, defaults, path)
         dataset = build_dataset(
             data,
             resolution=cfg.resolution,
@@ -103,7 +102,7 @@ def run(args: argparse.Namespace, log: Callable = print) -> Trainer:
             progress=not args.no_progress,
             log=log,
         )
-        cfg = resume.check_relocated(dataset, cfg, data if data != cfg.data else None, path, log)
+        cfg = resume.check_relocated(dataset, cfg, data, path, log)
         resume.check_dataset_matches(dataset, cfg, path)
         run_dir = os.path.dirname(os.path.abspath(path))
     else:
