@@ -131,3 +131,38 @@ def test_nothing_outside_fastpggan_ops_reaches_into_its_private_modules():
                         hits += [f"{name}:{i}" for i, line in enumerate(f, 1) if PRIVATE.search(line)]
     assert not hits
     assert PRIVATE.search("from .ops import _dispatch") and PRIVATE.search("x = ops._choices.read()")
+
+
+@pytest.mark.parametrize(
+    "triton_version, numpy_version, broken",
+    [
+        ("3.5.1", "2.4.6", True),
+        ("3.0.0", "2.4.0", True),
+        ("3.5.1", "2.3.5", False),
+        ("3.0.0", "1.26.4", False),
+        ("3.7.0", "2.4.6", False),
+        ("3.10.0+git1", "2.5.0", False),
+    ],
+)
+def test_the_triton_interpreter_is_refused_where_numpy_breaks_it(monkeypatch, triton_version, numpy_version, broken):
+    import numpy
+    import triton
+
+    monkeypatch.setattr(triton, "__version__", triton_version)
+    monkeypatch.setattr(numpy, "__version__", numpy_version)
+    why = ops._util.interpreter_broken()
+    assert (why is not None) == broken
+    if broken:
+        assert f"Triton {triton_version}'s CPU interpreter" in why and "'numpy<2.4'" in why
+        assert ops._util.triton_unavailable(torch.zeros(1)) == why  # the tests' `fast` fixture skips on this line
+
+
+def test_the_interpreter_gate_is_not_wider_than_the_fault():
+    """Where the gate refuses the interpreter, a kernel run past it fails with the TypeError it names."""
+    why = ops._util.interpreter_broken()
+    if why is None:
+        pytest.skip("this Triton's CPU interpreter runs our kernels (the gate is open; every Triton test runs)")
+    from fastpggan.kernels.minibatch_stddev import minibatch_stddev
+
+    with pytest.raises(Exception, match="only 0-dimensional arrays can be converted to Python scalars"):
+        minibatch_stddev(torch.randn(4, 3, 4, 4), 2)

@@ -1,6 +1,7 @@
 """What every op module needs: the upcast to the accumulator dtype, and whether Triton can run on a tensor."""
 
 import importlib
+import re
 from typing import List, Optional
 
 import torch
@@ -67,8 +68,31 @@ def triton_unavailable(x: torch.Tensor):
             "Triton kernels run on CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 before importing "
             "fastpggan (the slow interpreter, meant for tests)"
         )
+    if INTERPRETED and (why := interpreter_broken()) is not None:
+        return why
     if x.device.type not in ("cpu", "cuda"):
         return f"there are no Triton kernels for {x.device.type} tensors"
     if x.dtype not in TRITON_DTYPES:
         return f"the Triton kernels take float16/bfloat16/float32/float64, not {x.dtype}"
+    return None
+
+
+def _major_minor(version: str) -> tuple:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+
+
+def interpreter_broken() -> Optional[str]:
+    """Why this Triton's CPU interpreter (TRITON_INTERPRET=1) cannot run our kernels, or None.
+
+    Before Triton 3.7 the interpreter reads a run-time loop bound with int() on a 1-element array, which NumPy
+    2.4 made an error ("only 0-dimensional arrays can be converted to Python scalars"); 3.7 squeezes it first."""
+    import numpy
+    import triton
+
+    if _major_minor(triton.__version__) < (3, 7) and _major_minor(numpy.__version__) >= (2, 4):
+        return (
+            f"Triton {triton.__version__}'s CPU interpreter cannot run with NumPy {numpy.__version__} "
+            "(it calls int() on 1-element arrays, an error since NumPy 2.4): "
+            "install 'numpy<2.4', or a torch whose Triton is 3.7 or newer"
+        )
     return None
