@@ -2,8 +2,8 @@
 
 The ONNX file is made by torch.onnx.export (the torch.export-based exporter, one self-contained file) from
 `FixedGenerator`: inputs `latents` (N, latent_size) and, for a conditional G, `labels` (N, label_size) one-hot or
-soft (official G_paper's labels_in); output `images` (N, C, R, R) in about [-1, 1]; N is dynamic. While exporting,
-the ops' 'auto' backend runs the reference ops (fastpggan.ops), so the graph holds only standard ONNX operators.
+soft (official G_paper's labels_in); output `images` (N, C, R, R) in about [-1, 1]; N is dynamic. The export pins
+the reference ops (fastpggan.ops.backends.pin('ref')), so the graph holds only standard ONNX operators.
 Before the file is kept, onnxruntime runs it at batch 1 and 5 against PyTorch, where onnxruntime is installed.
 The export runs on the CPU.
 `--torchscript OUT.pt` writes a torch.jit.trace of the same module too.
@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from . import checkpoint as ckpt
-from . import writes
+from . import ops, writes
 from .errors import ArgumentParser, UserError, cli_entry, number
 
 TOLERANCE = 1e-4  # ONNX Runtime vs PyTorch, relative to the largest output magnitude (fp32)
@@ -44,13 +44,15 @@ class FixedGenerator(torch.nn.Module):
 
 
 @contextlib.contextmanager
-def _quiet():
-    """The exporters' progress lines and warnings about themselves (their errors still raise)."""
+def _tracing():
+    """The reference ops pinned, so the graph holds only standard operators on every torch we claim ('auto' finds
+    an export by itself only from torch 2.7, torch.compiler.is_exporting), and the exporters' progress lines and
+    warnings about themselves silenced (their errors still raise)."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with ops.backends.pin("ref"), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -84,7 +86,7 @@ def export_onnx(module: FixedGenerator, path: str, opset: Optional[int] = None) 
         )
     names = ["latents", "labels"][: 2 if module.G.label_size else 1]
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    with _quiet():
+    with _tracing():
         torch.onnx.export(
             module,
             example_inputs(module.G, 2),
@@ -149,7 +151,7 @@ def check_onnx(module: FixedGenerator, path: str, batches=(1, 5)) -> Optional[fl
 
 def export_torchscript(module: FixedGenerator, path: str) -> None:
     """Write a torch.jit.trace of `module` to `path`, atomically."""
-    with _quiet():
+    with _tracing():
         traced = torch.jit.trace(module, example_inputs(module.G, 2), check_trace=False)
     writes.atomic(path, traced.save)
 

@@ -31,12 +31,13 @@ pytestmark = pytest.mark.skipif(ops._ext.load_error() is not None, reason="the e
 
 def test_tuning_validates_times_chooses_and_caches(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton is a CPU candidate under its interpreter
+    fast = ["ext"] if ops._util.interpreter_broken() else ["ext", "triton"]  # Triton: where its interpreter runs
     result = autotune.tune_cases([BIAS, FADE], seed=5)
     assert result["measured"] == 2 and set(result["choices"]) == {BIAS.key, FADE.key}
     for key, entry in result["entries"].items():
-        assert set(entry["seconds"]) == {"ref", "ext", "triton"}  # all validated and timed
+        assert set(entry["seconds"]) == {"ref", *fast}  # all validated and timed
         assert entry["impl"] == min(entry["seconds"], key=entry["seconds"].get)
-        for impl in ("ext", "triton"):
+        for impl in fast:
             assert 0 <= entry["tolerance_ratio"][impl] <= 1
         assert not entry["excluded"]
     data = read_json(tune_cache.cache_path("cpu"))
@@ -183,6 +184,8 @@ def test_a_tuner_that_cannot_start_leaves_the_static_order(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("interpret,expected", [("1", "['ref', 'triton', 'ext']"), slow("0", "['ref', 'ext']")])
 def test_triton_is_a_cpu_candidate_only_under_the_interpreter(interpret, expected):
+    if interpret == "1" and ops._util.interpreter_broken():
+        expected = "['ref', 'ext']"  # the gate shuts Triton out: ops._util.interpreter_broken
     r = run_python(
         "from fastpggan import autotune; from fastpggan.autotune import Case; "
         "print(autotune.candidates(Case('bias_act', 'lrelu,bias', (4, 6, 8, 8), 'float32', "

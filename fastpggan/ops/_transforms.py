@@ -5,10 +5,11 @@ from typing import Optional
 
 
 def exporting() -> bool:
-    """Whether torch.export, torch.onnx.export or torch.jit.trace is tracing the model now."""
+    """Whether torch.export, torch.onnx.export or torch.jit.trace is tracing the model now. torch before 2.7 has no
+    torch.compiler.is_exporting: there torch.export and the dynamo ONNX exporter go unseen (pin 'ref' to export)."""
     import torch
 
-    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.7
     return bool(torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or (is_exporting and is_exporting()))
 
 

@@ -39,6 +39,7 @@ def tolerance_ratio(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.d
 
 
 _kernels_error: List[Optional[str]] = []  # [] until checked, then [None] or [reason]
+_interpreter_error: List[Optional[str]] = [None]  # interpreter_broken(), read once with the kernels' import
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
@@ -51,6 +52,7 @@ def _kernels_import_error():
         try:
             importlib.import_module("fastpggan.kernels._common")  # imports triton
             _kernels_error.append(None)
+            _interpreter_error[0] = interpreter_broken()  # once, eagerly: dynamo (torch 2.6) cannot trace re
         except Exception as e:  # an ImportError, or a Triton that cannot initialise
             _kernels_error.append(f"{type(e).__name__}: {e}")
     return _kernels_error[0]
@@ -68,8 +70,8 @@ def triton_unavailable(x: torch.Tensor):
             "Triton kernels run on CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 before importing "
             "fastpggan (the slow interpreter, meant for tests)"
         )
-    if INTERPRETED and (why := interpreter_broken()) is not None:
-        return why
+    if INTERPRETED and _interpreter_error[0] is not None:
+        return _interpreter_error[0]
     if x.device.type not in ("cpu", "cuda"):
         return f"there are no Triton kernels for {x.device.type} tensors"
     if x.dtype not in TRITON_DTYPES:
