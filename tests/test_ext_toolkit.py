@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -83,3 +84,13 @@ def test_an_nvcc_that_fails_leaves_a_built_cpu_extension(tmp_path):
     assert len(said) == 1, r.stdout[-3000:]
     built = [f for f in os.listdir(src / "fastpggan") if f.startswith("_C") and f.endswith(".so")]
     assert len(built) == 1 and _build.fatbin_archs(str(src / "fastpggan" / built[0])) is None  # no CUDA kernels
+
+
+def test_a_gpu_call_on_an_extension_built_without_cuda_kernels_says_why_and_what_to_do(monkeypatch):
+    from fastpggan.ops import _ext
+
+    if _ext.load_error() is not None:
+        pytest.skip(f"the extension does not load here: {_ext.load_error()}")
+    monkeypatch.setitem(_ext._state, "cuda", False)  # as a build that left the CUDA kernels out
+    why = _ext.ext_unavailable(types.SimpleNamespace(device=torch.device("cuda")))
+    assert why is not None and "without CUDA kernels" in why and "pip install -v" in why and "CUDA_HOME" in why

@@ -209,8 +209,9 @@ def ext_unavailable(x):
         return err
     if x.device.type == "cuda" and not _state.get("cuda"):
         return (
-            "the extension was built without CUDA kernels (no CUDA toolkit at build time); set CUDA_HOME to the "
-            "toolkit folder and rebuild"
+            "the extension was built without CUDA kernels (no CUDA toolkit of torch's major version "
+            f"{torch.version.cuda} at build time; `pip install -v` shows the 'fastpggan:' line saying why); set "
+            "CUDA_HOME to such a toolkit's folder and reinstall"
         )
     if x.device.type == "cuda":
         why = cuda_unavailable(x.device)
