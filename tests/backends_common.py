@@ -4,7 +4,7 @@ the `fast` fixture over the fast backends, NaN-poisoned outputs, the per-dtype c
 import pytest
 import torch
 
-from conftest import slow
+from conftest import skip_unless_runs, slow
 from fastpggan import ops
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -18,9 +18,7 @@ FAST = ["triton", "ext", slow("compiled", id="compiled")]
 
 @pytest.fixture(params=FAST)
 def fast(request):
-    reason = ops.backends.impl_unavailable(request.param, DEV)
-    if reason is not None:
-        pytest.skip(f"impl='{request.param}' cannot run here: {reason}")
+    skip_unless_runs(request.param, DEV)
     if request.param != "compiled":
         yield request.param
         return

@@ -44,6 +44,15 @@ def slow(*values, id=None):
     return pytest.param(*values, marks=pytest.mark.slow, id=id)
 
 
+def skip_unless_runs(impl: str, device="cpu") -> None:
+    """Skip the calling test, saying why, where backend `impl` cannot run on `device` here."""
+    from fastpggan import ops
+
+    why = ops.backends.impl_unavailable(impl, device)
+    if why is not None:
+        pytest.skip(f"impl='{impl}' cannot run here: {why}")
+
+
 def run_python(code, timeout=900, **env):
     """Run `code` in a fresh Python with extra environment variables; returns the CompletedProcess."""
     return subprocess.run(

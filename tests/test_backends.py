@@ -278,10 +278,10 @@ def test_torch_compile_traces_the_generator_forward(fast):
 # --- whole networks -------------------------------------------------------------------------------------------------
 
 
-def _nets(which, dtype=torch.float32):
+def _nets(which):
     torch.manual_seed(0)
-    G = Generator(resolution=16, fmap_base=128, fmap_max=32, latent_size=32, impl=which).to(DEV, dtype)
-    D = Discriminator(resolution=16, fmap_base=128, fmap_max=32, mbstd_group_size=4, impl=which).to(DEV, dtype)
+    G = Generator(resolution=16, fmap_base=128, fmap_max=32, latent_size=32, impl=which).to(DEV, torch.float64)
+    D = Discriminator(resolution=16, fmap_base=128, fmap_max=32, mbstd_group_size=4, impl=which).to(DEV, torch.float64)
     return G, D
 
 
@@ -293,7 +293,7 @@ def test_networks_and_wgan_gp_gradients_match_ref(fast, alpha):
     where the fast ones and the float64 ref agreed to 1e-7."""
     results = []
     for which in ("ref", fast):
-        G, D = _nets(which, torch.float64)
+        G, D = _nets(which)
         torch.manual_seed(1)
         z, reals = rand(8, 32, dtype=torch.float64), rand(8, 3, 16, 16, dtype=torch.float64)
         fakes = G(z, 16, alpha)

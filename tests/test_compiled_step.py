@@ -17,13 +17,13 @@ import types
 import pytest
 import torch
 
-from conftest import checkpoint_tensors, tiny_train_args, train_quietly
+from conftest import checkpoint_tensors, skip_unless_runs, tiny_train_args, train_quietly
 from fastpggan import checkpoint as ckpt
 from fastpggan import compiled_step, ops
 from fastpggan.errors import UserError
 from fastpggan.losses import d_loss_wgan_gp
 from fastpggan.networks import Discriminator, Generator
-from fastpggan.ops import _dispatch, backends
+from fastpggan.ops import _dispatch
 from fastpggan.optim import make_optimizer
 from fastpggan.step import TrainStep, random_inputs
 
@@ -59,9 +59,7 @@ def test_torch_compile_prepares_the_devices_in_use_before_it_traces(monkeypatch)
 @pytest.mark.slow
 @pytest.mark.parametrize("impl", ["ref", "ext", "triton", "compiled", "auto"])
 def test_the_whole_critic_step_compiles_with_fullgraph_and_gives_the_eager_gradients(impl):
-    why = backends.impl_unavailable(impl, "cpu")
-    if why is not None:
-        pytest.skip(f"impl='{impl}' cannot run here: {why}")
+    skip_unless_runs(impl)
     torch._dynamo.reset()
     torch.manual_seed(0)
     D = Discriminator(resolution=8, fmap_base=64, fmap_max=16, mbstd_group_size=4, impl=impl)
@@ -120,9 +118,7 @@ def _state(step):
 @pytest.mark.slow
 @pytest.mark.parametrize("impl", ["ref", "ext"])
 def test_compiled_training_steps_equal_the_eager_steps_and_compile_once_per_key(impl):
-    why = backends.impl_unavailable(impl, "cpu")
-    if why is not None:
-        pytest.skip(f"impl='{impl}' cannot run here: {why}")
+    skip_unless_runs(impl)
     torch._dynamo.reset()
     eager, compiled, logged = _twin_steps(impl)
     gen = torch.Generator().manual_seed(1)

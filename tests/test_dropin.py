@@ -5,8 +5,7 @@ import pytest
 import torch
 
 import thirdparty_pggan as tp
-from conftest import slow
-from fastpggan import ops
+from conftest import skip_unless_runs, slow
 from fastpggan.layers import EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinear
 
 OURS = (EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinear)
@@ -34,9 +33,7 @@ def test_swapped_networks_compute_the_same(fuse, impl):
     """Every torch conv/linear becomes ours, its weight moved (stored = torch's / scale); G and D give the same
     outputs and input gradients (float64, 1e-10) on every backend. Fused, the LeakyReLU and pixel norm modules are
     gone (into our epilogue, run by `impl`)."""
-    reason = ops.backends.impl_unavailable(impl, "cpu") if impl != "auto" else None
-    if reason is not None:
-        pytest.skip(f"impl='{impl}' cannot run here: {reason}")
+    skip_unless_runs(impl)
     g, d = _nets()
     g2, d2 = tp.swap_layers(g, fuse=fuse, impl=impl), tp.swap_layers(d, fuse=fuse, impl=impl)
     for plain, ours in ((g, g2), (d, d2)):

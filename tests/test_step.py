@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import checkpoint_tensors, slow, tiny_train_args, train_quietly
+from conftest import checkpoint_tensors, skip_unless_runs, slow, tiny_train_args, train_quietly
 from fastpggan import checkpoint as ckpt
-from fastpggan import config, cuda_graph, losses, ops, optim, trainer
+from fastpggan import config, cuda_graph, losses, optim, trainer
 from fastpggan import step as step_mod
 from fastpggan.errors import UserError
 from fastpggan.networks import Discriminator, Generator
@@ -111,9 +111,7 @@ class _NoHostReads(TorchDispatchMode):
 def test_step_reads_nothing_back_to_the_host(amp, impl):
     """The CPU counterpart of the GPU sync-debug test: the whole step, GradScaler and fused Adam included,
     reads no tensor value on the host, in every backend and precision."""
-    why = ops.backends.impl_unavailable(impl, "cpu")
-    if why is not None:
-        pytest.skip(f"impl='{impl}' cannot run here: {why}")
+    skip_unless_runs(impl)
     s, inputs = _tiny_step(amp, impl=impl)
     s.G.impl = s.D.impl = impl
     for m in list(s.G.modules()) + list(s.D.modules()):

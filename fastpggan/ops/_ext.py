@@ -209,7 +209,7 @@ def ext_unavailable(x):
         return err
     if x.device.type == "cuda" and not _state.get("cuda"):
         return (
-            "the extension was built without CUDA kernels (no CUDA toolkit of torch's major version "
+            "the extension was built without CUDA kernels (no CUDA toolkit of the major version of torch's CUDA "
             f"{torch.version.cuda} at build time; `pip install -v` shows the 'fastpggan:' line saying why); set "
             "CUDA_HOME to such a toolkit's folder and reinstall"
         )
