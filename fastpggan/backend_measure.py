@@ -91,11 +91,14 @@ def make_probe(case: Case, dtype: Optional[str] = None, seed: int = 0) -> Probe:
     return backends.op_spec(case.op).probe(case.variant, tuple(case.shape), case.extra, inputs)
 
 
-def _outputs_and_grads(probe, impl, create_graph=False, seed=1):
-    out = probe.call(impl)
+def _output_grad(out, seed=1):
     gen = torch.Generator(device=out.device).manual_seed(seed)
-    dy = torch.randn(out.shape, generator=gen, device=out.device).to(out.dtype)
-    grads = torch.autograd.grad(out, probe.inputs, dy, create_graph=create_graph, allow_unused=True)
+    return torch.randn(out.shape, generator=gen, device=out.device).to(out.dtype)
+
+
+def _outputs_and_grads(probe, impl, create_graph=False):
+    out = probe.call(impl)
+    grads = torch.autograd.grad(out, probe.inputs, _output_grad(out), create_graph=create_graph, allow_unused=True)
     return out, [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, probe.inputs)]
 
 
@@ -120,25 +123,28 @@ class Uncompiled(Exception):
 
 
 def validate(case: Case, impl: str, seed: int) -> dict:
-    """Check `impl` against 'ref' on fresh inputs of `case`: the output, the first-order gradients, and the
-    second-order ones in float64 where the op promises them. Returns {"ratio": the worst error / tolerance (<= 1),
+    """Check `impl` against 'ref' on fresh inputs of `case`: the output, the first-order gradients (with the
+    rounding the op declares for its backward, Probe.grad_slack), and the second-order ones in float64 where the op
+    promises them. Returns {"ratio": the worst error / tolerance (<= 1),
     "max_error": the output's largest absolute error}, or raises Mismatch naming what differs."""
     dtype = getattr(torch, case.dtype)
     worst = 0.0
     probe = make_probe(case, seed=seed)
     (y0, g0), (y1, g1) = (_outputs_and_grads(probe, which) for which in ("ref", impl))
-    named = [("output", y1, y0, 1)] + [
-        (f"gradient of input {i}", a, e, c) for i, (a, e, c) in enumerate(zip(g1, g0, probe.counts))
+    slack = probe.grad_slack(_output_grad(y0)) if probe.grad_slack is not None else [None] * len(g0)
+    named = [("output", y1, y0, 1, None)] + [
+        (f"gradient of input {i}", *args) for i, args in enumerate(zip(g1, g0, probe.counts, slack))
     ]
     if probe.second_order:
         probe64 = make_probe(case, dtype="float64", seed=seed)
         s0, s1 = _second_order(probe64, "ref"), _second_order(probe64, impl)
         named += [
-            (f"second-order gradient of input {i}", a, e, c) for i, (a, e, c) in enumerate(zip(s1, s0, probe64.counts))
+            (f"second-order gradient of input {i}", a, e, c, None)
+            for i, (a, e, c) in enumerate(zip(s1, s0, probe64.counts))
         ]
-    for what, actual, expected, count in named:
+    for what, actual, expected, count, extra in named:
         tol_dtype = torch.float64 if what.startswith("second") else dtype
-        ratio = tolerance_ratio(actual, expected, tol_dtype, count)
+        ratio = tolerance_ratio(actual, expected, tol_dtype, count, extra)
         if not ratio <= 1.0:
             err = (actual.detach().double() - expected.detach().double()).abs()
             detail = (

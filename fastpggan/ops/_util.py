@@ -19,12 +19,20 @@ TOLERANCE = {
 }
 
 
-def tolerance_ratio(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, count: int = 1) -> float:
+def tolerance_ratio(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    dtype: torch.dtype,
+    count: int = 1,
+    slack: Optional[torch.Tensor] = None,
+) -> float:
     """max |actual - expected| / bound, elementwise bound = atol * max(1, max|expected|) * sqrt(count) + rtol *
-    |expected| with TOLERANCE[dtype]: within tolerance iff <= 1 (inf for non-finite values or other shapes).
+    |expected| (+ slack) with TOLERANCE[dtype]: within tolerance iff <= 1 (inf for non-finite values or other
+    shapes).
 
     atol is relative to the tensor's scale because a gradient's absolute error follows its largest terms; count is
-    the number of terms a value sums over (bias gradients, the upsampled fade's dlow), 1 elsewhere."""
+    the number of terms a value sums over (bias gradients, the upsampled fade's dlow), 1 elsewhere. slack is an
+    elementwise error the op declares for its fast backward beyond that (opspec.Probe.grad_slack)."""
     if actual.shape != expected.shape:
         return float("inf")
     atol, rtol = TOLERANCE[dtype]
@@ -35,6 +43,8 @@ def tolerance_ratio(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.d
         return 0.0
     err = (actual - expected).abs()
     bound = atol * max(1.0, expected.abs().max().item()) * count**0.5 + rtol * expected.abs()
+    if slack is not None:
+        bound = bound + slack.detach().double()
     return (err / bound).max().item()
 
 

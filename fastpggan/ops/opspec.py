@@ -46,6 +46,9 @@ class Probe:
     counts: List[int]  # terms each input's gradient sums over (tolerance_ratio's count)
     call: Callable[[str], torch.Tensor]  # call(impl) -> output
     second_order: bool  # the op promises a differentiable backward
+    # dy -> per input, the error beyond TOLERANCE that the fast backward's declared rounding may add (None: none);
+    # e.g. a backward that reads an output saved in fp16/bf16 where ref's autograd keeps fp32
+    grad_slack: Optional[Callable[[torch.Tensor], List[Optional[torch.Tensor]]]] = None
 
 
 class Inputs:
