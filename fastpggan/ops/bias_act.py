@@ -10,7 +10,7 @@ linear and so commutes with the convolution before it (paper Sec. 4.1, "equalize
 
 import dataclasses
 import functools
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -295,7 +295,9 @@ def _probe(v: BiasActVariant, shape, extra, inputs: Inputs) -> Probe:
     return Probe([x] + ([bias] if bias is not None else []), [1, x.numel() // shape[1]], call, True, slack)
 
 
-def pn_rounding_slack(x, bias, gain, slope, dy):
+def pn_rounding_slack(
+    x: torch.Tensor, bias: Optional[torch.Tensor], gain: float, slope: float, dy: torch.Tensor
+) -> List[Optional[torch.Tensor]]:
     """[dx, dbias] bounds on what the fast pixel-norm backward adds in fp16/bf16 to ref's error (Probe.grad_slack).
 
     It reads y rounded to x's dtype, y_i (1 + d_i) with |d_i| <= u (the unit roundoff), where ref's autograd keeps
@@ -311,7 +313,8 @@ def pn_rounding_slack(x, bias, gain, slope, dy):
     y = (v * s * r).abs()
     core = 3 * u * s * r * y * (dy.double().abs() * y).mean(dim=1, keepdim=True)
     dims = [0] + list(range(2, x.ndim))
-    return [abs(gain) * core] + ([core.sum(dim=dims)] if bias is not None else [])
+    slack: List[Optional[torch.Tensor]] = [abs(gain) * core]
+    return slack + ([core.sum(dim=dims)] if bias is not None else [])
 
 
 def _check_cases(dtype, layout, big):
