@@ -303,7 +303,15 @@ def pn_rounding_slack(
     It reads y rounded to x's dtype, y_i (1 + d_i) with |d_i| <= u (the unit roundoff), where ref's autograd keeps
     fp32; dx_i = gain s_i r (dy_i - y_i mean_c(dy y)) then moves by at most gain s_i r |y_i| (2 + u) u mean_c|dy y|
     (s_i: 1 or the slope). Bounded here with 3u. It grows with r = 1/rms, unlike the tolerance's global scale: at C = 3
-    one draw in a few thousand left that scale (the self-test's flake of 2026-12-07)."""
+    one draw in a few thousand left that scale (the self-test's flake of 2026-12-07).
+
+    Args:
+        x, bias, gain, slope: the probe's inputs and arguments of bias_act (x in fp16 or bf16).
+        dy: the output gradient the check backpropagates.
+
+    Returns:
+        [bound on dx's extra error, elementwise like x] (+ [the bias gradient's, shape (C,)] if bias is given).
+    """
     u = torch.finfo(x.dtype).eps / 2
     v = x.detach().double() * gain
     if bias is not None:
