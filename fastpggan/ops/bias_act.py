@@ -313,12 +313,10 @@ def pn_rounding_slack(
         [bound on dx's extra error, elementwise like x] (+ [the bias gradient's, shape (C,)] if bias is given).
     """
     u = torch.finfo(x.dtype).eps / 2
-    v = x.detach().double() * gain
-    if bias is not None:
-        v = v + bias.detach().double().reshape([1, -1] + [1] * (x.ndim - 2))
-    s = torch.where(v > 0, 1.0, slope)
-    r = torch.rsqrt((v * s).square().mean(dim=1, keepdim=True) + PIXEL_NORM_EPS)
-    y = (v * s * r).abs()
+    a = bias_act_ref(x.detach().double(), None if bias is None else bias.detach().double(), gain, slope)
+    s = torch.where(a > 0, 1.0, slope)
+    r = torch.rsqrt(a.square().mean(dim=1, keepdim=True) + PIXEL_NORM_EPS)
+    y = (a * r).abs()
     core = 3 * u * s * r * y * (dy.double().abs() * y).mean(dim=1, keepdim=True)
     dims = [0] + list(range(2, x.ndim))
     slack: List[Optional[torch.Tensor]] = [abs(gain) * core]
